@@ -1,0 +1,1 @@
+//! Runs a plan through the stages; shared by the CLI and the worker.

@@ -1,0 +1,70 @@
+//! Support shared by the integration tests: the real parts they drive (Docker, e2fsprogs)
+//! and the base images they build from. A missing part is a failure, never a skip.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Once;
+
+/// Debian's Docker client: the first `docker` on PATH may lack BuildKit support.
+pub const DOCKER: &str = "/usr/bin/docker";
+pub const BUSYBOX_IMAGE: &str = "diskc-test/busybox:latest";
+pub const DEBIAN_IMAGE: &str = "diskc-test/debian:bookworm";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The diskc binary built for this test run.
+pub fn diskc() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_diskc"))
+}
+
+/// Runs a command and returns its output, panicking with its stderr when it fails.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Makes the base images once per test binary (see scripts/make-base-images.sh).
+pub fn ensure_base_images(which: &[&str]) {
+    static BUSYBOX: Once = Once::new();
+    static DEBIAN: Once = Once::new();
+    for name in which {
+        let once = match *name {
+            "busybox" => &BUSYBOX,
+            "debian" => &DEBIAN,
+            other => panic!("unknown base image {other}"),
+        };
+        once.call_once(|| {
+            run_ok(Command::new(repo_root().join("scripts/make-base-images.sh")).arg(name));
+        });
+    }
+}
+
+/// `e2fsck -fn` must find the image clean.
+pub fn assert_fsck_clean(image: &Path) {
+    let out = Command::new("e2fsck").args(["-fn"]).arg(image).output().expect("e2fsck (e2fsprogs) is required");
+    assert!(
+        out.status.success(),
+        "e2fsck -fn {} exited {}:\n{}{}",
+        image.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A fresh temporary directory under the target dir (large files stay off /tmp's tmpfs).
+pub fn tempdir() -> tempfile::TempDir {
+    let base = repo_root().join("target/test-tmp");
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::tempdir_in(base).unwrap()
+}
