@@ -120,7 +120,7 @@ impl<C> FileData<C> {
     /// A file whose every block is taken to hold data.
     pub fn dense(size: u64, content: C) -> Self {
         let blocks = size.div_ceil(BLOCK_SIZE);
-        let data_blocks = if blocks == 0 { Vec::new() } else { vec![0..blocks] };
+        let data_blocks = if blocks == 0 { Vec::new() } else { std::iter::once(0..blocks).collect() };
         FileData { size, content, data_blocks }
     }
 
