@@ -7,6 +7,7 @@
 pub mod boot;
 pub mod build;
 pub mod digest;
+pub mod docker;
 pub mod error;
 pub mod ext4;
 pub mod layer;

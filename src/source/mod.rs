@@ -28,3 +28,6 @@ pub struct ResolvedImage {
     /// `os/arch[/variant]`.
     pub platform: String,
 }
+
+pub mod daemon;
+pub mod registry;
