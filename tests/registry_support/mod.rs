@@ -132,3 +132,25 @@ pub fn docker_inspect(image: &str, format: &str) -> String {
     let out = run_ok(Command::new(DOCKER).args(["image", "inspect", "-f", format, image]));
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// The image the registry tests push: busybox plus one layer and a command, built with
+/// BuildKit once per test binary.
+pub const APP_IMAGE: &str = "diskc-test/remote-app:latest";
+
+pub fn build_app_image() -> &'static str {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        crate::common::ensure_base_images(&["busybox"]);
+        let context = tempdir();
+        std::fs::write(
+            context.path().join("Dockerfile"),
+            "FROM diskc-test/busybox:latest\n\
+             RUN mkdir -p /srv && echo 'hello from diskc' > /srv/hello && chmod 4755 /srv/hello\n\
+             ENV GREETING=hello\n\
+             CMD [\"/bin/cat\", \"/srv/hello\"]\n",
+        )
+        .unwrap();
+        run_ok(Command::new(DOCKER).env("DOCKER_BUILDKIT", "1").args(["build", "-q", "-t", APP_IMAGE]).arg(context.path()));
+    });
+    APP_IMAGE
+}
