@@ -23,27 +23,27 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// A registry without authentication.
     pub fn start() -> TestRegistry {
-        Self::start_with(&[])
+        Self::start_with(tempdir(), &[])
     }
 
     /// A registry with HTTP basic authentication: one user, from an htpasswd file made
-    /// with apache2-utils' htpasswd (bcrypt, which is what the registry accepts).
+    /// with apache2-utils' htpasswd (bcrypt, which is what the registry accepts). The file
+    /// lives in the registry's directory: the registry reads it on the first request.
     pub fn start_basic_auth(user: &str, password: &str) -> TestRegistry {
-        let auth_dir = tempdir();
-        let htpasswd = auth_dir.path().join("htpasswd");
+        let dir = tempdir();
+        let htpasswd = dir.path().join("htpasswd");
         run_ok(Command::new("htpasswd").args(["-Bbc"]).arg(&htpasswd).args([user, password]));
-        let registry = Self::start_with(&[
-            ("REGISTRY_AUTH", "htpasswd"),
-            ("REGISTRY_AUTH_HTPASSWD_REALM", "diskc-test"),
-            ("REGISTRY_AUTH_HTPASSWD_PATH", htpasswd.to_str().unwrap()),
-        ]);
-        // The registry reads the file when it starts; it may go now.
-        drop(auth_dir);
-        registry
+        Self::start_with(
+            dir,
+            &[
+                ("REGISTRY_AUTH", "htpasswd"),
+                ("REGISTRY_AUTH_HTPASSWD_REALM", "diskc-test"),
+                ("REGISTRY_AUTH_HTPASSWD_PATH", htpasswd.to_str().unwrap()),
+            ],
+        )
     }
 
-    fn start_with(env: &[(&str, &str)]) -> TestRegistry {
-        let dir = tempdir();
+    fn start_with(dir: tempfile::TempDir, env: &[(&str, &str)]) -> TestRegistry {
         // Another process may take the port between free_port and the bind; retry then.
         for _ in 0..5 {
             let port = free_port();
