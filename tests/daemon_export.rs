@@ -99,11 +99,13 @@ fn export_streams_a_tar_whose_digests_match_inspect() {
 
     // docker-archive's manifest.json (Engine < 25 writes only this; Engine >= 25 writes it
     // beside the OCI layout): the config file and the layer tars, bottom first.
-    let manifest: serde_json::Value = serde_json::from_slice(&manifest_json.expect("manifest.json in the export")).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&manifest_json.expect("manifest.json in the export")).unwrap();
     let entry = &manifest.as_array().unwrap()[0];
     let config_path = entry["Config"].as_str().unwrap();
     assert_eq!(hashes[config_path], image.id, "config file {config_path}");
-    let layer_paths: Vec<&str> = entry["Layers"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    let layer_paths: Vec<&str> =
+        entry["Layers"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
     assert_eq!(layer_paths.len(), image.diff_ids.len());
     for (path, diff_id) in layer_paths.iter().zip(&image.diff_ids) {
         assert_eq!(hashes[*path], *diff_id, "layer {path}");

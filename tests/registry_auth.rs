@@ -140,7 +140,8 @@ fn serve(mut stream: TcpStream, port: u16, backend: u16, repo: &str, token_reque
         }
     }
     let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}")));
+    let basic =
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}")));
 
     if let Some(query) = target.strip_prefix("/token?") {
         token_requests.fetch_add(1, Ordering::SeqCst);
@@ -152,13 +153,19 @@ fn serve(mut stream: TcpStream, port: u16, backend: u16, repo: &str, token_reque
         let has = |k: &str, v: &str| params.iter().any(|(pk, pv)| pk == k && pv == v);
         let scope_ok = has("scope", &format!("repository:{repo}:pull")) && has("service", SERVICE);
         if header("authorization").as_deref() == Some(basic.as_str()) && scope_ok {
-            return respond(&mut stream, 200, &[], format!(r#"{{"token":"{TOKEN}","expires_in":300}}"#).as_bytes());
+            return respond(
+                &mut stream,
+                200,
+                &[],
+                format!(r#"{{"token":"{TOKEN}","expires_in":300}}"#).as_bytes(),
+            );
         }
         return respond(&mut stream, 401, &[], b"{}");
     }
     if header("authorization").as_deref() != Some(&format!("Bearer {TOKEN}")) {
-        let challenge =
-            format!(r#"Bearer realm="http://127.0.0.1:{port}/token",service="{SERVICE}",scope="repository:{repo}:pull""#);
+        let challenge = format!(
+            r#"Bearer realm="http://127.0.0.1:{port}/token",service="{SERVICE}",scope="repository:{repo}:pull""#
+        );
         let body = br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
         return respond(&mut stream, 401, &[("WWW-Authenticate", challenge)], body);
     }
@@ -192,7 +199,11 @@ fn bearer_token_is_fetched_with_credentials_and_reused() {
     let dir = common::tempdir();
     let config = write_config(dir.path(), &host, USER, PASSWORD);
     resolve_and_fetch(&client(&reference, &config));
-    assert_eq!(proxy.token_requests.load(Ordering::SeqCst), 1, "one token serves the manifest, config and blobs");
+    assert_eq!(
+        proxy.token_requests.load(Ordering::SeqCst),
+        1,
+        "one token serves the manifest, config and blobs"
+    );
 
     let wrong = write_config(dir.path(), &host, USER, "wrong");
     let err = client(&reference, &wrong).resolve(&Platform::host()).unwrap_err();

@@ -22,11 +22,18 @@ fn credentials_come_from_docker_config_env() {
 
     let not_logged_in = common::tempdir();
     std::env::set_var("DOCKER_CONFIG", not_logged_in.path());
-    let err = Registry::new(reference.clone(), &RegistryOptions::default()).unwrap().resolve(&Platform::host()).unwrap_err();
+    let err = Registry::new(reference.clone(), &RegistryOptions::default())
+        .unwrap()
+        .resolve(&Platform::host())
+        .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Environment, "{err}");
-    assert!(err.to_string().contains(&not_logged_in.path().join("config.json").display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&not_logged_in.path().join("config.json").display().to_string()),
+        "{err}"
+    );
 
     std::env::set_var("DOCKER_CONFIG", logged_in.path());
-    let resolved = Registry::new(reference, &RegistryOptions::default()).unwrap().resolve(&Platform::host()).unwrap();
+    let resolved =
+        Registry::new(reference, &RegistryOptions::default()).unwrap().resolve(&Platform::host()).unwrap();
     assert_eq!(Digest::of(&resolved.config_json), resolved.config_digest);
 }

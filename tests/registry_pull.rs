@@ -40,8 +40,16 @@ fn pushed_image_resolves_and_every_blob_matches_its_digest() {
     let client = registry(&format!("docker://{}/diskc/app:v1", reg.host()));
     let resolved = client.resolve(&Platform::host()).unwrap();
 
-    assert_eq!(resolved.manifest_digest.unwrap().to_string(), pushed, "manifest digest differs from docker push's");
-    assert_eq!(resolved.config_digest.to_string(), docker_inspect(image, "{{.Id}}"), "config digest is not the image id");
+    assert_eq!(
+        resolved.manifest_digest.unwrap().to_string(),
+        pushed,
+        "manifest digest differs from docker push's"
+    );
+    assert_eq!(
+        resolved.config_digest.to_string(),
+        docker_inspect(image, "{{.Id}}"),
+        "config digest is not the image id"
+    );
     assert_eq!(Digest::of(&resolved.config_json), resolved.config_digest);
     assert_eq!(resolved.platform, "linux/amd64");
 
@@ -70,7 +78,8 @@ fn pushed_image_resolves_and_every_blob_matches_its_digest() {
     }
 
     // The same image by digest resolves identically.
-    let by_digest = registry(&format!("docker://{}/diskc/app@{pushed}", reg.host())).resolve(&Platform::host()).unwrap();
+    let by_digest =
+        registry(&format!("docker://{}/diskc/app@{pushed}", reg.host())).resolve(&Platform::host()).unwrap();
     assert_eq!(by_digest, resolved);
 }
 
@@ -101,7 +110,8 @@ fn unknown_tag_and_repository_are_bad_input() {
 #[test]
 fn registry_down_is_environment_error_naming_host_and_port() {
     let port = free_port();
-    let err = registry(&format!("docker://127.0.0.1:{port}/diskc/app:v1")).resolve(&Platform::host()).unwrap_err();
+    let err =
+        registry(&format!("docker://127.0.0.1:{port}/diskc/app:v1")).resolve(&Platform::host()).unwrap_err();
     assert!(matches!(err, RegistryError::Unreachable { .. }), "{err:?}");
     assert_eq!(err.class(), ErrorClass::Environment);
     assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
@@ -173,7 +183,11 @@ fn multi_platform_index_resolves_by_platform() {
 
     // The pushed (amd64) image, and an arm64 twin: the same layers under a config that
     // declares arm64/v8. Both as OCI manifests, listed by an OCI index.
-    let pushed = get_json(&reg, &format!("/v2/{repo}/manifests/amd64"), "application/vnd.docker.distribution.manifest.v2+json");
+    let pushed = get_json(
+        &reg,
+        &format!("/v2/{repo}/manifests/amd64"),
+        "application/vnd.docker.distribution.manifest.v2+json",
+    );
     let amd64_config_digest = pushed["config"]["digest"].as_str().unwrap().to_string();
     let mut amd64_config = Vec::new();
     ureq::get(reg.url(&format!("/v2/{repo}/blobs/{amd64_config_digest}")))
@@ -232,5 +246,8 @@ fn multi_platform_index_resolves_by_platform() {
     let err = client.resolve(&"linux/s390x".parse().unwrap()).unwrap_err();
     assert_eq!(err.class(), ErrorClass::BadInput);
     let text = err.to_string();
-    assert!(text.contains("linux/s390x") && text.contains("linux/arm64/v8") && text.contains("linux/amd64"), "{text}");
+    assert!(
+        text.contains("linux/s390x") && text.contains("linux/arm64/v8") && text.contains("linux/amd64"),
+        "{text}"
+    );
 }

@@ -145,7 +145,8 @@ fn image_config(c: bollard::models::ImageConfig) -> ImageConfig {
 /// every tag of that repository; the Docker client (and skopeo) mean `:latest` then.
 fn export_name(name: &str) -> String {
     let last = name.rsplit('/').next().unwrap_or(name);
-    let is_id = name.starts_with("sha256:") || (name.len() >= 12 && name.bytes().all(|b| b.is_ascii_hexdigit()));
+    let is_id =
+        name.starts_with("sha256:") || (name.len() >= 12 && name.bytes().all(|b| b.is_ascii_hexdigit()));
     if is_id || last.contains(':') || last.contains('@') {
         name.to_string()
     } else {
@@ -196,7 +197,8 @@ async fn pump_export(
             return;
         }
         None => {
-            let _ = started.send(Err(DaemonError::BadInspect { name, problem: "the export is empty".into() }));
+            let _ =
+                started.send(Err(DaemonError::BadInspect { name, problem: "the export is empty".into() }));
             return;
         }
     };
@@ -205,7 +207,8 @@ async fn pump_export(
     }
     let mut next = Some(Ok(first));
     while let Some(item) = next {
-        let item = item.map_err(|e| io::Error::other(format!("export of image {name} from the Docker daemon: {e}")));
+        let item =
+            item.map_err(|e| io::Error::other(format!("export of image {name} from the Docker daemon: {e}")));
         let failed = item.is_err();
         // A blocking send on this single-purpose thread: the channel is the backpressure
         // that keeps the Engine from running ahead of the consumer.
@@ -248,7 +251,10 @@ mod tests {
         assert_eq!(export_name("localhost:5000/app"), "localhost:5000/app:latest");
         assert_eq!(export_name("app:1.0"), "app:1.0");
         assert_eq!(export_name("localhost:5000/app:1.0"), "localhost:5000/app:1.0");
-        assert_eq!(export_name(&format!("app@sha256:{}", "a".repeat(64))), format!("app@sha256:{}", "a".repeat(64)));
+        assert_eq!(
+            export_name(&format!("app@sha256:{}", "a".repeat(64))),
+            format!("app@sha256:{}", "a".repeat(64))
+        );
         assert_eq!(export_name(&format!("sha256:{}", "a".repeat(64))), format!("sha256:{}", "a".repeat(64)));
         assert_eq!(export_name("0123456789ab"), "0123456789ab");
     }

@@ -183,7 +183,11 @@ impl FromStr for Reference {
     /// Parses a reference with or without the `docker://` prefix. A missing tag means
     /// `latest`; given a tag and a digest, the digest decides.
     fn from_str(input: &str) -> Result<Self, ParseError> {
-        let err = |problem: &str| ParseError { what: "image reference", input: input.to_string(), problem: problem.into() };
+        let err = |problem: &str| ParseError {
+            what: "image reference",
+            input: input.to_string(),
+            problem: problem.into(),
+        };
         let s = input.strip_prefix("docker://").unwrap_or(input);
         let (host, rest) = s.split_once('/').ok_or_else(|| err("expected HOST[:PORT]/REPO[:TAG|@DIGEST]"))?;
         if !valid_host(host) {
@@ -256,7 +260,8 @@ fn valid_path_component(c: &str) -> bool {
         }
         let sep = &c[start..i];
         // An empty separator is a character outside the alphabet.
-        let ok = sep == "." || sep == "_" || sep == "__" || (!sep.is_empty() && sep.bytes().all(|s| s == b'-'));
+        let ok =
+            sep == "." || sep == "_" || sep == "__" || (!sep.is_empty() && sep.bytes().all(|s| s == b'-'));
         if !ok {
             return false;
         }
@@ -295,7 +300,11 @@ impl Platform {
             "loongarch64" => "loong64",
             other => other,
         };
-        Platform { os: std::env::consts::OS.to_string(), architecture: architecture.to_string(), variant: None }
+        Platform {
+            os: std::env::consts::OS.to_string(),
+            architecture: architecture.to_string(),
+            variant: None,
+        }
     }
 
     /// arm64 images name their only variant `v8` or leave it out; both mean the same.
@@ -311,7 +320,8 @@ impl Platform {
     pub fn accepts(&self, other: &Platform) -> bool {
         self.os == other.os
             && self.architecture == other.architecture
-            && (self.normalized_variant().is_none() || self.normalized_variant() == other.normalized_variant())
+            && (self.normalized_variant().is_none()
+                || self.normalized_variant() == other.normalized_variant())
     }
 }
 
@@ -331,7 +341,9 @@ impl FromStr for Platform {
     fn from_str(input: &str) -> Result<Self, ParseError> {
         let parts: Vec<&str> = input.split('/').collect();
         let ok = (2..=3).contains(&parts.len())
-            && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+            && parts.iter().all(|p| {
+                !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            });
         if !ok {
             return Err(ParseError {
                 what: "platform",
@@ -415,9 +427,13 @@ enum Manifest {
 /// (OCI manifests may omit `mediaType`).
 fn parse_manifest(body: &[u8], content_type: &str) -> Result<Manifest, ManifestProblem> {
     let json: ManifestJson = serde_json::from_slice(body).map_err(|e| ManifestProblem::Bad(e.to_string()))?;
-    let media_type = json.media_type.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| content_type.to_string());
+    let media_type =
+        json.media_type.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| content_type.to_string());
     if json.schema_version != 2 {
-        return Err(ManifestProblem::Unsupported(format!("{media_type} (schemaVersion {})", json.schema_version)));
+        return Err(ManifestProblem::Unsupported(format!(
+            "{media_type} (schemaVersion {})",
+            json.schema_version
+        )));
     }
     let is_index = match media_type.as_str() {
         MEDIA_OCI_INDEX | MEDIA_DOCKER_MANIFEST_LIST => true,
@@ -427,7 +443,8 @@ fn parse_manifest(body: &[u8], content_type: &str) -> Result<Manifest, ManifestP
         other => return Err(ManifestProblem::Unsupported(other.to_string())),
     };
     if is_index {
-        let manifests = json.manifests.ok_or_else(|| ManifestProblem::Bad("an index without manifests".into()))?;
+        let manifests =
+            json.manifests.ok_or_else(|| ManifestProblem::Bad("an index without manifests".into()))?;
         Ok(Manifest::Index { manifests: manifests.into_iter().map(descriptor).collect::<Result<_, _>>()? })
     } else {
         let config = descriptor(json.config.ok_or_else(|| ManifestProblem::Bad("no config".into()))?)?;
@@ -438,7 +455,12 @@ fn parse_manifest(body: &[u8], content_type: &str) -> Result<Manifest, ManifestP
 
 fn descriptor(d: DescriptorJson) -> Result<Descriptor, ManifestProblem> {
     let digest = d.digest.parse::<Digest>().map_err(|e| ManifestProblem::Bad(e.to_string()))?;
-    Ok(Descriptor { media_type: d.media_type, digest, size: d.size, platform: d.platform.map(|p| p.platform()) })
+    Ok(Descriptor {
+        media_type: d.media_type,
+        digest,
+        size: d.size,
+        platform: d.platform.map(|p| p.platform()),
+    })
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -567,7 +589,8 @@ fn auth_key_host(key: &str) -> &str {
 /// none for that host.
 fn credentials_from_config(json: &[u8], host: &str) -> Result<Option<Credentials>, String> {
     let config: DockerConfigJson = serde_json::from_slice(json).map_err(|e| e.to_string())?;
-    let Some((_, entry)) = config.auths.iter().find(|(k, _)| auth_key_host(k).eq_ignore_ascii_case(host)) else {
+    let Some((_, entry)) = config.auths.iter().find(|(k, _)| auth_key_host(k).eq_ignore_ascii_case(host))
+    else {
         return Ok(None);
     };
     if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
@@ -667,7 +690,8 @@ impl Registry {
             reference,
             insecure: options.insecure,
             credentials,
-            config_path: config_path.map_or_else(|| "~/.docker/config.json".into(), |p| p.display().to_string()),
+            config_path: config_path
+                .map_or_else(|| "~/.docker/config.json".into(), |p| p.display().to_string()),
             authorization: Mutex::new(None),
         })
     }
@@ -695,23 +719,23 @@ impl Registry {
                 platform: platform.to_string(),
                 available: available_platforms(manifests),
             })?;
-            let (d, m) = self.fetch_manifest(&chosen.digest.to_string(), Some(chosen.digest), Some(chosen.size))?;
+            let (d, m) =
+                self.fetch_manifest(&chosen.digest.to_string(), Some(chosen.digest), Some(chosen.size))?;
             if matches!(m, Manifest::Index { .. }) {
                 return Err(self.bad_manifest(&format!("manifest {d}"), "an index inside an index"));
             }
             (digest, manifest) = (d, m);
         }
-        let Manifest::Image { config, layers } = manifest else { unreachable!("indexes were resolved above") };
+        let Manifest::Image { config, layers } = manifest else {
+            unreachable!("indexes were resolved above")
+        };
         let config_json = self.fetch_config(&config)?;
         let declared: ConfigPlatformJson = serde_json::from_slice(&config_json)
             .map_err(|e| self.bad_manifest(&format!("config {}", config.digest), &e.to_string()))?;
-        let platform = PlatformJson {
-            os: declared.os,
-            architecture: declared.architecture,
-            variant: declared.variant,
-        }
-        .platform()
-        .to_string();
+        let platform =
+            PlatformJson { os: declared.os, architecture: declared.architecture, variant: declared.variant }
+                .platform()
+                .to_string();
         Ok(ResolvedImage {
             manifest_digest: Some(digest),
             config_digest: config.digest,
@@ -734,7 +758,11 @@ impl Registry {
     }
 
     fn bad_manifest(&self, what: &str, problem: &str) -> RegistryError {
-        RegistryError::BadManifest { reference: self.reference.to_string(), what: what.into(), problem: problem.into() }
+        RegistryError::BadManifest {
+            reference: self.reference.to_string(),
+            what: what.into(),
+            problem: problem.into(),
+        }
     }
 
     /// GETs a manifest by tag or digest and checks it against `expected` (the digest asked
@@ -751,7 +779,8 @@ impl Registry {
         let content_type = header(response.headers(), "content-type")
             .map(|c| c.split(';').next().unwrap_or("").trim().to_string())
             .unwrap_or_default();
-        let announced = header(response.headers(), "docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
+        let announced =
+            header(response.headers(), "docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
         let body = self.read_limited(response, &what, MAX_MANIFEST_BYTES)?;
         let actual = Digest::of(&body);
         if let Some(expected) = expected.or(announced) {
@@ -771,7 +800,8 @@ impl Registry {
 
     fn fetch_config(&self, config: &Descriptor) -> Result<Vec<u8>, RegistryError> {
         let what = format!("config {}", config.digest);
-        let response = self.get(&format!("/v2/{}/blobs/{}", self.reference.repository, config.digest), None)?;
+        let response =
+            self.get(&format!("/v2/{}/blobs/{}", self.reference.repository, config.digest), None)?;
         let response = self.expect_ok(response, &what)?;
         let body = self.read_limited(response, &what, MAX_CONFIG_BYTES)?;
         self.check_size(&what, config.size, body.len() as u64)?;
@@ -783,17 +813,32 @@ impl Registry {
         if expected == actual {
             return Ok(());
         }
-        Err(RegistryError::DigestMismatch { reference: self.reference.to_string(), what: what.into(), expected, actual })
+        Err(RegistryError::DigestMismatch {
+            reference: self.reference.to_string(),
+            what: what.into(),
+            expected,
+            actual,
+        })
     }
 
     fn check_size(&self, what: &str, expected: u64, actual: u64) -> Result<(), RegistryError> {
         if expected == actual {
             return Ok(());
         }
-        Err(RegistryError::SizeMismatch { reference: self.reference.to_string(), what: what.into(), expected, actual })
+        Err(RegistryError::SizeMismatch {
+            reference: self.reference.to_string(),
+            what: what.into(),
+            expected,
+            actual,
+        })
     }
 
-    fn read_limited(&self, response: Response<ureq::Body>, what: &str, limit: u64) -> Result<Vec<u8>, RegistryError> {
+    fn read_limited(
+        &self,
+        response: Response<ureq::Body>,
+        what: &str,
+        limit: u64,
+    ) -> Result<Vec<u8>, RegistryError> {
         let mut body = response.into_body();
         body.with_config().limit(limit).read_to_vec().map_err(|e| match e {
             ureq::Error::BodyExceedsLimit(_) => {
@@ -804,7 +849,11 @@ impl Registry {
     }
 
     /// Maps a non-200 answer to an error about `what`.
-    fn expect_ok(&self, response: Response<ureq::Body>, what: &str) -> Result<Response<ureq::Body>, RegistryError> {
+    fn expect_ok(
+        &self,
+        response: Response<ureq::Body>,
+        what: &str,
+    ) -> Result<Response<ureq::Body>, RegistryError> {
         let status = response.status().as_u16();
         if status == 200 {
             return Ok(response);
@@ -818,7 +867,12 @@ impl Registry {
                 message,
                 config: self.config_path.clone(),
             },
-            _ => RegistryError::Status { host: self.reference.host.clone(), what: what.into(), status, message },
+            _ => RegistryError::Status {
+                host: self.reference.host.clone(),
+                what: what.into(),
+                status,
+                message,
+            },
         })
     }
 
@@ -848,7 +902,12 @@ impl Registry {
         Ok(retried)
     }
 
-    fn send(&self, url: &str, accept: Option<&str>, authorization: Option<&str>) -> Result<Response<ureq::Body>, RegistryError> {
+    fn send(
+        &self,
+        url: &str,
+        accept: Option<&str>,
+        authorization: Option<&str>,
+    ) -> Result<Response<ureq::Body>, RegistryError> {
         let mut request = self.agent.get(url);
         if let Some(a) = accept {
             request = request.header("Accept", a);
@@ -856,7 +915,9 @@ impl Registry {
         if let Some(a) = authorization {
             request = request.header("Authorization", a);
         }
-        request.call().map_err(|source| RegistryError::Unreachable { host: self.reference.host.clone(), source })
+        request
+            .call()
+            .map_err(|source| RegistryError::Unreachable { host: self.reference.host.clone(), source })
     }
 
     /// The `Authorization` value answering the registry's challenges, preferring a bearer
@@ -877,14 +938,21 @@ impl Registry {
 
     /// Asks the token realm for a pull token for this repository, sending the credentials
     /// when there are some (anonymous tokens are common on public registries).
-    fn fetch_token(&self, realm: &str, service: Option<&str>, scope: Option<&str>) -> Result<String, RegistryError> {
+    fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: Option<&str>,
+    ) -> Result<String, RegistryError> {
         let auth_err = |problem: String| RegistryError::Auth { host: self.reference.host.clone(), problem };
         let realm_is_plain = realm.starts_with("http://");
         if !realm.starts_with("https://") && !realm_is_plain {
             return Err(auth_err(format!("token realm {realm:?} is not an http(s) URL")));
         }
         if realm_is_plain && !self.insecure && !realm_host_is_loopback(realm) {
-            return Err(auth_err(format!("token realm {realm} is plain HTTP on a host that is not loopback")));
+            return Err(auth_err(format!(
+                "token realm {realm} is plain HTTP on a host that is not loopback"
+            )));
         }
         let default_scope = format!("repository:{}:pull", self.reference.repository);
         let mut request = self.agent.get(realm).query("scope", scope.unwrap_or(&default_scope));
@@ -910,8 +978,8 @@ impl Registry {
             .limit(MAX_TOKEN_BYTES)
             .read_to_vec()
             .map_err(|e| auth_err(format!("token realm {realm}: {e}")))?;
-        let token: TokenJson =
-            serde_json::from_slice(&body).map_err(|e| auth_err(format!("token realm {realm} answered: {e}")))?;
+        let token: TokenJson = serde_json::from_slice(&body)
+            .map_err(|e| auth_err(format!("token realm {realm} answered: {e}")))?;
         let token = token
             .token
             .filter(|t| !t.is_empty())
@@ -924,7 +992,8 @@ impl Registry {
 fn realm_host_is_loopback(realm: &str) -> bool {
     let after = realm.split_once("://").map_or(realm, |(_, r)| r);
     let host = after.split(['/', '?']).next().unwrap_or("");
-    Reference { host: host.to_string(), repository: String::new(), target: Target::Tag(String::new()) }.is_loopback()
+    Reference { host: host.to_string(), repository: String::new(), target: Target::Tag(String::new()) }
+        .is_loopback()
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -943,7 +1012,9 @@ fn error_message(response: Response<ureq::Body>) -> String {
         #[serde(default)]
         message: String,
     }
-    let Ok(body) = response.into_body().with_config().limit(64 << 10).read_to_vec() else { return String::new() };
+    let Ok(body) = response.into_body().with_config().limit(64 << 10).read_to_vec() else {
+        return String::new();
+    };
     serde_json::from_slice::<Errors>(&body)
         .ok()
         .and_then(|e| e.errors.into_iter().next())
@@ -952,7 +1023,8 @@ fn error_message(response: Response<ureq::Body>) -> String {
 }
 
 fn available_platforms(manifests: &[Descriptor]) -> String {
-    let names: Vec<String> = manifests.iter().filter_map(|d| d.platform.as_ref()).map(|p| p.to_string()).collect();
+    let names: Vec<String> =
+        manifests.iter().filter_map(|d| d.platform.as_ref()).map(|p| p.to_string()).collect();
     if names.is_empty() {
         "no platforms".into()
     } else {
@@ -1039,7 +1111,9 @@ mod tests {
             digest('c'),
             digest('1')
         );
-        let Manifest::Image { config, layers } = parse_manifest(image.as_bytes(), "").unwrap() else { panic!() };
+        let Manifest::Image { config, layers } = parse_manifest(image.as_bytes(), "").unwrap() else {
+            panic!()
+        };
         assert_eq!(config.size, 10);
         assert_eq!(layers.len(), 1);
         assert_eq!(layers[0].digest.to_string(), digest('1'));
@@ -1063,7 +1137,10 @@ mod tests {
     #[test]
     fn rejects_schema1_and_garbage_manifests() {
         let v1 = br#"{"schemaVersion":1,"name":"x","tag":"y","fsLayers":[]}"#;
-        assert!(matches!(parse_manifest(v1, "application/vnd.docker.distribution.manifest.v1+prettyjws"), Err(ManifestProblem::Unsupported(_))));
+        assert!(matches!(
+            parse_manifest(v1, "application/vnd.docker.distribution.manifest.v1+prettyjws"),
+            Err(ManifestProblem::Unsupported(_))
+        ));
         assert!(matches!(parse_manifest(b"{", ""), Err(ManifestProblem::Bad(_))));
         let bad_digest = br#"{"schemaVersion":2,"config":{"digest":"md5:00","size":1},"layers":[]}"#;
         assert!(matches!(parse_manifest(bad_digest, MEDIA_OCI_MANIFEST), Err(ManifestProblem::Bad(_))));
@@ -1086,7 +1163,11 @@ mod tests {
         );
         assert_eq!(
             parse_challenge(r#"bearer realm=http://127.0.0.1:1/t , service="s\"q""#),
-            Some(Challenge::Bearer { realm: "http://127.0.0.1:1/t".into(), service: Some("s\"q".into()), scope: None })
+            Some(Challenge::Bearer {
+                realm: "http://127.0.0.1:1/t".into(),
+                service: Some("s\"q".into()),
+                scope: None
+            })
         );
         assert_eq!(parse_challenge("Bearer service=x"), None);
         assert_eq!(parse_challenge("Negotiate abc"), None);

@@ -54,7 +54,8 @@ impl TestRegistry {
                 .status()
                 .expect("scripts/start-registry.sh");
             if status.success() {
-                let pid = std::fs::read_to_string(dir.path().join("registry.pid")).unwrap().trim().parse().unwrap();
+                let pid =
+                    std::fs::read_to_string(dir.path().join("registry.pid")).unwrap().trim().parse().unwrap();
                 return TestRegistry { port, dir, pid };
             }
         }
@@ -94,7 +95,11 @@ pub fn docker_push(image: &str, host: &str, repo_tag: &str, config: Option<&Path
     let out = push.args(["push", &remote]).output().expect("docker push");
     run_ok(Command::new(DOCKER).args(["rmi", &remote]));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "docker push {remote} failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "docker push {remote} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // "latest: digest: sha256:... size: 527"
     let digest = stdout
         .split_whitespace()
@@ -150,7 +155,12 @@ pub fn build_app_image() -> &'static str {
              CMD [\"/bin/cat\", \"/srv/hello\"]\n",
         )
         .unwrap();
-        run_ok(Command::new(DOCKER).env("DOCKER_BUILDKIT", "1").args(["build", "-q", "-t", APP_IMAGE]).arg(context.path()));
+        run_ok(
+            Command::new(DOCKER)
+                .env("DOCKER_BUILDKIT", "1")
+                .args(["build", "-q", "-t", APP_IMAGE])
+                .arg(context.path()),
+        );
     });
     APP_IMAGE
 }
