@@ -251,3 +251,23 @@ fn multi_platform_index_resolves_by_platform() {
         "{text}"
     );
 }
+
+#[test]
+fn plain_http_beyond_loopback_needs_insecure() {
+    let image = build_app_image();
+    let reg = TestRegistry::start_on_all_interfaces();
+    // Pushed through loopback: the daemon allows plain HTTP only there.
+    docker_push(image, &reg.host(), "diskc/app:v1", None);
+    let address = registry_support::non_loopback_address();
+    let reference: Reference = format!("docker://{address}:{}/diskc/app:v1", reg.port).parse().unwrap();
+    assert!(!reference.is_loopback());
+
+    // HTTPS by default: the plain-HTTP registry cannot answer a TLS handshake.
+    let err = Registry::new(reference.clone(), &anonymous()).unwrap().resolve(&Platform::host()).unwrap_err();
+    assert!(matches!(err, RegistryError::Unreachable { .. }), "{err:?}");
+    assert_eq!(err.class(), ErrorClass::Environment);
+
+    let insecure = RegistryOptions { insecure: true, ..anonymous() };
+    let resolved = Registry::new(reference, &insecure).unwrap().resolve(&Platform::host()).unwrap();
+    assert_eq!(resolved.config_digest.to_string(), docker_inspect(image, "{{.Id}}"));
+}

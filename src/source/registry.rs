@@ -1193,6 +1193,14 @@ mod tests {
     }
 
     #[test]
+    fn registry_is_shared_across_layer_threads() {
+        fn shareable<T: Send + Sync>() {}
+        fn stream<T: Send + 'static>() {}
+        shareable::<Registry>();
+        stream::<BlobReader>();
+    }
+
+    #[test]
     fn realm_loopback_check() {
         assert!(realm_host_is_loopback("http://127.0.0.1:4000/token"));
         assert!(realm_host_is_loopback("http://localhost/token?x=1"));

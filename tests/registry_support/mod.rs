@@ -9,6 +9,22 @@ use std::process::Command;
 
 use crate::common::{repo_root, run_ok, tempdir, DOCKER};
 
+/// An IPv4 address of this machine that is not loopback: the one a packet to a
+/// documentation address would leave from (no packet is sent), else docker0's.
+pub fn non_loopback_address() -> std::net::Ipv4Addr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    for probe in ["192.0.2.1:9", "172.17.0.2:9"] {
+        if socket.connect(probe).is_ok() {
+            if let std::net::IpAddr::V4(a) = socket.local_addr().unwrap().ip() {
+                if !a.is_loopback() && !a.is_unspecified() {
+                    return a;
+                }
+            }
+        }
+    }
+    panic!("this machine has no IPv4 address besides loopback (not even Docker's docker0)");
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -23,7 +39,13 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// A registry without authentication.
     pub fn start() -> TestRegistry {
-        Self::start_with(tempdir(), &[])
+        Self::start_with(tempdir(), &[], false)
+    }
+
+    /// A registry without authentication that listens on every interface, so that it can be
+    /// reached at an address that is not loopback.
+    pub fn start_on_all_interfaces() -> TestRegistry {
+        Self::start_with(tempdir(), &[], true)
     }
 
     /// A registry with HTTP basic authentication: one user, from an htpasswd file made
@@ -40,19 +62,21 @@ impl TestRegistry {
                 ("REGISTRY_AUTH_HTPASSWD_REALM", "diskc-test"),
                 ("REGISTRY_AUTH_HTPASSWD_PATH", htpasswd.to_str().unwrap()),
             ],
+            false,
         )
     }
 
-    fn start_with(dir: tempfile::TempDir, env: &[(&str, &str)]) -> TestRegistry {
+    fn start_with(dir: tempfile::TempDir, env: &[(&str, &str)], all_interfaces: bool) -> TestRegistry {
         // Another process may take the port between free_port and the bind; retry then.
         for _ in 0..5 {
             let port = free_port();
-            let status = Command::new(repo_root().join("scripts/start-registry.sh"))
-                .arg(port.to_string())
-                .arg(dir.path())
-                .envs(env.iter().copied())
-                .status()
-                .expect("scripts/start-registry.sh");
+            let mut command = Command::new(repo_root().join("scripts/start-registry.sh"));
+            command.arg(port.to_string()).arg(dir.path()).envs(env.iter().copied());
+            if all_interfaces {
+                // The registry's own override of `http.addr` in the script's config.
+                command.env("REGISTRY_HTTP_ADDR", format!("0.0.0.0:{port}"));
+            }
+            let status = command.status().expect("scripts/start-registry.sh");
             if status.success() {
                 let pid =
                     std::fs::read_to_string(dir.path().join("registry.pid")).unwrap().trim().parse().unwrap();
