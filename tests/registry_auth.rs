@@ -6,20 +6,17 @@
 mod common;
 mod registry_support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use base64::Engine as _;
 use diskc::digest::HashingReader;
 use diskc::error::{Classify, ErrorClass};
 use diskc::source::registry::{Platform, Reference, Registry, RegistryError, RegistryOptions};
-use registry_support::{build_app_image, config_file, docker_login, docker_push, TestRegistry};
-
-const USER: &str = "diskc";
-const PASSWORD: &str = "s3cret:with-colon";
+use registry_support::{
+    build_app_image, config_file, docker_login, docker_push, Behaviour, FrontProxy, TestRegistry,
+    PROXY_PASSWORD as PASSWORD, PROXY_USER as USER,
+};
 
 fn client(reference: &str, config: &Path) -> Registry {
     let options = RegistryOptions { insecure: false, docker_config: Some(config.to_path_buf()) };
@@ -65,134 +62,12 @@ fn basic_auth_uses_credentials_from_docker_login() {
     }
 }
 
-const TOKEN: &str = "diskc-test-token";
-const SERVICE: &str = "diskc-test";
-
-/// The bearer flow needs a token server, which Debian does not package for the registry.
-/// This is the one fake in the registry tests, and it says so: a small HTTP server that
-/// demands a bearer token on /v2/ (answering 401 with a `Bearer` challenge naming its own
-/// /token realm), issues the token at /token only to the right basic credentials and for
-/// the right scope, and forwards authorized /v2/ requests to a real docker-registry.
-struct TokenProxy {
-    port: u16,
-    token_requests: Arc<AtomicUsize>,
-}
-
-impl TokenProxy {
-    fn start(backend: u16, repo: &'static str) -> TokenProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let token_requests = Arc::new(AtomicUsize::new(0));
-        let counter = token_requests.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let counter = counter.clone();
-                std::thread::spawn(move || serve(stream, port, backend, repo, &counter));
-            }
-        });
-        TokenProxy { port, token_requests }
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 3 <= bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
-}
-
-fn respond(stream: &mut TcpStream, status: u16, headers: &[(&str, String)], body: &[u8]) {
-    let mut head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-}
-
-fn serve(mut stream: TcpStream, port: u16, backend: u16, repo: &str, token_requests: &AtomicUsize) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line).unwrap();
-    let target = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-        }
-    }
-    let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-    let basic =
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}")));
-
-    if let Some(query) = target.strip_prefix("/token?") {
-        token_requests.fetch_add(1, Ordering::SeqCst);
-        let params: Vec<(String, String)> = query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), percent_decode(v)))
-            .collect();
-        let has = |k: &str, v: &str| params.iter().any(|(pk, pv)| pk == k && pv == v);
-        let scope_ok = has("scope", &format!("repository:{repo}:pull")) && has("service", SERVICE);
-        if header("authorization").as_deref() == Some(basic.as_str()) && scope_ok {
-            return respond(
-                &mut stream,
-                200,
-                &[],
-                format!(r#"{{"token":"{TOKEN}","expires_in":300}}"#).as_bytes(),
-            );
-        }
-        return respond(&mut stream, 401, &[], b"{}");
-    }
-    if header("authorization").as_deref() != Some(&format!("Bearer {TOKEN}")) {
-        let challenge = format!(
-            r#"Bearer realm="http://127.0.0.1:{port}/token",service="{SERVICE}",scope="repository:{repo}:pull""#
-        );
-        let body = br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
-        return respond(&mut stream, 401, &[("WWW-Authenticate", challenge)], body);
-    }
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let mut request = agent.get(format!("http://127.0.0.1:{backend}{target}"));
-    if let Some(accept) = header("accept") {
-        request = request.header("Accept", accept);
-    }
-    let response = request.call().unwrap();
-    let status = response.status().as_u16();
-    let mut forwarded = Vec::new();
-    for name in ["content-type", "docker-content-digest"] {
-        if let Some(v) = response.headers().get(name) {
-            forwarded.push((name, v.to_str().unwrap().to_string()));
-        }
-    }
-    let mut body = Vec::new();
-    response.into_body().into_reader().read_to_end(&mut body).unwrap();
-    respond(&mut stream, status, &forwarded, &body);
-}
-
 #[test]
 fn bearer_token_is_fetched_with_credentials_and_reused() {
     let image = build_app_image();
     let backend = TestRegistry::start();
     docker_push(image, &backend.host(), "diskc/app:v1", None);
-    let proxy = TokenProxy::start(backend.port, "diskc/app");
+    let proxy = FrontProxy::start(backend.port, Behaviour::RequireToken { repo: "diskc/app" });
     let host = format!("127.0.0.1:{}", proxy.port);
     let reference = format!("docker://{host}/diskc/app:v1");
 

@@ -3,9 +3,14 @@
 //! the value is dropped; and pushes into it with the Debian Docker client.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use base64::Engine as _;
 
 use crate::common::{repo_root, run_ok, tempdir, DOCKER};
 
@@ -187,4 +192,164 @@ pub fn build_app_image() -> &'static str {
         );
     });
     APP_IMAGE
+}
+
+/// The credentials [`FrontProxy`] issues tokens for (a colon in the password, as basic auth
+/// allows).
+pub const PROXY_USER: &str = "diskc";
+pub const PROXY_PASSWORD: &str = "s3cret:with-colon";
+const TOKEN: &str = "diskc-test-token";
+const SERVICE: &str = "diskc-test";
+
+/// What [`FrontProxy`] does in front of the real registry.
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    /// Demand a bearer token on /v2/: answer 401 with a `Bearer` challenge naming the
+    /// proxy's own /token realm, which issues the token only to [`PROXY_USER`] with
+    /// [`PROXY_PASSWORD`] and only for pull access to `repo`.
+    RequireToken { repo: &'static str },
+    /// Serve what the registry serves, but alter manifests (valid JSON, other bytes) and
+    /// flip a byte of the blob with digest `blob`.
+    Tamper { manifests: bool, blob: Option<String> },
+}
+
+/// The one fake in the registry tests, and it says so. The bearer flow needs a token
+/// server, which Debian does not package for docker-registry, and a registry that serves
+/// bytes not matching their digests cannot be made from a correct one. So this small HTTP
+/// server stands in front of a real docker-registry and forwards to it, adding only what
+/// [`Behaviour`] says.
+pub struct FrontProxy {
+    pub port: u16,
+    pub token_requests: Arc<AtomicUsize>,
+}
+
+impl FrontProxy {
+    pub fn start(backend: u16, behaviour: Behaviour) -> FrontProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let token_requests = Arc::new(AtomicUsize::new(0));
+        let counter = token_requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let counter = counter.clone();
+                let behaviour = behaviour.clone();
+                std::thread::spawn(move || serve(stream, port, backend, &behaviour, &counter));
+            }
+        });
+        FrontProxy { port, token_requests }
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 3 <= bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn respond(stream: &mut TcpStream, status: u16, headers: &[(&str, String)], body: &[u8]) {
+    let mut head = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    // The client may hang up early (it has what it needs); that is not the proxy's failure.
+    let _ = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body));
+}
+
+fn serve(
+    mut stream: TcpStream,
+    port: u16,
+    backend: u16,
+    behaviour: &Behaviour,
+    token_requests: &AtomicUsize,
+) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).unwrap();
+    let target = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+    }
+    let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+
+    if let Behaviour::RequireToken { repo } = behaviour {
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{PROXY_USER}:{PROXY_PASSWORD}"))
+        );
+        if let Some(query) = target.strip_prefix("/token?") {
+            token_requests.fetch_add(1, Ordering::SeqCst);
+            let params: Vec<(String, String)> = query
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), percent_decode(v)))
+                .collect();
+            let has = |k: &str, v: &str| params.iter().any(|(pk, pv)| pk == k && pv == v);
+            let scope_ok = has("scope", &format!("repository:{repo}:pull")) && has("service", SERVICE);
+            if header("authorization").as_deref() == Some(basic.as_str()) && scope_ok {
+                let body = format!(r#"{{"token":"{TOKEN}","expires_in":300}}"#);
+                return respond(&mut stream, 200, &[], body.as_bytes());
+            }
+            return respond(&mut stream, 401, &[], b"{}");
+        }
+        if header("authorization").as_deref() != Some(&format!("Bearer {TOKEN}")) {
+            let challenge = format!(
+                r#"Bearer realm="http://127.0.0.1:{port}/token",service="{SERVICE}",scope="repository:{repo}:pull""#
+            );
+            let body = br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
+            return respond(&mut stream, 401, &[("WWW-Authenticate", challenge)], body);
+        }
+    }
+
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut request = agent.get(format!("http://127.0.0.1:{backend}{target}"));
+    if let Some(accept) = header("accept") {
+        request = request.header("Accept", accept);
+    }
+    let response = request.call().unwrap();
+    let status = response.status().as_u16();
+    let mut forwarded = Vec::new();
+    for name in ["content-type", "docker-content-digest"] {
+        if let Some(v) = response.headers().get(name) {
+            forwarded.push((name, v.to_str().unwrap().to_string()));
+        }
+    }
+    let mut body = Vec::new();
+    response.into_body().into_reader().read_to_end(&mut body).unwrap();
+    if let Behaviour::Tamper { manifests, blob } = behaviour {
+        if *manifests && target.contains("/manifests/") {
+            // Still valid JSON, and the registry's Docker-Content-Digest still announced.
+            body.insert(0, b' ');
+        }
+        if blob.as_ref().is_some_and(|d| target.ends_with(&format!("/blobs/{d}"))) && !body.is_empty() {
+            let last = body.len() - 1;
+            body[last] ^= 0x20;
+        }
+    }
+    respond(&mut stream, status, &forwarded, &body);
 }
