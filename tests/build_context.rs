@@ -38,7 +38,8 @@ fn the_dockerfile_is_sent_even_when_ignored() {
     let dir = common::tempdir();
     let context = dir.path().join("ctx");
     fs::create_dir(&context).unwrap();
-    fs::write(context.join("Dockerfile"), "FROM diskc-test/busybox:latest\nCOPY keep.txt /keep.txt\n").unwrap();
+    fs::write(context.join("Dockerfile"), "FROM diskc-test/busybox:latest\nCOPY keep.txt /keep.txt\n")
+        .unwrap();
     fs::write(context.join(".dockerignore"), "*\n!keep.txt\n").unwrap();
     fs::write(context.join("keep.txt"), "kept\n").unwrap();
     let tag = "diskc-test/build-ignored-dockerfile";
@@ -50,7 +51,15 @@ fn the_dockerfile_is_sent_even_when_ignored() {
 fn a_dockerfile_outside_the_context() {
     let dockerfile = fixture("outside-dockerfile").join("Dockerfile");
     let tag = "diskc-test/build-outside";
-    build_ok(&[fixture("context").to_str().unwrap(), "-f", dockerfile.to_str().unwrap(), "-t", tag, "-t", "diskc-test/build-outside:second"]);
+    build_ok(&[
+        fixture("context").to_str().unwrap(),
+        "-f",
+        dockerfile.to_str().unwrap(),
+        "-t",
+        tag,
+        "-t",
+        "diskc-test/build-outside:second",
+    ]);
     assert_eq!(sh_in(tag, "cat /from-outside.txt"), "plain\n");
     assert_eq!(sh_in("diskc-test/build-outside:second", "cat /from-outside.txt"), "plain\n");
 }

@@ -16,7 +16,10 @@ fn several_stages_and_copy_from() {
     let (id, progress) = build_ok(&[&path(fixture("multistage")), "-t", tag]);
     assert_eq!(inspect(tag)["Id"], id.as_str(), "the tag names the image diskc reported");
     assert!(progress.contains("[builder 2/2] RUN mkdir"), "plain progress names the stage:\n{progress}");
-    let out = sh_in(tag, "cat /opt/artifact.txt; stat -c '%a' /opt/artifact.txt; cat /opt/nested/file; ls /never 2>&1 || true");
+    let out = sh_in(
+        tag,
+        "cat /opt/artifact.txt; stat -c '%a' /opt/artifact.txt; cat /opt/nested/file; ls /never 2>&1 || true",
+    );
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[..3], ["built in the builder stage", "750", "nested"]);
     assert!(lines[3].contains("No such file"), "the unused stage leaked: {out}");
@@ -25,7 +28,15 @@ fn several_stages_and_copy_from() {
 #[test]
 fn build_args_and_target() {
     let tag = "diskc-test/build-args-target";
-    build_ok(&[&path(fixture("args-target")), "-t", tag, "--build-arg", "FLAVOUR=spicy", "--target", "second"]);
+    build_ok(&[
+        &path(fixture("args-target")),
+        "-t",
+        tag,
+        "--build-arg",
+        "FLAVOUR=spicy",
+        "--target",
+        "second",
+    ]);
     let out = sh_in(tag, "cat /flavour /second; test -e /last && echo last-present || echo no-last");
     assert_eq!(out, "flavour=spicy\nsecond\nno-last\n");
 
@@ -38,7 +49,10 @@ fn build_args_and_target() {
 fn copy_chown() {
     let tag = "diskc-test/build-chown";
     build_ok(&[&path(fixture("chown")), "-t", tag]);
-    let out = sh_in(tag, "stat -c '%n %u:%g' /data /data/top.txt /data/sub/below.txt /note.txt; cat /data/sub/below.txt");
+    let out = sh_in(
+        tag,
+        "stat -c '%n %u:%g' /data /data/top.txt /data/sub/below.txt /note.txt; cat /data/sub/below.txt",
+    );
     assert_eq!(
         out,
         "/data 1234:5678\n/data/top.txt 1234:5678\n/data/sub/below.txt 1234:5678\n/note.txt 65534:65534\nbelow\n"
@@ -70,7 +84,15 @@ fn image_config_env_workdir_user_entrypoint_cmd() {
 #[test]
 fn classic_builder_on_request() {
     let tag = "diskc-test/build-config-classic";
-    let (_, progress) = build_ok(&[&path(fixture("config")), "-t", tag, "--builder", "classic", "--label", "org.example.role=test"]);
+    let (_, progress) = build_ok(&[
+        &path(fixture("config")),
+        "-t",
+        tag,
+        "--builder",
+        "classic",
+        "--label",
+        "org.example.role=test",
+    ]);
     assert!(progress.contains("Step 1/"), "the classic builder's own progress:\n{progress}");
     assert!(!progress.contains("#1 "), "no BuildKit progress with the classic builder:\n{progress}");
     check_config_image(tag);
@@ -98,12 +120,21 @@ fn a_second_build_hits_the_cache_and_gives_the_same_image() {
     let context = dir.path().join("ctx");
     std::fs::create_dir(&context).unwrap();
     let nonce = format!("{:?}", std::time::SystemTime::now());
-    std::fs::write(context.join("Dockerfile"), format!("FROM diskc-test/busybox:latest\nCOPY stamp /stamp\nRUN echo '{nonce}' > /nonce && sleep 1\n")).unwrap();
+    std::fs::write(
+        context.join("Dockerfile"),
+        format!(
+            "FROM diskc-test/busybox:latest\nCOPY stamp /stamp\nRUN echo '{nonce}' > /nonce && sleep 1\n"
+        ),
+    )
+    .unwrap();
     std::fs::write(context.join("stamp"), &nonce).unwrap();
     let tag = "diskc-test/build-cache";
     let ours = |name: &str| name.contains("COPY stamp") || name.contains("RUN echo");
     let (first, progress) = build_ok(&[&path(context.clone()), "-t", tag]);
-    assert!(!cached_steps(&progress).iter().any(|s| ours(s)), "a fresh context must not be cached:\n{progress}");
+    assert!(
+        !cached_steps(&progress).iter().any(|s| ours(s)),
+        "a fresh context must not be cached:\n{progress}"
+    );
     let (second, progress) = build_ok(&[&path(context.clone()), "-t", tag]);
     assert_eq!(first, second);
     assert_eq!(

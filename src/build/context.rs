@@ -74,7 +74,7 @@ fn walk<W: Write>(
         let name = entry.file_name();
         let rel = format!("{prefix}{}", name.to_string_lossy());
         let meta = fs::symlink_metadata(&path).map_err(at(&path))?;
-        let forced = spec.always.iter().any(|a| *a == rel);
+        let forced = spec.always.contains(&rel);
         let excluded = !forced && spec.ignore.is_excluded(&rel);
         if meta.is_dir() {
             let holds_forced = spec.always.iter().any(|a| a.starts_with(&format!("{rel}/")));

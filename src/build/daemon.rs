@@ -31,7 +31,11 @@ pub async fn connect(builder: Builder) -> Result<Docker, BuildError> {
     let host = host();
     let unreachable = |reason: String| BuildError::DaemonUnreachable { host: host.clone(), reason };
     let docker = Docker::connect_with_defaults().map_err(|e| unreachable(e.to_string()))?;
-    let docker = docker.with_timeout(REQUEST_TIMEOUT).negotiate_version().await.map_err(|e| unreachable(e.to_string()))?;
+    let docker = docker
+        .with_timeout(REQUEST_TIMEOUT)
+        .negotiate_version()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
     let version = docker.version().await.map_err(|e| unreachable(e.to_string()))?;
     if builder == Builder::BuildKit {
         let api = version.api_version.clone().unwrap_or_default();

@@ -32,7 +32,10 @@ enum Token {
     /// `?`: one byte but `/`.
     AnyByte,
     /// `[...]`: one byte (never `/`) in, or with `^` not in, the ranges.
-    Class { negated: bool, ranges: Vec<(u8, u8)> },
+    Class {
+        negated: bool,
+        ranges: Vec<(u8, u8)>,
+    },
     /// `**` inside a pattern (its trailing `/` eaten): nothing, or anything ending in `/`.
     DirsPrefix,
     /// `**` at the end: anything at all.

@@ -73,10 +73,11 @@ fn missing_base_image(message: &str, step: Option<&FailedStep>) -> Option<String
         let rest = instruction.strip_prefix("FROM ").or_else(|| instruction.strip_prefix("from "))?;
         rest.split_whitespace().next().map(str::to_owned)
     });
-    let pull_failed = ["pull access denied", "repository does not exist", "manifest unknown", "not found: manifest"]
-        .iter()
-        .any(|m| message.contains(m))
-        || (message.contains("registry") && message.contains("dial tcp"));
+    let pull_failed =
+        ["pull access denied", "repository does not exist", "manifest unknown", "not found: manifest"]
+            .iter()
+            .any(|m| message.contains(m))
+            || (message.contains("registry") && message.contains("dial tcp"));
     if pull_failed {
         return from.or_else(|| {
             let after = message.split("pull access denied for ").nth(1)?;
@@ -109,8 +110,11 @@ mod tests {
              dockerfile parse error line 3: unknown instruction: FOO",
             None,
         );
-        assert!(matches!(&e, BuildError::DockerfileSyntax { line: 3, detail, .. } if detail == "unknown instruction: FOO"));
-        let e = explain_with("Dockerfile parse error line 12: FROM requires either one or three arguments", None);
+        assert!(
+            matches!(&e, BuildError::DockerfileSyntax { line: 3, detail, .. } if detail == "unknown instruction: FOO")
+        );
+        let e =
+            explain_with("Dockerfile parse error line 12: FROM requires either one or three arguments", None);
         assert!(matches!(e, BuildError::DockerfileSyntax { line: 12, .. }));
     }
 
@@ -122,11 +126,17 @@ mod tests {
         );
         match e {
             BuildError::RunFailed { step, code, last_lines } => {
-                assert_eq!((step.as_str(), code, last_lines), ("[2/2] RUN exit 3", 3, vec!["hello".to_string()]));
+                assert_eq!(
+                    (step.as_str(), code, last_lines),
+                    ("[2/2] RUN exit 3", 3, vec!["hello".to_string()])
+                );
             }
             other => panic!("unexpected {other:?}"),
         }
-        let e = explain_with("The command '/bin/sh -c false' returned a non-zero code: 1", step("RUN false", &[]));
+        let e = explain_with(
+            "The command '/bin/sh -c false' returned a non-zero code: 1",
+            step("RUN false", &[]),
+        );
         assert!(matches!(e, BuildError::RunFailed { code: 1, .. }));
     }
 

@@ -81,17 +81,43 @@ pub struct BuiltImage {
 #[derive(Clone, Debug, PartialEq)]
 pub enum BuildEvent {
     /// The step started, or was found in the cache (then [`BuildEvent::StepCached`] follows).
-    StepStarted { step: usize, name: String },
+    StepStarted {
+        step: usize,
+        name: String,
+    },
     /// A line of the step's output; `seconds` since the step started.
-    StepLog { step: usize, seconds: f64, line: String },
+    StepLog {
+        step: usize,
+        seconds: f64,
+        line: String,
+    },
     /// A transfer or other counted activity of the step (`total` when known).
-    StepProgress { step: usize, id: String, current: i64, total: Option<i64>, done: bool },
-    StepCached { step: usize },
-    StepDone { step: usize, seconds: f64 },
-    StepFailed { step: usize, error: String },
-    Warning { step: Option<usize>, message: String },
+    StepProgress {
+        step: usize,
+        id: String,
+        current: i64,
+        total: Option<i64>,
+        done: bool,
+    },
+    StepCached {
+        step: usize,
+    },
+    StepDone {
+        step: usize,
+        seconds: f64,
+    },
+    StepFailed {
+        step: usize,
+        error: String,
+    },
+    Warning {
+        step: Option<usize>,
+        message: String,
+    },
     /// A line of the classic builder's output (it has no structured progress).
-    Output { line: String },
+    Output {
+        line: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,7 +202,8 @@ impl Classify for BuildError {
 /// Builds `plan` in the Docker daemon, reporting progress to `on_event`.
 pub fn build_image(plan: &BuildPlan, on_event: &mut dyn FnMut(BuildEvent)) -> Result<BuiltImage, BuildError> {
     let prepared = prepare(plan)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(BuildError::Runtime)?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(BuildError::Runtime)?;
     runtime.block_on(run(plan, prepared, on_event))
 }
 
@@ -202,7 +229,8 @@ fn prepare(plan: &BuildPlan) -> Result<Prepared, BuildError> {
         source: ContextError { path: context.clone(), source },
     })?;
     let dockerfile_abs = dockerfile.canonicalize().map_err(unreadable)?;
-    let inside = dockerfile_abs.strip_prefix(&context_abs).ok().and_then(|rel| rel.to_str()).map(str::to_owned);
+    let inside =
+        dockerfile_abs.strip_prefix(&context_abs).ok().and_then(|rel| rel.to_str()).map(str::to_owned);
     let ignore_path = context.join(".dockerignore");
     let ignore = match std::fs::read_to_string(&ignore_path) {
         Ok(text) => dockerignore::Ignore::parse(&text),
@@ -251,7 +279,8 @@ async fn run(
 ) -> Result<BuiltImage, BuildError> {
     let docker = daemon::connect(plan.builder).await?;
     let session = session_id();
-    let build_args: HashMap<&str, &str> = plan.build_args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let build_args: HashMap<&str, &str> =
+        plan.build_args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let labels: HashMap<&str, &str> = plan.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut options = BuildImageOptionsBuilder::default()
         .dockerfile(&prepared.dockerfile_in_tar)
@@ -293,7 +322,9 @@ async fn run(
             }
             Err(other) => {
                 drop(stream);
-                return Err(context_error(&plan.context, &context_failure).unwrap_or_else(|| daemon_error(other)));
+                return Err(
+                    context_error(&plan.context, &context_failure).unwrap_or_else(|| daemon_error(other))
+                );
             }
         }
     }
@@ -319,7 +350,10 @@ async fn run(
                 last_lines: classic.last_lines(),
             }),
         };
-        return Err(failure::explain(&message, FailureContext { dockerfile: &prepared.dockerfile_shown, step }));
+        return Err(failure::explain(
+            &message,
+            FailureContext { dockerfile: &prepared.dockerfile_shown, step },
+        ));
     }
     let image_id = image_id.ok_or(BuildError::NoImageId)?;
     for tag in plan.tags.iter().skip(1) {
@@ -330,20 +364,61 @@ async fn run(
 
 fn daemon_error(err: bollard::errors::Error) -> BuildError {
     match err {
-        bollard::errors::Error::DockerResponseServerError { status_code, message } if (400..500).contains(&status_code) => {
+        // Engine 20.10 answers a malformed tag with a 500.
+        bollard::errors::Error::DockerResponseServerError { status_code, message }
+            if (400..500).contains(&status_code) || message.contains("invalid reference format") =>
+        {
             BuildError::Refused { message }
         }
         other => BuildError::Daemon(other.to_string()),
     }
 }
 
+/// Splits `NAME[:TAG]` into the repository and the tag (`latest` when absent): the tag is
+/// what follows the last `:` after the last `/`, since a registry host may have a port.
+fn split_tag(reference: &str) -> (&str, &str) {
+    let name_start = reference.rfind('/').map_or(0, |i| i + 1);
+    match reference[name_start..].rfind(':') {
+        Some(i) => (&reference[..name_start + i], &reference[name_start + i + 1..]),
+        None => (reference, "latest"),
+    }
+}
+
+/// Checks `NAME[:TAG]` against Docker's reference grammar, so that a bad `-t` is reported
+/// as such before anything is built; returns what is wrong.
+pub fn check_tag(reference: &str) -> Result<(), String> {
+    let (name, tag) = split_tag(reference);
+    let tag_ok = !tag.is_empty()
+        && tag.len() <= 128
+        && !tag.starts_with(['.', '-'])
+        && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !tag_ok {
+        return Err(format!("tag {tag:?} must be 1 to 128 letters, digits, `_`, `.` or `-`"));
+    }
+    let mut components: Vec<&str> = name.split('/').collect();
+    // A first component with a `.` or `:`, or `localhost`, is a registry host.
+    if components.len() > 1 && (components[0].contains(['.', ':']) || components[0] == "localhost") {
+        let host = components.remove(0);
+        if !host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:".contains(&b)) {
+            return Err(format!("registry host {host:?} is not a host name"));
+        }
+    }
+    for component in components {
+        let ok = !component.is_empty()
+            && component.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            && component.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && component.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !ok {
+            return Err(format!(
+                "name component {component:?} must be lowercase letters and digits, separated by `.`, `_` or `-`"
+            ));
+        }
+    }
+    Ok(())
+}
+
 async fn tag_image(docker: &Docker, image_id: &str, tag: &str) -> Result<(), BuildError> {
-    // The tag is what follows the last `:` after the last `/` (a registry may have a port).
-    let name_start = tag.rfind('/').map_or(0, |i| i + 1);
-    let (repo, version) = match tag[name_start..].rfind(':') {
-        Some(i) => (&tag[..name_start + i], &tag[name_start + i + 1..]),
-        None => (tag, "latest"),
-    };
+    let (repo, version) = split_tag(tag);
     let options = TagImageOptionsBuilder::default().repo(repo).tag(version).build();
     docker.tag_image(image_id, Some(options)).await.map_err(|e| BuildError::Tag {
         image_id: image_id.to_owned(),
@@ -375,9 +450,8 @@ fn stream_context(
     let slot = Arc::clone(&failure);
     std::thread::spawn(move || {
         let mut sender = ChunkSender { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
-        let result = write_context(&spec, &mut sender).and_then(|_| {
-            sender.flush().map_err(|source| ContextError { path: spec.root.clone(), source })
-        });
+        let result = write_context(&spec, &mut sender)
+            .and_then(|_| sender.flush().map_err(|source| ContextError { path: spec.root.clone(), source }));
         if let Err(error) = result {
             // A closed channel means the daemon stopped reading: the build reports why.
             if error.source.kind() != io::ErrorKind::BrokenPipe {
@@ -387,7 +461,8 @@ fn stream_context(
             }
         }
     });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let body =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     (body, failure)
 }
 
@@ -422,5 +497,53 @@ impl Write for ChunkSender {
 
     fn flush(&mut self) -> io::Result<()> {
         self.send_buffered()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_follow_dockers_reference_grammar() {
+        for good in
+            ["a", "diskc-test/build-x", "a:1.0", "localhost:5000/x/y:v_1", "registry.example.com/a__b"]
+        {
+            assert_eq!(check_tag(good), Ok(()), "{good}");
+        }
+        for bad in ["BadTag", "a:", "a:-x", "/a", "a//b", "a/b-", "x:y:z", "a b"] {
+            assert!(check_tag(bad).is_err(), "{bad}");
+        }
+        assert_eq!(split_tag("localhost:5000/x"), ("localhost:5000/x", "latest"));
+        assert_eq!(split_tag("x/y:2"), ("x/y", "2"));
+    }
+
+    #[test]
+    fn session_ids_differ() {
+        assert_ne!(session_id(), session_id());
+    }
+
+    #[test]
+    fn a_dockerfile_outside_the_context_gets_a_name_from_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let context = dir.path().join("ctx");
+        std::fs::create_dir(&context).unwrap();
+        std::fs::write(dir.path().join("Containerfile"), "FROM scratch\n").unwrap();
+        std::fs::write(context.join("Dockerfile"), "FROM busybox\n").unwrap();
+        let outside = BuildPlan {
+            context: context.clone(),
+            dockerfile: Some(dir.path().join("Containerfile")),
+            ..BuildPlan::default()
+        };
+        let prepared = prepare(&outside).unwrap();
+        assert!(prepared.dockerfile_in_tar.starts_with(".diskc.Dockerfile."));
+        assert_eq!(
+            prepared.context.extra_dockerfile.as_ref().map(|(n, _)| n),
+            Some(&prepared.dockerfile_in_tar)
+        );
+        let inside = prepare(&BuildPlan { context, ..BuildPlan::default() }).unwrap();
+        assert_eq!(inside.dockerfile_in_tar, "Dockerfile");
+        assert!(inside.context.extra_dockerfile.is_none());
+        assert!(inside.context.always.contains(&"Dockerfile".to_string()));
     }
 }

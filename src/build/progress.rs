@@ -243,7 +243,10 @@ mod tests {
         assert_eq!(events, vec![BuildEvent::StepStarted { step: 2, name: "[1/2] FROM x".into() }]);
         let events = collect(
             &mut p,
-            StatusResponse { vertexes: vec![started(vertex("a", "[internal] load"), 10, 0)], ..Default::default() },
+            StatusResponse {
+                vertexes: vec![started(vertex("a", "[internal] load"), 10, 0)],
+                ..Default::default()
+            },
         );
         assert_eq!(events, vec![BuildEvent::StepStarted { step: 1, name: "[internal] load".into() }]);
     }
@@ -262,7 +265,8 @@ mod tests {
         );
         let mut failed = completed(run, 103, 500_000_000);
         failed.error = "exit code: 1".into();
-        let cancelled = PbVertex { error: "context canceled".into(), ..started(vertex("c", "other"), 100, 0) };
+        let cancelled =
+            PbVertex { error: "context canceled".into(), ..started(vertex("c", "other"), 100, 0) };
         events.extend(collect(
             &mut p,
             StatusResponse {

@@ -84,8 +84,8 @@ pub fn plan(args: &BuildArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Bu
             _ => return Err(UsageError(format!("--label {label:?}: expected KEY=VALUE"))),
         }
     }
-    if let Some(tag) = args.tags.iter().find(|t| t.is_empty() || t.contains(char::is_whitespace)) {
-        return Err(UsageError(format!("--tag {tag:?}: expected NAME[:TAG]")));
+    for tag in &args.tags {
+        build::check_tag(tag).map_err(|problem| UsageError(format!("--tag {tag:?}: {problem}")))?;
     }
     Ok(BuildPlan {
         context: args.context.clone(),
@@ -110,7 +110,7 @@ pub fn run(args: BuildArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     } else if std::io::stderr().is_terminal() {
         Box::new(Live::new())
     } else {
-        Box::new(Plain::default())
+        Box::new(Plain)
     };
     let result = build::build_image(&plan, &mut |event| display.show(event));
     display.finish();
@@ -141,7 +141,6 @@ impl Display for Silent {
 }
 
 /// `docker build --progress=plain`: one line per event, on stderr.
-#[derive(Default)]
 struct Plain;
 
 impl Display for Plain {
@@ -222,7 +221,9 @@ impl Display for Live {
                 self.bar.set_message(format!("#{step} {}: {line}", self.name(step)));
             }
             BuildEvent::StepProgress { .. } => {}
-            BuildEvent::StepCached { step } => self.bar.println(format!("#{step} {} CACHED", self.name(step))),
+            BuildEvent::StepCached { step } => {
+                self.bar.println(format!("#{step} {} CACHED", self.name(step)))
+            }
             BuildEvent::StepDone { step, seconds } => {
                 self.bar.println(format!("#{step} {} DONE {seconds:.1}s", self.name(step)))
             }
@@ -249,7 +250,9 @@ mod tests {
     use super::*;
 
     fn parse(argv: &[&str]) -> BuildArgs {
-        let cli = crate::cli::Cli::parse_from(std::iter::once("diskc").chain(std::iter::once("build")).chain(argv.iter().copied()));
+        let cli = crate::cli::Cli::parse_from(
+            std::iter::once("diskc").chain(std::iter::once("build")).chain(argv.iter().copied()),
+        );
         match cli.command {
             crate::cli::Command::Build(args) => args,
             #[allow(unreachable_patterns)]
@@ -260,8 +263,26 @@ mod tests {
     #[test]
     fn arguments_become_a_plan() {
         let args = parse(&[
-            "ctx", "-f", "df", "-t", "a:1", "-t", "b", "--build-arg", "X=1", "--build-arg", "FROM_ENV",
-            "--build-arg", "UNSET", "--label", "k=v=w", "--target", "s", "--no-cache", "--builder", "classic",
+            "ctx",
+            "-f",
+            "df",
+            "-t",
+            "a:1",
+            "-t",
+            "b",
+            "--build-arg",
+            "X=1",
+            "--build-arg",
+            "FROM_ENV",
+            "--build-arg",
+            "UNSET",
+            "--label",
+            "k=v=w",
+            "--target",
+            "s",
+            "--no-cache",
+            "--builder",
+            "classic",
         ]);
         let env = |name: &str| (name == "FROM_ENV").then(|| String::from("env value"));
         let plan = plan(&args, &env).unwrap();
@@ -283,7 +304,7 @@ mod tests {
         let none = |_: &str| None;
         assert!(plan(&parse(&["--label", "novalue"]), &none).is_err());
         assert!(plan(&parse(&["--build-arg", "=x"]), &none).is_err());
-        assert!(plan(&parse(&["-t", ""]), &none).is_err());
+        assert!(plan(&parse(&["-t", "Upper/case"]), &none).is_err());
     }
 
     #[test]

@@ -41,7 +41,17 @@ pub fn inspect(image: &str) -> serde_json::Value {
 
 /// Runs a shell script as root in a throwaway container of `image`; returns its stdout.
 pub fn sh_in(image: &str, script: &str) -> String {
-    let out = run_ok(Command::new(DOCKER).args(["run", "--rm", "--user", "0", "--entrypoint", "/bin/sh", image, "-c", script]));
+    let out = run_ok(Command::new(DOCKER).args([
+        "run",
+        "--rm",
+        "--user",
+        "0",
+        "--entrypoint",
+        "/bin/sh",
+        image,
+        "-c",
+        script,
+    ]));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -62,5 +72,9 @@ pub fn copy_fixture(case: &str, into: &Path) -> PathBuf {
 
 /// The last line of diskc's stderr: the one-line error message.
 pub fn error_line(stderr: &str) -> &str {
-    stderr.lines().rev().find(|l| l.starts_with("diskc: error:")).unwrap_or_else(|| panic!("no error line in:\n{stderr}"))
+    stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("diskc: error:"))
+        .unwrap_or_else(|| panic!("no error line in:\n{stderr}"))
 }
