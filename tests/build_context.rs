@@ -63,3 +63,27 @@ fn a_dockerfile_outside_the_context() {
     assert_eq!(sh_in(tag, "cat /from-outside.txt"), "plain\n");
     assert_eq!(sh_in("diskc-test/build-outside:second", "cat /from-outside.txt"), "plain\n");
 }
+
+/// A file many times the size of one streamed chunk arrives intact.
+#[test]
+fn a_large_file_arrives_intact() {
+    use sha2::{Digest, Sha256};
+    let dir = common::tempdir();
+    let context = dir.path().join("ctx");
+    fs::create_dir(&context).unwrap();
+    let mut data = Vec::with_capacity(5 << 20);
+    let mut x: u32 = 1;
+    while data.len() < (5 << 20) + 12_345 {
+        // xorshift: incompressible, reproducible bytes.
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    fs::write(context.join("big.bin"), &data).unwrap();
+    fs::write(context.join("Dockerfile"), "FROM diskc-test/busybox:latest\nCOPY big.bin /big.bin\n").unwrap();
+    let tag = "diskc-test/build-large-file";
+    build_ok(&[context.to_str().unwrap(), "-t", tag]);
+    let inside = sh_in(tag, "sha256sum /big.bin");
+    assert_eq!(inside.split_whitespace().next(), Some(hex::encode(Sha256::digest(&data)).as_str()));
+}
