@@ -298,7 +298,7 @@ async fn run(
         Builder::Classic => options.version(BuilderVersion::BuilderV1),
     };
 
-    let (body, context_failure) = stream_context(prepared.context.clone());
+    let (body, context_failure) = stream_context(prepared.context);
     let mut stream = docker.build_image(options.build(), None, Some(bollard::body_try_stream(body)));
     let mut buildkit = progress::BuildKitProgress::default();
     let mut classic = progress::ClassicProgress::default();
