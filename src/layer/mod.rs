@@ -12,7 +12,7 @@ use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::digest::{Digest, HashingReader};
+use crate::digest::{Digest, Hasher, HashingReader};
 use crate::error::{Classify, ErrorClass};
 use crate::tree::flatten::{self, Entry, EntryKind, FlattenError, LayerChanges};
 use crate::tree::{DeviceNumber, FileData, FsTree, Metadata, Timestamp};
@@ -41,6 +41,7 @@ pub enum Compression {
 }
 
 /// A layer read: its entries in tar order, its digests, and its spool.
+#[derive(Clone)]
 pub struct LayerIndex {
     pub entries: Vec<Entry<SpoolRef>>,
     /// sha256 of the uncompressed tar.
@@ -112,9 +113,9 @@ const COPY_BUFFER: usize = 256 * 1024;
 
 /// The blob's name in errors: its expected digest, or its place.
 fn blob_name(expect: &LayerExpect, layer: u32) -> String {
-    match expect.digest {
-        Some(d) => d.to_string(),
-        None => format!("#{layer}"),
+    match (expect.digest, expect.diff_id) {
+        (Some(d), _) | (None, Some(d)) => d.to_string(),
+        (None, None) => format!("#{layer}"),
     }
 }
 
@@ -144,7 +145,7 @@ pub fn index_layer<R: Read>(blob: R, expect: &LayerExpect, layer: u32, spool_dir
     let mut source = Source { inner: HashingReader::new(blob), failed: None };
 
     let result = decode(&mut source, &mut writer, &name, spool_dir);
-    let (entries, compression, diff_id, uncompressed_size) = match result {
+    let (entries, compression, plain_digest, uncompressed_size) = match result {
         Ok(v) => v,
         Err(e) => {
             return Err(match (source.failed.take(), e) {
@@ -154,6 +155,8 @@ pub fn index_layer<R: Read>(blob: R, expect: &LayerExpect, layer: u32, spool_dir
         }
     };
     let (digest, compressed_size) = source.inner.finish();
+    // An uncompressed blob is its own tar: one hash serves as both digests.
+    let diff_id = plain_digest.unwrap_or(digest);
     // A blob named by its digest is named by what it should have been; report both.
     if let Some(expected) = expect.digest {
         if expected != digest {
@@ -176,7 +179,8 @@ pub fn index_layer<R: Read>(blob: R, expect: &LayerExpect, layer: u32, spool_dir
     })
 }
 
-type Decoded = (Vec<Entry<SpoolRef>>, Compression, Digest, u64);
+/// Entries, compression, the tar's digest (`None` when it is the blob itself), its size.
+type Decoded = (Vec<Entry<SpoolRef>>, Compression, Option<Digest>, u64);
 
 /// Detects the compression, then parses the tar through it, then reads the blob to its end
 /// so that its digest covers every byte.
@@ -203,23 +207,29 @@ fn decode<R: Read>(source: &mut Source<R>, writer: &mut SpoolWriter, name: &str,
     };
     let mut input = BufReader::with_capacity(COPY_BUFFER, head.chain(source));
     let (entries, diff_id, size) = match compression {
-        Compression::Gzip => parse_tar(flate2::bufread::MultiGzDecoder::new(&mut input), writer, name, dir)?,
+        Compression::Gzip => parse_tar(flate2::bufread::MultiGzDecoder::new(&mut input), true, writer, name, dir)?,
         Compression::Zstd => {
             let mut decoder = zstd::stream::read::Decoder::with_buffer(&mut input).map_err(corrupt)?;
             // Producers may use long windows; the default limit (8 MiB) would refuse them.
             decoder.window_log_max(31).map_err(corrupt)?;
-            parse_tar(decoder, writer, name, dir)?
+            parse_tar(decoder, true, writer, name, dir)?
         }
-        Compression::None => parse_tar(&mut input, writer, name, dir)?,
+        Compression::None => parse_tar(&mut input, false, writer, name, dir)?,
     };
     io::copy(&mut input, &mut io::sink()).map_err(corrupt)?;
     Ok((entries, compression, diff_id, size))
 }
 
-/// Parses the uncompressed tar stream `plain`, hashing all of it.
-fn parse_tar<R: Read>(plain: R, writer: &mut SpoolWriter, name: &str, dir: &Path) -> Result<(Vec<Entry<SpoolRef>>, Digest, u64), LayerError> {
+/// Parses the uncompressed tar stream `plain` to its end; with `hash`, hashes all of it.
+fn parse_tar<R: Read>(
+    plain: R,
+    hash: bool,
+    writer: &mut SpoolWriter,
+    name: &str,
+    dir: &Path,
+) -> Result<(Vec<Entry<SpoolRef>>, Option<Digest>, u64), LayerError> {
     let corrupt = |source: io::Error| LayerError::Corrupt { blob: name.to_string(), source };
-    let mut hashed = HashingReader::new(plain);
+    let mut hashed = CountingReader { inner: plain, hasher: hash.then(Hasher::new), count: 0 };
     let mut entries = Vec::new();
     {
         let mut archive = tar::Archive::new(&mut hashed);
@@ -233,8 +243,25 @@ fn parse_tar<R: Read>(plain: R, writer: &mut SpoolWriter, name: &str, dir: &Path
     }
     // The end-of-archive blocks and the padding after them are part of the diff_id.
     io::copy(&mut hashed, &mut io::sink()).map_err(corrupt)?;
-    let (diff_id, size) = hashed.finish();
-    Ok((entries, diff_id, size))
+    Ok((entries, hashed.hasher.map(Hasher::finish), hashed.count))
+}
+
+/// Counts what passes, and hashes it when asked.
+struct CountingReader<R> {
+    inner: R,
+    hasher: Option<Hasher>,
+    count: u64,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
+        self.count += n as u64;
+        Ok(n)
+    }
 }
 
 /// PAX records this module reads besides those the tar crate applies (path, linkpath, size,
