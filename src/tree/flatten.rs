@@ -15,6 +15,8 @@
 //!   entries of its own layer); the target must exist and not be a directory. Links share one
 //!   node, so a link whose partner a later layer deletes keeps the content.
 //! - Missing parent directories are created (mode 0755, owner root, time 0), as Docker does.
+//! - The root directory is mode 0755, owner root, time 0, whatever a layer's `./` entry says:
+//!   Docker skips that entry too.
 //!
 //! Tar entries are untrusted. How names are confined:
 //! - a leading `/` is dropped: absolute names are taken relative to the root;
@@ -250,12 +252,13 @@ impl<C: Clone> LayerApplier<'_, '_, C> {
 
     fn add(&mut self, entry: &Entry<C>, parts: &[Vec<u8>]) -> Result<(), FlattenError> {
         let Some((name, dir)) = parts.split_last() else {
-            // The root itself: only a directory can stand there; it lends its metadata.
+            // The root itself: only a directory can stand there, and like Docker we keep the
+            // root's own metadata rather than a layer's (a `./` entry often carries the mode
+            // of whatever temp directory the layer was packed from).
             if !matches!(entry.kind, EntryKind::Directory) {
                 let (layer, entry) = self.err_entry(&entry.path);
                 return Err(FlattenError::RootNotDirectory { layer, entry });
             }
-            self.tree.get_mut(FsTree::<C>::ROOT).meta = entry.meta.clone();
             return Ok(());
         };
         // A hard link's target is found before anything at the entry's own path changes.
