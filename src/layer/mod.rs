@@ -325,6 +325,15 @@ fn parse_pax_time(value: &[u8]) -> Option<Timestamp> {
     })
 }
 
+/// A numeric header field; an empty one (all NUL or spaces) reads as 0, as GNU tar and Go
+/// read it, where the tar crate refuses it.
+fn numeric<T: Default>(parsed: io::Result<T>, raw: &[u8]) -> io::Result<T> {
+    match parsed {
+        Err(_) if raw.iter().all(|&b| b == 0 || b == b' ') => Ok(T::default()),
+        other => other,
+    }
+}
+
 fn read_entry<R: Read>(
     item: &mut tar::Entry<'_, R>,
     writer: &mut SpoolWriter,
@@ -344,15 +353,16 @@ fn read_entry<R: Read>(
     if entry_type.is_pax_global_extensions() {
         return Ok(None);
     }
-    let mode = header.mode().map_err(|e| bad(format!("bad mode: {e}")))?;
-    let uid = header.uid().map_err(|e| bad(format!("bad uid: {e}")))?;
-    let gid = header.gid().map_err(|e| bad(format!("bad gid: {e}")))?;
+    let old = header.as_old();
+    let mode = numeric(header.mode(), &old.mode).map_err(|e| bad(format!("bad mode: {e}")))?;
+    let uid = numeric(header.uid(), &old.uid).map_err(|e| bad(format!("bad uid: {e}")))?;
+    let gid = numeric(header.gid(), &old.gid).map_err(|e| bad(format!("bad gid: {e}")))?;
     let uid = u32::try_from(uid).map_err(|_| bad(format!("uid {uid} does not fit 32 bits")))?;
     let gid = u32::try_from(gid).map_err(|_| bad(format!("gid {gid} does not fit 32 bits")))?;
     let mtime = match extras.mtime {
         Some(t) => t,
         None => {
-            let sec = header.mtime().map_err(|e| bad(format!("bad mtime: {e}")))?;
+            let sec = numeric(header.mtime(), &old.mtime).map_err(|e| bad(format!("bad mtime: {e}")))?;
             Timestamp::new(i64::try_from(sec).unwrap_or(i64::MAX), 0)
         }
     };
