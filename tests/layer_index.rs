@@ -259,8 +259,12 @@ proptest! {
 
     #[test]
     fn mutated_tars_never_panic(flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8), gz in any::<bool>()) {
-        let tar = sample_tar();
-        let mut blob = if gz { gzip(&tar) } else { tar[..8192].to_vec() };
+        static SAMPLES: std::sync::OnceLock<(Vec<u8>, Vec<u8>)> = std::sync::OnceLock::new();
+        let (plain, gzipped) = SAMPLES.get_or_init(|| {
+            let tar = sample_tar();
+            (tar[..8192].to_vec(), gzip(&tar))
+        });
+        let mut blob = if gz { gzipped.clone() } else { plain.clone() };
         for (at, byte) in flips {
             let i = at.index(blob.len());
             blob[i] = byte;

@@ -123,10 +123,7 @@ fn match_layers(input: &str, plan: &Plan, mut indexed: HashMap<String, LayerInde
     for (i, (path, expect)) in plan.layer_paths.iter().zip(&plan.expects).enumerate() {
         let layer_err = |source: LayerError| SourceError::Layer { input: format!("{input}: {path}"), source };
         let index = match indexed.remove(path) {
-            Some(index) => {
-                index.set_layer(i as u32);
-                index
-            }
+            Some(index) => index,
             // The same blob listed twice: the second use shares the first's spool.
             None => match plan.layer_paths[..i].iter().position(|p| p == path) {
                 Some(first) => out[first].clone(),
@@ -145,6 +142,10 @@ fn match_layers(input: &str, plan: &Plan, mut indexed: HashMap<String, LayerInde
             }
         }
         out.push(index);
+    }
+    // Number the spools top down, so a blob listed twice reports its lowest place.
+    for (i, index) in out.iter().enumerate().rev() {
+        index.set_layer(i as u32);
     }
     Ok(out)
 }
