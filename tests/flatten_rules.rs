@@ -13,20 +13,33 @@ fn dir(p: &str) -> Entry<Vec<u8>> {
 }
 
 fn file(p: &str, text: &str) -> Entry<Vec<u8>> {
-    Entry { path: p.as_bytes().to_vec(), kind: EntryKind::File(FileData::from_bytes(text.as_bytes().to_vec())), meta: meta(0o644) }
+    Entry {
+        path: p.as_bytes().to_vec(),
+        kind: EntryKind::File(FileData::from_bytes(text.as_bytes().to_vec())),
+        meta: meta(0o644),
+    }
 }
 
 fn symlink(p: &str, target: &str) -> Entry<Vec<u8>> {
-    Entry { path: p.as_bytes().to_vec(), kind: EntryKind::Symlink(target.as_bytes().to_vec()), meta: meta(0o777) }
+    Entry {
+        path: p.as_bytes().to_vec(),
+        kind: EntryKind::Symlink(target.as_bytes().to_vec()),
+        meta: meta(0o777),
+    }
 }
 
 fn link(p: &str, target: &str) -> Entry<Vec<u8>> {
-    Entry { path: p.as_bytes().to_vec(), kind: EntryKind::HardLink(target.as_bytes().to_vec()), meta: meta(0o644) }
+    Entry {
+        path: p.as_bytes().to_vec(),
+        kind: EntryKind::HardLink(target.as_bytes().to_vec()),
+        meta: meta(0o644),
+    }
 }
 
 fn flat(layers: &[Vec<Entry<Vec<u8>>>]) -> Result<FsTree<Vec<u8>>, FlattenError> {
     let names: Vec<String> = (0..layers.len()).map(|i| format!("layer{i}")).collect();
-    let changes: Vec<_> = layers.iter().zip(&names).map(|(l, n)| LayerChanges { name: n, entries: l }).collect();
+    let changes: Vec<_> =
+        layers.iter().zip(&names).map(|(l, n)| LayerChanges { name: n, entries: l }).collect();
     flatten(&changes)
 }
 
@@ -57,7 +70,9 @@ fn whiteouts_delete_files_and_whole_directories() {
 
 #[test]
 fn a_whiteout_acts_on_lower_layers_only_wherever_it_comes() {
-    for layer in [vec![file(".wh.top", ""), file("top", "new")], vec![file("top", "new"), file(".wh.top", "")]] {
+    for layer in
+        [vec![file(".wh.top", ""), file("top", "new")], vec![file("top", "new"), file(".wh.top", "")]]
+    {
         let t = flat(&[base(), layer]).unwrap();
         assert_eq!(text(&t, "top"), "new");
     }
@@ -102,7 +117,11 @@ fn anything_else_replaces() {
     .unwrap();
     assert_eq!(paths(&t), ["a", "top", "top/in"]);
     assert!(matches!(&t.get(t.lookup(b"a").unwrap()).kind, NodeKind::Symlink(s) if s == b"/elsewhere"));
-    let dev = Entry { path: b"top".to_vec(), kind: EntryKind::CharDevice(DeviceNumber { major: 1, minor: 3 }), meta: meta(0o666) };
+    let dev = Entry {
+        path: b"top".to_vec(),
+        kind: EntryKind::CharDevice(DeviceNumber { major: 1, minor: 3 }),
+        meta: meta(0o666),
+    };
     let t = flat(&[base(), vec![dev]]).unwrap();
     assert!(matches!(t.get(t.lookup(b"top").unwrap()).kind, NodeKind::CharDevice(_)));
     let t = flat(&[base(), vec![file("a/sub", "now a file")]]).unwrap();
@@ -172,8 +191,18 @@ fn absolute_and_dotted_names_are_taken_inside_the_root() {
 
 #[test]
 fn symlinks_on_the_way_are_followed_inside_the_root() {
-    let lower = vec![dir("usr"), dir("usr/lib"), symlink("lib", "/usr/lib"), symlink("up", "../../../.."), symlink("rel", "usr")];
-    let t = flat(&[lower.clone(), vec![file("lib/x", "via abs"), file("up/etc/passwd", "confined"), file("rel/lib/y", "via rel")]]).unwrap();
+    let lower = vec![
+        dir("usr"),
+        dir("usr/lib"),
+        symlink("lib", "/usr/lib"),
+        symlink("up", "../../../.."),
+        symlink("rel", "usr"),
+    ];
+    let t = flat(&[
+        lower.clone(),
+        vec![file("lib/x", "via abs"), file("up/etc/passwd", "confined"), file("rel/lib/y", "via rel")],
+    ])
+    .unwrap();
     assert_eq!(text(&t, "usr/lib/x"), "via abs");
     assert_eq!(text(&t, "usr/lib/y"), "via rel");
     assert_eq!(text(&t, "etc/passwd"), "confined", "`..` stops at the root");
@@ -223,14 +252,28 @@ fn the_result_depends_on_the_result_not_on_the_history() {
 
 /// Operations for random layers: names from a small set so that they collide.
 fn entry_strategy() -> impl Strategy<Value = Entry<Vec<u8>>> {
-    let name = prop::sample::select(vec!["a", "b", "a/b", "a/c", "b/a", "a/b/c", ".wh.a", "a/.wh.b", "a/.wh..wh..opq", "../x", "/a"]);
-    (0u8..5, name, prop::sample::select(vec!["a", "b", "a/b", "/a/c", "../b", "c"])).prop_map(|(kind, name, target)| match kind {
-        0 => dir(name),
-        1 => file(name, "data"),
-        2 => symlink(name, target),
-        3 => link(name, target),
-        _ => Entry { path: name.as_bytes().to_vec(), kind: EntryKind::Fifo, meta: meta(0o644) },
-    })
+    let name = prop::sample::select(vec![
+        "a",
+        "b",
+        "a/b",
+        "a/c",
+        "b/a",
+        "a/b/c",
+        ".wh.a",
+        "a/.wh.b",
+        "a/.wh..wh..opq",
+        "../x",
+        "/a",
+    ]);
+    (0u8..5, name, prop::sample::select(vec!["a", "b", "a/b", "/a/c", "../b", "c"])).prop_map(
+        |(kind, name, target)| match kind {
+            0 => dir(name),
+            1 => file(name, "data"),
+            2 => symlink(name, target),
+            3 => link(name, target),
+            _ => Entry { path: name.as_bytes().to_vec(), kind: EntryKind::Fifo, meta: meta(0o644) },
+        },
+    )
 }
 
 proptest! {

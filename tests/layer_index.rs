@@ -41,9 +41,11 @@ fn sample_tar() -> Vec<u8> {
     let long = format!("etc/{}", "l".repeat(255));
     b.append_data(&mut header(tar::EntryType::Regular, 0o600, 4), &long, &b"long"[..]).unwrap();
     let data = holey();
-    b.append_data(&mut header(tar::EntryType::Regular, 0o644, data.len() as u64), "holey", &data[..]).unwrap();
+    b.append_data(&mut header(tar::EntryType::Regular, 0o644, data.len() as u64), "holey", &data[..])
+        .unwrap();
     let zeros = vec![0u8; 3 << 20];
-    b.append_data(&mut header(tar::EntryType::Regular, 0o644, zeros.len() as u64), "zeros", &zeros[..]).unwrap();
+    b.append_data(&mut header(tar::EntryType::Regular, 0o644, zeros.len() as u64), "zeros", &zeros[..])
+        .unwrap();
     let mut h = header(tar::EntryType::Symlink, 0o777, 0);
     b.append_link(&mut h, "etc/sym", "../holey").unwrap();
     let mut h = header(tar::EntryType::Link, 0o644, 0);
@@ -63,7 +65,11 @@ fn sample_tar() -> Vec<u8> {
     let mut h = header(tar::EntryType::Regular, 0o4755, 1);
     h.set_gid(100000);
     b.append_data(&mut h, "setuid", &b"x"[..]).unwrap();
-    b.append_data(&mut header(tar::EntryType::Regular, 0o644, 0), &b"caf\xe9"[..].iter().map(|&c| c as char).collect::<String>(), io::empty()).unwrap();
+    // A Latin-1 name, not UTF-8: set the name bytes directly.
+    let mut h = header(tar::EntryType::Regular, 0o644, 0);
+    h.as_old_mut().name[..4].copy_from_slice(b"caf\xe9");
+    h.set_cksum();
+    b.append(&h, io::empty()).unwrap();
     b.into_inner().unwrap()
 }
 
@@ -100,7 +106,9 @@ fn read_all(layer: &LayerIndex, path: &str) -> Vec<u8> {
 fn every_compression_gives_the_same_index() {
     let tar = sample_tar();
     let dir = common::tempdir();
-    for (blob, compression) in [(tar.clone(), Compression::None), (gzip(&tar), Compression::Gzip), (zstd(&tar), Compression::Zstd)] {
+    for (blob, compression) in
+        [(tar.clone(), Compression::None), (gzip(&tar), Compression::Gzip), (zstd(&tar), Compression::Zstd)]
+    {
         let layer = index_layer(&blob[..], &expect(&blob, &tar), 3, dir.path()).unwrap();
         assert_eq!(layer.compression, compression);
         assert_eq!(layer.digest, Digest::of(&blob));
@@ -121,7 +129,9 @@ fn every_compression_gives_the_same_index() {
         assert_eq!(read_all(&layer, "zeros"), vec![0u8; 3 << 20]);
         assert!(matches!(&entry(&layer, "etc/sym").kind, EntryKind::Symlink(t) if t == b"../holey"));
         assert!(matches!(&entry(&layer, "etc/hard").kind, EntryKind::HardLink(t) if t == b"etc/hello"));
-        assert!(matches!(&entry(&layer, "null").kind, EntryKind::CharDevice(d) if (d.major, d.minor) == (1, 3)));
+        assert!(
+            matches!(&entry(&layer, "null").kind, EntryKind::CharDevice(d) if (d.major, d.minor) == (1, 3))
+        );
         assert!(matches!(entry(&layer, "fifo").kind, EntryKind::Fifo));
         let s = &entry(&layer, "setuid").meta;
         assert_eq!((s.mode, s.uid, s.gid), (0o4755, 4_000_000_000, 100000));
@@ -129,7 +139,7 @@ fn every_compression_gives_the_same_index() {
         assert_eq!(s.xattrs.get(&b"user.k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
         assert_eq!(s.xattrs.get(&b"security.capability"[..]).map(Vec::as_slice), Some(&[1u8, 2, 0, 255][..]));
         assert_eq!(entry(&layer, "etc/hello").meta.mtime.sec, 1_700_000_000);
-        assert!(layer.entries.iter().any(|e| e.path == "caf\u{e9}".as_bytes()));
+        assert!(layer.entries.iter().any(|e| e.path == b"caf\xe9"));
     }
 }
 
@@ -142,7 +152,11 @@ fn digest_and_diff_id_mismatches_name_the_blob() {
     wrong.digest = Some(Digest::of(b"other"));
     let e = index_layer(&blob[..], &wrong, 0, dir.path()).err().unwrap();
     assert!(matches!(e, LayerError::DigestMismatch { .. }), "{e}");
-    assert!(e.to_string().contains(&Digest::of(b"other").to_string()) && e.to_string().contains(&Digest::of(&blob).to_string()), "{e}");
+    assert!(
+        e.to_string().contains(&Digest::of(b"other").to_string())
+            && e.to_string().contains(&Digest::of(&blob).to_string()),
+        "{e}"
+    );
     let mut wrong = expect(&blob, &tar);
     wrong.diff_id = Some(Digest::of(b"other"));
     let e = index_layer(&blob[..], &wrong, 0, dir.path()).err().unwrap();
@@ -160,8 +174,14 @@ fn flipped_and_truncated_blobs_are_errors() {
         let mut flipped = blob.clone();
         let at = flipped.len() / 3;
         flipped[at] ^= 0x40;
-        for (what, bad) in [("flipped", flipped), ("truncated", blob[..blob.len() * 2 / 3].to_vec()), ("cut short", blob[..blob.len() - 1].to_vec())] {
-            let e = index_layer(&bad[..], &exp, 0, dir.path()).err().unwrap_or_else(|| panic!("{what} blob read without error"));
+        for (what, bad) in [
+            ("flipped", flipped),
+            ("truncated", blob[..blob.len() * 2 / 3].to_vec()),
+            ("cut short", blob[..blob.len() - 1].to_vec()),
+        ] {
+            let e = index_layer(&bad[..], &exp, 0, dir.path())
+                .err()
+                .unwrap_or_else(|| panic!("{what} blob read without error"));
             assert_eq!(e.class(), ErrorClass::BadInput, "{what}: {e}");
             assert!(e.to_string().contains(&name), "{what}: the error names the blob: {e}");
         }
@@ -171,7 +191,10 @@ fn flipped_and_truncated_blobs_are_errors() {
 #[test]
 fn an_encrypted_layer_is_unsupported() {
     let dir = common::tempdir();
-    let exp = LayerExpect { media_type: "application/vnd.oci.image.layer.v1.tar+gzip+encrypted".into(), ..Default::default() };
+    let exp = LayerExpect {
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip+encrypted".into(),
+        ..Default::default()
+    };
     let e = index_layer(&b""[..], &exp, 0, dir.path()).err().unwrap();
     assert!(matches!(e, LayerError::Unsupported { .. }), "{e}");
 }
@@ -199,7 +222,9 @@ fn a_failing_reader_is_an_environment_error() {
     let e = index_layer(Broken(&blob[..blob.len() / 2]), &expect(&blob, &tar), 0, dir.path()).err().unwrap();
     assert!(matches!(e, LayerError::Read { .. }), "{e}");
     assert_eq!(e.class(), ErrorClass::Environment);
-    let e = index_layer(&tar[..], &LayerExpect::default(), 0, std::path::Path::new("/nonexistent/spool")).err().unwrap();
+    let e = index_layer(&tar[..], &LayerExpect::default(), 0, std::path::Path::new("/nonexistent/spool"))
+        .err()
+        .unwrap();
     assert!(matches!(e, LayerError::Spool { .. }), "{e}");
     assert_eq!(e.class(), ErrorClass::Environment);
 }
@@ -223,23 +248,44 @@ fn many_layers_come_back_in_input_order() {
         .map(|i| {
             let mut b = tar::Builder::new(Vec::new());
             let data = vec![i as u8 + 1; 1000 * (i % 3 + 1)];
-            b.append_data(&mut header(tar::EntryType::Regular, 0o644, data.len() as u64), format!("f{i}"), &data[..]).unwrap();
+            b.append_data(
+                &mut header(tar::EntryType::Regular, 0o644, data.len() as u64),
+                format!("f{i}"),
+                &data[..],
+            )
+            .unwrap();
             let tar = b.into_inner().unwrap();
             let blob = if i % 2 == 0 { gzip(&tar) } else { zstd(&tar) };
             (blob, tar)
         })
         .collect();
-    let jobs: Vec<LayerJob> = blobs.iter().map(|(b, t)| LayerJob { expect: expect(b, t), size: Some(b.len() as u64) }).collect();
-    let layers = index_layers(&jobs, |i| Ok(Box::new(io::Cursor::new(blobs[i].0.clone())) as Box<dyn Read + Send>), dir.path()).unwrap();
+    let jobs: Vec<LayerJob> =
+        blobs.iter().map(|(b, t)| LayerJob { expect: expect(b, t), size: Some(b.len() as u64) }).collect();
+    let layers = index_layers(
+        &jobs,
+        |i| Ok(Box::new(io::Cursor::new(blobs[i].0.clone())) as Box<dyn Read + Send>),
+        dir.path(),
+    )
+    .unwrap();
     for (i, layer) in layers.iter().enumerate() {
         assert_eq!(layer.entries[0].path, format!("f{i}").as_bytes());
         let EntryKind::File(f) = &layer.entries[0].kind else { unreachable!() };
         assert_eq!(f.content.layer(), i as u32);
     }
     // The first failure in input order is the error.
-    let e = index_layers(&jobs, |i| if i >= 4 { Err(io::ErrorKind::NotFound.into()) } else { Ok(Box::new(io::Cursor::new(blobs[i].0.clone())) as Box<dyn Read + Send>) }, dir.path())
-        .err()
-        .unwrap();
+    let e = index_layers(
+        &jobs,
+        |i| {
+            if i >= 4 {
+                Err(io::ErrorKind::NotFound.into())
+            } else {
+                Ok(Box::new(io::Cursor::new(blobs[i].0.clone())) as Box<dyn Read + Send>)
+            }
+        },
+        dir.path(),
+    )
+    .err()
+    .unwrap();
     assert!(e.to_string().contains(&jobs[4].expect.digest.unwrap().to_string()), "{e}");
 }
 

@@ -79,7 +79,16 @@ struct Described {
 }
 
 /// Paths Docker adds to a container.
-const ADDED_BY_DOCKER: &[&str] = &[".dockerenv", "etc/hostname", "etc/hosts", "etc/resolv.conf", "etc/mtab", "dev/console", "dev/pts", "dev/shm"];
+const ADDED_BY_DOCKER: &[&str] = &[
+    ".dockerenv",
+    "etc/hostname",
+    "etc/hosts",
+    "etc/resolv.conf",
+    "etc/mtab",
+    "dev/console",
+    "dev/pts",
+    "dev/shm",
+];
 /// Directories Docker makes in a container when the image lacks them.
 const MOUNTPOINTS: &[&str] = &["dev", "etc", "proc", "sys"];
 /// Directories whose mtime the container's init layer changes.
@@ -99,7 +108,10 @@ fn content_digest<C: Content>(c: &C, size: u64) -> Digest {
 }
 
 /// Each path's description, and the hard-link groups (paths sharing a non-directory node).
-fn describe<C: Content>(tree: &FsTree<C>, keep_user_xattrs: bool) -> (BTreeMap<String, Described>, BTreeSet<Vec<String>>) {
+fn describe<C: Content>(
+    tree: &FsTree<C>,
+    keep_user_xattrs: bool,
+) -> (BTreeMap<String, Described>, BTreeSet<Vec<String>>) {
     let mut out = BTreeMap::new();
     let mut groups: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     for (path, id) in tree.walk() {
@@ -128,7 +140,16 @@ fn describe<C: Content>(tree: &FsTree<C>, keep_user_xattrs: bool) -> (BTreeMap<S
             .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.clone()))
             .collect();
         let mtime = (!TOUCHED_BY_DOCKER.contains(&name.as_str())).then_some(node.meta.mtime.sec);
-        let d = Described { kind, mode: node.meta.mode, uid: node.meta.uid, gid: node.meta.gid, mtime, size, sha256, xattrs };
+        let d = Described {
+            kind,
+            mode: node.meta.mode,
+            uid: node.meta.uid,
+            gid: node.meta.gid,
+            mtime,
+            size,
+            sha256,
+            xattrs,
+        };
         out.insert(name, d);
     }
     let links = groups.into_values().filter(|g| g.len() > 1).collect();
@@ -141,7 +162,10 @@ fn assert_same_tree<C: Content, D: Content>(ours: &FsTree<C>, oracle: &FsTree<D>
     let only_ours: Vec<_> = a.keys().filter(|k| !b.contains_key(*k)).collect();
     let only_oracle: Vec<_> =
         b.keys().filter(|k| !a.contains_key(*k) && !MOUNTPOINTS.contains(&k.as_str())).collect();
-    assert!(only_ours.is_empty() && only_oracle.is_empty(), "{what}: only in ours {only_ours:?}, only in the oracle {only_oracle:?}");
+    assert!(
+        only_ours.is_empty() && only_oracle.is_empty(),
+        "{what}: only in ours {only_ours:?}, only in the oracle {only_oracle:?}"
+    );
     for (path, d) in &a {
         assert_eq!(d, &b[path], "{what}: {path:?} differs (left ours, right the oracle)");
     }
@@ -187,13 +211,20 @@ fn changes_image_equals_docker_export() {
     assert!(ours.lookup(b"h/p").is_none());
     assert_eq!(file_text(&ours, "h/q"), "partner\n");
     assert!(matches!(&node_at(&ours, b"s/dangling").kind, NodeKind::Symlink(t) if t == b"/nonexistent/x"));
-    assert!(matches!(node_at(&ours, b"d/null").kind, NodeKind::CharDevice(d) if (d.major, d.minor) == (1, 3)));
-    assert!(matches!(node_at(&ours, b"d/loop0").kind, NodeKind::BlockDevice(d) if (d.major, d.minor) == (7, 0)));
+    assert!(
+        matches!(node_at(&ours, b"d/null").kind, NodeKind::CharDevice(d) if (d.major, d.minor) == (1, 3))
+    );
+    assert!(
+        matches!(node_at(&ours, b"d/loop0").kind, NodeKind::BlockDevice(d) if (d.major, d.minor) == (7, 0))
+    );
     assert!(matches!(node_at(&ours, b"d/fifo").kind, NodeKind::Fifo));
     assert_eq!(node_at(&ours, b"d/setuid").meta.mode, 0o4755);
     assert_eq!(node_at(&ours, b"d/setgid").meta.mode, 0o2755);
     assert_eq!(node_at(&ours, b"d/sticky").meta.mode, 0o1777);
-    assert_eq!((node_at(&ours, b"d/bigids").meta.uid, node_at(&ours, b"d/bigids").meta.gid), (100000, 4000000000));
+    assert_eq!(
+        (node_at(&ours, b"d/bigids").meta.uid, node_at(&ours, b"d/bigids").meta.gid),
+        (100000, 4000000000)
+    );
     assert_eq!(node_at(&ours, b"many").as_dir().unwrap().entries.len(), 5000);
     assert_eq!(file_text(&ours, &format!("names/{}", "n".repeat(255))), "long\n");
     assert!(ours.lookup(b"names/caf\xe9").is_some() && ours.lookup("names/café".as_bytes()).is_some());
@@ -206,10 +237,14 @@ fn big_files_equal_docker_export_and_holes_cost_no_spool() {
     let ours = via_save_stream(&image, dir.path());
     let oracle = via_export(&image, dir.path());
     assert_same_tree(&ours, &oracle, "docker save stream vs docker export");
-    let NodeKind::File(sparse) = &node_at(&ours, b"big/sparse").kind else { panic!("big/sparse is not a file") };
+    let NodeKind::File(sparse) = &node_at(&ours, b"big/sparse").kind else {
+        panic!("big/sparse is not a file")
+    };
     assert_eq!(sparse.size, 600 << 20);
     assert_eq!(sparse.data_block_count(), 3, "only the three blocks written hold data");
-    let NodeKind::File(random) = &node_at(&ours, b"big/random").kind else { panic!("big/random is not a file") };
+    let NodeKind::File(random) = &node_at(&ours, b"big/random").kind else {
+        panic!("big/random is not a file")
+    };
     assert_eq!(random.size, 40 << 20);
     assert_eq!(random.data_block_count(), (40 << 20) / 4096);
 }
@@ -236,8 +271,16 @@ fn xattr_tar() -> Vec<u8> {
         b.append_data(&mut h, name, &b"data\n"[..]).unwrap();
     };
     file(&mut b, "x/cap", &[("SCHILY.xattr.security.capability", &CAP_NET_BIND_SERVICE)]);
-    file(&mut b, "x/user", &[("SCHILY.xattr.user.note", b"hello"), ("SCHILY.xattr.user.bin", &[0, 1, 2, 255])]);
-    file(&mut b, "x/both", &[("SCHILY.xattr.user.a", b"1"), ("SCHILY.xattr.security.capability", &CAP_NET_BIND_SERVICE)]);
+    file(
+        &mut b,
+        "x/user",
+        &[("SCHILY.xattr.user.note", b"hello"), ("SCHILY.xattr.user.bin", &[0, 1, 2, 255])],
+    );
+    file(
+        &mut b,
+        "x/both",
+        &[("SCHILY.xattr.user.a", b"1"), ("SCHILY.xattr.security.capability", &CAP_NET_BIND_SERVICE)],
+    );
     b.into_inner().unwrap()
 }
 
@@ -245,7 +288,12 @@ fn xattr_tar() -> Vec<u8> {
 fn xattrs_from_an_imported_tar() {
     ensure_base_images(&["busybox"]);
     let image = "diskc-test/convert-xattrs:latest";
-    let mut child = Command::new(DOCKER).args(["import", "-", image]).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(DOCKER)
+        .args(["import", "-", image])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(&xattr_tar()).unwrap();
     assert!(child.wait().unwrap().success());
     let dir = tempdir();
@@ -271,20 +319,46 @@ fn every_local_transport_gives_the_same_tree() {
     run_ok(Command::new(DOCKER).args(["save", "-o"]).arg(&archive).arg(&image));
     let archive_ref = format!("docker-archive:{}", archive.display());
     assert_same_tree(&via_local(&archive_ref, spool), &from_stream, "docker-archive file");
-    assert_same_tree(&via_local(&format!("{archive_ref}:{image}"), spool), &from_stream, "docker-archive file with :REF");
+    assert_same_tree(
+        &via_local(&format!("{archive_ref}:{image}"), spool),
+        &from_stream,
+        "docker-archive file with :REF",
+    );
 
     for format in ["gzip", "zstd"] {
         let layout = dir.path().join(format!("oci-{format}"));
         let oci_archive = dir.path().join(format!("oci-{format}.tar"));
-        for dest in [format!("oci:{}:app", layout.display()), format!("oci-archive:{}:app", oci_archive.display())] {
-            run_ok(Command::new("skopeo").args(["copy", "-q", "--dest-compress", "--dest-compress-format", format, &archive_ref, &dest]));
+        for dest in
+            [format!("oci:{}:app", layout.display()), format!("oci-archive:{}:app", oci_archive.display())]
+        {
+            run_ok(Command::new("skopeo").args([
+                "copy",
+                "-q",
+                "--dest-compress",
+                "--dest-compress-format",
+                format,
+                &archive_ref,
+                &dest,
+            ]));
         }
         let source: SourceRef = format!("oci:{}:app", layout.display()).parse().unwrap();
         let local = open_local(&source, DEFAULT_PLATFORM).unwrap();
-        assert!(local.resolved.layers.iter().all(|l| l.media_type.ends_with(format)), "{:?}", local.resolved.layers);
+        assert!(
+            local.resolved.layers.iter().all(|l| l.media_type.ends_with(format)),
+            "{:?}",
+            local.resolved.layers
+        );
         assert!(local.resolved.manifest_digest.is_some());
-        assert_same_tree(&via_local(&format!("oci:{}:app", layout.display()), spool), &from_stream, &format!("oci {format}"));
-        assert_same_tree(&via_local(&format!("oci:{}", layout.display()), spool), &from_stream, &format!("oci {format}, only image"));
+        assert_same_tree(
+            &via_local(&format!("oci:{}:app", layout.display()), spool),
+            &from_stream,
+            &format!("oci {format}"),
+        );
+        assert_same_tree(
+            &via_local(&format!("oci:{}", layout.display()), spool),
+            &from_stream,
+            &format!("oci {format}, only image"),
+        );
         assert_same_tree(
             &via_local(&format!("oci-archive:{}:app", oci_archive.display()), spool),
             &from_stream,
@@ -292,8 +366,13 @@ fn every_local_transport_gives_the_same_tree() {
         );
         // The same layout read as a stream (an Engine ≥ 25 save is an OCI layout in a tar).
         let file = std::fs::File::open(&oci_archive).unwrap();
-        let streamed = read_image_stream(file, "oci-archive stream", Some("app"), DEFAULT_PLATFORM, spool).unwrap();
-        assert_same_tree(&flatten_layers(&streamed.layers).unwrap(), &from_stream, &format!("oci-archive {format} as a stream"));
+        let streamed =
+            read_image_stream(file, "oci-archive stream", Some("app"), DEFAULT_PLATFORM, spool).unwrap();
+        assert_same_tree(
+            &flatten_layers(&streamed.layers).unwrap(),
+            &from_stream,
+            &format!("oci-archive {format} as a stream"),
+        );
     }
 }
 
@@ -303,7 +382,12 @@ fn gzip_layout(dir: &Path) -> (std::path::PathBuf, Vec<Digest>) {
     let archive = dir.join("image.tar");
     run_ok(Command::new(DOCKER).args(["save", "-o"]).arg(&archive).arg(&image));
     let layout = dir.join("oci");
-    run_ok(Command::new("skopeo").args(["copy", "-q", "--dest-compress"]).arg(format!("docker-archive:{}", archive.display())).arg(format!("oci:{}:app", layout.display())));
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "-q", "--dest-compress"])
+            .arg(format!("docker-archive:{}", archive.display()))
+            .arg(format!("oci:{}:app", layout.display())),
+    );
     let local = open_local(&format!("oci:{}", layout.display()).parse().unwrap(), DEFAULT_PLATFORM).unwrap();
     (layout, local.resolved.layers.iter().map(|l| l.digest).collect())
 }
@@ -351,7 +435,10 @@ fn broken_layouts_fail_with_one_clear_error() {
     assert!(e.to_string().contains(&target.hex()) && e.to_string().contains("not there"), "{e}");
 
     // The directory or archive itself absent.
-    for missing in [format!("oci:{}/nope", dir.path().display()), format!("docker-archive:{}/nope.tar", dir.path().display())] {
+    for missing in [
+        format!("oci:{}/nope", dir.path().display()),
+        format!("docker-archive:{}/nope.tar", dir.path().display()),
+    ] {
         let e = layers_error(&missing, spool);
         assert_eq!(e.class(), ErrorClass::BadInput, "{e}");
         assert!(e.to_string().contains("nope"), "{e}");
@@ -370,6 +457,8 @@ fn an_image_that_does_not_exist_in_an_archive() {
     // A truncated save stream is an error too, not a partial image.
     let bytes = std::fs::read(&archive).unwrap();
     let cut = &bytes[..bytes.len() / 2];
-    let e = read_image_stream(cut, "cut stream", None, DEFAULT_PLATFORM, dir.path()).err().expect("a cut stream fails");
+    let e = read_image_stream(cut, "cut stream", None, DEFAULT_PLATFORM, dir.path())
+        .err()
+        .expect("a cut stream fails");
     assert_eq!(e.class(), ErrorClass::BadInput, "{e}");
 }

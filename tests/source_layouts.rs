@@ -54,11 +54,14 @@ fn put_image(dir: &Path, arch: &str, layers: &[Vec<u8>]) -> serde_json::Value {
     let config = json!({"architecture": arch, "os": "linux", "config": {"Cmd": ["/bin/sh"]},
         "rootfs": {"type": "layers", "diff_ids": diff_ids}});
     let config = put_blob(dir, "application/vnd.oci.image.config.v1+json", config.to_string().as_bytes());
-    let layer_descs: Vec<_> =
-        layers.iter().map(|t| put_blob(dir, "application/vnd.oci.image.layer.v1.tar+gzip", &gzip(t))).collect();
+    let layer_descs: Vec<_> = layers
+        .iter()
+        .map(|t| put_blob(dir, "application/vnd.oci.image.layer.v1.tar+gzip", &gzip(t)))
+        .collect();
     let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": config, "layers": layer_descs});
-    let mut desc = put_blob(dir, "application/vnd.oci.image.manifest.v1+json", manifest.to_string().as_bytes());
+    let mut desc =
+        put_blob(dir, "application/vnd.oci.image.manifest.v1+json", manifest.to_string().as_bytes());
     desc["platform"] = json!({"architecture": arch, "os": "linux"});
     desc
 }
@@ -119,7 +122,7 @@ fn a_multi_platform_index_is_resolved_by_platform() {
 fn a_layer_holding_dotdot_etc_passwd_is_rejected() {
     let dir = common::tempdir();
     let hostile = layer_tar(&[("ok", "fine"), ("../../etc/passwd", "root::0:0::/:/bin/sh\n")]);
-    let desc = put_image(dir.path(), "amd64", &[hostile.clone()]);
+    let desc = put_image(dir.path(), "amd64", std::slice::from_ref(&hostile));
     write_index(dir.path(), vec![desc]);
     let image = open_local(&oci(dir.path(), None), DEFAULT_PLATFORM).unwrap();
     let layers = image.index_layers(dir.path()).unwrap();
@@ -127,7 +130,10 @@ fn a_layer_holding_dotdot_etc_passwd_is_rejected() {
     assert!(matches!(e, FlattenError::Escapes { .. }), "{e}");
     assert_eq!(e.class(), ErrorClass::BadInput);
     let msg = e.to_string();
-    assert!(msg.contains("../../etc/passwd") && msg.contains(&Digest::of(&gzip(&hostile)).to_string()), "{msg}");
+    assert!(
+        msg.contains("../../etc/passwd") && msg.contains(&Digest::of(&gzip(&hostile)).to_string()),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -135,8 +141,12 @@ fn broken_manifests_name_what_is_wrong() {
     let dir = common::tempdir();
     let desc = put_image(dir.path(), "amd64", &[layer_tar(&[("a", "1")])]);
     write_index(dir.path(), vec![desc.clone()]);
-    let manifest_path = dir.path().join("blobs/sha256").join(desc["digest"].as_str().unwrap().strip_prefix("sha256:").unwrap());
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let manifest_path = dir
+        .path()
+        .join("blobs/sha256")
+        .join(desc["digest"].as_str().unwrap().strip_prefix("sha256:").unwrap());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
 
     // The config blob absent.
     let config_digest: Digest = manifest["config"]["digest"].as_str().unwrap().parse().unwrap();
@@ -166,7 +176,11 @@ fn broken_manifests_name_what_is_wrong() {
 /// Tars a directory with the given members first and the rest after, as a stream producer.
 fn tar_of(dir: &Path, last: &[&str]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
-    let mut rest: Vec<_> = walkdir::WalkDir::new(dir).into_iter().map(|e| e.unwrap()).filter(|e| e.file_type().is_file()).collect();
+    let mut rest: Vec<_> = walkdir::WalkDir::new(dir)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .collect();
     rest.sort_by_key(|e| last.iter().any(|l| e.path().ends_with(l)));
     for e in rest {
         b.append_path_with_name(e.path(), e.path().strip_prefix(dir).unwrap()).unwrap();
@@ -230,19 +244,34 @@ fn a_legacy_docker_archive_as_stream_and_as_file() {
     let tree = flatten_layers(&s.layers).unwrap();
     assert_eq!(text_at(&tree, "a"), "bottom", "the repeated bottom layer is on top");
     assert_eq!(text_at(&tree, "b"), "b");
-    let layer_of = |tree: &diskc::tree::FsTree<diskc::layer::SpoolRef>, p: &str| match &tree.get(tree.lookup(p.as_bytes()).unwrap()).kind {
+    let layer_of = |tree: &diskc::tree::FsTree<diskc::layer::SpoolRef>, p: &str| match &tree
+        .get(tree.lookup(p.as_bytes()).unwrap())
+        .kind
+    {
         diskc::tree::NodeKind::File(f) => diskc::tree::Content::layer(&f.content),
         _ => unreachable!(),
     };
-    assert_eq!((layer_of(&tree, "a"), layer_of(&tree, "b")), (0, 1), "a blob listed twice keeps its lowest place");
+    assert_eq!(
+        (layer_of(&tree, "a"), layer_of(&tree, "b")),
+        (0, 1),
+        "a blob listed twice keeps its lowest place"
+    );
 
     let file = dir.path().join("archive.tar");
     std::fs::write(&file, &archive).unwrap();
-    let image = open_local(&format!("docker-archive:{}:app:1", file.display()).parse().unwrap(), DEFAULT_PLATFORM).unwrap();
-    assert_eq!(image.resolved.layers.iter().map(|l| l.digest).collect::<Vec<_>>()[..2], [Digest::of(&layers[0]), Digest::of(&layers[1])]);
+    let image =
+        open_local(&format!("docker-archive:{}:app:1", file.display()).parse().unwrap(), DEFAULT_PLATFORM)
+            .unwrap();
+    assert_eq!(
+        image.resolved.layers.iter().map(|l| l.digest).collect::<Vec<_>>()[..2],
+        [Digest::of(&layers[0]), Digest::of(&layers[1])]
+    );
     let tree2 = flatten_layers(&image.index_layers(dir.path()).unwrap()).unwrap();
     assert_eq!(text_at(&tree2, "a"), "bottom");
-    let e = open_local(&format!("docker-archive:{}:app:2", file.display()).parse().unwrap(), DEFAULT_PLATFORM).err().unwrap();
+    let e =
+        open_local(&format!("docker-archive:{}:app:2", file.display()).parse().unwrap(), DEFAULT_PLATFORM)
+            .err()
+            .unwrap();
     assert!(e.to_string().contains("app:2"), "{e}");
 
     // A layer the manifest names but the stream lacks.

@@ -134,29 +134,39 @@ impl<R: Read> Read for Source<R> {
 
 /// Reads one layer blob: verifies it, parses its tar, spools its file data.
 /// `layer` is its place in the image, bottom = 0.
-pub fn index_layer<R: Read>(blob: R, expect: &LayerExpect, layer: u32, spool_dir: &Path) -> Result<LayerIndex, LayerError> {
+pub fn index_layer<R: Read>(
+    blob: R,
+    expect: &LayerExpect,
+    layer: u32,
+    spool_dir: &Path,
+) -> Result<LayerIndex, LayerError> {
     let name = blob_name(expect, layer);
     if expect.media_type.contains("encrypted") {
         return Err(LayerError::Unsupported { blob: name, media_type: expect.media_type.clone() });
     }
-    let spool_file = tempfile::tempfile_in(spool_dir)
-        .map_err(|source| LayerError::Spool { blob: name.clone(), dir: spool_dir.to_path_buf(), source })?;
+    let spool_file = tempfile::tempfile_in(spool_dir).map_err(|source| LayerError::Spool {
+        blob: name.clone(),
+        dir: spool_dir.to_path_buf(),
+        source,
+    })?;
     let mut writer = SpoolWriter::new(spool_file, layer);
     let mut source = Source { inner: HashingReader::new(blob), failed: None };
 
     let result = decode(&mut source, &mut writer, &name, spool_dir);
-    let (entries, compression, plain_digest, uncompressed_size) = match result {
+    let Decoded { tar, compression } = match result {
         Ok(v) => v,
         Err(e) => {
             return Err(match (source.failed.take(), e) {
-                (Some(_), LayerError::Corrupt { source: io_err, .. }) => LayerError::Read { blob: name, source: io_err },
+                (Some(_), LayerError::Corrupt { source: io_err, .. }) => {
+                    LayerError::Read { blob: name, source: io_err }
+                }
                 (_, e) => e,
             });
         }
     };
     let (digest, compressed_size) = source.inner.finish();
     // An uncompressed blob is its own tar: one hash serves as both digests.
-    let diff_id = plain_digest.unwrap_or(digest);
+    let diff_id = tar.digest.unwrap_or(digest);
     // A blob named by its digest is named by what it should have been; report both.
     if let Some(expected) = expect.digest {
         if expected != digest {
@@ -169,22 +179,36 @@ pub fn index_layer<R: Read>(blob: R, expect: &LayerExpect, layer: u32, spool_dir
         }
     }
     Ok(LayerIndex {
-        entries,
+        entries: tar.entries,
         diff_id,
         digest,
         compression,
         compressed_size,
-        uncompressed_size,
+        uncompressed_size: tar.size,
         spool: writer.spool().clone(),
     })
 }
 
-/// Entries, compression, the tar's digest (`None` when it is the blob itself), its size.
-type Decoded = (Vec<Entry<SpoolRef>>, Compression, Option<Digest>, u64);
+struct Decoded {
+    tar: ParsedTar,
+    compression: Compression,
+}
+
+struct ParsedTar {
+    entries: Vec<Entry<SpoolRef>>,
+    /// The tar stream's digest; `None` when it was not hashed (it is the blob itself).
+    digest: Option<Digest>,
+    size: u64,
+}
 
 /// Detects the compression, then parses the tar through it, then reads the blob to its end
 /// so that its digest covers every byte.
-fn decode<R: Read>(source: &mut Source<R>, writer: &mut SpoolWriter, name: &str, dir: &Path) -> Result<Decoded, LayerError> {
+fn decode<R: Read>(
+    source: &mut Source<R>,
+    writer: &mut SpoolWriter,
+    name: &str,
+    dir: &Path,
+) -> Result<Decoded, LayerError> {
     let corrupt = |source: io::Error| LayerError::Corrupt { blob: name.to_string(), source };
     // Read the magic bytes whole: a reader may hand out fewer bytes than asked.
     let mut magic = [0u8; 4];
@@ -206,8 +230,10 @@ fn decode<R: Read>(source: &mut Source<R>, writer: &mut SpoolWriter, name: &str,
         Compression::None
     };
     let mut input = BufReader::with_capacity(COPY_BUFFER, head.chain(source));
-    let (entries, diff_id, size) = match compression {
-        Compression::Gzip => parse_tar(flate2::bufread::MultiGzDecoder::new(&mut input), true, writer, name, dir)?,
+    let tar = match compression {
+        Compression::Gzip => {
+            parse_tar(flate2::bufread::MultiGzDecoder::new(&mut input), true, writer, name, dir)?
+        }
         Compression::Zstd => {
             let mut decoder = zstd::stream::read::Decoder::with_buffer(&mut input).map_err(corrupt)?;
             // Producers may use long windows; the default limit (8 MiB) would refuse them.
@@ -217,7 +243,7 @@ fn decode<R: Read>(source: &mut Source<R>, writer: &mut SpoolWriter, name: &str,
         Compression::None => parse_tar(&mut input, false, writer, name, dir)?,
     };
     io::copy(&mut input, &mut io::sink()).map_err(corrupt)?;
-    Ok((entries, compression, diff_id, size))
+    Ok(Decoded { tar, compression })
 }
 
 /// Parses the uncompressed tar stream `plain` to its end; with `hash`, hashes all of it.
@@ -227,7 +253,7 @@ fn parse_tar<R: Read>(
     writer: &mut SpoolWriter,
     name: &str,
     dir: &Path,
-) -> Result<(Vec<Entry<SpoolRef>>, Option<Digest>, u64), LayerError> {
+) -> Result<ParsedTar, LayerError> {
     let corrupt = |source: io::Error| LayerError::Corrupt { blob: name.to_string(), source };
     let mut hashed = CountingReader { inner: plain, hasher: hash.then(Hasher::new), count: 0 };
     let mut entries = Vec::new();
@@ -243,7 +269,7 @@ fn parse_tar<R: Read>(
     }
     // The end-of-archive blocks and the padding after them are part of the diff_id.
     io::copy(&mut hashed, &mut io::sink()).map_err(corrupt)?;
-    Ok((entries, hashed.hasher.map(Hasher::finish), hashed.count))
+    Ok(ParsedTar { entries, digest: hashed.hasher.map(Hasher::finish), size: hashed.count })
 }
 
 /// Counts what passes, and hashes it when asked.
@@ -376,9 +402,7 @@ fn read_entry<R: Read>(
         xattrs: extras.xattrs.into_iter().collect(),
     };
     let link = || {
-        item.link_name_bytes()
-            .map(|l| l.into_owned())
-            .ok_or_else(|| bad("link without a target".to_string()))
+        item.link_name_bytes().map(|l| l.into_owned()).ok_or_else(|| bad("link without a target".to_string()))
     };
     let device = || -> Result<DeviceNumber, LayerError> {
         let major = header.device_major().map_err(|e| bad(format!("bad device major: {e}")))?;
@@ -399,7 +423,9 @@ fn read_entry<R: Read>(
                     bad(format!("data ends before its {size} bytes"))
                 }
                 SpoolError::Read(source) => LayerError::Corrupt { blob: blob.to_string(), source },
-                SpoolError::Write(source) => LayerError::Spool { blob: blob.to_string(), dir: dir.to_path_buf(), source },
+                SpoolError::Write(source) => {
+                    LayerError::Spool { blob: blob.to_string(), dir: dir.to_path_buf(), source }
+                }
             })?;
             EntryKind::File(FileData { size, content: spooled.content, data_blocks: spooled.data_blocks })
         }
@@ -426,7 +452,8 @@ where
 {
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     order.sort_by_key(|&i| (std::cmp::Reverse(jobs[i].size.unwrap_or(0)), i));
-    let results: Vec<Mutex<Option<Result<LayerIndex, LayerError>>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
+    let results: Vec<Mutex<Option<Result<LayerIndex, LayerError>>>> =
+        jobs.iter().map(|_| Mutex::new(None)).collect();
     rayon::scope_fifo(|scope| {
         for &i in &order {
             let (open, results) = (&open, &results);

@@ -112,7 +112,12 @@ impl SpoolWriter {
 
     /// Copies a file of `size` bytes from `data`, keeping only its nonzero blocks.
     /// Read errors come back as `Err(Read)`, write errors as `Err(Write)`.
-    pub fn copy_file(&mut self, data: &mut impl io::Read, size: u64, buf: &mut [u8]) -> Result<Spooled, SpoolError> {
+    pub fn copy_file(
+        &mut self,
+        data: &mut impl io::Read,
+        size: u64,
+        buf: &mut [u8],
+    ) -> Result<Spooled, SpoolError> {
         debug_assert!(buf.len() as u64 % BLOCK_SIZE == 0 && !buf.is_empty());
         let mut runs: Vec<SpoolRun> = Vec::new();
         let mut pos = 0u64;
@@ -146,10 +151,7 @@ impl SpoolWriter {
             pos += want as u64;
         }
         let data_blocks = runs.iter().map(|r| r.blocks.clone()).collect();
-        Ok(Spooled {
-            content: SpoolRef { spool: self.spool.clone(), size, runs: runs.into() },
-            data_blocks,
-        })
+        Ok(Spooled { content: SpoolRef { spool: self.spool.clone(), size, runs: runs.into() }, data_blocks })
     }
 }
 

@@ -45,8 +45,10 @@ fn corrupt(input: &str, problem: String) -> SourceError {
 
 /// A blob by descriptor: present, and the bytes its digest names.
 fn read_blob(read: &ReadDoc<'_>, input: &str, desc: &Descriptor, what: &str) -> Result<Vec<u8>, SourceError> {
-    let bytes = read(&blob_path(&desc.digest))?
-        .ok_or_else(|| SourceError::MissingBlob { input: input.to_string(), what: format!("{what} {}", desc.digest) })?;
+    let bytes = read(&blob_path(&desc.digest))?.ok_or_else(|| SourceError::MissingBlob {
+        input: input.to_string(),
+        what: format!("{what} {}", desc.digest),
+    })?;
     let actual = Digest::of(&bytes);
     if actual != desc.digest {
         return Err(corrupt(input, format!("{what} blob {} has digest {actual}", desc.digest)));
@@ -55,38 +57,57 @@ fn read_blob(read: &ReadDoc<'_>, input: &str, desc: &Descriptor, what: &str) -> 
 }
 
 /// Picks the manifest among an index's entries for `platform`.
-fn pick_platform<'d>(input: &str, manifests: &'d [Descriptor], platform: &str) -> Result<&'d Descriptor, SourceError> {
-    manifests
-        .iter()
-        .find(|m| m.platform.as_ref().is_some_and(|p| p.matches(platform)))
-        .ok_or_else(|| {
-            let offered: Vec<String> = manifests.iter().filter_map(|m| m.platform.as_ref().map(|p| p.name())).collect();
-            SourceError::NoImage {
-                input: input.to_string(),
-                problem: format!("no image for platform {platform} (offered: {})", offered.join(", ")),
-            }
-        })
+fn pick_platform<'d>(
+    input: &str,
+    manifests: &'d [Descriptor],
+    platform: &str,
+) -> Result<&'d Descriptor, SourceError> {
+    manifests.iter().find(|m| m.platform.as_ref().is_some_and(|p| p.matches(platform))).ok_or_else(|| {
+        let offered: Vec<String> =
+            manifests.iter().filter_map(|m| m.platform.as_ref().map(|p| p.name())).collect();
+        SourceError::NoImage {
+            input: input.to_string(),
+            problem: format!("no image for platform {platform} (offered: {})", offered.join(", ")),
+        }
+    })
 }
 
 /// Resolves an OCI image layout: `index.json`, the manifest `reference` names (or the only
 /// one, or the one for `platform`), through nested indexes, to config and layers.
-pub(crate) fn resolve_oci(read: &ReadDoc<'_>, input: &str, reference: Option<&str>, platform: &str) -> Result<Plan, SourceError> {
-    let index_bytes = read("index.json")?
-        .ok_or_else(|| SourceError::NoImage { input: input.to_string(), problem: "no index.json: not an OCI image layout".into() })?;
+pub(crate) fn resolve_oci(
+    read: &ReadDoc<'_>,
+    input: &str,
+    reference: Option<&str>,
+    platform: &str,
+) -> Result<Plan, SourceError> {
+    let index_bytes = read("index.json")?.ok_or_else(|| SourceError::NoImage {
+        input: input.to_string(),
+        problem: "no index.json: not an OCI image layout".into(),
+    })?;
     let index = match spec::parse_index_or_manifest(&index_bytes) {
         Ok(IndexOrManifest::Index(i)) => i,
-        Ok(IndexOrManifest::Manifest(_)) => return Err(corrupt(input, "index.json is not an image index".into())),
+        Ok(IndexOrManifest::Manifest(_)) => {
+            return Err(corrupt(input, "index.json is not an image index".into()))
+        }
         Err(e) => return Err(corrupt(input, format!("invalid index.json: {e}"))),
     };
     let mut desc = match reference {
         Some(r) => index
             .manifests
             .iter()
-            .find(|m| m.annotations.get(REF_NAME_ANNOTATION).is_some_and(|n| n == r) || m.digest.to_string() == r)
-            .ok_or_else(|| SourceError::NoImage { input: input.to_string(), problem: format!("no image named {r:?} in index.json") })?,
+            .find(|m| {
+                m.annotations.get(REF_NAME_ANNOTATION).is_some_and(|n| n == r) || m.digest.to_string() == r
+            })
+            .ok_or_else(|| SourceError::NoImage {
+                input: input.to_string(),
+                problem: format!("no image named {r:?} in index.json"),
+            })?,
         None if index.manifests.len() == 1 => &index.manifests[0],
         None if index.manifests.is_empty() => {
-            return Err(SourceError::NoImage { input: input.to_string(), problem: "index.json lists no image".into() })
+            return Err(SourceError::NoImage {
+                input: input.to_string(),
+                problem: "index.json lists no image".into(),
+            })
         }
         None => pick_platform(input, &index.manifests, platform).map_err(|_| SourceError::NoImage {
             input: input.to_string(),
@@ -98,7 +119,9 @@ pub(crate) fn resolve_oci(read: &ReadDoc<'_>, input: &str, reference: Option<&st
     for _ in 0..8 {
         let bytes = read_blob(read, input, &desc, "manifest")?;
         match spec::parse_index_or_manifest(&bytes) {
-            Ok(IndexOrManifest::Index(inner)) => desc = pick_platform(input, &inner.manifests, platform)?.clone(),
+            Ok(IndexOrManifest::Index(inner)) => {
+                desc = pick_platform(input, &inner.manifests, platform)?.clone()
+            }
             Ok(IndexOrManifest::Manifest(m)) => return plan_from_manifest(read, input, &desc, m),
             Err(e) => return Err(corrupt(input, format!("invalid manifest {}: {e}", desc.digest))),
         }
@@ -106,20 +129,34 @@ pub(crate) fn resolve_oci(read: &ReadDoc<'_>, input: &str, reference: Option<&st
     Err(corrupt(input, "image indexes nested too deep".into()))
 }
 
-fn plan_from_manifest(read: &ReadDoc<'_>, input: &str, desc: &Descriptor, manifest: spec::Manifest) -> Result<Plan, SourceError> {
+fn plan_from_manifest(
+    read: &ReadDoc<'_>,
+    input: &str,
+    desc: &Descriptor,
+    manifest: spec::Manifest,
+) -> Result<Plan, SourceError> {
     let config_json = read_blob(read, input, &manifest.config, "config")?;
-    let config = spec::parse_config(&config_json).map_err(|p| corrupt(input, format!("config {}: {p}", manifest.config.digest)))?;
+    let config = spec::parse_config(&config_json)
+        .map_err(|p| corrupt(input, format!("config {}: {p}", manifest.config.digest)))?;
     if config.diff_ids.len() != manifest.layers.len() {
         return Err(corrupt(
             input,
-            format!("the manifest lists {} layers, its config {}", manifest.layers.len(), config.diff_ids.len()),
+            format!(
+                "the manifest lists {} layers, its config {}",
+                manifest.layers.len(),
+                config.diff_ids.len()
+            ),
         ));
     }
     let expects = manifest
         .layers
         .iter()
         .zip(&config.diff_ids)
-        .map(|(l, d)| LayerExpect { digest: Some(l.digest), diff_id: Some(*d), media_type: l.media_type.clone() })
+        .map(|(l, d)| LayerExpect {
+            digest: Some(l.digest),
+            diff_id: Some(*d),
+            media_type: l.media_type.clone(),
+        })
         .collect();
     Ok(Plan {
         resolved: ResolvedImage {
@@ -148,23 +185,37 @@ fn digest_in_path(path: &str) -> Option<Digest> {
 
 /// Resolves a `docker save` archive through its `manifest.json`; `reference` picks the
 /// image by one of its tags (`name` means `name:latest`).
-pub(crate) fn resolve_docker_archive(read: &ReadDoc<'_>, input: &str, reference: Option<&str>) -> Result<Plan, SourceError> {
+pub(crate) fn resolve_docker_archive(
+    read: &ReadDoc<'_>,
+    input: &str,
+    reference: Option<&str>,
+) -> Result<Plan, SourceError> {
     let bytes = read("manifest.json")?.ok_or_else(|| SourceError::NoImage {
         input: input.to_string(),
         problem: "no manifest.json: not a docker-archive".into(),
     })?;
-    let images: Vec<ArchiveImage> = serde_json::from_slice(&bytes).map_err(|e| corrupt(input, format!("invalid manifest.json: {e}")))?;
+    let images: Vec<ArchiveImage> =
+        serde_json::from_slice(&bytes).map_err(|e| corrupt(input, format!("invalid manifest.json: {e}")))?;
     let image = match reference {
         Some(r) => {
-            let with_tag = if r.rsplit('/').next().is_some_and(|last| last.contains(':')) { r.to_string() } else { format!("{r}:latest") };
-            images.iter().find(|i| i.repo_tags.iter().any(|t| *t == with_tag)).ok_or_else(|| SourceError::NoImage {
+            let with_tag = if r.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+                r.to_string()
+            } else {
+                format!("{r}:latest")
+            };
+            images.iter().find(|i| i.repo_tags.contains(&with_tag)).ok_or_else(|| SourceError::NoImage {
                 input: input.to_string(),
                 problem: format!("no image tagged {with_tag} in manifest.json"),
             })?
         }
         None => match images.as_slice() {
             [one] => one,
-            [] => return Err(SourceError::NoImage { input: input.to_string(), problem: "manifest.json lists no image".into() }),
+            [] => {
+                return Err(SourceError::NoImage {
+                    input: input.to_string(),
+                    problem: "manifest.json lists no image".into(),
+                })
+            }
             _ => {
                 return Err(SourceError::NoImage {
                     input: input.to_string(),
@@ -173,33 +224,57 @@ pub(crate) fn resolve_docker_archive(read: &ReadDoc<'_>, input: &str, reference:
             }
         },
     };
-    let config_json = read(&image.config)?
-        .ok_or_else(|| SourceError::MissingBlob { input: input.to_string(), what: format!("config {}", image.config) })?;
+    let config_json = read(&image.config)?.ok_or_else(|| SourceError::MissingBlob {
+        input: input.to_string(),
+        what: format!("config {}", image.config),
+    })?;
     let config_digest = Digest::of(&config_json);
     if let Some(stated) = digest_in_path(&image.config) {
         if stated != config_digest {
             return Err(corrupt(input, format!("config {} has digest {config_digest}", image.config)));
         }
     }
-    let config = spec::parse_config(&config_json).map_err(|p| corrupt(input, format!("config {}: {p}", image.config)))?;
+    let config = spec::parse_config(&config_json)
+        .map_err(|p| corrupt(input, format!("config {}: {p}", image.config)))?;
     if config.diff_ids.len() != image.layers.len() {
-        return Err(corrupt(input, format!("manifest.json lists {} layers, the config {}", image.layers.len(), config.diff_ids.len())));
+        return Err(corrupt(
+            input,
+            format!(
+                "manifest.json lists {} layers, the config {}",
+                image.layers.len(),
+                config.diff_ids.len()
+            ),
+        ));
     }
     // A legacy layer.tar is the uncompressed layer: its digest is its diff_id.
     let layers = image
         .layers
         .iter()
         .zip(&config.diff_ids)
-        .map(|(path, diff_id)| LayerDescriptor { digest: digest_in_path(path).unwrap_or(*diff_id), media_type: String::new(), size: None })
+        .map(|(path, diff_id)| LayerDescriptor {
+            digest: digest_in_path(path).unwrap_or(*diff_id),
+            media_type: String::new(),
+            size: None,
+        })
         .collect();
     let expects = image
         .layers
         .iter()
         .zip(&config.diff_ids)
-        .map(|(path, diff_id)| LayerExpect { digest: digest_in_path(path), diff_id: Some(*diff_id), media_type: String::new() })
+        .map(|(path, diff_id)| LayerExpect {
+            digest: digest_in_path(path),
+            diff_id: Some(*diff_id),
+            media_type: String::new(),
+        })
         .collect();
     Ok(Plan {
-        resolved: ResolvedImage { manifest_digest: None, config_digest, config_json, layers, platform: config.platform.clone() },
+        resolved: ResolvedImage {
+            manifest_digest: None,
+            config_digest,
+            config_json,
+            layers,
+            platform: config.platform.clone(),
+        },
         layer_paths: image.layers.clone(),
         expects,
         config,
@@ -295,7 +370,11 @@ impl ArchiveMembers {
             } else if kind.is_symlink() || kind.is_hard_link() {
                 if let Some(target) = entry.link_name_bytes() {
                     // Hard link names are archive paths; symlinks are relative to their directory.
-                    let to = if kind.is_hard_link() { normalise_member(&target) } else { resolve_member_link(&path, &target) };
+                    let to = if kind.is_hard_link() {
+                        normalise_member(&target)
+                    } else {
+                        resolve_member_link(&path, &target)
+                    };
                     links.push((path, to));
                 }
             }
@@ -312,7 +391,8 @@ impl ArchiveMembers {
 impl Members for ArchiveMembers {
     fn open(&self, path: &str) -> io::Result<Option<(Box<dyn Read + Send>, u64)>> {
         Ok(self.members.get(path).map(|&(start, size)| {
-            let r: Box<dyn Read + Send> = Box::new(RangeReader { file: self.file.clone(), pos: start, end: start + size });
+            let r: Box<dyn Read + Send> =
+                Box::new(RangeReader { file: self.file.clone(), pos: start, end: start + size });
             (r, size)
         }))
     }
@@ -336,7 +416,10 @@ pub fn open_local(source: &SourceRef, platform: &str) -> Result<LocalImage, Sour
         SourceRef::OciArchive { file, reference } => (file, reference, true),
         SourceRef::DockerArchive { file, reference } => (file, reference, false),
         other => {
-            return Err(SourceError::NoImage { input: format!("{other:?}"), problem: "not a local source".into() });
+            return Err(SourceError::NoImage {
+                input: format!("{other:?}"),
+                problem: "not a local source".into(),
+            });
         }
     };
     let input = path.display().to_string();
@@ -347,12 +430,18 @@ pub fn open_local(source: &SourceRef, platform: &str) -> Result<LocalImage, Sour
     let members: Box<dyn Members> = if matches!(source, SourceRef::Oci { .. }) {
         let meta = std::fs::metadata(path).map_err(io_err)?;
         if !meta.is_dir() {
-            return Err(SourceError::NoImage { input, problem: "not a directory (an OCI layout is one)".into() });
+            return Err(SourceError::NoImage {
+                input,
+                problem: "not a directory (an OCI layout is one)".into(),
+            });
         }
         Box::new(DirMembers { root: path.clone() })
     } else {
         let file = File::open(path).map_err(io_err)?;
-        Box::new(ArchiveMembers::index(file).map_err(|e| SourceError::Corrupt { input: input.clone(), problem: format!("not a readable tar archive: {e}") })?)
+        Box::new(ArchiveMembers::index(file).map_err(|e| SourceError::Corrupt {
+            input: input.clone(),
+            problem: format!("not a readable tar archive: {e}"),
+        })?)
     };
     let read = |member: &str| read_member(members.as_ref(), &input, member);
     let plan = if oci {
@@ -371,10 +460,14 @@ pub fn open_local(source: &SourceRef, platform: &str) -> Result<LocalImage, Sour
 }
 
 fn read_member(members: &dyn Members, input: &str, member: &str) -> Result<Option<Vec<u8>>, SourceError> {
-    let io_err = |source: io::Error| SourceError::Io { input: input.to_string(), path: member.to_string(), source };
+    let io_err =
+        |source: io::Error| SourceError::Io { input: input.to_string(), path: member.to_string(), source };
     let Some((reader, size)) = members.open(member).map_err(io_err)? else { return Ok(None) };
     if size > MAX_DOCUMENT {
-        return Err(SourceError::Corrupt { input: input.to_string(), problem: format!("{member} is {size} bytes, too large for a document") });
+        return Err(SourceError::Corrupt {
+            input: input.to_string(),
+            problem: format!("{member} is {size} bytes, too large for a document"),
+        });
     }
     let mut bytes = Vec::with_capacity(size as usize);
     reader.take(MAX_DOCUMENT).read_to_end(&mut bytes).map_err(io_err)?;
@@ -388,17 +481,27 @@ impl LocalImage {
         for (path, expect) in self.layer_paths.iter().zip(&self.expects) {
             let size = match self.members.open(path) {
                 Ok(Some((_, size))) => size,
-                Ok(None) => return Err(SourceError::MissingBlob { input: self.input.clone(), what: format!("layer {path}") }),
-                Err(source) => return Err(SourceError::Io { input: self.input.clone(), path: path.clone(), source }),
+                Ok(None) => {
+                    return Err(SourceError::MissingBlob {
+                        input: self.input.clone(),
+                        what: format!("layer {path}"),
+                    })
+                }
+                Err(source) => {
+                    return Err(SourceError::Io { input: self.input.clone(), path: path.clone(), source })
+                }
             };
             jobs.push(LayerJob { expect: expect.clone(), size: Some(size) });
         }
         let open = |i: usize| -> io::Result<Box<dyn Read + Send>> {
             match self.members.open(&self.layer_paths[i])? {
                 Some((r, _)) => Ok(r),
-                None => Err(io::Error::new(io::ErrorKind::NotFound, format!("{} is gone", self.layer_paths[i]))),
+                None => {
+                    Err(io::Error::new(io::ErrorKind::NotFound, format!("{} is gone", self.layer_paths[i])))
+                }
             }
         };
-        layer::index_layers(&jobs, open, spool_dir).map_err(|source| SourceError::Layer { input: self.input.clone(), source })
+        layer::index_layers(&jobs, open, spool_dir)
+            .map_err(|source| SourceError::Layer { input: self.input.clone(), source })
     }
 }

@@ -154,7 +154,10 @@ fn is_alnum(b: u8) -> bool {
 fn valid_tag(t: &str) -> bool {
     // [\w][\w.-]{0,127}
     let ok = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    !t.is_empty() && t.len() <= 128 && ok(t.as_bytes()[0]) && t.bytes().all(|b| ok(b) || b == b'.' || b == b'-')
+    !t.is_empty()
+        && t.len() <= 128
+        && ok(t.as_bytes()[0])
+        && t.bytes().all(|b| ok(b) || b == b'.' || b == b'-')
 }
 
 fn valid_host(h: &str) -> bool {
@@ -163,9 +166,9 @@ fn valid_host(h: &str) -> bool {
         None => (h, None),
     };
     let host_ok = !host.is_empty()
-        && host.split('.').all(|label| {
-            !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
+        && host
+            .split('.')
+            .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
     let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok());
     host_ok && port_ok
 }
@@ -189,7 +192,9 @@ fn split_repo(rest: &str) -> Result<(String, Option<RegistryTag>), String> {
         }
     };
     if let Some(bad) = repo.split('/').find(|c| !valid_component(c)) {
-        return Err(format!("invalid repository name component {bad:?} (lowercase letters, digits, separators)"));
+        return Err(format!(
+            "invalid repository name component {bad:?} (lowercase letters, digits, separators)"
+        ));
     }
     Ok((repo.to_string(), reference))
 }
@@ -215,7 +220,11 @@ fn parse_registry(rest: &str) -> Result<RegistryRef, String> {
     if registry == "docker.io" && !repository.contains('/') {
         repository = format!("library/{repository}");
     }
-    Ok(RegistryRef { registry, repository, reference: reference.unwrap_or(RegistryTag::Tag("latest".into())) })
+    Ok(RegistryRef {
+        registry,
+        repository,
+        reference: reference.unwrap_or(RegistryTag::Tag("latest".into())),
+    })
 }
 
 /// `NAME[:TAG]`, `NAME@DIGEST` or an image id (`sha256:<hex>` or a hex prefix); a name
@@ -231,7 +240,8 @@ fn parse_daemon_name(rest: &str) -> Result<String, String> {
         Some((f, r)) => (f, Some(r)),
         None => (rest, None),
     };
-    let has_host = remainder.is_some() && (first.contains('.') || first.contains(':') || first == "localhost");
+    let has_host =
+        remainder.is_some() && (first.contains('.') || first.contains(':') || first == "localhost");
     if has_host && !valid_host(first) {
         return Err(format!("invalid registry host {first:?}"));
     }
@@ -257,7 +267,10 @@ mod tests {
             parse("oci:/tmp/lay:v1").unwrap(),
             SourceRef::Oci { dir: "/tmp/lay".into(), reference: Some("v1".into()) }
         );
-        assert_eq!(parse("oci-archive:a.tar").unwrap(), SourceRef::OciArchive { file: "a.tar".into(), reference: None });
+        assert_eq!(
+            parse("oci-archive:a.tar").unwrap(),
+            SourceRef::OciArchive { file: "a.tar".into(), reference: None }
+        );
         assert_eq!(
             parse("docker-archive:x.tar:app:1").unwrap(),
             SourceRef::DockerArchive { file: "x.tar".into(), reference: Some("app:1".into()) }

@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::local::{normalise_member, resolve_docker_archive, resolve_member_link, resolve_oci, Plan, MAX_DOCUMENT};
+use super::local::{
+    normalise_member, resolve_docker_archive, resolve_member_link, resolve_oci, Plan, MAX_DOCUMENT,
+};
 use super::{ParsedConfig, ResolvedImage, SourceError};
 use crate::layer::{index_layer, LayerError, LayerExpect, LayerIndex};
 
@@ -62,7 +64,11 @@ pub fn read_image_stream<R: Read>(
         let kind = entry.header().entry_type();
         if kind.is_symlink() || kind.is_hard_link() {
             if let Some(target) = entry.link_name_bytes() {
-                let to = if kind.is_hard_link() { normalise_member(&target) } else { resolve_member_link(&path, &target) };
+                let to = if kind.is_hard_link() {
+                    normalise_member(&target)
+                } else {
+                    resolve_member_link(&path, &target)
+                };
                 links.push((path, to));
             }
             continue;
@@ -74,9 +80,8 @@ pub fn read_image_stream<R: Read>(
         (&mut entry).take(TAR_BLOCK as u64).read_to_end(&mut head).map_err(|e| stream_error(input, e))?;
         if looks_like_layer(&head) {
             let blob = head.as_slice().chain(&mut entry);
-            let index = index_layer(blob, &LayerExpect::default(), 0, spool_dir).map_err(|source| {
-                SourceError::Layer { input: format!("{input}: {path}"), source }
-            })?;
+            let index = index_layer(blob, &LayerExpect::default(), 0, spool_dir)
+                .map_err(|source| SourceError::Layer { input: format!("{input}: {path}"), source })?;
             layers.insert(path, index);
         } else if entry.size() <= MAX_DOCUMENT {
             let mut bytes = head;
@@ -118,7 +123,11 @@ fn stream_error(input: &str, source: io::Error) -> SourceError {
 }
 
 /// Puts the indexed layers in the plan's order and checks each against its digests.
-fn match_layers(input: &str, plan: &Plan, mut indexed: HashMap<String, LayerIndex>) -> Result<Vec<LayerIndex>, SourceError> {
+fn match_layers(
+    input: &str,
+    plan: &Plan,
+    mut indexed: HashMap<String, LayerIndex>,
+) -> Result<Vec<LayerIndex>, SourceError> {
     let mut out: Vec<LayerIndex> = Vec::with_capacity(plan.layer_paths.len());
     for (i, (path, expect)) in plan.layer_paths.iter().zip(&plan.expects).enumerate() {
         let layer_err = |source: LayerError| SourceError::Layer { input: format!("{input}: {path}"), source };
@@ -127,7 +136,12 @@ fn match_layers(input: &str, plan: &Plan, mut indexed: HashMap<String, LayerInde
             // The same blob listed twice: the second use shares the first's spool.
             None => match plan.layer_paths[..i].iter().position(|p| p == path) {
                 Some(first) => out[first].clone(),
-                None => return Err(SourceError::MissingBlob { input: input.to_string(), what: format!("layer {path}") }),
+                None => {
+                    return Err(SourceError::MissingBlob {
+                        input: input.to_string(),
+                        what: format!("layer {path}"),
+                    })
+                }
             },
         };
         let blob = path.clone();
