@@ -318,3 +318,31 @@ proptest! {
         let _ = index_layer(&blob[..], &LayerExpect::default(), 0, fuzz_dir());
     }
 }
+
+#[test]
+fn gnu_sparse_members_in_both_forms() {
+    let dir = common::tempdir();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let file = std::fs::File::create(src.join("sparse")).unwrap();
+    file.set_len(10 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"hello", 5_000_000).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"end", (10 << 20) - 3).unwrap();
+    drop(file);
+    let expected = std::fs::read(src.join("sparse")).unwrap();
+    for format in ["gnu", "posix"] {
+        let out = std::process::Command::new("tar")
+            .args(["--sparse", &format!("--format={format}"), "-cf", "-", "-C"])
+            .arg(&src)
+            .arg("sparse")
+            .output()
+            .expect("GNU tar");
+        assert!(out.status.success());
+        assert!(out.stdout.len() < 1 << 20, "{format}: tar stored the holes");
+        let layer = index_layer(&out.stdout[..], &LayerExpect::default(), 0, dir.path()).unwrap();
+        assert_eq!(layer.entries.len(), 1, "{format}");
+        assert_eq!(read_all(&layer, "sparse"), expected, "{format}");
+        let EntryKind::File(f) = &layer.entries[0].kind else { unreachable!() };
+        assert_eq!(f.data_block_count(), 2, "{format}");
+    }
+}

@@ -17,6 +17,7 @@ use crate::error::{Classify, ErrorClass};
 use crate::tree::flatten::{self, Entry, EntryKind, FlattenError, LayerChanges};
 use crate::tree::{DeviceNumber, FileData, FsTree, Metadata, Timestamp};
 
+mod pax_sparse;
 pub mod spool;
 
 pub use spool::SpoolRef;
@@ -292,18 +293,24 @@ impl<R: Read> Read for CountingReader<R> {
 
 /// PAX records this module reads besides those the tar crate applies (path, linkpath, size,
 /// uid, gid): sub-second times and extended attributes.
+#[derive(Default)]
 struct PaxExtras {
     mtime: Option<Timestamp>,
     atime: Option<Timestamp>,
     ctime: Option<Timestamp>,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// `GNU.sparse.*` records, by key without the prefix.
+    sparse: Vec<(Vec<u8>, Vec<u8>)>,
 }
+
+/// `GNU.sparse.KEY=value`: GNU tar's sparse files in PAX form.
+const PAX_SPARSE_PREFIX: &[u8] = b"GNU.sparse.";
 
 /// `SCHILY.xattr.NAME=value`, as GNU tar, bsdtar and Go's archive/tar write xattrs.
 const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
 
 fn pax_extras<R: Read>(item: &mut tar::Entry<'_, R>) -> io::Result<PaxExtras> {
-    let mut extras = PaxExtras { mtime: None, atime: None, ctime: None, xattrs: Vec::new() };
+    let mut extras = PaxExtras::default();
     let Some(exts) = item.pax_extensions()? else { return Ok(extras) };
     for ext in exts {
         let ext = ext?;
@@ -316,6 +323,8 @@ fn pax_extras<R: Read>(item: &mut tar::Entry<'_, R>) -> io::Result<PaxExtras> {
             _ => {
                 if let Some(name) = key.strip_prefix(PAX_XATTR_PREFIX) {
                     extras.xattrs.push((name.to_vec(), value.to_vec()));
+                } else if let Some(name) = key.strip_prefix(PAX_SPARSE_PREFIX) {
+                    extras.sparse.push((name.to_vec(), value.to_vec()));
                 }
             }
         }
@@ -360,6 +369,24 @@ fn numeric<T: Default>(parsed: io::Result<T>, raw: &[u8]) -> io::Result<T> {
     }
 }
 
+/// The real name and size of a GNU sparse 1.0 member, `None` for any other member; the
+/// 0.x PAX forms (long obsolete) are refused rather than misread.
+fn sparse_1_0(records: &[(Vec<u8>, Vec<u8>)]) -> Result<Option<(Vec<u8>, u64)>, String> {
+    if records.is_empty() {
+        return Ok(None);
+    }
+    let get = |k: &[u8]| records.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_slice());
+    if get(b"major") != Some(b"1") || get(b"minor") != Some(b"0") {
+        return Err("GNU sparse format 0.x is not supported (only 1.0)".into());
+    }
+    let name = get(b"name").ok_or("GNU sparse member without GNU.sparse.name")?;
+    let size = get(b"realsize")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or("GNU sparse member without a valid GNU.sparse.realsize")?;
+    Ok(Some((name.to_vec(), size)))
+}
+
 fn read_entry<R: Read>(
     item: &mut tar::Entry<'_, R>,
     writer: &mut SpoolWriter,
@@ -367,13 +394,18 @@ fn read_entry<R: Read>(
     blob: &str,
     dir: &Path,
 ) -> Result<Option<Entry<SpoolRef>>, LayerError> {
-    let path = item.path_bytes().into_owned();
-    let bad = |problem: String| LayerError::BadEntry {
+    let mut path = item.path_bytes().into_owned();
+    let bad_at = |path: &[u8], problem: String| LayerError::BadEntry {
         blob: blob.to_string(),
-        entry: String::from_utf8_lossy(&path).into_owned(),
+        entry: String::from_utf8_lossy(path).into_owned(),
         problem,
     };
-    let extras = pax_extras(item).map_err(|e| bad(format!("bad PAX header: {e}")))?;
+    let extras = pax_extras(item).map_err(|e| bad_at(&path, format!("bad PAX header: {e}")))?;
+    let sparse = sparse_1_0(&extras.sparse).map_err(|problem| bad_at(&path, problem))?;
+    if let Some((name, _)) = &sparse {
+        path = name.clone();
+    }
+    let bad = |problem: String| bad_at(&path, problem);
     let header = item.header();
     let entry_type = header.entry_type();
     if entry_type.is_pax_global_extensions() {
@@ -417,11 +449,20 @@ fn read_entry<R: Read>(
         tar::EntryType::Block => EntryKind::BlockDevice(device()?),
         tar::EntryType::Fifo => EntryKind::Fifo,
         tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-            let size = item.size();
-            let spooled = writer.copy_file(item, size, buf).map_err(|e| match e {
+            let stored = item.size();
+            let copied = match sparse {
+                Some((_, real_size)) => pax_sparse::expand(&mut *item, stored, real_size)
+                    .map_err(SpoolError::Read)
+                    .and_then(|mut expanded| {
+                        writer.copy_file(&mut expanded, real_size, buf).map(|s| (s, real_size))
+                    }),
+                None => writer.copy_file(item, stored, buf).map(|s| (s, stored)),
+            };
+            let (spooled, size) = copied.map_err(|e| match e {
                 SpoolError::Read(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    bad(format!("data ends before its {size} bytes"))
+                    bad(format!("data ends before its {stored} bytes"))
                 }
+                SpoolError::Read(e) if e.kind() == io::ErrorKind::InvalidData => bad(e.to_string()),
                 SpoolError::Read(source) => LayerError::Corrupt { blob: blob.to_string(), source },
                 SpoolError::Write(source) => {
                     LayerError::Spool { blob: blob.to_string(), dir: dir.to_path_buf(), source }
