@@ -42,7 +42,7 @@ pub enum Compression {
 }
 
 /// A layer read: its entries in tar order, its digests, and its spool.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct LayerIndex {
     pub entries: Vec<Entry<SpoolRef>>,
     /// sha256 of the uncompressed tar.

@@ -21,6 +21,12 @@ pub struct Spool {
     layer: AtomicU32,
 }
 
+impl fmt::Debug for Spool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Spool").field("layer", &self.layer.load(Ordering::Relaxed)).finish_non_exhaustive()
+    }
+}
+
 impl Spool {
     pub(crate) fn new(file: File, layer: u32) -> Self {
         Spool { file, layer: AtomicU32::new(layer) }

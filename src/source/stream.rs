@@ -22,6 +22,7 @@ use super::{ParsedConfig, ResolvedImage, SourceError};
 use crate::layer::{index_layer, LayerError, LayerExpect, LayerIndex};
 
 /// An image read from a stream: resolved, and its layers indexed, bottom first.
+#[derive(Debug)]
 pub struct StreamedImage {
     pub resolved: ResolvedImage,
     pub config: ParsedConfig,
