@@ -458,7 +458,6 @@ fn an_image_that_does_not_exist_in_an_archive() {
     let bytes = std::fs::read(&archive).unwrap();
     let cut = &bytes[..bytes.len() / 2];
     let e = read_image_stream(cut, "cut stream", None, DEFAULT_PLATFORM, dir.path())
-        .err()
-        .expect("a cut stream fails");
+        .expect_err("a cut stream fails");
     assert_eq!(e.class(), ErrorClass::BadInput, "{e}");
 }
