@@ -416,10 +416,10 @@ pub fn open_local(source: &SourceRef, platform: &str) -> Result<LocalImage, Sour
         SourceRef::OciArchive { file, reference } => (file, reference, true),
         SourceRef::DockerArchive { file, reference } => (file, reference, false),
         other => {
-            return Err(SourceError::NoImage {
+            return Err(SourceError::Invalid(super::InvalidSource {
                 input: format!("{other:?}"),
-                problem: "not a local source".into(),
-            });
+                reason: "not a local source (oci:, oci-archive:, docker-archive:)".into(),
+            }));
         }
     };
     let input = path.display().to_string();
