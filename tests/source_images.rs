@@ -461,3 +461,12 @@ fn an_image_that_does_not_exist_in_an_archive() {
         .expect_err("a cut stream fails");
     assert_eq!(e.class(), ErrorClass::BadInput, "{e}");
 }
+
+#[test]
+fn a_debian_base_equals_docker_export() {
+    ensure_base_images(&["debian"]);
+    let dir = tempdir();
+    let ours = via_save_stream(common::DEBIAN_IMAGE, dir.path());
+    let oracle = via_export(common::DEBIAN_IMAGE, dir.path());
+    assert_same_tree(&ours, &oracle, "debian: docker save stream vs docker export");
+}

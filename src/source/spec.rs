@@ -73,6 +73,11 @@ impl Descriptor {
     }
 }
 
+/// The first of an index's manifests built for `platform` (`os/arch[/variant]`).
+pub fn select_platform<'d>(manifests: &'d [Descriptor], platform: &str) -> Option<&'d Descriptor> {
+    manifests.iter().find(|m| m.platform.as_ref().is_some_and(|p| p.matches(platform)))
+}
+
 /// An image index (or Docker manifest list), and an OCI layout's `index.json`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
