@@ -28,7 +28,7 @@
 //!   symlinks is an error. The last component is never followed: an entry replaces it.
 //!
 //! Pure: no I/O. The result only depends on the layers' content and order, and it holds only
-//! reachable nodes, numbered in walk order.
+//! reachable nodes, numbered breadth first in name order.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -338,7 +338,7 @@ impl<C: Clone> LayerApplier<'_, '_, C> {
     }
 }
 
-/// A copy of `tree` holding only what its root reaches, numbered in walk order, so the
+/// A copy of `tree` holding only what its root reaches, numbered breadth first in name order, so the
 /// numbering depends on the result and not on the history of the merge.
 fn compact<C: Clone>(tree: &FsTree<C>) -> FsTree<C> {
     let mut out = FsTree::new(tree.get(FsTree::<C>::ROOT).meta.clone());
