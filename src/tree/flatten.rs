@@ -338,8 +338,8 @@ impl<C: Clone> LayerApplier<'_, '_, C> {
     }
 }
 
-/// A copy of `tree` holding only what its root reaches, numbered breadth first in name order, so the
-/// numbering depends on the result and not on the history of the merge.
+/// A copy of `tree` holding only what its root reaches, numbered breadth first in name
+/// order, so the numbering depends on the result and not on the history of the merge.
 fn compact<C: Clone>(tree: &FsTree<C>) -> FsTree<C> {
     let mut out = FsTree::new(tree.get(FsTree::<C>::ROOT).meta.clone());
     let mut new_ids: HashMap<NodeId, NodeId> = HashMap::new();
