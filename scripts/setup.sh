@@ -198,6 +198,7 @@ do_docker() {
     dockerd=$(command -v dockerd || echo /usr/sbin/dockerd)
     [ -x "$dockerd" ] || die "dockerd not found (apt-get install docker.io)"
     # setsid: the daemon outlives this script and the terminal it ran from.
+    # shellcheck disable=SC2016  # $1 and $2 are the inner sh's arguments
     "${SUDO[@]}" sh -c 'setsid "$1" >>"$2" 2>&1 </dev/null &' sh "$dockerd" "$DOCKERD_LOG"
   fi
   local i
@@ -239,8 +240,9 @@ do_kernel() {
   fi
   KERNEL_ENV=$("${SUDO[@]}" "$script") || die "scripts/fetch-kernel.sh failed"
   eval "$KERNEL_ENV"
-  [ -n "${DISKC_KERNEL:-}" ] && [ -n "${DISKC_MODULES:-}" ] \
-    || die "scripts/fetch-kernel.sh printed no DISKC_KERNEL/DISKC_MODULES lines"
+  if [ -z "${DISKC_KERNEL:-}" ] || [ -z "${DISKC_MODULES:-}" ]; then
+    die "scripts/fetch-kernel.sh printed no DISKC_KERNEL/DISKC_MODULES lines"
+  fi
   export DISKC_KERNEL DISKC_MODULES
   phase_end kernel "$DISKC_KERNEL"
 }
