@@ -95,8 +95,8 @@ RUN rm -rf /usr/share/doc /usr/share/man /usr/share/info /opt/app/src/m1/f1.txt 
 # 3: replace the content of 2000 data files of the base (libraries stay: later RUNs need them)
 RUN find /usr/share -type f -size +4k 2>/dev/null | sort | awk 'NR % 5 == 0' | head -n 2000 \\
   | while read -r f; do head -c 8192 /dev/urandom > "\$f"; done
-# 4: about 300 MiB of compressible text
-RUN mkdir -p /var/log/bench && seq 1 25000000 > /var/log/bench/numbers.txt \\
+# 4: about 200 MiB of compressible text
+RUN mkdir -p /var/log/bench && seq 1 12000000 > /var/log/bench/numbers.txt \\
  && yes 'diskc benchmark: a log line that repeats, as logs do' | head -n 2000000 > /var/log/bench/app.log
 # 5: a large random file
 RUN head -c 192M /dev/urandom > /opt/app/data.bin
@@ -105,7 +105,7 @@ RUN rm -f /opt/app/data.bin /opt/app/blob.bin && rm -rf /opt/app/src \\
  && mkdir -p /opt/app/src && echo 'rewritten' > /opt/app/src/README
 # 7: metadata only: modes, owners and times of files of lower layers
 RUN find /usr/bin -type f | sort | head -n 200 | xargs chmod g+w \\
- && chown -R 1234:5678 /opt/app /var/log/bench && touch -d @1600000000 /opt/app/conf
+ && chown -R 1234:5678 /opt/app && touch -d @1600000000 /opt/app/conf
 # 8: hard links, symlinks, and file/directory swaps
 RUN cp -al /var/log/bench /var/log/bench-links && ln -s /var/log/bench/app.log /app.log \\
  && ln -s ../missing /opt/app/dangling \\
