@@ -32,7 +32,9 @@ TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 # Tests and the tools they run write images of several GiB; keep them on the target dir's disk
 # (where tests/common puts its temp dirs too), never on a small or memory-backed /tmp.
 export TMPDIR="$TARGET/tmp"
-rm -rf "$TMPDIR" "$TARGET/test-tmp" 2>/dev/null \
+# Not root: the previous run's tests ran via sudo (below) and left root-owned files.
+if [ "$(id -u)" -eq 0 ]; then as_root=(); else as_root=(sudo); fi
+"${as_root[@]}" rm -rf "$TMPDIR" "$TARGET/test-tmp" 2>/dev/null \
   || echo "test: could not clear old temp files under $TARGET (a test mount left behind?)" >&2
 mkdir -p "$TMPDIR"
 
@@ -42,7 +44,7 @@ export RUST_TEST_THREADS=${RUST_TEST_THREADS:-$(nproc)}
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
-if [ "$(id -u)" -ne 0 ]; then
+if [ ${#as_root[@]} -gt 0 ]; then
   # Tests mount images and talk to the root-owned Docker socket: run the binaries as root.
   host=$(rustc -vV | awk '/^host:/ { print $2 }')
   runner_var="CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$host")_RUNNER"
