@@ -58,8 +58,15 @@ if command -v pigz >/dev/null; then GUNZIP=pigz; else GUNZIP=gzip; fi
 # --- diskc ---------------------------------------------------------------------------------
 if [ -z "${DISKC:-}" ]; then
   say "building diskc (release)"
-  cargo build --locked --release --bin diskc >&2
+  # All binaries: diskc puts diskc-init, built beside it, into the initrd.
+  cargo build --locked --release >&2
   DISKC=${CARGO_TARGET_DIR:-$REPO/target}/release/diskc
+fi
+# convert also prepares the boot files; give it the kernel the tests and quick start use.
+if [ -z "${DISKC_KERNEL:-}" ] && [ -x scripts/fetch-kernel.sh ]; then
+  kernel_env=$(scripts/fetch-kernel.sh) || die "scripts/fetch-kernel.sh failed"
+  eval "$kernel_env"
+  export DISKC_KERNEL DISKC_MODULES
 fi
 "$DISKC" convert --help >/dev/null 2>&1 || die "$DISKC has no working 'convert' command"
 
