@@ -52,8 +52,9 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DOCKER=/usr/bin/docker
 DOCKERD_LOG=${DISKC_DOCKERD_LOG:-/var/log/diskc-dockerd.log}
 read -r -a BASE_IMAGES <<<"${DISKC_BASE_IMAGES:-busybox debian}"
-# The oldest rustc that builds the crate; keep in step with rust-version in Cargo.toml.
-RUST_MIN=1.85
+# The oldest rustc that builds the crate.
+RUST_MIN=$(sed -n 's/^rust-version *= *"\([0-9.]*\)"/\1/p' "$REPO/Cargo.toml")
+RUST_MIN=${RUST_MIN:-1.85}
 
 PACKAGES=(
   docker.io docker-registry      # the Engine (with BuildKit) and a registry for docker:// tests
