@@ -192,6 +192,7 @@ do_docker() {
     phase_end docker "daemon answers"
     return 0
   fi
+  local pid=
   if [ -d /run/systemd/system ] && "${SUDO[@]}" systemctl start docker 2>/dev/null; then
     :
   else
@@ -200,11 +201,15 @@ do_docker() {
     [ -x "$dockerd" ] || die "dockerd not found (apt-get install docker.io)"
     # setsid: the daemon outlives this script and the terminal it ran from.
     # shellcheck disable=SC2016  # $1 and $2 are the inner sh's arguments
-    "${SUDO[@]}" sh -c 'setsid "$1" >>"$2" 2>&1 </dev/null &' sh "$dockerd" "$DOCKERD_LOG"
+    pid=$("${SUDO[@]}" sh -c 'setsid "$1" >>"$2" 2>&1 </dev/null & echo $!' sh "$dockerd" "$DOCKERD_LOG")
   fi
   local i
   for i in $(seq 1 120); do
     docker_answers && break
+    if [ -n "$pid" ] && ! "${SUDO[@]}" kill -0 "$pid" 2>/dev/null; then
+      "${SUDO[@]}" tail -n 5 "$DOCKERD_LOG" >&2 || true
+      die "dockerd exited at start; see $DOCKERD_LOG"
+    fi
     sleep 0.5
   done
   docker_answers || die "dockerd did not answer within 60 s; see $DOCKERD_LOG"
