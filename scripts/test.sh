@@ -91,5 +91,14 @@ fi
 echo
 echo "test: phases (total $(elapsed "$started")s)"
 for line in "${PHASES[@]}"; do echo "  $line"; done
+if [ -s "${log:-}" ]; then
+  # Where the test time went: each test binary's own "finished in", slowest first.
+  echo "test: binaries, slowest first"
+  awk '
+    /^ *Running / { name = $2 == "unittests" ? $3 : $2 }
+    /^ *Doc-tests / { name = "doc-tests " $2 }
+    /^test result:/ { t = $NF; sub(/s$/, "", t); printf "  %8.1fs  %s\n", t, name }' "$log" \
+    | sort -rn | head -n 15
+fi
 echo "tests: $passed passed, $failed failed"
 exit "$status"
