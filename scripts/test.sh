@@ -34,7 +34,7 @@ TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 export TMPDIR="$TARGET/tmp"
 # Not root: the previous run's tests ran via sudo (below) and left root-owned files.
 if [ "$(id -u)" -eq 0 ]; then as_root=(); else as_root=(sudo); fi
-"${as_root[@]}" rm -rf "$TMPDIR" "$TARGET/test-tmp" 2>/dev/null \
+"${as_root[@]}" rm -rf --one-file-system "$TMPDIR" "$TARGET/test-tmp" 2>/dev/null \
   || echo "test: could not clear old temp files under $TARGET (a test mount left behind?)" >&2
 mkdir -p "$TMPDIR"
 
