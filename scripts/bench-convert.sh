@@ -18,7 +18,8 @@
 #   floor-docker-save        docker save IMAGE > /dev/null (the Engine's own export speed)
 # Peak RSS counts the largest process of each command; the daemon's own memory is not seen.
 #
-#   scripts/bench-convert.sh
+#   scripts/bench-convert.sh        (as root, after scripts/setup.sh; the first run spends some
+#                                   minutes making the image and its OCI layout)
 #
 # Environment: DISKC (a diskc binary; default: cargo build --release), BENCH_RUNS (runs per
 # command, median reported; default 1), BENCH_COMPRESSION (gzip or zstd layers in the OCI
