@@ -12,6 +12,7 @@ use std::io;
 use std::ops::Range;
 use std::sync::Arc;
 
+pub mod host;
 pub mod sparse;
 
 /// ext4 and every filesystem we read limit a name to 255 bytes.
