@@ -30,7 +30,18 @@ pub struct HostFile {
 
 impl Content for HostFile {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        File::open(&self.path)?.read_exact_at(buf, offset)
+        open_quietly(&self.path)?.read_exact_at(buf, offset)
+    }
+}
+
+/// Opens for reading without updating the file's atime (O_NOATIME), so making an image does
+/// not change its source; falls back to a plain open where that is not permitted (files of
+/// other owners without CAP_FOWNER).
+fn open_quietly(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match File::options().read(true).custom_flags(libc::O_NOATIME).open(path) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
+        other => other,
     }
 }
 
@@ -219,7 +230,7 @@ fn data_blocks(path: &Path, size: u64) -> Result<Vec<Range<u64>>, HostError> {
     if size == 0 {
         return Ok(Vec::new());
     }
-    let file = File::open(path).map_err(io_err(path))?;
+    let file = open_quietly(path).map_err(io_err(path))?;
     let mut runs: Vec<Range<u64>> = Vec::new();
     let mut buf = vec![0u8; 1 << 20];
     for range in data_ranges(&file, size).map_err(io_err(path))? {
