@@ -48,7 +48,11 @@ fn assert_image_holds(tree: &Tree, image: &Path) {
         assert_eq!(meta.mode(), node.meta.mode, "{shown}: mode");
         assert_eq!((meta.uid(), meta.gid()), (node.meta.uid, node.meta.gid), "{shown}: owner");
         let mtime = meta.modified();
-        assert_eq!((mtime.seconds(), mtime.nanoseconds()), (node.meta.mtime.sec, node.meta.mtime.nsec), "{shown}: mtime");
+        assert_eq!(
+            (mtime.seconds(), mtime.nanoseconds()),
+            (node.meta.mtime.sec, node.meta.mtime.nsec),
+            "{shown}: mtime"
+        );
         use ext4_view::FileType as T;
         match &node.kind {
             NodeKind::Directory(d) => {
@@ -117,7 +121,14 @@ fn name() -> impl Strategy<Value = Vec<u8>> {
 /// is how ext4 (and the kernel) encode times before 1970 and from 2038 to 2106. Those are
 /// covered through the kernel in mkfs_cases.rs.
 fn meta() -> impl Strategy<Value = Metadata> {
-    (0u16..0o10000, any::<u32>(), any::<u32>(), 0i64..(1i64 << 31), 0u32..1_000_000_000, prop::option::of(prop::collection::vec(any::<u8>(), 0..120)))
+    (
+        0u16..0o10000,
+        any::<u32>(),
+        any::<u32>(),
+        0i64..(1i64 << 31),
+        0u32..1_000_000_000,
+        prop::option::of(prop::collection::vec(any::<u8>(), 0..120)),
+    )
         .prop_map(|(mode, uid, gid, sec, nsec, xattr)| {
             let t = Timestamp::new(sec, nsec);
             let mut m = Metadata { mode, uid, gid, atime: t, mtime: t, ctime: t, ..Metadata::default() };
@@ -156,7 +167,9 @@ fn build(entries: Vec<(usize, Vec<u8>, Kind, Metadata)>) -> Tree {
                 t.add(Node::new(NodeKind::Symlink(target), meta))
             }
             Kind::Fifo => t.add(Node::new(NodeKind::Fifo, meta)),
-            Kind::Device(major, minor) => t.add(Node::new(NodeKind::BlockDevice(DeviceNumber { major, minor }), meta)),
+            Kind::Device(major, minor) => {
+                t.add(Node::new(NodeKind::BlockDevice(DeviceNumber { major, minor }), meta))
+            }
         };
         t.insert(dir, &name, id).unwrap();
         match t.get(id).kind {
@@ -207,7 +220,8 @@ fn extent_trees_with_index_levels_read_back() {
     write(&tree, &small_options(true), &image);
     assert_fsck_clean(&image);
     assert_image_holds(&tree, &image);
-    let out = std::process::Command::new("debugfs").args(["-R", "stat /depth2"]).arg(&image).output().unwrap();
+    let out =
+        std::process::Command::new("debugfs").args(["-R", "stat /depth2"]).arg(&image).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("(2):"), "depth2 has no second index level:\n{text}");
 }
@@ -219,7 +233,8 @@ fn fixture() -> Tree {
     let mut t = Tree::new(m(0o755));
     let etc = t.add(Node::new(NodeKind::Directory(Directory::default()), m(0o755)));
     t.insert(Tree::ROOT, b"etc", etc).unwrap();
-    let hosts = t.add(Node::new(NodeKind::File(FileData::from_bytes(b"127.0.0.1 localhost\n".to_vec())), m(0o644)));
+    let hosts =
+        t.add(Node::new(NodeKind::File(FileData::from_bytes(b"127.0.0.1 localhost\n".to_vec())), m(0o644)));
     t.insert(etc, b"hosts", hosts).unwrap();
     t.insert(Tree::ROOT, b"hosts-link", hosts).unwrap();
     let mut big = vec![0u8; 3 << 20];

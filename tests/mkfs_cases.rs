@@ -27,9 +27,12 @@ fn pattern(len: usize, salt: u8) -> Vec<u8> {
 }
 
 fn set_mtime(path: &Path, sec: i64, nsec: i64) {
-    let times = [libc::timespec { tv_sec: sec, tv_nsec: nsec }, libc::timespec { tv_sec: sec, tv_nsec: nsec }];
+    let times =
+        [libc::timespec { tv_sec: sec, tv_nsec: nsec }, libc::timespec { tv_sec: sec, tv_nsec: nsec }];
     // SAFETY: path is NUL-terminated and times holds two timespecs.
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c(path).as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let rc = unsafe {
+        libc::utimensat(libc::AT_FDCWD, c(path).as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+    };
     check(rc, "utimensat");
 }
 
@@ -117,7 +120,9 @@ pub fn make_case_tree(root: &Path) {
     let acl = xattrs.join("acl");
     std::fs::write(&acl, b"acl").unwrap();
     let mut v = 2u32.to_le_bytes().to_vec();
-    for (tag, perm, id) in [(1u16, 6u16, u32::MAX), (2, 4, 1000), (4, 4, u32::MAX), (0x10, 4, u32::MAX), (0x20, 0, u32::MAX)] {
+    for (tag, perm, id) in
+        [(1u16, 6u16, u32::MAX), (2, 4, 1000), (4, 4, u32::MAX), (0x10, 4, u32::MAX), (0x20, 0, u32::MAX)]
+    {
         v.extend_from_slice(&tag.to_le_bytes());
         v.extend_from_slice(&perm.to_le_bytes());
         v.extend_from_slice(&id.to_le_bytes());
@@ -131,7 +136,12 @@ pub fn make_case_tree(root: &Path) {
     }
 
     let times = d("times");
-    for (name, sec, nsec) in [("old", -1_000_000_000i64, 123_456_789i64), ("epoch", 0, 0), ("y2100", 4_102_444_800, 987_654_321), ("y2038", 2_147_483_648, 1)] {
+    for (name, sec, nsec) in [
+        ("old", -1_000_000_000i64, 123_456_789i64),
+        ("epoch", 0, 0),
+        ("y2100", 4_102_444_800, 987_654_321),
+        ("y2038", 2_147_483_648, 1),
+    ] {
         let p = times.join(name);
         std::fs::write(&p, name).unwrap();
         set_mtime(&p, sec, nsec);
@@ -183,9 +193,14 @@ fn freeze_atimes(path: &Path) {
             freeze_atimes(&e.unwrap().path());
         }
     }
-    let times = [libc::timespec { tv_sec: 4_102_444_800, tv_nsec: 0 }, libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT }];
+    let times = [
+        libc::timespec { tv_sec: 4_102_444_800, tv_nsec: 0 },
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+    ];
     // SAFETY: path is NUL-terminated and times holds two timespecs.
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c(path).as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let rc = unsafe {
+        libc::utimensat(libc::AT_FDCWD, c(path).as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+    };
     check(rc, "utimensat");
 }
 
@@ -210,9 +225,20 @@ fn too_small_a_size_fails_with_bad_input_and_leaves_nothing() {
     std::fs::write(src.join("big"), pattern(4 << 20, 1)).unwrap();
     let out_dir = tmp.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
-    let out = diskc().arg("mkfs").arg(&src).arg("-o").arg(out_dir.join("x.ext4")).args(["--size", "2M"]).output().unwrap();
+    let out = diskc()
+        .arg("mkfs")
+        .arg(&src)
+        .arg("-o")
+        .arg(out_dir.join("x.ext4"))
+        .args(["--size", "2M"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("too small"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("too small"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 0, "output directory not empty");
 }
 
@@ -232,7 +258,8 @@ fn json_summary_matches_the_image() {
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("a"), b"a").unwrap();
     let image = tmp.path().join("img");
-    let out = run_ok(diskc().arg("--json").arg("mkfs").arg(&src).arg("-o").arg(&image).args(["--size", "40M"]));
+    let out =
+        run_ok(diskc().arg("--json").arg("mkfs").arg(&src).arg("-o").arg(&image).args(["--size", "40M"]));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["size"], 40 << 20);
     assert_eq!(std::fs::metadata(&image).unwrap().len(), 40 << 20);
@@ -241,7 +268,16 @@ fn json_summary_matches_the_image() {
     let text = String::from_utf8_lossy(&dump.stdout);
     let uuid = v["uuid"].as_str().unwrap();
     assert!(text.contains(uuid), "dumpe2fs does not show {uuid}:\n{text}");
-    for feature in ["has_journal", "extent", "64bit", "flex_bg", "metadata_csum", "huge_file", "dir_nlink", "extra_isize"] {
+    for feature in [
+        "has_journal",
+        "extent",
+        "64bit",
+        "flex_bg",
+        "metadata_csum",
+        "huge_file",
+        "dir_nlink",
+        "extra_isize",
+    ] {
         assert!(text.contains(feature), "feature {feature} missing:\n{text}");
     }
 }

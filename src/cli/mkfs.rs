@@ -83,7 +83,8 @@ pub fn run(args: MkfsArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         Size::Auto => Options::default().size,
         Size::Bytes(n) => SizeSpec::Bytes(n),
     };
-    let options = Options { size, journal: !args.no_journal, label: args.label.clone(), ..Options::default() };
+    let options =
+        Options { size, journal: !args.no_journal, label: args.label.clone(), ..Options::default() };
     let summary = match source {
         Source::Directory(dir) => {
             let tree = host::read_tree(&dir).with_context(|| format!("reading {}", dir.display()))?;
@@ -126,7 +127,8 @@ fn write<C: Content>(tree: &FsTree<C>, mut options: Options, output: &Path) -> a
         .prefix(".diskc-mkfs-")
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    let summary = ext4::write_image(tree, &options, tmp.as_file()).with_context(|| format!("writing {}", output.display()))?;
+    let summary = ext4::write_image(tree, &options, tmp.as_file())
+        .with_context(|| format!("writing {}", output.display()))?;
     tmp.as_file().sync_all().with_context(|| format!("writing {}", output.display()))?;
     let perms = std::os::unix::fs::PermissionsExt::from_mode(0o644);
     tmp.as_file().set_permissions(perms).with_context(|| format!("writing {}", output.display()))?;
@@ -137,7 +139,10 @@ fn write<C: Content>(tree: &FsTree<C>, mut options: Options, output: &Path) -> a
 /// `SOURCE_DATE_EPOCH` when set, else the newest mtime in the tree: never the clock.
 fn fs_time<C>(tree: &FsTree<C>) -> anyhow::Result<Timestamp> {
     if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
-        let sec = v.trim().parse().map_err(|_| UsageError(format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")))?;
+        let sec = v
+            .trim()
+            .parse()
+            .map_err(|_| UsageError(format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")))?;
         return Ok(Timestamp::new(sec, 0));
     }
     let newest = tree.walk().into_iter().map(|(_, id)| tree.get(id).meta.mtime).max().unwrap_or_default();

@@ -14,7 +14,9 @@ use super::extent;
 use super::group::{bitmap_csum, GroupDesc, DESC_SIZE, EXT4_BG_INODE_ZEROED};
 use super::inode::{Inode, EXT4_EXTENTS_FL, INODE_SIZE};
 use super::journal;
-use super::plan::{self, all_extents, Geometry, InodePlan, Mapping, Plan, Role, XattrPlace, BLOCK_SIZE, BLOCKS_PER_GROUP};
+use super::plan::{
+    self, all_extents, Geometry, InodePlan, Mapping, Plan, Role, XattrPlace, BLOCKS_PER_GROUP, BLOCK_SIZE,
+};
 use super::superblock::{self, Superblock};
 use super::xattr;
 use super::Ext4Error;
@@ -60,7 +62,12 @@ fn write_nonzero(out: &dyn WriteAt, buf: &[u8], offset: u64) -> Result<(), Ext4E
     Ok(())
 }
 
-pub fn emit<C: Content>(tree: &FsTree<C>, plan: &Plan, ids: &Ids, out: &dyn WriteAt) -> Result<(), Ext4Error> {
+pub fn emit<C: Content>(
+    tree: &FsTree<C>,
+    plan: &Plan,
+    ids: &Ids,
+    out: &dyn WriteAt,
+) -> Result<(), Ext4Error> {
     copy_data(tree, plan, out)?;
     write_inode_tables(tree, plan, ids, out)?;
     write_inode_blocks(tree, plan, ids, out)?;
@@ -86,7 +93,12 @@ fn copy_data<C: Content>(tree: &FsTree<C>, plan: &Plan, out: &dyn WriteAt) -> Re
             let mut done = 0;
             while done < u64::from(e.len) {
                 let blocks = COPY_BLOCKS.min(u64::from(e.len) - done);
-                jobs.push(Copy { ino: p.ino, logical: u64::from(e.logical) + done, physical: e.physical + done, blocks });
+                jobs.push(Copy {
+                    ino: p.ino,
+                    logical: u64::from(e.logical) + done,
+                    physical: e.physical + done,
+                    blocks,
+                });
                 done += blocks;
             }
         }
@@ -148,7 +160,12 @@ fn inode_of<C>(tree: &FsTree<C>, p: &InodePlan, ids: &Ids) -> Result<[u8; INODE_
     Ok(inode.to_bytes(p.ino, ids.fs_seed, &ibody))
 }
 
-fn write_inode_tables<C: Content>(tree: &FsTree<C>, plan: &Plan, ids: &Ids, out: &dyn WriteAt) -> Result<(), Ext4Error> {
+fn write_inode_tables<C: Content>(
+    tree: &FsTree<C>,
+    plan: &Plan,
+    ids: &Ids,
+    out: &dyn WriteAt,
+) -> Result<(), Ext4Error> {
     let ipg = plan.geo.inodes_per_group;
     let mut chunks = Vec::new();
     for g in 0..plan.geo.groups {
@@ -174,7 +191,12 @@ fn write_inode_tables<C: Content>(tree: &FsTree<C>, plan: &Plan, ids: &Ids, out:
 
 /// The blocks that hang off each inode: directory blocks, slow symlink targets, extent tree
 /// nodes, xattr blocks.
-fn write_inode_blocks<C: Content>(tree: &FsTree<C>, plan: &Plan, ids: &Ids, out: &dyn WriteAt) -> Result<(), Ext4Error> {
+fn write_inode_blocks<C: Content>(
+    tree: &FsTree<C>,
+    plan: &Plan,
+    ids: &Ids,
+    out: &dyn WriteAt,
+) -> Result<(), Ext4Error> {
     plan.inodes.par_iter().try_for_each(|p| {
         let seed = inode_seed(ids.fs_seed, p.ino, 0);
         if let Mapping::Extents(t) = &p.map {
@@ -189,7 +211,8 @@ fn write_inode_blocks<C: Content>(tree: &FsTree<C>, plan: &Plan, ids: &Ids, out:
             }
             Role::Node(id) => match &tree.get(id).kind {
                 NodeKind::Directory(_) => {
-                    let entries = plan::dir_entries(tree, &plan.ino_of, &plan.parent_of, plan.lost_found, p.role);
+                    let entries =
+                        plan::dir_entries(tree, &plan.ino_of, &plan.parent_of, plan.lost_found, p.role);
                     dir::blocks(&entries, seed)
                 }
                 NodeKind::Symlink(target) if matches!(p.map, Mapping::Extents(_)) => {
@@ -212,7 +235,8 @@ fn write_inode_blocks<C: Content>(tree: &FsTree<C>, plan: &Plan, ids: &Ids, out:
         }
         if let (XattrPlace::Block(block), Role::Node(id)) = (p.xattr, p.role) {
             let entries = xattr::entries(&tree.get(id).meta.xattrs).expect("xattrs checked when planned");
-            out.write_at(&xattr::block(&entries, block, ids.fs_seed), block * BLOCK_SIZE).map_err(write_err)?;
+            out.write_at(&xattr::block(&entries, block, ids.fs_seed), block * BLOCK_SIZE)
+                .map_err(write_err)?;
         }
         Ok(())
     })

@@ -122,12 +122,20 @@ impl Classify for Ext4Error {
 }
 
 /// Writes the image of `tree` to `out` (truncated first; the result is sparse).
-pub fn write_image<C: Content>(tree: &FsTree<C>, options: &Options, out: &std::fs::File) -> Result<Summary, Ext4Error> {
+pub fn write_image<C: Content>(
+    tree: &FsTree<C>,
+    options: &Options,
+    out: &std::fs::File,
+) -> Result<Summary, Ext4Error> {
     write_image_to(tree, options, out)
 }
 
 /// [`write_image`] on any positional sink, e.g. a [`MemDisk`].
-pub fn write_image_to<C: Content>(tree: &FsTree<C>, options: &Options, out: &dyn WriteAt) -> Result<Summary, Ext4Error> {
+pub fn write_image_to<C: Content>(
+    tree: &FsTree<C>,
+    options: &Options,
+    out: &dyn WriteAt,
+) -> Result<Summary, Ext4Error> {
     let mut label = [0u8; 16];
     if let Some(l) = &options.label {
         if l.len() > 16 {

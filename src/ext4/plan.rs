@@ -380,7 +380,11 @@ fn shape<C: Content>(tree: &FsTree<C>) -> Result<Shapes, Ext4Error> {
         }
         let links = if node.is_dir() {
             // dir_nlink: a directory with too many subdirectories counts 1.
-            if count >= EXT4_LINK_MAX { 1 } else { count as u16 }
+            if count >= EXT4_LINK_MAX {
+                1
+            } else {
+                count as u16
+            }
         } else if count > EXT4_LINK_MAX {
             return Err(Ext4Error::TooManyLinks { path: path(), links: count });
         } else {
@@ -424,7 +428,8 @@ fn shape<C: Content>(tree: &FsTree<C>) -> Result<Shapes, Ext4Error> {
             }
             NodeKind::Fifo | NodeKind::Socket => (Need::Nothing, 0, 0),
         };
-        let entries = xattr::entries(&node.meta.xattrs).map_err(|e| Ext4Error::Xattr { path: path(), source: e })?;
+        let entries =
+            xattr::entries(&node.meta.xattrs).map_err(|e| Ext4Error::Xattr { path: path(), source: e })?;
         let (xattr_inode, xattr_block) = if entries.is_empty() {
             (false, false)
         } else if xattr::fits_in_inode(&entries) {
@@ -534,7 +539,8 @@ impl Allocator {
 fn push_extents(extents: &mut Vec<Extent>, mut logical: u64, mut physical: u64, mut len: u64) {
     while len > 0 {
         if let Some(last) = extents.last_mut() {
-            let (l_end, p_end) = (u64::from(last.logical) + u64::from(last.len), last.physical + u64::from(last.len));
+            let (l_end, p_end) =
+                (u64::from(last.logical) + u64::from(last.len), last.physical + u64::from(last.len));
             if l_end == logical && p_end == physical && u64::from(last.len) < EXT_INIT_MAX_LEN {
                 let take = len.min(EXT_INIT_MAX_LEN - u64::from(last.len));
                 last.len += take as u16;
@@ -586,7 +592,10 @@ fn allocate<C: Content>(
     let used_inodes = u64::from(s.max_ino);
     let wanted = (used_inodes * (100 + u64::from(inode_headroom_percent)) / 100).max(blocks_count / 4);
     let max_ipg = BLOCKS_PER_GROUP; // one bitmap block
-    let ipg = wanted.div_ceil(u64::from(groups)).next_multiple_of(INODES_PER_BLOCK).clamp(INODES_PER_BLOCK, max_ipg);
+    let ipg = wanted
+        .div_ceil(u64::from(groups))
+        .next_multiple_of(INODES_PER_BLOCK)
+        .clamp(INODES_PER_BLOCK, max_ipg);
     if ipg * u64::from(groups) < used_inodes {
         // Each group holds at most 32768 inodes: this many files need more groups.
         return Err(too_small(used_inodes.div_ceil(max_ipg) * BLOCKS_PER_GROUP));
@@ -601,12 +610,16 @@ fn allocate<C: Content>(
         inodes_per_group: ipg as u32,
         itable_blocks: ipg / INODES_PER_BLOCK,
     };
-    let mut reserved = vec![0..1 + gdt_blocks];
+    let mut reserved: Vec<Range<u64>> = std::iter::once(0..1 + gdt_blocks).collect();
     for g in geo.backup_groups() {
         let start = u64::from(g) * BLOCKS_PER_GROUP;
         reserved.push(start..start + 1 + gdt_blocks);
     }
-    let mut a = Allocator { cursor: DATA_START.max((1 + gdt_blocks).next_multiple_of(ALIGN)), reserved, used: Vec::new() };
+    let mut a = Allocator {
+        cursor: DATA_START.max((1 + gdt_blocks).next_multiple_of(ALIGN)),
+        reserved,
+        used: Vec::new(),
+    };
     let reserved = a.reserved.clone();
 
     // File data, lower layers first, then by inode number (the walk order).
@@ -685,7 +698,16 @@ fn allocate<C: Content>(
         } else {
             XattrPlace::None
         };
-        inodes.push(InodePlan { ino: sh.ino, role: sh.role, mode: sh.mode, links: sh.links, size: sh.size, map, xattr, blocks });
+        inodes.push(InodePlan {
+            ino: sh.ino,
+            role: sh.role,
+            mode: sh.mode,
+            links: sh.links,
+            size: sh.size,
+            map,
+            xattr,
+            blocks,
+        });
     }
     inodes.extend(journal_plan);
     inodes.sort_by_key(|p| p.ino);

@@ -127,7 +127,7 @@ impl Superblock {
         put_u8(&mut b, 0x174, self.s_log_groups_per_flex);
         put_u8(&mut b, 0x175, EXT4_CRC32C_CHKSUM);
         put_u64(&mut b, 0x178, 0); // s_kbytes_written
-        // The *_hi bytes extend the 32-bit times past 2106 (super.rst, s_wtime_hi...).
+                                   // The *_hi bytes extend the 32-bit times past 2106 (super.rst, s_wtime_hi...).
         put_u8(&mut b, 0x274, time_hi(self.s_wtime));
         put_u8(&mut b, 0x276, time_hi(self.s_mkfs_time));
         put_u8(&mut b, 0x277, time_hi(self.s_lastcheck));

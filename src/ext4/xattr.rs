@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use super::checksum::crc32c_raw;
 use super::disk::{get_u16, get_u32, put_u16, put_u32, put_u8};
-use super::inode::{INODE_SIZE, IBODY_XATTR_OFFSET};
+use super::inode::{IBODY_XATTR_OFFSET, INODE_SIZE};
 use crate::tree::Xattrs;
 
 /// attributes.rst: `h_magic` of a block and the magic that opens the in-inode area.
@@ -237,7 +237,9 @@ mod tests {
     #[test]
     fn acl_converts_to_the_short_form() {
         let mut v = 2u32.to_le_bytes().to_vec();
-        for (tag, perm, id) in [(1u16, 6u16, u32::MAX), (2, 4, 1000), (4, 4, u32::MAX), (0x10, 4, u32::MAX), (0x20, 0, u32::MAX)] {
+        for (tag, perm, id) in
+            [(1u16, 6u16, u32::MAX), (2, 4, 1000), (4, 4, u32::MAX), (0x10, 4, u32::MAX), (0x20, 0, u32::MAX)]
+        {
             v.extend_from_slice(&tag.to_le_bytes());
             v.extend_from_slice(&perm.to_le_bytes());
             v.extend_from_slice(&id.to_le_bytes());

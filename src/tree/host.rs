@@ -19,7 +19,10 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use super::sparse::DataBlockScanner;
-use super::{Content, DeviceNumber, Directory, FileData, FsTree, Metadata, Node, NodeId, NodeKind, Timestamp, TreeError, Xattrs, BLOCK_SIZE};
+use super::{
+    Content, DeviceNumber, Directory, FileData, FsTree, Metadata, Node, NodeId, NodeKind, Timestamp,
+    TreeError, Xattrs, BLOCK_SIZE,
+};
 use crate::error::{Classify, ErrorClass};
 
 /// A regular file of the host directory; read when the image is written.
@@ -262,7 +265,11 @@ fn data_ranges(file: &File, size: u64) -> io::Result<Vec<Range<u64>>> {
     let seek = |offset: u64, whence| {
         // SAFETY: fd is an open descriptor owned by `file` for this call's duration.
         let r = unsafe { libc::lseek(fd, offset as libc::off_t, whence) };
-        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as u64) }
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as u64)
+        }
     };
     let mut out = Vec::new();
     let mut at = 0;
@@ -270,7 +277,7 @@ fn data_ranges(file: &File, size: u64) -> io::Result<Vec<Range<u64>>> {
         let start = match seek(at, libc::SEEK_DATA) {
             Ok(s) => s,
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(vec![0..size]),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(std::iter::once(0..size).collect()),
             Err(e) => return Err(e),
         };
         if start >= size {

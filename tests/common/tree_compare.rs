@@ -147,7 +147,8 @@ pub fn scan(root: &Path, options: &Options) -> BTreeMap<Vec<u8>, Entry> {
                 gid: meta.gid(),
                 size: if kind == 'd' { 0 } else { meta.len() },
                 sha256: (kind == 'f').then(|| sha256_file(&path)),
-                target: (kind == 'l').then(|| std::fs::read_link(&path).unwrap().as_os_str().as_bytes().to_vec()),
+                target: (kind == 'l')
+                    .then(|| std::fs::read_link(&path).unwrap().as_os_str().as_bytes().to_vec()),
                 rdev: matches!(kind, 'c' | 'b').then(|| meta.rdev()),
                 xattrs: if options.compare_xattrs { xattrs(&path) } else { BTreeMap::new() },
                 mtime: (meta.mtime(), meta.mtime_nsec()),
@@ -167,7 +168,9 @@ pub fn differences(expected: &Path, actual: &Path, options: &Options) -> Vec<Str
         let shown = String::from_utf8_lossy(path);
         match b.get(path) {
             None => out.push(format!("missing: /{shown}")),
-            Some(eb) if ea != eb => out.push(format!("differs: /{shown}\n  expected {ea:?}\n  actual   {eb:?}")),
+            Some(eb) if ea != eb => {
+                out.push(format!("differs: /{shown}\n  expected {ea:?}\n  actual   {eb:?}"))
+            }
             Some(_) => {}
         }
     }
@@ -179,7 +182,12 @@ pub fn differences(expected: &Path, actual: &Path, options: &Options) -> Vec<Str
 
 pub fn assert_same_tree(expected: &Path, actual: &Path, options: &Options) {
     let diffs = differences(expected, actual, options);
-    assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.iter().take(30).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.iter().take(30).cloned().collect::<Vec<_>>().join("\n")
+    );
 }
 
 /// A read-only loop mount, unmounted on drop so a failing test leaves nothing mounted.
@@ -190,8 +198,14 @@ pub struct Mount {
 impl Mount {
     pub fn new(image: &Path) -> Mount {
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("mount").args(["-o", "loop,ro"]).arg(image).arg(dir.path()).output().expect("mount");
-        assert!(out.status.success(), "mount {} failed: {}", image.display(), String::from_utf8_lossy(&out.stderr));
+        let out =
+            Command::new("mount").args(["-o", "loop,ro"]).arg(image).arg(dir.path()).output().expect("mount");
+        assert!(
+            out.status.success(),
+            "mount {} failed: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         Mount { dir }
     }
 
