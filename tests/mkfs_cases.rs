@@ -281,3 +281,28 @@ fn json_summary_matches_the_image() {
         assert!(text.contains(feature), "feature {feature} missing:\n{text}");
     }
 }
+
+#[test]
+fn journaled_image_mounts_read_write_and_stays_clean() {
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    make_case_tree(&src);
+    let image = tmp.path().join("rootfs.ext4");
+    // Several groups, so writes land in groups with backup superblocks.
+    mkfs(&src, &image, &["--size", "2G"]);
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(dir.path()));
+    let written = (|| -> std::io::Result<()> {
+        std::fs::create_dir(dir.path().join("new"))?;
+        for i in 0..200 {
+            std::fs::write(dir.path().join(format!("new/f{i}")), pattern(i * 700, 3))?;
+        }
+        std::fs::write(dir.path().join("new/big"), pattern(40 << 20, 5))?;
+        std::fs::remove_file(dir.path().join("sizes/f4097"))?;
+        std::fs::rename(dir.path().join("links/a/one"), dir.path().join("moved"))
+    })();
+    run_ok(Command::new("umount").arg(dir.path()));
+    written.unwrap();
+    assert_fsck_clean(&image);
+}
