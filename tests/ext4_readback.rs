@@ -263,7 +263,7 @@ fn fixture() -> Tree {
 }
 
 /// Changes to this digest are changes to the bytes diskc writes: make them on purpose.
-const FIXTURE_SHA256: &str = "bcf49a319b1315b2b3d8bf174b226ebb7fd9180a6e4541e7eeebef969e33cff7";
+const FIXTURE_SHA256: &str = "8743c4affe9dc20503c38ffceb0934dbcf6a77c617a57b3e2f4aa3ee145fb3a8";
 
 #[test]
 fn fixture_image_digest_is_pinned() {
@@ -275,4 +275,40 @@ fn fixture_image_digest_is_pinned() {
     assert_image_holds(&fixture(), &image);
     let digest = hex::encode(Sha256::digest(std::fs::read(&image).unwrap()));
     assert_eq!(digest, FIXTURE_SHA256);
+}
+
+#[test]
+fn large_directories_get_hash_indexes_at_one_and_two_levels() {
+    let t0 = Timestamp::new(1_000, 0);
+    let mut tree = Tree::new(Metadata::with_mode(0o755, t0));
+    for (dir_name, count, name_len) in
+        [("two-blocks", 300usize, 12usize), ("wide", 20_000, 20), ("two-levels", 60_000, 40)]
+    {
+        let dir =
+            tree.add(Node::new(NodeKind::Directory(Directory::default()), Metadata::with_mode(0o755, t0)));
+        tree.insert(Tree::ROOT, dir_name.as_bytes(), dir).unwrap();
+        for i in 0..count {
+            let name = format!("{i:0name_len$}");
+            let id = tree.add(Node::new(NodeKind::Fifo, Metadata::with_mode(0o644, t0)));
+            tree.insert(dir, name.as_bytes(), id).unwrap();
+        }
+    }
+    let tmp = tempdir();
+    let image = tmp.path().join("img");
+    write(&tree, &small_options(false), &image);
+    assert_fsck_clean(&image);
+    assert_image_holds(&tree, &image);
+    for (dir, levels) in [("two-blocks", "0"), ("wide", "0"), ("two-levels", "1")] {
+        let out = std::process::Command::new("debugfs")
+            .args(["-R", &format!("htree /{dir}")])
+            .arg(&image)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("Indirect levels: {levels}")),
+            "/{dir} is not an htree of {levels} levels:\n{}",
+            &text[..text.len().min(2000)]
+        );
+    }
 }

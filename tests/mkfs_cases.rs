@@ -64,6 +64,14 @@ pub fn make_case_tree(root: &Path) {
     std::fs::write(names.join("n".repeat(255)), b"long name").unwrap();
     std::fs::write(names.join(std::ffi::OsStr::from_bytes(b"\xff\xfe-not-utf8")), b"bytes").unwrap();
     std::fs::write(names.join("with space and \u{e9}"), b"x").unwrap();
+    // Enough entries for a hash-indexed directory, names with high bytes included (the hash
+    // reads them as signed chars).
+    let many = d("names/many");
+    for i in 0..600u32 {
+        let mut name = format!("entry-{i}-").into_bytes();
+        name.extend_from_slice(&[0x80 + (i % 120) as u8, b'z']);
+        std::fs::write(many.join(std::ffi::OsStr::from_bytes(&name)), i.to_le_bytes()).unwrap();
+    }
 
     let (a, b, cc) = (d("links/a"), d("links/b"), d("links/c/deeper"));
     std::fs::write(a.join("one"), b"shared by three names").unwrap();
@@ -300,6 +308,11 @@ fn journaled_image_mounts_read_write_and_stays_clean() {
         }
         std::fs::write(dir.path().join("new/big"), pattern(40 << 20, 5))?;
         std::fs::remove_file(dir.path().join("sizes/f4097"))?;
+        // Inserting into and removing from a directory diskc indexed.
+        for i in 0..2000 {
+            std::fs::write(dir.path().join(format!("names/many/added-{i}")), b"new")?;
+        }
+        std::fs::remove_file(dir.path().join("names/many/added-7"))?;
         std::fs::rename(dir.path().join("links/a/one"), dir.path().join("moved"))
     })();
     run_ok(Command::new("umount").arg(dir.path()));

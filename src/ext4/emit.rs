@@ -12,7 +12,8 @@ use super::dir;
 use super::disk::WriteAt;
 use super::extent;
 use super::group::{bitmap_csum, GroupDesc, DESC_SIZE, EXT4_BG_INODE_ZEROED};
-use super::inode::{Inode, EXT4_EXTENTS_FL, INODE_SIZE};
+use super::htree;
+use super::inode::{Inode, EXT4_EXTENTS_FL, EXT4_INDEX_FL, INODE_SIZE};
 use super::journal;
 use super::plan::{
     self, all_extents, Geometry, InodePlan, Mapping, Plan, Role, XattrPlace, BLOCKS_PER_GROUP, BLOCK_SIZE,
@@ -140,6 +141,9 @@ fn inode_of<C>(tree: &FsTree<C>, p: &InodePlan, ids: &Ids) -> Result<[u8; INODE_
             inode.i_block = t.root_bytes();
         }
     }
+    if p.indexed {
+        inode.i_flags |= EXT4_INDEX_FL;
+    }
     let mut ibody = Vec::new();
     if let Role::Node(id) = p.role {
         let meta = &tree.get(id).meta;
@@ -213,7 +217,12 @@ fn write_inode_blocks<C: Content>(
                 NodeKind::Directory(_) => {
                     let entries =
                         plan::dir_entries(tree, &plan.ino_of, &plan.parent_of, plan.lost_found, p.role);
-                    dir::blocks(&entries, seed)
+                    if p.indexed {
+                        let hash_seed = htree::seed_words(&ids.hash_seed);
+                        htree::blocks(entries[0], entries[1], &entries[2..], &hash_seed, seed)
+                    } else {
+                        dir::blocks(&entries, seed)
+                    }
                 }
                 NodeKind::Symlink(target) if matches!(p.map, Mapping::Extents(_)) => {
                     let mut b = vec![0u8; BLOCK_SIZE as usize];
@@ -337,7 +346,7 @@ fn superblock_of(plan: &Plan, ids: &Ids, free_blocks: u64, free_inodes: u64) -> 
         s_first_ino: plan::EXT4_FIRST_INO,
         s_inode_size: INODE_SIZE as u16,
         s_block_group_nr: 0,
-        s_feature_compat: superblock::COMPAT_EXT_ATTR,
+        s_feature_compat: superblock::COMPAT_EXT_ATTR | superblock::COMPAT_DIR_INDEX,
         s_feature_incompat: superblock::INCOMPAT_FILETYPE
             | superblock::INCOMPAT_EXTENTS
             | superblock::INCOMPAT_64BIT

@@ -23,6 +23,8 @@ pub const S_IFREG: u16 = 0x8000;
 pub const S_IFLNK: u16 = 0xA000;
 pub const S_IFSOCK: u16 = 0xC000;
 
+/// inodes.rst, `i_flags`: a directory with a hash index.
+pub const EXT4_INDEX_FL: u32 = 0x1000;
 /// inodes.rst, `i_flags`: the inode uses extents.
 pub const EXT4_EXTENTS_FL: u32 = 0x80000;
 /// The most links `i_links_count` holds; a directory with more subdirectories stores 1

@@ -24,6 +24,7 @@ pub mod disk;
 mod emit;
 mod extent;
 mod group;
+mod htree;
 mod inode;
 mod journal;
 mod plan;
@@ -143,15 +144,11 @@ pub fn write_image_to<C: Content>(
         }
         label[..l.len()].copy_from_slice(l.as_bytes());
     }
-    let plan = plan::plan(tree, options)?;
+    let hash_seed = derive(&options.seed, b"diskc ext4 directory hash seed");
+    let plan = plan::plan(tree, options, &htree::seed_words(&hash_seed))?;
     let uuid = derive_uuid(&options.seed);
-    let ids = emit::Ids {
-        uuid,
-        hash_seed: derive(&options.seed, b"diskc ext4 directory hash seed"),
-        fs_seed: checksum::fs_seed(&uuid),
-        fs_time: options.fs_time,
-        label,
-    };
+    let ids =
+        emit::Ids { uuid, hash_seed, fs_seed: checksum::fs_seed(&uuid), fs_time: options.fs_time, label };
     let size_bytes = plan.geo.blocks_count * plan::BLOCK_SIZE;
     out.set_len(size_bytes).map_err(Ext4Error::Write)?;
     emit::emit(tree, &plan, &ids, out)?;

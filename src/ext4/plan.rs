@@ -21,6 +21,7 @@ use std::ops::Range;
 
 use super::dir::{self, DirEntry};
 use super::extent::{self, Extent, ExtentTree, EXT_INIT_MAX_LEN};
+use super::htree;
 use super::inode::{self, EXT4_LINK_MAX};
 use super::journal;
 use super::xattr;
@@ -82,6 +83,8 @@ pub struct InodePlan {
     pub xattr: XattrPlace,
     /// 4 KiB blocks charged to the inode: data, extent nodes, xattr block.
     pub blocks: u64,
+    /// A directory with a hash index (htree).
+    pub indexed: bool,
 }
 
 fn leaf_extents(t: &ExtentTree) -> &[Extent] {
@@ -192,6 +195,7 @@ struct Shape {
     xattr_block: bool,
     xattr_inode: bool,
     layer: u32,
+    indexed: bool,
 }
 
 /// Everything about the tree the layout needs, computed once.
@@ -206,8 +210,12 @@ struct Shapes {
 }
 
 /// Plans the image for `tree` under `options`.
-pub fn plan<C: Content>(tree: &FsTree<C>, options: &Options) -> Result<Plan, Ext4Error> {
-    let shapes = shape(tree)?;
+pub fn plan<C: Content>(
+    tree: &FsTree<C>,
+    options: &Options,
+    hash_seed: &[u32; 4],
+) -> Result<Plan, Ext4Error> {
+    let shapes = shape(tree, hash_seed)?;
     let journal = options.journal;
     match options.size {
         SizeSpec::Bytes(bytes) => {
@@ -310,7 +318,7 @@ pub fn path_of<C>(tree: &FsTree<C>, id: NodeId) -> String {
         .unwrap_or_else(|| format!("node {}", id.0))
 }
 
-fn shape<C: Content>(tree: &FsTree<C>) -> Result<Shapes, Ext4Error> {
+fn shape<C: Content>(tree: &FsTree<C>, hash_seed: &[u32; 4]) -> Result<Shapes, Ext4Error> {
     let walk = tree.walk();
     let n = tree.arena_len();
     let mut ino_of = vec![0u32; n];
@@ -369,6 +377,7 @@ fn shape<C: Content>(tree: &FsTree<C>) -> Result<Shapes, Ext4Error> {
             xattr_block: false,
             xattr_inode: false,
             layer: 0,
+            indexed: false,
         });
     }
     for (ino, id) in by_ino {
@@ -390,6 +399,7 @@ fn shape<C: Content>(tree: &FsTree<C>) -> Result<Shapes, Ext4Error> {
         } else {
             count as u16
         };
+        let mut indexed = false;
         let (need, size, layer) = match &node.kind {
             NodeKind::File(f) => {
                 if f.size > MAX_FILE_SIZE {
@@ -404,7 +414,14 @@ fn shape<C: Content>(tree: &FsTree<C>) -> Result<Shapes, Ext4Error> {
             }
             NodeKind::Directory(_) => {
                 let entries = dir_entries(tree, &ino_of, &parent_of, lost_found, Role::Node(id));
-                let blocks = dir::pack(entries.iter().map(|e| e.name.len())).len() as u64;
+                let mut blocks = dir::pack(entries.iter().map(|e| e.name.len())).len() as u64;
+                // Like the kernel, index a directory once it outgrows one block.
+                if blocks > 1 {
+                    if let Some(n) = htree::indexed_block_count(&entries[2..], hash_seed) {
+                        blocks = n;
+                        indexed = true;
+                    }
+                }
                 meta_blocks += blocks;
                 (Need::Blocks(blocks), blocks * BLOCK_SIZE, 0)
             }
@@ -450,6 +467,7 @@ fn shape<C: Content>(tree: &FsTree<C>) -> Result<Shapes, Ext4Error> {
             xattr_block,
             xattr_inode,
             layer,
+            indexed,
         });
     }
     shapes.sort_by_key(|s| s.ino);
@@ -672,6 +690,7 @@ fn allocate<C: Content>(
             map: Mapping::Extents(tree),
             xattr: XattrPlace::None,
             blocks: journal_blocks + nodes,
+            indexed: false,
         });
     }
     for (i, sh) in s.shapes.iter().enumerate() {
@@ -707,6 +726,7 @@ fn allocate<C: Content>(
             map,
             xattr,
             blocks,
+            indexed: sh.indexed,
         });
     }
     inodes.extend(journal_plan);

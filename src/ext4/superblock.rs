@@ -16,6 +16,7 @@ pub const SUPERBLOCK_SIZE: usize = 1024;
 // super.rst, "Compatible feature set".
 pub const COMPAT_HAS_JOURNAL: u32 = 0x4;
 pub const COMPAT_EXT_ATTR: u32 = 0x8;
+pub const COMPAT_DIR_INDEX: u32 = 0x20;
 // "Incompatible feature set".
 pub const INCOMPAT_FILETYPE: u32 = 0x2;
 pub const INCOMPAT_EXTENTS: u32 = 0x40;
