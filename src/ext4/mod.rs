@@ -235,6 +235,59 @@ mod tests {
         );
     }
 
+    /// File bytes that claim to come from image layer `.1`.
+    struct Layered(Vec<u8>, u32);
+
+    impl Content for Layered {
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+            self.0.read_at(offset, buf)
+        }
+
+        fn layer(&self) -> u32 {
+            self.1
+        }
+    }
+
+    fn layered_file(t: &mut FsTree<Layered>, dir: crate::tree::NodeId, name: &str, size: usize, layer: u32) {
+        let bytes: Vec<u8> = (0..size).map(|i| (i % 200) as u8 + 1).collect();
+        let data_blocks = crate::tree::sparse::data_blocks_of(&bytes);
+        let f = FileData { size: size as u64, content: Layered(bytes, layer), data_blocks };
+        let id = t.add(Node::new(NodeKind::File(f), Metadata::with_mode(0o644, Timestamp::default())));
+        t.insert(dir, name.as_bytes(), id).unwrap();
+    }
+
+    fn physical_blocks(tree: &FsTree<Layered>, plan: &plan::Plan, path: &str) -> Vec<(u32, u64, u16)> {
+        let id = tree.lookup(path.as_bytes()).unwrap();
+        let p = plan.inodes.iter().find(|p| p.role == plan::Role::Node(id)).unwrap();
+        plan::all_extents(p).iter().map(|e| (e.logical, e.physical, e.len)).collect()
+    }
+
+    #[test]
+    fn base_layer_data_keeps_its_blocks_whatever_is_added_above() {
+        let root = FsTree::<Layered>::ROOT;
+        let mut base = FsTree::new(Metadata::with_mode(0o755, Timestamp::default()));
+        layered_file(&mut base, root, "zz-large", 3 << 20, 0);
+        layered_file(&mut base, root, "small", 10_000, 0);
+        let mut derived = FsTree::new(Metadata::with_mode(0o755, Timestamp::default()));
+        // Names sorting before the base files, many inodes, a big directory, and upper-layer
+        // data: none of it may move the base layer's blocks.
+        let dir = derived.add(Node::new(NodeKind::Directory(Directory::default()), Metadata::default()));
+        derived.insert(root, b"aaa", dir).unwrap();
+        for i in 0..3000 {
+            layered_file(&mut derived, dir, &format!("f{i}"), 100, 1);
+        }
+        layered_file(&mut derived, root, "zz-large", 3 << 20, 0);
+        layered_file(&mut derived, root, "small", 10_000, 0);
+        let seed = [0u32; 4];
+        let a = plan::plan(&base, &Options::default(), &seed).unwrap();
+        let b = plan::plan(&derived, &Options::default(), &seed).unwrap();
+        for path in ["zz-large", "small"] {
+            assert_eq!(physical_blocks(&base, &a, path), physical_blocks(&derived, &b, path), "{path}");
+        }
+        let large = physical_blocks(&base, &a, "zz-large");
+        assert_eq!(large[0].1 % 256, 0, "a file of 1 MiB or more starts on a MiB");
+    }
+
     #[test]
     fn too_small_is_an_error_before_writing() {
         let disk = MemDisk::default();

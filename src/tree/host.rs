@@ -235,7 +235,7 @@ fn data_blocks(path: &Path, size: u64) -> Result<Vec<Range<u64>>, HostError> {
     }
     let file = open_quietly(path).map_err(io_err(path))?;
     let mut runs: Vec<Range<u64>> = Vec::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; size.min(1 << 20) as usize];
     for range in data_ranges(&file, size).map_err(io_err(path))? {
         let start = range.start / BLOCK_SIZE * BLOCK_SIZE;
         let end = range.end.next_multiple_of(BLOCK_SIZE).min(size);
