@@ -150,8 +150,16 @@ pub fn write_image_to<C: Content>(
     let ids =
         emit::Ids { uuid, hash_seed, fs_seed: checksum::fs_seed(&uuid), fs_time: options.fs_time, label };
     let size_bytes = plan.geo.blocks_count * plan::BLOCK_SIZE;
+    tracing::info!(
+        inodes = plan.max_ino,
+        blocks = plan.geo.blocks_count,
+        groups = plan.geo.groups,
+        used = plan.blocks_used(),
+        "ext4 layout planned"
+    );
     out.set_len(size_bytes).map_err(Ext4Error::Write)?;
     emit::emit(tree, &plan, &ids, out)?;
+    tracing::info!("ext4 image written");
     Ok(Summary {
         size_bytes,
         uuid,

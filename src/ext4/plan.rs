@@ -220,7 +220,18 @@ pub fn plan<C: Content>(
     match options.size {
         SizeSpec::Bytes(bytes) => {
             let blocks = bytes / BLOCK_SIZE;
-            allocate(tree, &shapes, blocks, journal, options.inode_headroom_percent)
+            match allocate(tree, &shapes, blocks, journal, options.inode_headroom_percent) {
+                // Name the smallest size that works, not just the first shortfall found.
+                Err(Ext4Error::TooSmall { size, .. }) => {
+                    let fit = Options {
+                        size: SizeSpec::Auto { headroom_percent: 0, min_free_bytes: 0 },
+                        ..options.clone()
+                    };
+                    let needed = plan(tree, &fit, hash_seed)?.geo.blocks_count * BLOCK_SIZE;
+                    Err(Ext4Error::TooSmall { size, needed })
+                }
+                other => other,
+            }
         }
         SizeSpec::Auto { headroom_percent, min_free_bytes } => {
             let want = |used: u64| {
