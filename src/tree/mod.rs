@@ -13,6 +13,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 pub mod flatten;
+pub mod host;
 pub mod sparse;
 
 /// ext4 and every filesystem we read limit a name to 255 bytes.
