@@ -5,11 +5,8 @@ use clap::{Args, Parser, Subcommand};
 
 use diskc::error::{Classify, ErrorClass};
 
-<<<<<<< HEAD
 pub mod build;
-=======
 pub mod mkfs;
->>>>>>> ext4
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -43,23 +40,17 @@ pub struct GlobalArgs {
 
 #[derive(Subcommand)]
 pub enum Command {
-<<<<<<< HEAD
     /// Build a Dockerfile into an image with BuildKit, in the Docker daemon.
     Build(build::BuildArgs),
-=======
     /// Make an ext4 image from a directory, without root: a faster `mkfs.ext4 -d`.
     Mkfs(mkfs::MkfsArgs),
->>>>>>> ext4
 }
 
 /// Runs a parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-<<<<<<< HEAD
         Command::Build(args) => build::run(args, &cli.global),
-=======
         Command::Mkfs(args) => mkfs::run(args, &cli.global),
->>>>>>> ext4
     }
 }
 
@@ -106,11 +97,16 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorClass> {
             }
         )*};
     }
-<<<<<<< HEAD
-    try_types!(diskc::error::UsageError, diskc::build::BuildError);
-=======
-    try_types!(diskc::error::UsageError, diskc::ext4::Ext4Error, diskc::tree::host::HostError);
->>>>>>> ext4
+    try_types!(
+        diskc::error::UsageError,
+        diskc::build::BuildError,
+        diskc::ext4::Ext4Error,
+        diskc::tree::host::HostError,
+        diskc::source::SourceError,
+        diskc::layer::LayerError,
+        diskc::tree::flatten::FlattenError,
+        diskc::source::InvalidSource,
+    );
     if let Some(io) = cause.downcast_ref::<std::io::Error>() {
         return Some(ErrorClass::of_io(io));
     }
