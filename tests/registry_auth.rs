@@ -12,7 +12,8 @@ use std::sync::atomic::Ordering;
 use base64::Engine as _;
 use diskc::digest::HashingReader;
 use diskc::error::{Classify, ErrorClass};
-use diskc::source::registry::{Platform, Reference, Registry, RegistryError, RegistryOptions};
+use diskc::source::registry::{Registry, RegistryError, RegistryOptions};
+use diskc::source::DEFAULT_PLATFORM;
 use registry_support::{
     build_app_image, config_file, docker_login, docker_push, Behaviour, FrontProxy, TestRegistry,
     PROXY_PASSWORD as PASSWORD, PROXY_USER as USER,
@@ -20,12 +21,12 @@ use registry_support::{
 
 fn client(reference: &str, config: &Path) -> Registry {
     let options = RegistryOptions { insecure: false, docker_config: Some(config.to_path_buf()) };
-    Registry::new(reference.parse::<Reference>().unwrap(), &options).unwrap()
+    Registry::new(registry_support::registry_ref(reference), &options).unwrap()
 }
 
 /// Resolves `reference` and checks that every layer blob streams with its digest.
 fn resolve_and_fetch(reg: &Registry) {
-    let resolved = reg.resolve(&Platform::host()).unwrap();
+    let resolved = reg.resolve(DEFAULT_PLATFORM).unwrap();
     assert!(!resolved.layers.is_empty());
     for layer in &resolved.layers {
         let mut reader = HashingReader::new(reg.open_blob(layer).unwrap());
@@ -55,7 +56,7 @@ fn basic_auth_uses_credentials_from_docker_login() {
     let empty = common::tempdir();
     let wrong = write_config(empty.path(), &reg.host(), USER, "wrong");
     for config in [empty.path().join("absent.json"), wrong] {
-        let err = client(&reference, &config).resolve(&Platform::host()).unwrap_err();
+        let err = client(&reference, &config).resolve(DEFAULT_PLATFORM).unwrap_err();
         assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err:?}");
         assert_eq!(err.class(), ErrorClass::Environment);
         assert!(err.to_string().contains(&reg.host()), "{err}");
@@ -81,7 +82,7 @@ fn bearer_token_is_fetched_with_credentials_and_reused() {
     );
 
     let wrong = write_config(dir.path(), &host, USER, "wrong");
-    let err = client(&reference, &wrong).resolve(&Platform::host()).unwrap_err();
+    let err = client(&reference, &wrong).resolve(DEFAULT_PLATFORM).unwrap_err();
     assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err:?}");
     assert_eq!(err.class(), ErrorClass::Environment);
     assert!(err.to_string().contains(&host), "{err}");

@@ -7,14 +7,15 @@ mod registry_support;
 
 use diskc::digest::Digest;
 use diskc::error::{Classify, ErrorClass};
-use diskc::source::registry::{Platform, Reference, Registry, RegistryOptions};
+use diskc::source::registry::{Registry, RegistryOptions};
+use diskc::source::DEFAULT_PLATFORM;
 use registry_support::{build_app_image, docker_login, docker_push, TestRegistry};
 
 #[test]
 fn credentials_come_from_docker_config_env() {
     let image = build_app_image();
     let reg = TestRegistry::start_basic_auth("envuser", "envpass");
-    let reference: Reference = format!("docker://{}/diskc/app:v1", reg.host()).parse().unwrap();
+    let reference = registry_support::registry_ref(&format!("docker://{}/diskc/app:v1", reg.host()));
 
     let logged_in = common::tempdir();
     docker_login(logged_in.path(), &reg.host(), "envuser", "envpass");
@@ -24,7 +25,7 @@ fn credentials_come_from_docker_config_env() {
     std::env::set_var("DOCKER_CONFIG", not_logged_in.path());
     let err = Registry::new(reference.clone(), &RegistryOptions::default())
         .unwrap()
-        .resolve(&Platform::host())
+        .resolve(DEFAULT_PLATFORM)
         .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Environment, "{err}");
     assert!(
@@ -34,6 +35,6 @@ fn credentials_come_from_docker_config_env() {
 
     std::env::set_var("DOCKER_CONFIG", logged_in.path());
     let resolved =
-        Registry::new(reference, &RegistryOptions::default()).unwrap().resolve(&Platform::host()).unwrap();
+        Registry::new(reference, &RegistryOptions::default()).unwrap().resolve(DEFAULT_PLATFORM).unwrap();
     assert_eq!(Digest::of(&resolved.config_json), resolved.config_digest);
 }

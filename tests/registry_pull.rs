@@ -11,8 +11,9 @@ use std::io::Read;
 
 use diskc::digest::{Digest, HashingReader};
 use diskc::error::{Classify, ErrorClass};
-use diskc::source::registry::{Platform, Reference, Registry, RegistryError, RegistryOptions};
+use diskc::source::registry::{Registry, RegistryError, RegistryOptions};
 use diskc::source::LayerDescriptor;
+use diskc::source::DEFAULT_PLATFORM;
 use registry_support::{build_app_image, docker_inspect, docker_push, free_port, TestRegistry};
 
 fn anonymous() -> RegistryOptions {
@@ -21,7 +22,7 @@ fn anonymous() -> RegistryOptions {
 }
 
 fn registry(reference: &str) -> Registry {
-    Registry::new(reference.parse::<Reference>().unwrap(), &anonymous()).unwrap()
+    Registry::new(registry_support::registry_ref(reference), &anonymous()).unwrap()
 }
 
 /// Streams a blob and returns its digest and size.
@@ -38,7 +39,7 @@ fn pushed_image_resolves_and_every_blob_matches_its_digest() {
     let pushed = docker_push(image, &reg.host(), "diskc/app:v1", None);
 
     let client = registry(&format!("docker://{}/diskc/app:v1", reg.host()));
-    let resolved = client.resolve(&Platform::host()).unwrap();
+    let resolved = client.resolve(DEFAULT_PLATFORM).unwrap();
 
     assert_eq!(
         resolved.manifest_digest.unwrap().to_string(),
@@ -79,7 +80,7 @@ fn pushed_image_resolves_and_every_blob_matches_its_digest() {
 
     // The same image by digest resolves identically.
     let by_digest =
-        registry(&format!("docker://{}/diskc/app@{pushed}", reg.host())).resolve(&Platform::host()).unwrap();
+        registry(&format!("docker://{}/diskc/app@{pushed}", reg.host())).resolve(DEFAULT_PLATFORM).unwrap();
     assert_eq!(by_digest, resolved);
 }
 
@@ -94,7 +95,7 @@ fn unknown_tag_and_repository_are_bad_input() {
         format!("docker://{}/diskc/no-such-repo:v1", reg.host()),
         format!("docker://{}/diskc/app@sha256:{}", reg.host(), "0".repeat(64)),
     ] {
-        let err = registry(&reference).resolve(&Platform::host()).unwrap_err();
+        let err = registry(&reference).resolve(DEFAULT_PLATFORM).unwrap_err();
         assert!(matches!(err, RegistryError::NotFound { .. }), "{reference}: {err:?}");
         assert_eq!(err.class(), ErrorClass::BadInput, "{reference}");
         assert!(err.to_string().contains(&reference), "{err}");
@@ -111,7 +112,7 @@ fn unknown_tag_and_repository_are_bad_input() {
 fn registry_down_is_environment_error_naming_host_and_port() {
     let port = free_port();
     let err =
-        registry(&format!("docker://127.0.0.1:{port}/diskc/app:v1")).resolve(&Platform::host()).unwrap_err();
+        registry(&format!("docker://127.0.0.1:{port}/diskc/app:v1")).resolve(DEFAULT_PLATFORM).unwrap_err();
     assert!(matches!(err, RegistryError::Unreachable { .. }), "{err:?}");
     assert_eq!(err.class(), ErrorClass::Environment);
     assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
@@ -226,13 +227,13 @@ fn multi_platform_index_resolves_by_platform() {
     put_manifest(&reg, repo, "multi", "application/vnd.oci.image.index.v1+json", &index);
 
     let client = registry(&format!("docker://{}/{repo}:multi", reg.host()));
-    let amd64 = client.resolve(&"linux/amd64".parse().unwrap()).unwrap();
+    let amd64 = client.resolve("linux/amd64").unwrap();
     assert_eq!(amd64.manifest_digest, Some(manifest_digests[1]));
     assert_eq!(amd64.config_digest.to_string(), amd64_config_digest);
     assert_eq!(amd64.platform, "linux/amd64");
     assert_eq!(amd64.layers[0].media_type, "application/vnd.oci.image.layer.v1.tar+gzip");
 
-    let arm = client.resolve(&"linux/arm64".parse().unwrap()).unwrap();
+    let arm = client.resolve("linux/arm64").unwrap();
     assert_eq!(arm.manifest_digest, Some(manifest_digests[0]));
     assert_eq!(arm.config_digest, arm64_config_digest);
     assert_eq!(arm.platform, "linux/arm64/v8");
@@ -241,9 +242,9 @@ fn multi_platform_index_resolves_by_platform() {
 
     // The index by its digest resolves the same way.
     let by_digest = registry(&format!("docker://{}/{repo}@{}", reg.host(), Digest::of(&index)));
-    assert_eq!(by_digest.resolve(&"linux/arm64/v8".parse().unwrap()).unwrap(), arm);
+    assert_eq!(by_digest.resolve("linux/arm64/v8").unwrap(), arm);
 
-    let err = client.resolve(&"linux/s390x".parse().unwrap()).unwrap_err();
+    let err = client.resolve("linux/s390x").unwrap_err();
     assert_eq!(err.class(), ErrorClass::BadInput);
     let text = err.to_string();
     assert!(
@@ -259,15 +260,15 @@ fn plain_http_beyond_loopback_needs_insecure() {
     // Pushed through loopback: the daemon allows plain HTTP only there.
     docker_push(image, &reg.host(), "diskc/app:v1", None);
     let address = registry_support::non_loopback_address();
-    let reference: Reference = format!("docker://{address}:{}/diskc/app:v1", reg.port).parse().unwrap();
+    let reference = registry_support::registry_ref(&format!("docker://{address}:{}/diskc/app:v1", reg.port));
     assert!(!reference.is_loopback());
 
     // HTTPS by default: the plain-HTTP registry cannot answer a TLS handshake.
-    let err = Registry::new(reference.clone(), &anonymous()).unwrap().resolve(&Platform::host()).unwrap_err();
+    let err = Registry::new(reference.clone(), &anonymous()).unwrap().resolve(DEFAULT_PLATFORM).unwrap_err();
     assert!(matches!(err, RegistryError::Unreachable { .. }), "{err:?}");
     assert_eq!(err.class(), ErrorClass::Environment);
 
     let insecure = RegistryOptions { insecure: true, ..anonymous() };
-    let resolved = Registry::new(reference, &insecure).unwrap().resolve(&Platform::host()).unwrap();
+    let resolved = Registry::new(reference, &insecure).unwrap().resolve(DEFAULT_PLATFORM).unwrap();
     assert_eq!(resolved.config_digest.to_string(), docker_inspect(image, "{{.Id}}"));
 }

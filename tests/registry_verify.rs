@@ -7,14 +7,15 @@ mod common;
 mod registry_support;
 
 use diskc::error::{Classify, ErrorClass};
-use diskc::source::registry::{Platform, Reference, Registry, RegistryError, RegistryOptions};
+use diskc::source::registry::{Registry, RegistryError, RegistryOptions};
+use diskc::source::DEFAULT_PLATFORM;
 use registry_support::{build_app_image, docker_inspect, docker_push, Behaviour, FrontProxy, TestRegistry};
 
 fn resolve(host: &str) -> Result<diskc::source::ResolvedImage, RegistryError> {
     let options =
         RegistryOptions { insecure: false, docker_config: Some("/nonexistent/diskc/config.json".into()) };
-    let reference: Reference = format!("docker://{host}/diskc/app:v1").parse().unwrap();
-    Registry::new(reference, &options).unwrap().resolve(&Platform::host())
+    let reference = registry_support::registry_ref(&format!("docker://{host}/diskc/app:v1"));
+    Registry::new(reference, &options).unwrap().resolve(DEFAULT_PLATFORM)
 }
 
 #[test]

@@ -5,6 +5,9 @@ use clap::{Args, Parser, Subcommand};
 
 use diskc::error::{Classify, ErrorClass};
 
+pub mod build;
+pub mod mkfs;
+
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
@@ -36,11 +39,19 @@ pub struct GlobalArgs {
 }
 
 #[derive(Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Build a Dockerfile into an image with BuildKit, in the Docker daemon.
+    Build(build::BuildArgs),
+    /// Make an ext4 image from a directory, without root: a faster `mkfs.ext4 -d`.
+    Mkfs(mkfs::MkfsArgs),
+}
 
 /// Runs a parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
-    match cli.command {}
+    match cli.command {
+        Command::Build(args) => build::run(args, &cli.global),
+        Command::Mkfs(args) => mkfs::run(args, &cli.global),
+    }
 }
 
 pub fn init_logging(verbose: u8) {
@@ -86,7 +97,16 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorClass> {
             }
         )*};
     }
-    try_types!(diskc::error::UsageError);
+    try_types!(
+        diskc::error::UsageError,
+        diskc::build::BuildError,
+        diskc::ext4::Ext4Error,
+        diskc::tree::host::HostError,
+        diskc::source::SourceError,
+        diskc::layer::LayerError,
+        diskc::tree::flatten::FlattenError,
+        diskc::source::InvalidSource,
+    );
     if let Some(io) = cause.downcast_ref::<std::io::Error>() {
         return Some(ErrorClass::of_io(io));
     }

@@ -141,24 +141,14 @@ fn image_config(c: bollard::models::ImageConfig) -> ImageConfig {
     }
 }
 
-/// The name to ask the export endpoint for. Given a bare repository name the Engine exports
-/// every tag of that repository; the Docker client (and skopeo) mean `:latest` then.
-fn export_name(name: &str) -> String {
-    let last = name.rsplit('/').next().unwrap_or(name);
-    let is_id =
-        name.starts_with("sha256:") || (name.len() >= 12 && name.bytes().all(|b| b.is_ascii_hexdigit()));
-    if is_id || last.contains(':') || last.contains('@') {
-        name.to_string()
-    } else {
-        format!("{name}:latest")
-    }
-}
-
 /// The Engine's `docker save` archive of image `name`, as it streams (a docker-archive on
 /// Engine < 25, an OCI layout inside the tar on later ones). A missing image or a daemon
 /// that is down is reported here, before the first byte is read.
+///
+/// `name` is `NAME:TAG`, `NAME@DIGEST` or an image id, as [`crate::source::SourceRef`]
+/// normalises it: given a bare repository name, the Engine would export every tag of it.
 pub fn export_stream(name: &str) -> Result<ExportStream, DaemonError> {
-    let name = export_name(name);
+    let name = name.to_string();
     let (tx, rx) = mpsc::sync_channel::<io::Result<Bytes>>(CHANNEL_CHUNKS);
     let (started_tx, started_rx) = mpsc::sync_channel::<Result<(), DaemonError>>(1);
     let rt = runtime()?;
@@ -244,20 +234,6 @@ impl Read for ExportStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bare_names_export_latest_only() {
-        assert_eq!(export_name("diskc-test/busybox"), "diskc-test/busybox:latest");
-        assert_eq!(export_name("localhost:5000/app"), "localhost:5000/app:latest");
-        assert_eq!(export_name("app:1.0"), "app:1.0");
-        assert_eq!(export_name("localhost:5000/app:1.0"), "localhost:5000/app:1.0");
-        assert_eq!(
-            export_name(&format!("app@sha256:{}", "a".repeat(64))),
-            format!("app@sha256:{}", "a".repeat(64))
-        );
-        assert_eq!(export_name(&format!("sha256:{}", "a".repeat(64))), format!("sha256:{}", "a".repeat(64)));
-        assert_eq!(export_name("0123456789ab"), "0123456789ab");
-    }
 
     #[test]
     fn inspect_without_id_is_bad_input() {

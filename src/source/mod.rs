@@ -1,7 +1,27 @@
 //! Image sources: where an image comes from (the Docker daemon, an OCI layout or archive, a
 //! docker-archive, a registry) and what it resolves to before any layer is read.
+//!
+//! Every source ends in the same two values: a [`ResolvedImage`] (manifest, config, layer
+//! descriptors; enough for a cache key) and the layers indexed by [`crate::layer`]. Local
+//! files are read in place: an archive is indexed once for where its members are, then its
+//! layers are read in parallel straight from the archive file. A `docker save` stream, which
+//! can only be read once and in order, is handled by [`stream`].
 
 use crate::digest::Digest;
+use crate::error::{Classify, ErrorClass};
+use crate::layer::LayerError;
+
+pub mod daemon;
+pub mod local;
+pub mod reference;
+pub mod registry;
+pub mod spec;
+pub mod stream;
+
+pub use local::{open_local, LocalImage};
+pub use reference::{InvalidSource, RegistryRef, RegistryTag, SourceRef};
+pub use spec::{parse_config, ParsedConfig, DEFAULT_PLATFORM};
+pub use stream::{read_image_stream, StreamedImage};
 
 /// One layer blob as the manifest lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,5 +49,36 @@ pub struct ResolvedImage {
     pub platform: String,
 }
 
-pub mod daemon;
-pub mod registry;
+/// Why an image could not be read from a local source. Each names the input (the archive
+/// or directory) and what in it is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidSource),
+    #[error("{input}: no such file or directory")]
+    NotFound { input: String },
+    #[error("{input}: cannot read {path}: {source}")]
+    Io { input: String, path: String, source: std::io::Error },
+    #[error("{input}: {problem}")]
+    Corrupt { input: String, problem: String },
+    #[error("{input}: the manifest names {what}, which is not there")]
+    MissingBlob { input: String, what: String },
+    #[error("{input}: {problem}")]
+    NoImage { input: String, problem: String },
+    #[error("{input}: {source}")]
+    Layer { input: String, source: LayerError },
+}
+
+impl Classify for SourceError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            SourceError::Invalid(e) => e.class(),
+            SourceError::Io { source, .. } => ErrorClass::of_io(source),
+            SourceError::Layer { source, .. } => source.class(),
+            SourceError::NotFound { .. }
+            | SourceError::Corrupt { .. }
+            | SourceError::MissingBlob { .. }
+            | SourceError::NoImage { .. } => ErrorClass::BadInput,
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! The `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]` source: an image in a registry that speaks
-//! the OCI distribution API (v2), read with a small blocking HTTP client.
+//! the OCI distribution API (v2), read with a small blocking HTTP client. The reference is
+//! parsed by [`crate::source::reference`], the JSON documents by [`crate::source::spec`].
 //!
 //! [`Registry::resolve`] fetches the manifest (Docker schema 2 or OCI; a Docker manifest
 //! list or OCI index is resolved to one platform first) and the config, and verifies both
@@ -14,13 +15,12 @@
 //! Loopback registries (127.0.0.0/8, localhost, ::1) are spoken to over plain HTTP, as
 //! Docker does for them; any other host over HTTPS unless the caller asks for insecure.
 //!
-//! The parsing here (references, platforms, manifests, challenges, the config file) is
-//! separate from the requests, and tested on bytes.
+//! The parsing here (manifest kinds, challenges, the config file) is separate from the
+//! requests, and tested on bytes.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -30,12 +30,13 @@ use ureq::http::{HeaderMap, Response};
 
 use crate::digest::Digest;
 use crate::error::{Classify, ErrorClass};
-use crate::source::{LayerDescriptor, ResolvedImage};
+use crate::source::spec::{self, Descriptor, IndexOrManifest};
+use crate::source::{LayerDescriptor, RegistryRef, RegistryTag, ResolvedImage};
 
 pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const MEDIA_DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const MEDIA_DOCKER_MANIFEST_LIST: &str = spec::DOCKER_MANIFEST_LIST;
 pub const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MEDIA_OCI_INDEX: &str = spec::OCI_INDEX;
 
 /// The `Accept` header of a manifest request: every manifest kind this module reads.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -56,21 +57,6 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------------------------------
 // Errors
-
-/// A reference or platform on the command line that cannot be parsed.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid {what} {input:?}: {problem}")]
-pub struct ParseError {
-    pub what: &'static str,
-    pub input: String,
-    pub problem: String,
-}
-
-impl Classify for ParseError {
-    fn class(&self) -> ErrorClass {
-        ErrorClass::Usage
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -126,341 +112,30 @@ impl Classify for RegistryError {
 }
 
 // ---------------------------------------------------------------------------------------
-// References
-
-/// What a reference points at in its repository.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    Tag(String),
-    Digest(Digest),
-}
-
-/// `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`. The first path component is always the
-/// registry host: there is no implied default registry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reference {
-    /// `host`, `host:port`, `[v6addr]` or `[v6addr]:port`, as written.
-    pub host: String,
-    pub repository: String,
-    pub target: Target,
-}
-
-impl Reference {
-    /// The host without its port or IPv6 brackets.
-    fn hostname(&self) -> &str {
-        if let Some(rest) = self.host.strip_prefix('[') {
-            return rest.split(']').next().unwrap_or(rest);
-        }
-        self.host.split(':').next().unwrap_or(&self.host)
-    }
-
-    /// 127.0.0.0/8, `localhost` or `::1`: registries Docker itself talks to without TLS.
-    pub fn is_loopback(&self) -> bool {
-        let name = self.hostname();
-        name.eq_ignore_ascii_case("localhost")
-            || name.parse::<Ipv4Addr>().is_ok_and(|a| a.is_loopback())
-            || name.parse::<Ipv6Addr>().is_ok_and(|a| a.is_loopback())
-    }
-
-    fn manifest_path(&self, target: &str) -> String {
-        format!("/v2/{}/manifests/{target}", self.repository)
-    }
-}
-
-impl fmt::Display for Reference {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "docker://{}/{}", self.host, self.repository)?;
-        match &self.target {
-            Target::Tag(t) => write!(f, ":{t}"),
-            Target::Digest(d) => write!(f, "@{d}"),
-        }
-    }
-}
-
-impl FromStr for Reference {
-    type Err = ParseError;
-
-    /// Parses a reference with or without the `docker://` prefix. A missing tag means
-    /// `latest`; given a tag and a digest, the digest decides.
-    fn from_str(input: &str) -> Result<Self, ParseError> {
-        let err = |problem: &str| ParseError {
-            what: "image reference",
-            input: input.to_string(),
-            problem: problem.into(),
-        };
-        let s = input.strip_prefix("docker://").unwrap_or(input);
-        let (host, rest) = s.split_once('/').ok_or_else(|| err("expected HOST[:PORT]/REPO[:TAG|@DIGEST]"))?;
-        if !valid_host(host) {
-            return Err(err("the registry host is not HOST[:PORT]"));
-        }
-        let (name_tag, digest) = match rest.split_once('@') {
-            Some((n, d)) => (n, Some(d.parse::<Digest>().map_err(|e| err(&e.to_string()))?)),
-            None => (rest, None),
-        };
-        let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
-        let (repository, tag) = match name_tag[last_slash..].find(':') {
-            Some(i) => (&name_tag[..last_slash + i], Some(&name_tag[last_slash + i + 1..])),
-            None => (name_tag, None),
-        };
-        if !repository.split('/').all(valid_path_component) {
-            return Err(err("the repository must be lowercase path components of [a-z0-9._-]"));
-        }
-        if let Some(tag) = tag {
-            if !valid_tag(tag) {
-                return Err(err("a tag is 1 to 128 of [A-Za-z0-9_.-], not starting with . or -"));
-            }
-        }
-        let target = match (digest, tag) {
-            (Some(d), _) => Target::Digest(d),
-            (None, Some(t)) => Target::Tag(t.to_string()),
-            (None, None) => Target::Tag("latest".to_string()),
-        };
-        Ok(Reference { host: host.to_string(), repository: repository.to_string(), target })
-    }
-}
-
-fn valid_host(host: &str) -> bool {
-    let (name_ok, port) = if let Some(rest) = host.strip_prefix('[') {
-        let Some((addr, after)) = rest.split_once(']') else { return false };
-        let port = match after {
-            "" => None,
-            a => match a.strip_prefix(':') {
-                Some(p) => Some(p),
-                None => return false,
-            },
-        };
-        (addr.parse::<Ipv6Addr>().is_ok(), port)
-    } else {
-        let (name, port) = match host.split_once(':') {
-            Some((n, p)) => (n, Some(p)),
-            None => (host, None),
-        };
-        (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'), port)
-    };
-    name_ok && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
-}
-
-/// A repository path component per the distribution spec:
-/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
-fn valid_path_component(c: &str) -> bool {
-    let b = c.as_bytes();
-    if b.is_empty() || !b[0].is_ascii_alphanumeric() || !b[b.len() - 1].is_ascii_alphanumeric() {
-        return false;
-    }
-    let mut i = 0;
-    while i < b.len() {
-        let ch = b[i];
-        if ch.is_ascii_digit() || ch.is_ascii_lowercase() {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < b.len() && matches!(b[i], b'.' | b'_' | b'-') {
-            i += 1;
-        }
-        let sep = &c[start..i];
-        // An empty separator is a character outside the alphabet.
-        let ok =
-            sep == "." || sep == "_" || sep == "__" || (!sep.is_empty() && sep.bytes().all(|s| s == b'-'));
-        if !ok {
-            return false;
-        }
-    }
-    true
-}
-
-/// `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
-fn valid_tag(t: &str) -> bool {
-    let b = t.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-}
-
-// ---------------------------------------------------------------------------------------
-// Platforms
-
-/// `os/arch[/variant]`, as an index lists its images.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// The platform of this machine, in the GOOS/GOARCH names images use.
-    pub fn host() -> Platform {
-        let architecture = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "x86" => "386",
-            "aarch64" => "arm64",
-            "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
-            "loongarch64" => "loong64",
-            other => other,
-        };
-        Platform {
-            os: std::env::consts::OS.to_string(),
-            architecture: architecture.to_string(),
-            variant: None,
-        }
-    }
-
-    /// arm64 images name their only variant `v8` or leave it out; both mean the same.
-    fn normalized_variant(&self) -> Option<&str> {
-        match (self.architecture.as_str(), self.variant.as_deref()) {
-            ("arm64", Some("v8")) => None,
-            (_, v) => v,
-        }
-    }
-
-    /// Whether an image for `other` runs here: same os and architecture, and the same
-    /// variant when this platform names one.
-    pub fn accepts(&self, other: &Platform) -> bool {
-        self.os == other.os
-            && self.architecture == other.architecture
-            && (self.normalized_variant().is_none()
-                || self.normalized_variant() == other.normalized_variant())
-    }
-}
-
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
-
-impl FromStr for Platform {
-    type Err = ParseError;
-
-    fn from_str(input: &str) -> Result<Self, ParseError> {
-        let parts: Vec<&str> = input.split('/').collect();
-        let ok = (2..=3).contains(&parts.len())
-            && parts.iter().all(|p| {
-                !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            });
-        if !ok {
-            return Err(ParseError {
-                what: "platform",
-                input: input.to_string(),
-                problem: "expected OS/ARCH[/VARIANT], such as linux/amd64 or linux/arm/v7".into(),
-            });
-        }
-        Ok(Platform {
-            os: parts[0].to_string(),
-            architecture: parts[1].to_string(),
-            variant: parts.get(2).map(|v| v.to_string()),
-        })
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // Manifests
 
-#[derive(Clone, Debug, Deserialize)]
-struct DescriptorJson {
-    #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    size: u64,
-    #[serde(default)]
-    platform: Option<PlatformJson>,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-struct PlatformJson {
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    variant: Option<String>,
-}
-
-impl PlatformJson {
-    fn platform(&self) -> Platform {
-        Platform {
-            os: self.os.clone(),
-            architecture: self.architecture.clone(),
-            variant: self.variant.clone().filter(|v| !v.is_empty()),
-        }
+/// Reads a manifest body into the documents of [`spec`], refusing what is not a schema 2
+/// manifest of a kind this module asked for. The body's own `mediaType` decides; OCI
+/// manifests may leave it out, and then the shape does.
+fn parse_manifest(body: &[u8]) -> Result<IndexOrManifest, ManifestProblem> {
+    #[derive(Deserialize)]
+    struct Head {
+        #[serde(rename = "schemaVersion", default)]
+        schema_version: Option<u32>,
+        #[serde(rename = "mediaType", default)]
+        media_type: Option<String>,
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct ManifestJson {
-    #[serde(rename = "schemaVersion")]
-    schema_version: u32,
-    #[serde(rename = "mediaType", default)]
-    media_type: Option<String>,
-    #[serde(default)]
-    config: Option<DescriptorJson>,
-    #[serde(default)]
-    layers: Option<Vec<DescriptorJson>>,
-    #[serde(default)]
-    manifests: Option<Vec<DescriptorJson>>,
-}
-
-/// A blob or manifest named by a manifest, checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Descriptor {
-    media_type: String,
-    digest: Digest,
-    size: u64,
-    platform: Option<Platform>,
-}
-
-/// What a manifest request returned.
-#[derive(Debug, PartialEq, Eq)]
-enum Manifest {
-    Image { config: Descriptor, layers: Vec<Descriptor> },
-    Index { manifests: Vec<Descriptor> },
-}
-
-/// Parses a manifest body. `content_type` is the response's media type; the body's own
-/// `mediaType`, when present, decides, and a body with neither is told apart by shape
-/// (OCI manifests may omit `mediaType`).
-fn parse_manifest(body: &[u8], content_type: &str) -> Result<Manifest, ManifestProblem> {
-    let json: ManifestJson = serde_json::from_slice(body).map_err(|e| ManifestProblem::Bad(e.to_string()))?;
-    let media_type =
-        json.media_type.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| content_type.to_string());
-    if json.schema_version != 2 {
-        return Err(ManifestProblem::Unsupported(format!(
-            "{media_type} (schemaVersion {})",
-            json.schema_version
-        )));
+    let head: Head = serde_json::from_slice(body).map_err(|e| ManifestProblem::Bad(e.to_string()))?;
+    let media_type = head.media_type.unwrap_or_default();
+    if head.schema_version != Some(2) {
+        let version = head.schema_version.map_or_else(|| "none".to_string(), |v| v.to_string());
+        return Err(ManifestProblem::Unsupported(format!("{media_type} (schemaVersion {version})")));
     }
-    let is_index = match media_type.as_str() {
-        MEDIA_OCI_INDEX | MEDIA_DOCKER_MANIFEST_LIST => true,
-        MEDIA_OCI_MANIFEST | MEDIA_DOCKER_MANIFEST => false,
-        _ if json.manifests.is_some() && json.layers.is_none() => true,
-        _ if json.layers.is_some() && json.config.is_some() => false,
-        other => return Err(ManifestProblem::Unsupported(other.to_string())),
-    };
-    if is_index {
-        let manifests =
-            json.manifests.ok_or_else(|| ManifestProblem::Bad("an index without manifests".into()))?;
-        Ok(Manifest::Index { manifests: manifests.into_iter().map(descriptor).collect::<Result<_, _>>()? })
-    } else {
-        let config = descriptor(json.config.ok_or_else(|| ManifestProblem::Bad("no config".into()))?)?;
-        let layers = json.layers.ok_or_else(|| ManifestProblem::Bad("no layers".into()))?;
-        Ok(Manifest::Image { config, layers: layers.into_iter().map(descriptor).collect::<Result<_, _>>()? })
+    let known = [MEDIA_OCI_INDEX, MEDIA_DOCKER_MANIFEST_LIST, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST];
+    if !media_type.is_empty() && !known.contains(&media_type.as_str()) {
+        return Err(ManifestProblem::Unsupported(media_type));
     }
-}
-
-fn descriptor(d: DescriptorJson) -> Result<Descriptor, ManifestProblem> {
-    let digest = d.digest.parse::<Digest>().map_err(|e| ManifestProblem::Bad(e.to_string()))?;
-    Ok(Descriptor {
-        media_type: d.media_type,
-        digest,
-        size: d.size,
-        platform: d.platform.map(|p| p.platform()),
-    })
+    spec::parse_index_or_manifest(body).map_err(|e| ManifestProblem::Bad(e.to_string()))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -469,20 +144,25 @@ enum ManifestProblem {
     Unsupported(String),
 }
 
-/// The first image of an index that runs on `want`.
-fn select_platform<'a>(manifests: &'a [Descriptor], want: &Platform) -> Option<&'a Descriptor> {
-    manifests.iter().find(|d| d.platform.as_ref().is_some_and(|p| want.accepts(p)))
+/// 127.0.0.0/8, `localhost` or `::1` (`host[:port]`, IPv6 in brackets): registries Docker
+/// itself talks to without TLS.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => host.split(':').next().unwrap_or(host),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<Ipv4Addr>().is_ok_and(|a| a.is_loopback())
+        || name.parse::<Ipv6Addr>().is_ok_and(|a| a.is_loopback())
 }
 
-/// The platform an image config declares.
-#[derive(Debug, Deserialize)]
-struct ConfigPlatformJson {
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    variant: Option<String>,
+/// Docker Hub is named `docker.io` in references and served from another host.
+fn api_host(registry: &str) -> &str {
+    if registry == "docker.io" {
+        "registry-1.docker.io"
+    } else {
+        registry
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -589,8 +269,13 @@ fn auth_key_host(key: &str) -> &str {
 /// none for that host.
 fn credentials_from_config(json: &[u8], host: &str) -> Result<Option<Credentials>, String> {
     let config: DockerConfigJson = serde_json::from_slice(json).map_err(|e| e.to_string())?;
-    let Some((_, entry)) = config.auths.iter().find(|(k, _)| auth_key_host(k).eq_ignore_ascii_case(host))
-    else {
+    // `docker login` files Docker Hub under its old index address.
+    let hub = ["docker.io", "index.docker.io", "registry-1.docker.io"];
+    let matches = |key: &str| {
+        let key = auth_key_host(key);
+        key.eq_ignore_ascii_case(host) || (host == "docker.io" && hub.contains(&key))
+    };
+    let Some((_, entry)) = config.auths.iter().find(|(k, _)| matches(k)) else {
         return Ok(None);
     };
     if let Some(auth) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
@@ -653,7 +338,9 @@ pub struct RegistryOptions {
 /// several threads, and they share the authorization obtained once.
 pub struct Registry {
     agent: ureq::Agent,
-    reference: Reference,
+    reference: RegistryRef,
+    /// `docker://` and the reference, as errors name the image.
+    name: String,
     /// `http://host[:port]` or `https://host[:port]`.
     base: String,
     insecure: bool,
@@ -670,13 +357,13 @@ pub type BlobReader = ureq::BodyReader<'static>;
 impl Registry {
     /// Prepares a client for `reference`'s repository. Reads the credentials file; makes
     /// no request.
-    pub fn new(reference: Reference, options: &RegistryOptions) -> Result<Registry, RegistryError> {
+    pub fn new(reference: RegistryRef, options: &RegistryOptions) -> Result<Registry, RegistryError> {
         let config_path = options.docker_config.clone().or_else(default_docker_config);
         let credentials = match &config_path {
-            Some(path) => load_credentials(path, &reference.host)?,
+            Some(path) => load_credentials(path, &reference.registry)?,
             None => None,
         };
-        let scheme = if reference.is_loopback() || options.insecure { "http" } else { "https" };
+        let scheme = if is_loopback_host(&reference.registry) || options.insecure { "http" } else { "https" };
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(CONNECT_TIMEOUT))
@@ -686,7 +373,8 @@ impl Registry {
             .into();
         Ok(Registry {
             agent,
-            base: format!("{scheme}://{}", reference.host),
+            base: format!("{scheme}://{}", api_host(&reference.registry)),
+            name: format!("docker://{reference}"),
             reference,
             insecure: options.insecure,
             credentials,
@@ -696,55 +384,48 @@ impl Registry {
         })
     }
 
-    pub fn reference(&self) -> &Reference {
+    pub fn reference(&self) -> &RegistryRef {
         &self.reference
     }
 
-    /// Fetches and verifies the manifest (resolving an index to `platform`) and the config.
-    /// `platform` only chooses within an index: a single-image manifest is taken as it is,
-    /// and the result names the platform its config declares.
-    pub fn resolve(&self, platform: &Platform) -> Result<ResolvedImage, RegistryError> {
-        let target = match &self.reference.target {
-            Target::Tag(t) => t.clone(),
-            Target::Digest(d) => d.to_string(),
-        };
-        let expected = match &self.reference.target {
-            Target::Digest(d) => Some(*d),
-            Target::Tag(_) => None,
+    /// Fetches and verifies the manifest (resolving an index to `platform`,
+    /// `os/arch[/variant]`) and the config. `platform` only chooses within an index: a
+    /// single-image manifest is taken as it is, and the result names the platform its config
+    /// declares.
+    pub fn resolve(&self, platform: &str) -> Result<ResolvedImage, RegistryError> {
+        let (target, expected) = match &self.reference.reference {
+            RegistryTag::Tag(t) => (t.clone(), None),
+            RegistryTag::Digest(d) => (d.to_string(), Some(*d)),
         };
         let (mut digest, mut manifest) = self.fetch_manifest(&target, expected, None)?;
-        if let Manifest::Index { manifests } = &manifest {
-            let chosen = select_platform(manifests, platform).ok_or_else(|| RegistryError::NoPlatform {
-                reference: self.reference.to_string(),
-                platform: platform.to_string(),
-                available: available_platforms(manifests),
+        if let IndexOrManifest::Index(index) = &manifest {
+            let chosen = spec::select_platform(&index.manifests, platform).ok_or_else(|| {
+                RegistryError::NoPlatform {
+                    reference: self.name.clone(),
+                    platform: platform.to_string(),
+                    available: available_platforms(&index.manifests),
+                }
             })?;
-            let (d, m) =
-                self.fetch_manifest(&chosen.digest.to_string(), Some(chosen.digest), Some(chosen.size))?;
-            if matches!(m, Manifest::Index { .. }) {
+            let (d, m) = self.fetch_manifest(&chosen.digest.to_string(), Some(chosen.digest), chosen.size)?;
+            if matches!(m, IndexOrManifest::Index(_)) {
                 return Err(self.bad_manifest(&format!("manifest {d}"), "an index inside an index"));
             }
             (digest, manifest) = (d, m);
         }
-        let Manifest::Image { config, layers } = manifest else {
-            unreachable!("indexes were resolved above")
-        };
-        let config_json = self.fetch_config(&config)?;
-        let declared: ConfigPlatformJson = serde_json::from_slice(&config_json)
-            .map_err(|e| self.bad_manifest(&format!("config {}", config.digest), &e.to_string()))?;
-        let platform =
-            PlatformJson { os: declared.os, architecture: declared.architecture, variant: declared.variant }
-                .platform()
-                .to_string();
+        let IndexOrManifest::Manifest(image) = manifest else { unreachable!("indexes were resolved above") };
+        let config_json = self.fetch_config(&image.config)?;
+        let parsed = spec::parse_config(&config_json)
+            .map_err(|problem| self.bad_manifest(&format!("config {}", image.config.digest), &problem))?;
         Ok(ResolvedImage {
             manifest_digest: Some(digest),
-            config_digest: config.digest,
+            config_digest: image.config.digest,
             config_json,
-            layers: layers
+            layers: image
+                .layers
                 .into_iter()
-                .map(|l| LayerDescriptor { digest: l.digest, media_type: l.media_type, size: Some(l.size) })
+                .map(|l| LayerDescriptor { digest: l.digest, media_type: l.media_type, size: l.size })
                 .collect(),
-            platform,
+            platform: parsed.platform,
         })
     }
 
@@ -759,7 +440,7 @@ impl Registry {
 
     fn bad_manifest(&self, what: &str, problem: &str) -> RegistryError {
         RegistryError::BadManifest {
-            reference: self.reference.to_string(),
+            reference: self.name.clone(),
             what: what.into(),
             problem: problem.into(),
         }
@@ -772,13 +453,10 @@ impl Registry {
         target: &str,
         expected: Option<Digest>,
         expected_size: Option<u64>,
-    ) -> Result<(Digest, Manifest), RegistryError> {
+    ) -> Result<(Digest, IndexOrManifest), RegistryError> {
         let what = format!("manifest {target}");
-        let response = self.get(&self.reference.manifest_path(target), Some(MANIFEST_ACCEPT))?;
-        let response = self.expect_ok(response, &what)?;
-        let content_type = header(response.headers(), "content-type")
-            .map(|c| c.split(';').next().unwrap_or("").trim().to_string())
-            .unwrap_or_default();
+        let path = format!("/v2/{}/manifests/{target}", self.reference.repository);
+        let response = self.expect_ok(self.get(&path, Some(MANIFEST_ACCEPT))?, &what)?;
         let announced =
             header(response.headers(), "docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
         let body = self.read_limited(response, &what, MAX_MANIFEST_BYTES)?;
@@ -789,10 +467,10 @@ impl Registry {
         if let Some(size) = expected_size {
             self.check_size(&what, size, body.len() as u64)?;
         }
-        let manifest = parse_manifest(&body, &content_type).map_err(|p| match p {
+        let manifest = parse_manifest(&body).map_err(|p| match p {
             ManifestProblem::Bad(problem) => self.bad_manifest(&what, &problem),
             ManifestProblem::Unsupported(media_type) => {
-                RegistryError::Unsupported { reference: self.reference.to_string(), media_type }
+                RegistryError::Unsupported { reference: self.name.clone(), media_type }
             }
         })?;
         Ok((actual, manifest))
@@ -804,7 +482,9 @@ impl Registry {
             self.get(&format!("/v2/{}/blobs/{}", self.reference.repository, config.digest), None)?;
         let response = self.expect_ok(response, &what)?;
         let body = self.read_limited(response, &what, MAX_CONFIG_BYTES)?;
-        self.check_size(&what, config.size, body.len() as u64)?;
+        if let Some(size) = config.size {
+            self.check_size(&what, size, body.len() as u64)?;
+        }
         self.check_digest(&what, config.digest, Digest::of(&body))?;
         Ok(body)
     }
@@ -814,7 +494,7 @@ impl Registry {
             return Ok(());
         }
         Err(RegistryError::DigestMismatch {
-            reference: self.reference.to_string(),
+            reference: self.name.clone(),
             what: what.into(),
             expected,
             actual,
@@ -825,12 +505,7 @@ impl Registry {
         if expected == actual {
             return Ok(());
         }
-        Err(RegistryError::SizeMismatch {
-            reference: self.reference.to_string(),
-            what: what.into(),
-            expected,
-            actual,
-        })
+        Err(RegistryError::SizeMismatch { reference: self.name.clone(), what: what.into(), expected, actual })
     }
 
     fn read_limited(
@@ -842,9 +517,9 @@ impl Registry {
         let mut body = response.into_body();
         body.with_config().limit(limit).read_to_vec().map_err(|e| match e {
             ureq::Error::BodyExceedsLimit(_) => {
-                RegistryError::TooLarge { reference: self.reference.to_string(), what: what.into(), limit }
+                RegistryError::TooLarge { reference: self.name.clone(), what: what.into(), limit }
             }
-            source => RegistryError::Unreachable { host: self.reference.host.clone(), source },
+            source => RegistryError::Unreachable { host: self.reference.registry.clone(), source },
         })
     }
 
@@ -860,15 +535,15 @@ impl Registry {
         }
         let message = error_message(response);
         Err(match status {
-            404 => RegistryError::NotFound { reference: self.reference.to_string(), what: what.into() },
+            404 => RegistryError::NotFound { reference: self.name.clone(), what: what.into() },
             401 | 403 => RegistryError::Unauthorized {
-                host: self.reference.host.clone(),
+                host: self.reference.registry.clone(),
                 repository: self.reference.repository.clone(),
                 message,
                 config: self.config_path.clone(),
             },
             _ => RegistryError::Status {
-                host: self.reference.host.clone(),
+                host: self.reference.registry.clone(),
                 what: what.into(),
                 status,
                 message,
@@ -917,7 +592,7 @@ impl Registry {
         }
         request
             .call()
-            .map_err(|source| RegistryError::Unreachable { host: self.reference.host.clone(), source })
+            .map_err(|source| RegistryError::Unreachable { host: self.reference.registry.clone(), source })
     }
 
     /// The `Authorization` value answering the registry's challenges, preferring a bearer
@@ -944,7 +619,8 @@ impl Registry {
         service: Option<&str>,
         scope: Option<&str>,
     ) -> Result<String, RegistryError> {
-        let auth_err = |problem: String| RegistryError::Auth { host: self.reference.host.clone(), problem };
+        let auth_err =
+            |problem: String| RegistryError::Auth { host: self.reference.registry.clone(), problem };
         let realm_is_plain = realm.starts_with("http://");
         if !realm.starts_with("https://") && !realm_is_plain {
             return Err(auth_err(format!("token realm {realm:?} is not an http(s) URL")));
@@ -966,7 +642,7 @@ impl Registry {
         let status = response.status().as_u16();
         if status != 200 {
             return Err(RegistryError::Unauthorized {
-                host: self.reference.host.clone(),
+                host: self.reference.registry.clone(),
                 repository: self.reference.repository.clone(),
                 message: format!("token realm answered {status}"),
                 config: self.config_path.clone(),
@@ -992,8 +668,7 @@ impl Registry {
 fn realm_host_is_loopback(realm: &str) -> bool {
     let after = realm.split_once("://").map_or(realm, |(_, r)| r);
     let host = after.split(['/', '?']).next().unwrap_or("");
-    Reference { host: host.to_string(), repository: String::new(), target: Target::Tag(String::new()) }
-        .is_loopback()
+    is_loopback_host(host)
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -1023,8 +698,7 @@ fn error_message(response: Response<ureq::Body>) -> String {
 }
 
 fn available_platforms(manifests: &[Descriptor]) -> String {
-    let names: Vec<String> =
-        manifests.iter().filter_map(|d| d.platform.as_ref()).map(|p| p.to_string()).collect();
+    let names: Vec<String> = manifests.iter().filter_map(|d| d.platform.as_ref()).map(|p| p.name()).collect();
     if names.is_empty() {
         "no platforms".into()
     } else {
@@ -1041,68 +715,6 @@ mod tests {
     }
 
     #[test]
-    fn parses_references() {
-        let r: Reference = "docker://127.0.0.1:5000/diskc/busybox:v1".parse().unwrap();
-        assert_eq!(r.host, "127.0.0.1:5000");
-        assert_eq!(r.repository, "diskc/busybox");
-        assert_eq!(r.target, Target::Tag("v1".into()));
-        assert!(r.is_loopback());
-        assert_eq!(r.to_string(), "docker://127.0.0.1:5000/diskc/busybox:v1");
-
-        let r: Reference = "registry.example.com/app".parse().unwrap();
-        assert_eq!(r.target, Target::Tag("latest".into()));
-        assert!(!r.is_loopback());
-
-        let d = digest('a');
-        let r: Reference = format!("docker://localhost:5000/a/b:tag@{d}").parse().unwrap();
-        assert_eq!(r.target, Target::Digest(d.parse().unwrap()));
-        assert_eq!(r.repository, "a/b");
-        assert!(r.is_loopback());
-
-        let r: Reference = "docker://[::1]:5000/x".parse().unwrap();
-        assert_eq!(r.host, "[::1]:5000");
-        assert!(r.is_loopback());
-        assert!("docker://127.3.4.5/x".parse::<Reference>().unwrap().is_loopback());
-        assert!(!"docker://128.0.0.1/x".parse::<Reference>().unwrap().is_loopback());
-    }
-
-    #[test]
-    fn rejects_bad_references() {
-        for bad in [
-            "docker://busybox",
-            "docker:///x",
-            "docker://host:99999/x",
-            "docker://host/UPPER",
-            "docker://host/a//b",
-            "docker://host/a:",
-            "docker://host/a:-x",
-            "docker://host/a@sha256:12",
-            "docker://[zz]/x",
-            "docker://host/a--/b",
-        ] {
-            let err = bad.parse::<Reference>().unwrap_err();
-            assert_eq!(err.class(), ErrorClass::Usage, "{bad}");
-        }
-        assert!("docker://host/a-b__c.d/e---f:T_1.2-x".parse::<Reference>().is_ok());
-    }
-
-    #[test]
-    fn platforms_match_with_and_without_variants() {
-        let amd64: Platform = "linux/amd64".parse().unwrap();
-        let arm7: Platform = "linux/arm/v7".parse().unwrap();
-        assert!(amd64.accepts(&"linux/amd64".parse().unwrap()));
-        assert!(!amd64.accepts(&"linux/arm64".parse().unwrap()));
-        assert!(!arm7.accepts(&"linux/arm/v6".parse().unwrap()));
-        assert!("linux/arm".parse::<Platform>().unwrap().accepts(&arm7));
-        assert!("linux/arm64".parse::<Platform>().unwrap().accepts(&"linux/arm64/v8".parse().unwrap()));
-        assert!("linux/arm64/v8".parse::<Platform>().unwrap().accepts(&"linux/arm64".parse().unwrap()));
-        for bad in ["linux", "linux/", "a/b/c/d", "Linux/amd64"] {
-            assert!(bad.parse::<Platform>().is_err(), "{bad}");
-        }
-        assert_eq!(Platform::host().os, std::env::consts::OS);
-    }
-
-    #[test]
     fn parses_manifests_by_media_type_and_shape() {
         let image = format!(
             r#"{{"schemaVersion":2,"mediaType":"{MEDIA_DOCKER_MANIFEST}",
@@ -1111,12 +723,10 @@ mod tests {
             digest('c'),
             digest('1')
         );
-        let Manifest::Image { config, layers } = parse_manifest(image.as_bytes(), "").unwrap() else {
-            panic!()
-        };
-        assert_eq!(config.size, 10);
-        assert_eq!(layers.len(), 1);
-        assert_eq!(layers[0].digest.to_string(), digest('1'));
+        let Ok(IndexOrManifest::Manifest(m)) = parse_manifest(image.as_bytes()) else { panic!() };
+        assert_eq!(m.config.size, Some(10));
+        assert_eq!(m.layers.len(), 1);
+        assert_eq!(m.layers[0].digest.to_string(), digest('1'));
 
         // An OCI index without mediaType, told apart by its shape.
         let index = format!(
@@ -1126,26 +736,34 @@ mod tests {
             digest('a'),
             digest('b')
         );
-        let Manifest::Index { manifests } = parse_manifest(index.as_bytes(), "").unwrap() else { panic!() };
-        let chosen = select_platform(&manifests, &"linux/amd64".parse().unwrap()).unwrap();
-        assert_eq!(chosen.digest.to_string(), digest('b'));
-        assert_eq!(select_platform(&manifests, &"linux/arm64".parse().unwrap()).unwrap().size, 5);
-        assert!(select_platform(&manifests, &"linux/s390x".parse().unwrap()).is_none());
-        assert_eq!(available_platforms(&manifests), "linux/arm64/v8, linux/amd64");
+        let Ok(IndexOrManifest::Index(i)) = parse_manifest(index.as_bytes()) else { panic!() };
+        assert_eq!(available_platforms(&i.manifests), "linux/arm64/v8, linux/amd64");
     }
 
     #[test]
     fn rejects_schema1_and_garbage_manifests() {
         let v1 = br#"{"schemaVersion":1,"name":"x","tag":"y","fsLayers":[]}"#;
-        assert!(matches!(
-            parse_manifest(v1, "application/vnd.docker.distribution.manifest.v1+prettyjws"),
-            Err(ManifestProblem::Unsupported(_))
-        ));
-        assert!(matches!(parse_manifest(b"{", ""), Err(ManifestProblem::Bad(_))));
+        assert!(matches!(parse_manifest(v1), Err(ManifestProblem::Unsupported(_))));
+        assert!(matches!(parse_manifest(b"{"), Err(ManifestProblem::Bad(_))));
         let bad_digest = br#"{"schemaVersion":2,"config":{"digest":"md5:00","size":1},"layers":[]}"#;
-        assert!(matches!(parse_manifest(bad_digest, MEDIA_OCI_MANIFEST), Err(ManifestProblem::Bad(_))));
+        assert!(matches!(parse_manifest(bad_digest), Err(ManifestProblem::Bad(_))));
         let odd = br#"{"schemaVersion":2,"mediaType":"application/x-other"}"#;
-        assert_eq!(parse_manifest(odd, ""), Err(ManifestProblem::Unsupported("application/x-other".into())));
+        assert_eq!(
+            parse_manifest(odd).err(),
+            Some(ManifestProblem::Unsupported("application/x-other".into()))
+        );
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for host in ["127.0.0.1:5000", "127.3.4.5", "localhost", "LOCALHOST:80", "[::1]:5000", "[::1]"] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in ["128.0.0.1", "127.example.com", "registry.example:5000", "[::2]:1", "docker.io"] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+        assert_eq!(api_host("docker.io"), "registry-1.docker.io");
+        assert_eq!(api_host("127.0.0.1:5000"), "127.0.0.1:5000");
     }
 
     #[test]
@@ -1184,7 +802,7 @@ mod tests {
         let c = credentials_from_config(config, "127.0.0.1:5000").unwrap().unwrap();
         assert_eq!((c.username.as_str(), c.password.as_str()), ("user", "pa:ss"));
         assert_eq!(c.basic_header(), "Basic dXNlcjpwYTpzcw==");
-        assert_eq!(credentials_from_config(config, "index.docker.io").unwrap().unwrap().username, "hub");
+        assert_eq!(credentials_from_config(config, "docker.io").unwrap().unwrap().username, "hub");
         assert_eq!(credentials_from_config(config, "other:1").unwrap().unwrap().password, "p");
         assert_eq!(credentials_from_config(config, "empty:1").unwrap(), None);
         assert_eq!(credentials_from_config(config, "127.0.0.1:5001").unwrap(), None);

@@ -12,6 +12,8 @@ use std::io;
 use std::ops::Range;
 use std::sync::Arc;
 
+pub mod flatten;
+pub mod host;
 pub mod sparse;
 
 /// ext4 and every filesystem we read limit a name to 255 bytes.

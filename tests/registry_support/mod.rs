@@ -353,3 +353,11 @@ fn serve(
     }
     respond(&mut stream, status, &forwarded, &body);
 }
+
+/// The registry part of a `docker://` SOURCE.
+pub fn registry_ref(source: &str) -> diskc::source::RegistryRef {
+    match source.parse::<diskc::source::SourceRef>().unwrap() {
+        diskc::source::SourceRef::Registry(r) => r,
+        other => panic!("{source} is not a registry source: {other:?}"),
+    }
+}

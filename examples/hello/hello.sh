@@ -1,0 +1,4 @@
+#!/bin/sh
+echo "$GREETING"
+echo "kernel: $(uname -r)  user: $(id -un)  workdir: $(pwd)"
+env | sort

@@ -1,0 +1,75 @@
+# shellcheck shell=bash
+# Timing helpers shared by diskc's benchmark scripts (bench-convert.sh, bench-mkfs.sh,
+# bench-dedup.sh, bench-boot.sh). Source it; it defines two functions and two tables:
+#
+#   bench_time LABEL CMD...
+#       Runs CMD BENCH_RUNS times (default 1) and prints one line `LABEL seconds peak_rss_mib`:
+#       the median wall time and the largest peak RSS over the runs, measured by GNU time
+#       (`/usr/bin/time -f '%e %M'`). Before each run, untimed, it evals BENCH_PREPARE when set
+#       (e.g. `BENCH_PREPARE='rm -rf out' bench_time ...` to start each run from scratch).
+#       A failing CMD prints `LABEL FAILED (exit N)` and returns N.
+#       Peak RSS is that of the largest single process CMD ran (for `bash -c 'a | b'`, the
+#       larger of a and b); work done inside a daemon, such as dockerd, is not counted.
+#
+#   bench_ratio A B
+#       Prints how the run labelled A compares with the run labelled B: A's time over B's
+#       (and how many times faster or slower that is) and A's peak RSS over B's.
+#
+#   BENCH_SECONDS[LABEL], BENCH_RSS_MIB[LABEL]
+#       What bench_time measured, for scripts that check goals.
+#
+# Labels are single words (no spaces), so the lines stay easy to parse.
+
+declare -gA BENCH_SECONDS=()
+declare -gA BENCH_RSS_MIB=()
+BENCH_TIME_BIN=${BENCH_TIME_BIN:-/usr/bin/time}
+
+bench_time() {
+  local label=$1
+  shift
+  [ -x "$BENCH_TIME_BIN" ] || { echo "bench: $BENCH_TIME_BIN missing (apt-get install time)" >&2; return 3; }
+  if [ -z "${_bench_header_done:-}" ]; then
+    printf '%-36s %10s %13s\n' label seconds peak_rss_mib
+    _bench_header_done=1
+  fi
+  local runs=${BENCH_RUNS:-1} out seconds=() rss_kib=0 i status
+  out=$(mktemp)
+  for ((i = 0; i < runs; i++)); do
+    if [ -n "${BENCH_PREPARE:-}" ]; then
+      eval "$BENCH_PREPARE"
+    fi
+    status=0
+    "$BENCH_TIME_BIN" -f '%e %M' -o "$out" "$@" || status=$?
+    if [ "$status" -ne 0 ]; then
+      printf '%-36s FAILED (exit %d)\n' "$label" "$status"
+      rm -f "$out"
+      return "$status"
+    fi
+    # The format line is GNU time's last (a note about a signal may come before it).
+    local line
+    line=$(tail -n 1 "$out")
+    seconds+=("${line% *}")
+    [ "${line#* }" -gt "$rss_kib" ] && rss_kib=${line#* }
+  done
+  rm -f "$out"
+  local median
+  median=$(printf '%s\n' "${seconds[@]}" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+  BENCH_SECONDS[$label]=$median
+  BENCH_RSS_MIB[$label]=$(awk -v k="$rss_kib" 'BEGIN { printf "%.1f", k / 1024 }')
+  printf '%-36s %10.2f %13.1f\n' "$label" "$median" "${BENCH_RSS_MIB[$label]}"
+}
+
+bench_ratio() {
+  local a=$1 b=$2
+  if [ -z "${BENCH_SECONDS[$a]:-}" ] || [ -z "${BENCH_SECONDS[$b]:-}" ]; then
+    printf 'ratio %s / %s: not measured\n' "$a" "$b"
+    return 0
+  fi
+  awk -v a="$a" -v b="$b" -v ta="${BENCH_SECONDS[$a]}" -v tb="${BENCH_SECONDS[$b]}" \
+    -v ra="${BENCH_RSS_MIB[$a]}" -v rb="${BENCH_RSS_MIB[$b]}" 'BEGIN {
+      if (ta <= 0) ta = 0.01  # GNU time rounds to 10 ms
+      if (tb <= 0) tb = 0.01
+      speed = (ta <= tb) ? sprintf("%.2fx faster", tb / ta) : sprintf("%.2fx slower", ta / tb)
+      printf "ratio %s / %s: time %.3f (%s), peak RSS %.2f\n", a, b, ta / tb, speed, (rb > 0 ? ra / rb : 0)
+    }'
+}

@@ -1,0 +1,166 @@
+//! A `docker save` stream, read once, in order, as it arrives.
+//!
+//! The Engine writes either the legacy docker-archive (Engine < 25: `<id>/layer.tar`
+//! members, then the configs, and `manifest.json` last) or an OCI layout inside the tar
+//! (Engine ≥ 25: `blobs/sha256/…`, `index.json`, plus a `manifest.json` that points into
+//! `blobs/`). Either way the document that says which member is which layer comes after
+//! the layers, and the stream cannot be rewound. So each member is judged by its first
+//! bytes: a tar (or gzip, or zstd) stream is indexed as a layer right away — hashed,
+//! parsed, its file data spooled — and everything else small is kept as a document. At the
+//! end the documents resolve the image, and the indexed layers are matched to it by path
+//! and checked against the digests the manifest and config give. The stream is never
+//! stored whole; only layer file data reaches the disk, in the spools.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::path::Path;
+
+use super::local::{
+    normalise_member, resolve_docker_archive, resolve_member_link, resolve_oci, Plan, MAX_DOCUMENT,
+};
+use super::{ParsedConfig, ResolvedImage, SourceError};
+use crate::layer::{index_layer, LayerError, LayerExpect, LayerIndex};
+
+/// An image read from a stream: resolved, and its layers indexed, bottom first.
+#[derive(Debug)]
+pub struct StreamedImage {
+    pub resolved: ResolvedImage,
+    pub config: ParsedConfig,
+    pub layers: Vec<LayerIndex>,
+}
+
+/// The ustar magic at offset 257 of a tar header (POSIX.1-1988 `magic` field, "ustar"
+/// for both POSIX and GNU headers).
+const USTAR_MAGIC_OFFSET: usize = 257;
+const USTAR_MAGIC: &[u8] = b"ustar";
+const TAR_BLOCK: usize = 512;
+
+/// Whether a member that starts with `head` is a layer blob rather than a JSON document.
+fn looks_like_layer(head: &[u8]) -> bool {
+    head.starts_with(&[0x1f, 0x8b])
+        || head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+        || (head.len() == TAR_BLOCK
+            && (head[USTAR_MAGIC_OFFSET..].starts_with(USTAR_MAGIC) || head.iter().all(|&b| b == 0)))
+}
+
+/// Reads a `docker save` stream (or any docker-archive or OCI-layout tar) from `stream`.
+/// `input` names it in errors; `reference` picks an image by tag or ref name when the
+/// stream holds several; `platform` picks among a multi-platform index.
+pub fn read_image_stream<R: Read>(
+    stream: R,
+    input: &str,
+    reference: Option<&str>,
+    platform: &str,
+    spool_dir: &Path,
+) -> Result<StreamedImage, SourceError> {
+    let corrupt = |problem: String| SourceError::Corrupt { input: input.to_string(), problem };
+    let mut docs: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut layers: HashMap<String, LayerIndex> = HashMap::new();
+    let mut links: Vec<(String, String)> = Vec::new();
+    let mut archive = tar::Archive::new(stream);
+    let entries = archive.entries().map_err(|e| corrupt(format!("not a tar stream: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| stream_error(input, e))?;
+        let path = normalise_member(&entry.path_bytes());
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            if let Some(target) = entry.link_name_bytes() {
+                let to = if kind.is_hard_link() {
+                    normalise_member(&target)
+                } else {
+                    resolve_member_link(&path, &target)
+                };
+                links.push((path, to));
+            }
+            continue;
+        }
+        if !kind.is_file() {
+            continue;
+        }
+        let mut head = Vec::with_capacity(TAR_BLOCK);
+        (&mut entry).take(TAR_BLOCK as u64).read_to_end(&mut head).map_err(|e| stream_error(input, e))?;
+        if looks_like_layer(&head) {
+            let blob = head.as_slice().chain(&mut entry);
+            let index = index_layer(blob, &LayerExpect::default(), 0, spool_dir)
+                .map_err(|source| SourceError::Layer { input: format!("{input}: {path}"), source })?;
+            layers.insert(path, index);
+        } else if entry.size() <= MAX_DOCUMENT {
+            let mut bytes = head;
+            entry.read_to_end(&mut bytes).map_err(|e| stream_error(input, e))?;
+            docs.insert(path, bytes);
+        }
+    }
+    // Aliases: a member that is a link to another stands for it.
+    for (from, to) in links {
+        if let Some(bytes) = docs.get(&to).cloned() {
+            docs.insert(from, bytes);
+        } else if let Some(index) = layers.get(&to).cloned() {
+            layers.insert(from, index);
+        }
+    }
+    let read = |member: &str| Ok(docs.get(member).cloned());
+    let plan = if docs.contains_key("manifest.json") {
+        resolve_docker_archive(&read, input, reference)?
+    } else if docs.contains_key("index.json") {
+        resolve_oci(&read, input, reference, platform)?
+    } else {
+        return Err(SourceError::NoImage {
+            input: input.to_string(),
+            problem: "neither manifest.json nor index.json in the stream: not an image archive".into(),
+        });
+    };
+    let layers = match_layers(input, &plan, layers)?;
+    Ok(StreamedImage { resolved: plan.resolved, config: plan.config, layers })
+}
+
+/// A read failure of the stream: the stream's own (the daemon, the pipe) or a broken tar.
+fn stream_error(input: &str, source: io::Error) -> SourceError {
+    match source.kind() {
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof | io::ErrorKind::Other => {
+            SourceError::Corrupt { input: input.to_string(), problem: format!("broken tar stream: {source}") }
+        }
+        _ => SourceError::Io { input: input.to_string(), path: "the stream".into(), source },
+    }
+}
+
+/// Puts the indexed layers in the plan's order and checks each against its digests.
+fn match_layers(
+    input: &str,
+    plan: &Plan,
+    mut indexed: HashMap<String, LayerIndex>,
+) -> Result<Vec<LayerIndex>, SourceError> {
+    let mut out: Vec<LayerIndex> = Vec::with_capacity(plan.layer_paths.len());
+    for (i, (path, expect)) in plan.layer_paths.iter().zip(&plan.expects).enumerate() {
+        let layer_err = |source: LayerError| SourceError::Layer { input: format!("{input}: {path}"), source };
+        let index = match indexed.remove(path) {
+            Some(index) => index,
+            // The same blob listed twice: the second use shares the first's spool.
+            None => match plan.layer_paths[..i].iter().position(|p| p == path) {
+                Some(first) => out[first].clone(),
+                None => {
+                    return Err(SourceError::MissingBlob {
+                        input: input.to_string(),
+                        what: format!("layer {path}"),
+                    })
+                }
+            },
+        };
+        let blob = path.clone();
+        if let Some(expected) = expect.digest {
+            if expected != index.digest {
+                return Err(layer_err(LayerError::DigestMismatch { blob, expected, actual: index.digest }));
+            }
+        }
+        if let Some(expected) = expect.diff_id {
+            if expected != index.diff_id {
+                return Err(layer_err(LayerError::DiffIdMismatch { blob, expected, actual: index.diff_id }));
+            }
+        }
+        out.push(index);
+    }
+    // Number the spools top down, so a blob listed twice reports its lowest place.
+    for (i, index) in out.iter().enumerate().rev() {
+        index.set_layer(i as u32);
+    }
+    Ok(out)
+}

@@ -1,0 +1,315 @@
+//! Reading a host directory into a tree, as `diskc mkfs DIR` does: owners, modes, device
+//! numbers, hard links (by device and inode number), xattrs of every namespace and
+//! nanosecond times are kept as they are on disk.
+//!
+//! File bytes stay on disk ([`HostFile`] names the file); which blocks hold data is found up
+//! front, in parallel: the filesystem's own holes (SEEK_DATA/SEEK_HOLE), then a scan of the
+//! data ranges for all-zero blocks, so zeros cost no blocks in the image.
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use super::sparse::DataBlockScanner;
+use super::{
+    Content, DeviceNumber, Directory, FileData, FsTree, Metadata, Node, NodeId, NodeKind, Timestamp,
+    TreeError, Xattrs, BLOCK_SIZE,
+};
+use crate::error::{Classify, ErrorClass};
+
+/// A regular file of the host directory; read when the image is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostFile {
+    pub path: PathBuf,
+}
+
+impl Content for HostFile {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        open_quietly(&self.path)?.read_exact_at(buf, offset)
+    }
+}
+
+/// Opens for reading without updating the file's atime (O_NOATIME), so making an image does
+/// not change its source; falls back to a plain open where that is not permitted (files of
+/// other owners without CAP_FOWNER).
+fn open_quietly(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match File::options().read(true).custom_flags(libc::O_NOATIME).open(path) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
+        other => other,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {source}")]
+    Name { path: PathBuf, source: TreeError },
+    #[error("{0}: not a directory")]
+    NotADirectory(PathBuf),
+}
+
+impl Classify for HostError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            HostError::Io { source, .. } => ErrorClass::of_io(source),
+            _ => ErrorClass::BadInput,
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> HostError + '_ {
+    move |source| HostError::Io { path: path.to_path_buf(), source }
+}
+
+/// Reads the directory `root` (not following symlinks) into a tree.
+pub fn read_tree(root: &Path) -> Result<FsTree<HostFile>, HostError> {
+    let meta = std::fs::symlink_metadata(root).map_err(io_err(root))?;
+    if !meta.is_dir() {
+        return Err(HostError::NotADirectory(root.to_path_buf()));
+    }
+    let mut tree = FsTree::new(metadata_of(root, &meta)?);
+    let mut links: HashMap<(u64, u64), NodeId> = HashMap::new();
+    let mut files: Vec<NodeId> = Vec::new();
+    let mut pending = vec![(root.to_path_buf(), FsTree::<HostFile>::ROOT)];
+    while let Some((dir_path, dir_id)) = pending.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir_path)
+            .map_err(io_err(&dir_path))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(io_err(&dir_path))?;
+        entries.sort();
+        for name in entries {
+            let path = dir_path.join(&name);
+            let meta = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
+            let key = (meta.dev(), meta.ino());
+            let id = match links.get(&key) {
+                Some(&id) if !meta.is_dir() => id,
+                _ => {
+                    let kind = kind_of(&path, &meta)?;
+                    let is_dir = matches!(kind, NodeKind::Directory(_));
+                    let is_file = matches!(kind, NodeKind::File(_));
+                    let id = tree.add(Node::new(kind, metadata_of(&path, &meta)?));
+                    if is_dir {
+                        pending.push((path.clone(), id));
+                    } else if meta.nlink() > 1 {
+                        links.insert(key, id);
+                    }
+                    if is_file {
+                        files.push(id);
+                    }
+                    id
+                }
+            };
+            tree.insert(dir_id, name.as_bytes(), id)
+                .map_err(|source| HostError::Name { path: path.clone(), source })?;
+        }
+    }
+    let runs: Vec<Result<Vec<Range<u64>>, HostError>> = files
+        .par_iter()
+        .map(|&id| match &tree.get(id).kind {
+            NodeKind::File(f) => data_blocks(&f.content.path, f.size),
+            _ => unreachable!("files holds file nodes"),
+        })
+        .collect();
+    for (&id, runs) in files.iter().zip(runs) {
+        if let NodeKind::File(f) = &mut tree.get_mut(id).kind {
+            f.data_blocks = runs?;
+        }
+    }
+    Ok(tree)
+}
+
+fn kind_of(path: &Path, meta: &std::fs::Metadata) -> Result<NodeKind<HostFile>, HostError> {
+    let ft = meta.file_type();
+    let rdev = || {
+        let dev = meta.rdev();
+        DeviceNumber {
+            major: (((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff)) as u32,
+            minor: (((dev >> 12) & 0xffff_ff00) | (dev & 0xff)) as u32,
+        }
+    };
+    Ok(if ft.is_dir() {
+        NodeKind::Directory(Directory::default())
+    } else if ft.is_file() {
+        // Every block counts as data until the scan below says otherwise.
+        NodeKind::File(FileData::dense(meta.len(), HostFile { path: path.to_path_buf() }))
+    } else if ft.is_symlink() {
+        NodeKind::Symlink(std::fs::read_link(path).map_err(io_err(path))?.into_os_string().into_vec())
+    } else if ft.is_char_device() {
+        NodeKind::CharDevice(rdev())
+    } else if ft.is_block_device() {
+        NodeKind::BlockDevice(rdev())
+    } else if ft.is_fifo() {
+        NodeKind::Fifo
+    } else {
+        NodeKind::Socket
+    })
+}
+
+fn metadata_of(path: &Path, meta: &std::fs::Metadata) -> Result<Metadata, HostError> {
+    let nsec = |n: i64| n.clamp(0, 999_999_999) as u32;
+    Ok(Metadata {
+        mode: (meta.mode() & 0o7777) as u16,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        atime: Timestamp::new(meta.atime(), nsec(meta.atime_nsec())),
+        mtime: Timestamp::new(meta.mtime(), nsec(meta.mtime_nsec())),
+        ctime: Timestamp::new(meta.ctime(), nsec(meta.ctime_nsec())),
+        xattrs: xattrs_of(path)?,
+    })
+}
+
+/// Calls a size-probing xattr syscall twice: once for the size, once to fill the buffer,
+/// retrying when the value grew in between.
+fn sized_call(mut call: impl FnMut(&mut [u8]) -> isize) -> io::Result<Vec<u8>> {
+    loop {
+        let size = call(&mut []);
+        if size < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; size as usize];
+        let got = call(&mut buf);
+        if got >= 0 {
+            buf.truncate(got as usize);
+            return Ok(buf);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ERANGE) {
+            return Err(err);
+        }
+    }
+}
+
+fn xattrs_of(path: &Path) -> Result<Xattrs, HostError> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).expect("paths from read_dir hold no NUL");
+    let list = sized_call(|buf| {
+        // SAFETY: c_path is a NUL-terminated string; buf is valid for buf.len() bytes.
+        unsafe { libc::llistxattr(c_path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
+    });
+    let list = match list {
+        Ok(l) => l,
+        // Filesystems without xattr support have none to keep.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Xattrs::new()),
+        Err(e) => return Err(HostError::Io { path: path.to_path_buf(), source: e }),
+    };
+    let mut out = Xattrs::new();
+    for name in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let c_name = CString::new(name).expect("split on NUL");
+        let value = sized_call(|buf| {
+            // SAFETY: both strings are NUL-terminated; buf is valid for buf.len() bytes.
+            unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
+        });
+        match value {
+            Ok(v) => {
+                out.insert(name.to_vec(), v);
+            }
+            // Removed since it was listed.
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+            Err(e) => {
+                let shown = OsStr::from_bytes(name).to_string_lossy();
+                return Err(HostError::Io {
+                    path: path.to_path_buf(),
+                    source: io::Error::new(e.kind(), format!("xattr {shown}: {e}")),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The file's data ranges (SEEK_DATA/SEEK_HOLE) as whole blocks, then the blocks in them
+/// that hold a nonzero byte.
+fn data_blocks(path: &Path, size: u64) -> Result<Vec<Range<u64>>, HostError> {
+    if size == 0 {
+        return Ok(Vec::new());
+    }
+    let file = open_quietly(path).map_err(io_err(path))?;
+    let mut runs: Vec<Range<u64>> = Vec::new();
+    let mut buf = vec![0u8; size.min(1 << 20) as usize];
+    for range in data_ranges(&file, size).map_err(io_err(path))? {
+        let start = range.start / BLOCK_SIZE * BLOCK_SIZE;
+        let end = range.end.next_multiple_of(BLOCK_SIZE).min(size);
+        let mut scanner = DataBlockScanner::default();
+        let mut at = start;
+        while at < end {
+            let n = ((end - at) as usize).min(buf.len());
+            file.read_exact_at(&mut buf[..n], at).map_err(io_err(path))?;
+            scanner.feed(&buf[..n]);
+            at += n as u64;
+        }
+        let first = start / BLOCK_SIZE;
+        for r in scanner.finish() {
+            let r = r.start + first..r.end + first;
+            match runs.last_mut() {
+                Some(last) if last.end >= r.start => last.end = last.end.max(r.end),
+                _ => runs.push(r),
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// Byte ranges that may hold data; the whole file where the filesystem cannot tell.
+fn data_ranges(file: &File, size: u64) -> io::Result<Vec<Range<u64>>> {
+    let fd = file.as_raw_fd();
+    let seek = |offset: u64, whence| {
+        // SAFETY: fd is an open descriptor owned by `file` for this call's duration.
+        let r = unsafe { libc::lseek(fd, offset as libc::off_t, whence) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as u64)
+        }
+    };
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < size {
+        let start = match seek(at, libc::SEEK_DATA) {
+            Ok(s) => s,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(std::iter::once(0..size).collect()),
+            Err(e) => return Err(e),
+        };
+        if start >= size {
+            break;
+        }
+        let end = seek(start, libc::SEEK_HOLE)?.min(size);
+        out.push(start..end);
+        at = end;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_kinds_links_and_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/a"), b"abc").unwrap();
+        std::fs::hard_link(d.join("sub/a"), d.join("b")).unwrap();
+        std::os::unix::fs::symlink("sub/a", d.join("s")).unwrap();
+        let f = File::create(d.join("holey")).unwrap();
+        f.write_all_at(b"x", 5 * BLOCK_SIZE).unwrap();
+        f.write_all_at(&[0; 4096], 0).unwrap();
+        let t = read_tree(d).unwrap();
+        assert_eq!(t.lookup(b"b"), t.lookup(b"sub/a"));
+        assert!(matches!(&t.get(t.lookup(b"s").unwrap()).kind, NodeKind::Symlink(s) if s == b"sub/a"));
+        let NodeKind::File(h) = &t.get(t.lookup(b"holey").unwrap()).kind else { panic!("file") };
+        assert_eq!(h.data_blocks, vec![5..6]);
+        assert_eq!(h.size, 5 * BLOCK_SIZE + 1);
+    }
+}
