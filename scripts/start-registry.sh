@@ -46,9 +46,10 @@ for _ in $(seq 1 100); do
     cat "$DIR/registry.log" >&2
     exit 1
   fi
-  # 200 without auth, 401 with it: either way the registry is serving.
-  code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/v2/" || true)
-  case "$code" in 200|401) exit 0 ;; esac
+  # 200 without auth, 401 with it: either way the registry is serving. (bash's /dev/tcp:
+  # no HTTP client needed.)
+  status=$( (exec 3<>"/dev/tcp/127.0.0.1/$PORT" && printf 'GET /v2/ HTTP/1.0\r\n\r\n' >&3 && head -n1 <&3) 2>/dev/null || true)
+  case "$status" in "HTTP/1."?" 200"*|"HTTP/1."?" 401"*) exit 0 ;; esac
   sleep 0.1
 done
 echo "start-registry: no answer on 127.0.0.1:$PORT/v2/ after 10 s; log in $DIR/registry.log" >&2
