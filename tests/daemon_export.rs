@@ -138,3 +138,26 @@ fn missing_image_is_bad_input_naming_it() {
         assert!(err.to_string().contains(name), "{err}");
     }
 }
+
+#[test]
+fn export_feeds_the_stream_reader() {
+    build_image();
+    let image = resolve_daemon(IMAGE).unwrap();
+    let spool = common::tempdir();
+    let streamed = diskc::source::read_image_stream(
+        export_stream(&image.id.to_string()).unwrap(),
+        "docker-daemon:diskc-test/remote-daemon:latest",
+        None,
+        diskc::source::DEFAULT_PLATFORM,
+        spool.path(),
+    )
+    .unwrap();
+    assert_eq!(streamed.resolved.config_digest, image.id);
+    assert_eq!(streamed.config.diff_ids, image.diff_ids);
+    let diff_ids: Vec<Digest> = streamed.layers.iter().map(|l| l.diff_id).collect();
+    assert_eq!(diff_ids, image.diff_ids);
+    assert_eq!(
+        streamed.config.config, image.config,
+        "the config the export carries is the one inspect reports"
+    );
+}

@@ -272,3 +272,44 @@ fn plain_http_beyond_loopback_needs_insecure() {
     let resolved = Registry::new(reference, &insecure).unwrap().resolve(DEFAULT_PLATFORM).unwrap();
     assert_eq!(resolved.config_digest.to_string(), docker_inspect(image, "{{.Id}}"));
 }
+
+#[test]
+fn registry_blobs_feed_the_parallel_layer_indexer() {
+    use diskc::layer::{index_layers, LayerExpect, LayerJob};
+
+    let image = build_app_image();
+    let reg = TestRegistry::start();
+    docker_push(image, &reg.host(), "diskc/app:v1", None);
+    let client = registry(&format!("docker://{}/diskc/app:v1", reg.host()));
+    let resolved = client.resolve(DEFAULT_PLATFORM).unwrap();
+    let config = diskc::source::parse_config(&resolved.config_json).unwrap();
+
+    let jobs: Vec<LayerJob> = resolved
+        .layers
+        .iter()
+        .zip(&config.diff_ids)
+        .map(|(l, diff_id)| LayerJob {
+            expect: LayerExpect {
+                digest: Some(l.digest),
+                diff_id: Some(*diff_id),
+                media_type: l.media_type.clone(),
+            },
+            size: l.size,
+        })
+        .collect();
+    let spool = common::tempdir();
+    let open = |i: usize| -> std::io::Result<Box<dyn Read + Send>> {
+        Ok(Box::new(client.open_blob(&resolved.layers[i])?))
+    };
+    let layers = index_layers(&jobs, open, spool.path()).unwrap();
+
+    let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id).collect();
+    assert_eq!(diff_ids, config.diff_ids);
+    let top = layers.last().unwrap();
+    assert!(top.entries.iter().any(|e| e.path == b"srv/hello"), "the RUN layer holds srv/hello");
+
+    // A blob the registry does not have reaches the layer stage as bad input.
+    let absent = LayerDescriptor { digest: Digest::of(b"absent"), media_type: String::new(), size: None };
+    let io_err = std::io::Error::from(client.open_blob(&absent).map(|_| ()).unwrap_err());
+    assert_eq!(ErrorClass::of_io(&io_err), ErrorClass::BadInput);
+}

@@ -111,6 +111,18 @@ impl Classify for RegistryError {
     }
 }
 
+/// For the layer stage, which opens blobs through `io::Result`: the kind carries the class
+/// across (`ErrorClass::of_io` reads bad input from `InvalidData`), the message the rest.
+impl From<RegistryError> for std::io::Error {
+    fn from(e: RegistryError) -> Self {
+        let kind = match e.class() {
+            ErrorClass::BadInput => std::io::ErrorKind::InvalidData,
+            ErrorClass::Usage | ErrorClass::Environment => std::io::ErrorKind::Other,
+        };
+        std::io::Error::new(kind, e)
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Manifests
 
