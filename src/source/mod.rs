@@ -12,11 +12,13 @@ use crate::error::{Classify, ErrorClass};
 use crate::layer::LayerError;
 
 pub mod local;
+pub mod open;
 pub mod reference;
 pub mod spec;
 pub mod stream;
 
 pub use local::{open_local, LocalImage};
+pub use open::{open, ImageSource};
 pub use reference::{InvalidSource, RegistryRef, RegistryTag, SourceRef};
 pub use spec::{parse_config, ParsedConfig, DEFAULT_PLATFORM};
 pub use stream::{read_image_stream, StreamedImage};
