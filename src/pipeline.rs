@@ -1,1 +1,437 @@
-//! Runs a plan through the stages; shared by the CLI and the worker.
+//! Runs a conversion plan through the stages: source → layers → flatten → ext4 → output.
+//! The CLI's `convert` and `build` both end here, so every way in gives the same bytes.
+//!
+//! The output directory appears whole or not at all: everything is written into a hidden
+//! sibling directory that is renamed into place last, and removed if anything fails.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::{Digest, Hasher};
+use crate::error::{Classify, ErrorClass};
+use crate::ext4::{self, SizeSpec};
+use crate::layer;
+use crate::manifest::{OutputManifest, RootfsInfo, SourceInfo, FORMAT_VERSION};
+use crate::source::{self, SourceError, SourceRef};
+use crate::tree::flatten::FlattenError;
+use crate::tree::{FsTree, Timestamp};
+
+/// The rootfs file name inside an output directory.
+pub const ROOTFS_FILE: &str = "rootfs.ext4";
+/// The manifest file name inside an output directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// Everything a conversion needs, validated by the caller.
+#[derive(Clone, Debug)]
+pub struct ConvertPlan {
+    pub source: SourceRef,
+    /// The source as the user wrote it, for the manifest and messages.
+    pub input: String,
+    /// `os/arch[/variant]` to pick from a multi-platform index.
+    pub platform: String,
+    /// Where `rootfs.ext4` and `manifest.json` go.
+    pub outdir: PathBuf,
+    pub rootfs: RootfsOptions,
+    /// Where layer spools go (unlinked temp files); the output's parent by default.
+    pub spool_dir: Option<PathBuf>,
+}
+
+/// How the root filesystem is laid out; part of the cache key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RootfsOptions {
+    /// `None`: the content plus headroom.
+    pub size: Option<u64>,
+    pub journal: bool,
+}
+
+impl Default for RootfsOptions {
+    fn default() -> Self {
+        RootfsOptions { size: None, journal: true }
+    }
+}
+
+/// What the pipeline is doing, for progress displays.
+#[derive(Clone, Debug)]
+pub enum Progress {
+    /// The image is resolved: this many layers, this many bytes to read (when known).
+    Resolved { layers: usize, bytes: Option<u64> },
+    /// All layers are read and indexed.
+    LayersIndexed { seconds: f64 },
+    /// The merged tree holds this many entries.
+    Flattened { entries: usize },
+    /// The ext4 image is written.
+    RootfsWritten { bytes: u64, seconds: f64 },
+}
+
+/// The result of a conversion.
+#[derive(Clone, Debug)]
+pub struct Converted {
+    pub manifest: OutputManifest,
+    pub outdir: PathBuf,
+    pub timings: Timings,
+}
+
+/// Wall time of each stage.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Timings {
+    pub resolve: f64,
+    pub layers: f64,
+    pub flatten: f64,
+    pub rootfs: f64,
+    pub total: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("{input}: {source}")]
+    Flatten { input: String, source: FlattenError },
+    #[error("{input}: {source}")]
+    Ext4 { input: String, source: ext4::Ext4Error },
+    #[error("{what} {}: {source}", path.display())]
+    Io { what: &'static str, path: PathBuf, source: io::Error },
+    #[error("output {} exists and is not a diskc output directory; remove it or pick another", .0.display())]
+    OutputExists(PathBuf),
+}
+
+impl Classify for PipelineError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            PipelineError::Source(e) => e.class(),
+            PipelineError::Flatten { source, .. } => source.class(),
+            PipelineError::Ext4 { source, .. } => source.class(),
+            PipelineError::Io { source, .. } => match source.kind() {
+                io::ErrorKind::NotFound => ErrorClass::BadInput,
+                _ => ErrorClass::Environment,
+            },
+            PipelineError::OutputExists(_) => ErrorClass::Usage,
+        }
+    }
+}
+
+fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PipelineError + 'a {
+    move |source| PipelineError::Io { what, path: path.to_path_buf(), source }
+}
+
+/// Converts the plan's source into `rootfs.ext4` + `manifest.json` in the plan's outdir.
+pub fn convert(plan: &ConvertPlan, progress: &mut dyn FnMut(Progress)) -> Result<Converted, PipelineError> {
+    let started = Instant::now();
+    let mut timings = Timings::default();
+    check_outdir(&plan.outdir)?;
+
+    let opened = source::open(&plan.source, &plan.platform)?;
+    let bytes = opened.resolved().layers.iter().map(|l| l.size).sum::<Option<u64>>();
+    progress(Progress::Resolved { layers: opened.resolved().layers.len(), bytes });
+    timings.resolve = lap(started, &timings);
+
+    let staging = Staging::new(&plan.outdir)?;
+    let spool_dir = plan.spool_dir.clone().unwrap_or_else(|| staging.path.clone());
+    let config = opened.config().clone();
+    let (resolved, layers) = opened.index_layers(&spool_dir)?;
+    timings.layers = lap(started, &timings);
+    progress(Progress::LayersIndexed { seconds: timings.layers });
+
+    let tree = layer::flatten_layers(&layers)
+        .map_err(|source| PipelineError::Flatten { input: plan.input.clone(), source })?;
+    progress(Progress::Flattened { entries: tree.walk().len() });
+    timings.flatten = lap(started, &timings);
+
+    let rootfs_path = staging.path.join(ROOTFS_FILE);
+    let options = ext4_options(&config.diff_ids, &plan.rootfs, fs_time(&tree));
+    let summary = write_rootfs(&tree, &options, &rootfs_path).map_err(|e| with_input(e, &plan.input))?;
+    drop(tree);
+    drop(layers); // the spools go with the last reference to them
+    let digest = digest_file(&rootfs_path)?;
+    timings.rootfs = lap(started, &timings);
+    progress(Progress::RootfsWritten { bytes: summary.size_bytes, seconds: timings.rootfs });
+
+    let manifest = OutputManifest {
+        diskc_version: env!("CARGO_PKG_VERSION").to_string(),
+        format_version: FORMAT_VERSION,
+        id: None,
+        source: SourceInfo {
+            reference: plan.input.clone(),
+            manifest_digest: resolved.manifest_digest,
+            config_digest: resolved.config_digest,
+            layers: resolved.layers.iter().map(|l| l.digest).collect(),
+            diff_ids: config.diff_ids.clone(),
+            platform: config.platform.clone(),
+        },
+        config: config.config.clone(),
+        rootfs: RootfsInfo {
+            file: ROOTFS_FILE.to_string(),
+            digest,
+            size: summary.size_bytes,
+            uuid: format_uuid(&summary.uuid),
+        },
+        boot: None,
+    };
+    write_manifest(&staging.path, &manifest)?;
+    staging.commit(&plan.outdir)?;
+    timings.total = started.elapsed().as_secs_f64();
+    Ok(Converted { manifest, outdir: plan.outdir.clone(), timings })
+}
+
+fn lap(started: Instant, timings: &Timings) -> f64 {
+    let before = timings.resolve + timings.layers + timings.flatten + timings.rootfs;
+    started.elapsed().as_secs_f64() - before
+}
+
+fn with_input(err: PipelineError, input: &str) -> PipelineError {
+    match err {
+        PipelineError::Ext4 { source, .. } => PipelineError::Ext4 { input: input.to_string(), source },
+        other => other,
+    }
+}
+
+/// ext4 options for an image: the UUID and hash seed come from the layers' content digests
+/// and the options, so the same layers give the same filesystem through any transport.
+pub fn ext4_options(diff_ids: &[Digest], rootfs: &RootfsOptions, fs_time: Timestamp) -> ext4::Options {
+    let mut seed = Sha256::new();
+    seed.update(format!("diskc rootfs v{FORMAT_VERSION}\n"));
+    for d in diff_ids {
+        seed.update(d.as_bytes());
+    }
+    seed.update(serde_json::to_vec(rootfs).expect("options serialize"));
+    let size = match rootfs.size {
+        Some(bytes) => SizeSpec::Bytes(bytes),
+        None => ext4::Options::default().size,
+    };
+    ext4::Options {
+        size,
+        journal: rootfs.journal,
+        seed: seed.finalize().into(),
+        fs_time,
+        ..Default::default()
+    }
+}
+
+/// `SOURCE_DATE_EPOCH` when set (and valid), else the newest mtime in the tree: never the clock.
+pub fn fs_time<C>(tree: &FsTree<C>) -> Timestamp {
+    if let Some(sec) = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse().ok()) {
+        return Timestamp::new(sec, 0);
+    }
+    let newest = tree.walk().into_iter().map(|(_, id)| tree.get(id).meta.mtime).max().unwrap_or_default();
+    Timestamp::new(newest.sec.max(0), 0)
+}
+
+/// Writes `tree` as ext4 to `path` (created, never half-left: the caller stages it).
+pub fn write_rootfs<C: crate::tree::Content>(
+    tree: &FsTree<C>,
+    options: &ext4::Options,
+    path: &Path,
+) -> Result<ext4::Summary, PipelineError> {
+    let file = File::create(path).map_err(io_error("creating", path))?;
+    let summary = ext4::write_image(tree, options, &file)
+        .map_err(|source| PipelineError::Ext4 { input: path.display().to_string(), source })?;
+    file.sync_all().map_err(io_error("writing", path))?;
+    Ok(summary)
+}
+
+/// sha256 of a (possibly sparse) file: holes hash as the zeros they read as, without
+/// reading them from disk.
+pub fn digest_file(path: &Path) -> Result<Digest, PipelineError> {
+    let file = File::open(path).map_err(io_error("reading", path))?;
+    let len = file.metadata().map_err(io_error("reading", path))?.len();
+    let mut hasher = Hasher::new();
+    let zeros = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    for (start, end) in data_ranges(&file, len).map_err(io_error("reading", path))? {
+        while pos < start {
+            let n = (start - pos).min(zeros.len() as u64) as usize;
+            hasher.update(&zeros[..n]);
+            pos += n as u64;
+        }
+        while pos < end {
+            let n = (end - pos).min(buf.len() as u64) as usize;
+            file.read_exact_at(&mut buf[..n], pos).map_err(io_error("reading", path))?;
+            hasher.update(&buf[..n]);
+            pos += n as u64;
+        }
+    }
+    while pos < len {
+        let n = (len - pos).min(zeros.len() as u64) as usize;
+        hasher.update(&zeros[..n]);
+        pos += n as u64;
+    }
+    Ok(hasher.finish())
+}
+
+/// The `[start, end)` byte ranges of `file` that hold data, by SEEK_DATA/SEEK_HOLE.
+pub fn data_ranges(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let mut ranges = Vec::new();
+    let mut pos = 0i64;
+    while (pos as u64) < len {
+        // SAFETY: lseek on a descriptor we own; it only moves the file offset.
+        let start = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if start < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENXIO) {
+                break; // no data after pos
+            }
+            return Err(err);
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+        if end < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        ranges.push((start as u64, end as u64));
+        pos = end;
+    }
+    Ok(ranges)
+}
+
+pub fn format_uuid(u: &[u8; 16]) -> String {
+    let hex = hex::encode(u);
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+fn write_manifest(dir: &Path, manifest: &OutputManifest) -> Result<(), PipelineError> {
+    let path = dir.join(MANIFEST_FILE);
+    let mut bytes = serde_json::to_vec_pretty(manifest).expect("manifest serializes");
+    bytes.push(b'\n');
+    let file = File::create(&path).map_err(io_error("creating", &path))?;
+    file.write_all_at(&bytes, 0).map_err(io_error("writing", &path))?;
+    file.sync_all().map_err(io_error("writing", &path))
+}
+
+/// Reads an output directory's manifest.
+pub fn read_manifest(outdir: &Path) -> io::Result<OutputManifest> {
+    let mut bytes = Vec::new();
+    File::open(outdir.join(MANIFEST_FILE))?.read_to_end(&mut bytes)?;
+    serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// An existing OUTDIR is replaced only when it is empty or diskc wrote it.
+fn check_outdir(outdir: &Path) -> Result<(), PipelineError> {
+    match fs::read_dir(outdir) {
+        Ok(mut entries) => {
+            if entries.next().is_none() || outdir.join(MANIFEST_FILE).is_file() {
+                Ok(())
+            } else {
+                Err(PipelineError::OutputExists(outdir.to_path_buf()))
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+            Err(PipelineError::OutputExists(outdir.to_path_buf()))
+        }
+        Err(e) => Err(PipelineError::Io { what: "reading", path: outdir.to_path_buf(), source: e }),
+    }
+}
+
+/// A hidden directory beside the output, renamed into place when complete and removed
+/// otherwise. Leftovers of killed runs (their pid gone) are swept when the next run starts.
+struct Staging {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staging {
+    fn new(outdir: &Path) -> Result<Self, PipelineError> {
+        let parent = match outdir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent).map_err(io_error("creating", &parent))?;
+        let name =
+            outdir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+        let prefix = format!(".{name}.diskc-tmp-");
+        sweep_stale(&parent, &prefix);
+        let path = parent.join(format!("{prefix}{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir(&path).map_err(io_error("creating", &path))?;
+        Ok(Staging { path, committed: false })
+    }
+
+    /// Moves the staged directory to `outdir`, replacing an older diskc output there.
+    fn commit(mut self, outdir: &Path) -> Result<(), PipelineError> {
+        let old = self.path.with_extension("old");
+        let had_old = fs::rename(outdir, &old).is_ok();
+        fs::rename(&self.path, outdir).map_err(io_error("renaming into", outdir))?;
+        if had_old {
+            let _ = fs::remove_dir_all(&old);
+        }
+        if let Some(parent) = outdir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if let Ok(dir) = File::open(parent) {
+                let _ = dir.sync_all();
+            }
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn sweep_stale(parent: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(prefix) else { continue };
+        let pid = rest.split('.').next().and_then(|p| p.parse::<i32>().ok());
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let alive = pid.is_some_and(|p| unsafe { libc::kill(p, 0) } == 0);
+        if !alive {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_of_sparse_file_equals_digest_of_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = File::create(&path).unwrap();
+        file.set_len(5 << 20).unwrap();
+        file.write_all_at(b"hello", 3 << 20).unwrap();
+        drop(file);
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(digest_file(&path).unwrap(), Digest::of(&bytes));
+    }
+
+    #[test]
+    fn outdir_that_diskc_did_not_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("precious"), b"x").unwrap();
+        assert!(matches!(check_outdir(dir.path()), Err(PipelineError::OutputExists(_))));
+        fs::write(dir.path().join(MANIFEST_FILE), b"{}").unwrap();
+        assert!(check_outdir(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn staging_is_removed_unless_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let staging = Staging::new(&out).unwrap();
+        let staged = staging.path.clone();
+        assert!(staged.is_dir());
+        drop(staging);
+        assert!(!staged.exists());
+        let staging = Staging::new(&out).unwrap();
+        fs::write(staging.path.join("x"), b"1").unwrap();
+        staging.commit(&out).unwrap();
+        assert!(out.join("x").is_file());
+    }
+}

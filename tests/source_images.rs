@@ -14,25 +14,16 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use common::images::{build_fixture, import_xattr_image, CAP_NET_BIND_SERVICE};
 use common::{ensure_base_images, run_ok, tempdir, DOCKER};
 use diskc::digest::Digest;
 use diskc::error::{Classify, ErrorClass};
 use diskc::layer::{flatten_layers, index_layer, LayerExpect, SpoolRef};
 use diskc::source::{open_local, read_image_stream, SourceRef, DEFAULT_PLATFORM};
 use diskc::tree::{Content, FsTree, NodeKind};
-
-/// Builds `fixtures/images/<name>` as `diskc-test/convert-<name>`.
-fn build_fixture(name: &str) -> String {
-    ensure_base_images(&["busybox"]);
-    let tag = format!("diskc-test/convert-{name}");
-    let dir = common::repo_root().join("fixtures/images").join(name);
-    run_ok(Command::new(DOCKER).env("DOCKER_BUILDKIT", "1").args(["build", "-q", "-t", &tag]).arg(dir));
-    tag
-}
 
 /// The image through `docker save`, streamed.
 fn via_save_stream(image: &str, spool: &Path) -> FsTree<SpoolRef> {
@@ -249,53 +240,10 @@ fn big_files_equal_docker_export_and_holes_cost_no_spool() {
     assert_eq!(random.data_block_count(), (40 << 20) / 4096);
 }
 
-/// The capability set of `cap_net_bind_service+ep` as the kernel stores it (VFS_CAP_REVISION_2).
-const CAP_NET_BIND_SERVICE: [u8; 20] = [0, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-
-/// A tar with PAX xattr records, as the xattr fixture: `docker import`ed, since `docker
-/// build` cannot set them.
-fn xattr_tar() -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut dir = tar::Header::new_ustar();
-    dir.set_entry_type(tar::EntryType::Directory);
-    dir.set_mode(0o755);
-    dir.set_mtime(1_700_000_000);
-    dir.set_size(0);
-    b.append_data(&mut dir, "x/", std::io::empty()).unwrap();
-    let file = |b: &mut tar::Builder<Vec<u8>>, name: &str, xattrs: &[(&str, &[u8])]| {
-        b.append_pax_extensions(xattrs.iter().map(|(k, v)| (*k, *v))).unwrap();
-        let mut h = tar::Header::new_ustar();
-        h.set_mode(0o755);
-        h.set_mtime(1_700_000_000);
-        h.set_size(5);
-        b.append_data(&mut h, name, &b"data\n"[..]).unwrap();
-    };
-    file(&mut b, "x/cap", &[("SCHILY.xattr.security.capability", &CAP_NET_BIND_SERVICE)]);
-    file(
-        &mut b,
-        "x/user",
-        &[("SCHILY.xattr.user.note", b"hello"), ("SCHILY.xattr.user.bin", &[0, 1, 2, 255])],
-    );
-    file(
-        &mut b,
-        "x/both",
-        &[("SCHILY.xattr.user.a", b"1"), ("SCHILY.xattr.security.capability", &CAP_NET_BIND_SERVICE)],
-    );
-    b.into_inner().unwrap()
-}
-
 #[test]
 fn xattrs_from_an_imported_tar() {
     ensure_base_images(&["busybox"]);
-    let image = "diskc-test/convert-xattrs:latest";
-    let mut child = Command::new(DOCKER)
-        .args(["import", "-", image])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&xattr_tar()).unwrap();
-    assert!(child.wait().unwrap().success());
+    let image = import_xattr_image();
     let dir = tempdir();
     let ours = via_save_stream(image, dir.path());
     let oracle = via_export(image, dir.path());

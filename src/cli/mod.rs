@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use diskc::error::{Classify, ErrorClass};
 
 pub mod build;
+pub mod convert;
 pub mod mkfs;
 
 const EXIT_CODES: &str = "\
@@ -42,6 +43,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Build a Dockerfile into an image with BuildKit, in the Docker daemon.
     Build(build::BuildArgs),
+    /// Convert any container image into rootfs.ext4 + manifest.json.
+    Convert(convert::ConvertArgs),
     /// Make an ext4 image from a directory, without root: a faster `mkfs.ext4 -d`.
     Mkfs(mkfs::MkfsArgs),
 }
@@ -50,8 +53,34 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Build(args) => build::run(args, &cli.global),
+        Command::Convert(args) => convert::run(args, &cli.global),
         Command::Mkfs(args) => mkfs::run(args, &cli.global),
     }
+}
+
+/// A filesystem size on the command line: `auto` (None) or bytes with K, M, G, T suffixes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SizeArg(pub Option<u64>);
+
+pub fn parse_size(s: &str) -> Result<SizeArg, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(SizeArg(None));
+    }
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("unknown size suffix {c:?}: use K, M, G or T")),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not `auto` or a size like 512M"))?;
+    n.checked_mul(1 << shift).map(|b| SizeArg(Some(b))).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 pub fn init_logging(verbose: u8) {
@@ -99,6 +128,7 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorClass> {
     }
     try_types!(
         diskc::error::UsageError,
+        diskc::pipeline::PipelineError,
         diskc::build::BuildError,
         diskc::ext4::Ext4Error,
         diskc::tree::host::HostError,

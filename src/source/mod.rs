@@ -13,12 +13,14 @@ use crate::layer::LayerError;
 
 pub mod daemon;
 pub mod local;
+pub mod open;
 pub mod reference;
 pub mod registry;
 pub mod spec;
 pub mod stream;
 
 pub use local::{open_local, LocalImage};
+pub use open::{open, ImageSource};
 pub use reference::{InvalidSource, RegistryRef, RegistryTag, SourceRef};
 pub use spec::{parse_config, ParsedConfig, DEFAULT_PLATFORM};
 pub use stream::{read_image_stream, StreamedImage};

@@ -2,6 +2,8 @@
 //! and the base images they build from. A missing part is a failure, never a skip.
 #![allow(dead_code)]
 
+pub mod images;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Once;

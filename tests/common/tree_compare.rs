@@ -17,7 +17,7 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 /// Everything compared about one path.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub kind: char,
     pub mode: u32,

@@ -1,0 +1,293 @@
+//! End to end: `diskc convert` on real images, the rootfs mounted by the kernel and
+//! compared with the oracle, `docker export` of a container made from the same image,
+//! unpacked by GNU tar. `e2fsck -fn` must find every image clean.
+//!
+//! What Docker adds to a container is left out (see `tests/source_images.rs` for the list);
+//! `docker export` records whole seconds, so mtimes are compared to the second here (the
+//! ext4 tests compare nanoseconds against host trees). `user.*` xattrs, which export drops,
+//! are checked against the layer tar that carried them.
+
+mod common;
+#[path = "common/tree_compare.rs"]
+mod tree_compare;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::images::{build_fixture, import_xattr_image, CAP_NET_BIND_SERVICE};
+use common::{assert_fsck_clean, diskc, ensure_base_images, run_ok, tempdir, DOCKER};
+use tree_compare::{scan, Entry, Mount, Options};
+
+/// Paths Docker adds to every container.
+const ADDED_BY_DOCKER: &[&str] = &[
+    ".dockerenv",
+    "etc/hostname",
+    "etc/hosts",
+    "etc/resolv.conf",
+    "etc/mtab",
+    "dev/console",
+    "dev/pts",
+    "dev/shm",
+];
+/// Directories Docker makes in a container when the image lacks them.
+const MOUNTPOINTS: &[&str] = &["dev", "etc", "proc", "sys"];
+/// Directories whose mtime the container's init layer changes.
+const TOUCHED_BY_DOCKER: &[&str] = &["", "etc", "dev"];
+
+fn convert(source: &str, outdir: &Path) -> Output {
+    diskc().args(["convert", source, "-o"]).arg(outdir).output().unwrap()
+}
+
+fn convert_ok(source: &str, outdir: &Path) -> serde_json::Value {
+    let out = run_ok(diskc().args(["--json", "convert", source, "-o"]).arg(outdir));
+    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
+}
+
+/// `docker export` of a container made from `image`, unpacked into `dir` as root keeps it.
+fn export_into(image: &str, dir: &Path) {
+    let out = run_ok(Command::new(DOCKER).args(["create", image, "/bin/true"]));
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let mut export = Command::new(DOCKER).args(["export", &id]).stdout(Stdio::piped()).spawn().unwrap();
+    let status = Command::new("tar")
+        .args(["-x", "-p", "--numeric-owner", "--same-owner", "--xattrs", "--xattrs-include=*", "-C"])
+        .arg(dir)
+        .stdin(export.stdout.take().unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success() && export.wait().unwrap().success(), "docker export | tar -x of {image}");
+    run_ok(Command::new(DOCKER).args(["rm", &id]));
+}
+
+fn without_docker_additions(
+    mut tree: BTreeMap<Vec<u8>, Entry>,
+    image: &BTreeMap<Vec<u8>, Entry>,
+) -> BTreeMap<Vec<u8>, Entry> {
+    for path in ADDED_BY_DOCKER {
+        tree.remove(path.as_bytes());
+    }
+    for path in MOUNTPOINTS {
+        if !image.contains_key(path.as_bytes()) {
+            tree.remove(path.as_bytes());
+        }
+    }
+    tree
+}
+
+fn comparable(mut tree: BTreeMap<Vec<u8>, Entry>) -> BTreeMap<Vec<u8>, Entry> {
+    for (path, entry) in tree.iter_mut() {
+        entry.mtime.1 = 0;
+        if TOUCHED_BY_DOCKER.contains(&String::from_utf8_lossy(path).as_ref()) {
+            entry.mtime = (0, 0);
+        }
+        // docker export drops user.* xattrs: compare the rest.
+        entry.xattrs.retain(|k, _| !k.starts_with(b"user."));
+    }
+    tree
+}
+
+/// Converts `image` from the daemon, checks the image with e2fsck, mounts it and compares
+/// it with `docker export`. Returns the mounted tree for further checks.
+fn assert_converts_like_export(image: &str) -> BTreeMap<Vec<u8>, Entry> {
+    let work = tempdir();
+    let out = work.path().join("out");
+    let json = convert_ok(&format!("docker-daemon:{image}"), &out);
+    assert_eq!(json["rootfs"]["file"], "rootfs.ext4");
+    let rootfs = out.join("rootfs.ext4");
+    assert_fsck_clean(&rootfs);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["rootfs"]["digest"], json["rootfs"]["digest"]);
+
+    let exported = work.path().join("export");
+    std::fs::create_dir(&exported).unwrap();
+    export_into(image, &exported);
+    let options = Options::default();
+    let mount = Mount::new(&rootfs);
+    let ours = scan(mount.path(), &options);
+    let oracle = without_docker_additions(scan(&exported, &options), &ours);
+    let (a, b) = (comparable(oracle), comparable(ours.clone()));
+    let mut diffs = Vec::new();
+    for (path, e) in &a {
+        match b.get(path) {
+            None => diffs.push(format!("missing: /{}", String::from_utf8_lossy(path))),
+            Some(o) if o != e => diffs
+                .push(format!("differs: /{}\n  export {e:?}\n  diskc  {o:?}", String::from_utf8_lossy(path))),
+            Some(_) => {}
+        }
+    }
+    for path in b.keys().filter(|p| !a.contains_key(*p)) {
+        diffs.push(format!("extra: /{}", String::from_utf8_lossy(path)));
+    }
+    assert!(
+        diffs.is_empty(),
+        "{image}: {} differences:\n{}",
+        diffs.len(),
+        diffs[..diffs.len().min(30)].join("\n")
+    );
+    ours
+}
+
+#[test]
+fn changeset_rules_image_equals_docker_export() {
+    let image = build_fixture("changes");
+    let tree = assert_converts_like_export(&image);
+    // Spot checks that the fixture really exercises what it claims to.
+    let kinds: Vec<char> = tree.values().map(|e| e.kind).collect();
+    for kind in ['f', 'd', 'l', 'c', 'b', 'p'] {
+        assert!(kinds.contains(&kind), "the changes image holds no entry of kind {kind}");
+    }
+    assert!(tree.values().any(|e| e.link_group.is_some()), "hard links");
+    assert!(tree.values().any(|e| e.mode & 0o4000 != 0), "setuid");
+    assert!(tree.values().any(|e| e.uid > 65535 || e.gid > 65535), "large ids");
+    assert!(tree.keys().any(|p| p.rsplit(|&b| b == b'/').next().unwrap().len() == 255), "255-byte name");
+    assert!(tree.keys().any(|p| std::str::from_utf8(p).is_err()), "non-UTF-8 name");
+}
+
+#[test]
+fn big_sparse_and_random_files_equal_docker_export() {
+    let image = build_fixture("bigfiles");
+    let tree = assert_converts_like_export(&image);
+    assert!(tree.values().any(|e| e.size >= 600 << 20), "the 600 MiB sparse file");
+}
+
+#[test]
+fn xattrs_reach_the_rootfs() {
+    let image = import_xattr_image();
+    let tree = assert_converts_like_export(image);
+    let x = |p: &str, k: &str| tree[p.as_bytes()].xattrs.get(k.as_bytes()).cloned();
+    assert_eq!(x("x/cap", "security.capability").as_deref(), Some(&CAP_NET_BIND_SERVICE[..]));
+    // user.* checked against the layer tar we made (docker export drops them).
+    assert_eq!(x("x/user", "user.note").as_deref(), Some(&b"hello"[..]));
+    assert_eq!(x("x/user", "user.bin").as_deref(), Some(&[0u8, 1, 2, 255][..]));
+    assert_eq!(x("x/both", "user.a").as_deref(), Some(&b"1"[..]));
+}
+
+#[test]
+fn debian_base_equals_docker_export() {
+    ensure_base_images(&["debian"]);
+    assert_converts_like_export(common::DEBIAN_IMAGE);
+}
+
+#[test]
+fn converting_twice_gives_identical_bytes() {
+    let image = build_fixture("changes");
+    let work = tempdir();
+    let source = format!("docker-daemon:{image}");
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    convert_ok(&source, &a);
+    convert_ok(&source, &b);
+    let bytes = |d: &PathBuf, f: &str| std::fs::read(d.join(f)).unwrap();
+    assert!(bytes(&a, "rootfs.ext4") == bytes(&b, "rootfs.ext4"), "rootfs.ext4 differs between runs");
+    assert_eq!(bytes(&a, "manifest.json"), bytes(&b, "manifest.json"));
+}
+
+/// A failed convert: nonzero documented exit code, one line on stderr naming the input, no
+/// OUTDIR and no staging directory left.
+fn assert_fails_cleanly(source: &str, code: i32, mentions: &str) {
+    let work = tempdir();
+    let out = work.path().join("out");
+    let result = convert(source, &out);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(code), "{source}: stderr {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{source}: one line expected, got {stderr}");
+    assert!(lines[0].starts_with("diskc: error: "), "{stderr}");
+    assert!(stderr.contains(mentions), "{source}: {stderr:?} should mention {mentions:?}");
+    let left: Vec<_> = std::fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "{source}: left behind {left:?}");
+}
+
+/// Saves `image` as a docker-archive and unpacks it, so a test can break one file of it.
+fn unpacked_archive(image: &str, dir: &Path) -> (PathBuf, Vec<String>) {
+    let tar = dir.join("image.tar");
+    run_ok(Command::new(DOCKER).args(["save", "-o"]).arg(&tar).arg(image));
+    let unpacked = dir.join("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    run_ok(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&unpacked));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(unpacked.join("manifest.json")).unwrap()).unwrap();
+    let layers =
+        manifest[0]["Layers"].as_array().unwrap().iter().map(|l| l.as_str().unwrap().to_string()).collect();
+    (unpacked, layers)
+}
+
+fn repack(unpacked: &Path, tar: &Path) {
+    run_ok(Command::new("tar").arg("-cf").arg(tar).arg("-C").arg(unpacked).arg("."));
+}
+
+#[test]
+fn bad_input_fails_with_one_clear_line_and_leaves_nothing() {
+    ensure_base_images(&["busybox"]);
+    let dir = tempdir();
+    let (unpacked, layers) = unpacked_archive(common::BUSYBOX_IMAGE, dir.path());
+    let layer = unpacked.join(&layers[0]);
+    let original = std::fs::read(&layer).unwrap();
+
+    // One flipped byte in the middle of the layer.
+    let mut flipped = original.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x40;
+    std::fs::write(&layer, &flipped).unwrap();
+    let archive = dir.path().join("flipped.tar");
+    repack(&unpacked, &archive);
+    assert_fails_cleanly(&format!("docker-archive:{}", archive.display()), 2, "sha256:");
+
+    // The layer cut short.
+    std::fs::write(&layer, &original[..original.len() / 3]).unwrap();
+    let archive = dir.path().join("truncated.tar");
+    repack(&unpacked, &archive);
+    assert_fails_cleanly(&format!("docker-archive:{}", archive.display()), 2, "truncated.tar");
+
+    // The manifest names a layer that is not there.
+    std::fs::remove_file(&layer).unwrap();
+    let archive = dir.path().join("missing.tar");
+    repack(&unpacked, &archive);
+    assert_fails_cleanly(&format!("docker-archive:{}", archive.display()), 2, "missing.tar");
+
+    // No such archive, no such image in the daemon.
+    assert_fails_cleanly("docker-archive:/nonexistent/image.tar", 2, "/nonexistent/image.tar");
+    assert_fails_cleanly("docker-daemon:diskc-test/no-such-image:latest", 2, "diskc-test/no-such-image");
+}
+
+#[test]
+fn a_layer_escaping_the_root_is_rejected() {
+    ensure_base_images(&["busybox"]);
+    let dir = tempdir();
+    let (unpacked, layers) = unpacked_archive(common::BUSYBOX_IMAGE, dir.path());
+    // A layer holding ../../etc/passwd; the config's diff_id is fixed up to match, so only
+    // the path itself is wrong.
+    let mut evil = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(5);
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    {
+        let name = b"../../etc/passwd";
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..name.len()].copy_from_slice(name);
+    }
+    h.set_cksum();
+    evil.append(&h, &b"evil\n"[..]).unwrap();
+    let bytes = evil.into_inner().unwrap();
+    let layer = unpacked.join(&layers[0]);
+    std::fs::write(&layer, &bytes).unwrap();
+    let manifest_path = unpacked.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let config_path = unpacked.join(manifest[0]["Config"].as_str().unwrap());
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    config["rootfs"]["diff_ids"][0] = diskc::digest::Digest::of(&bytes).to_string().into();
+    // The config is named by its digest: write it under its new name.
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    let config_name = format!("{}.json", diskc::digest::Digest::of(&config_bytes).hex());
+    std::fs::remove_file(&config_path).unwrap();
+    std::fs::write(unpacked.join(&config_name), &config_bytes).unwrap();
+    manifest[0]["Config"] = config_name.into();
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let archive = dir.path().join("escape.tar");
+    repack(&unpacked, &archive);
+    assert_fails_cleanly(&format!("docker-archive:{}", archive.display()), 2, "..");
+}
