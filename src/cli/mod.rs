@@ -136,6 +136,9 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorClass> {
         diskc::layer::LayerError,
         diskc::tree::flatten::FlattenError,
         diskc::source::InvalidSource,
+        diskc::source::daemon::DaemonError,
+        diskc::source::registry::RegistryError,
+        diskc::docker::DockerError,
     );
     if let Some(io) = cause.downcast_ref::<std::io::Error>() {
         return Some(ErrorClass::of_io(io));

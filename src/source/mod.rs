@@ -69,6 +69,10 @@ pub enum SourceError {
     NoImage { input: String, problem: String },
     #[error("{input}: {source}")]
     Layer { input: String, source: LayerError },
+    #[error(transparent)]
+    Daemon(#[from] daemon::DaemonError),
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
 }
 
 impl Classify for SourceError {
@@ -77,6 +81,8 @@ impl Classify for SourceError {
             SourceError::Invalid(e) => e.class(),
             SourceError::Io { source, .. } => ErrorClass::of_io(source),
             SourceError::Layer { source, .. } => source.class(),
+            SourceError::Daemon(e) => e.class(),
+            SourceError::Registry(e) => e.class(),
             SourceError::NotFound { .. }
             | SourceError::Corrupt { .. }
             | SourceError::MissingBlob { .. }

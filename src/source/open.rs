@@ -3,8 +3,13 @@
 
 use std::path::Path;
 
-use super::{open_local, LocalImage, ParsedConfig, ResolvedImage, SourceError, SourceRef};
-use crate::layer::LayerIndex;
+use super::daemon::{export_stream, resolve_daemon, DaemonImage};
+use super::registry::{Registry, RegistryOptions};
+use super::{
+    open_local, parse_config, read_image_stream, LayerDescriptor, LocalImage, ParsedConfig, ResolvedImage,
+    SourceError, SourceRef,
+};
+use crate::layer::{self, LayerExpect, LayerIndex, LayerJob};
 
 /// An image whose manifest and config are known and whose layers are not read yet.
 pub trait ImageSource: Send {
@@ -39,15 +44,141 @@ impl ImageSource for LocalImage {
     }
 }
 
+/// An image in the Docker daemon: inspected now, exported (`docker save`'s stream) and
+/// indexed as it arrives when its layers are asked for.
+struct DaemonSource {
+    image: DaemonImage,
+    resolved: ResolvedImage,
+    config: ParsedConfig,
+    platform: String,
+}
+
+impl DaemonSource {
+    fn open(name: &str, platform: &str) -> Result<Self, SourceError> {
+        let image = resolve_daemon(name)?;
+        // Inspect gives no manifest and no raw config; the stream brings both. Until then
+        // the layers are known by their diff_ids, and the image by its id (the config digest).
+        let resolved = ResolvedImage {
+            manifest_digest: None,
+            config_digest: image.id,
+            config_json: Vec::new(),
+            layers: image
+                .diff_ids
+                .iter()
+                .map(|&digest| LayerDescriptor { digest, media_type: String::new(), size: None })
+                .collect(),
+            platform: image.platform.clone(),
+        };
+        let config = ParsedConfig {
+            config: image.config.clone(),
+            diff_ids: image.diff_ids.clone(),
+            platform: image.platform.clone(),
+        };
+        Ok(DaemonSource { image, resolved, config, platform: platform.to_string() })
+    }
+}
+
+impl ImageSource for DaemonSource {
+    fn resolved(&self) -> &ResolvedImage {
+        &self.resolved
+    }
+
+    fn config(&self) -> &ParsedConfig {
+        &self.config
+    }
+
+    fn index_layers(
+        self: Box<Self>,
+        spool_dir: &Path,
+    ) -> Result<(ResolvedImage, Vec<LayerIndex>), SourceError> {
+        // Export by id: exactly the image inspected, even if the name moves meanwhile.
+        let stream = export_stream(&self.image.id.to_string())?;
+        let input = format!("docker-daemon:{}", self.image.name);
+        let streamed = read_image_stream(stream, &input, None, &self.platform, spool_dir)?;
+        if streamed.resolved.config_digest != self.image.id {
+            return Err(SourceError::Corrupt {
+                input,
+                problem: format!(
+                    "the daemon exported config {} for image {}",
+                    streamed.resolved.config_digest, self.image.id
+                ),
+            });
+        }
+        Ok((streamed.resolved, streamed.layers))
+    }
+}
+
+/// An image in a registry: manifest and config fetched now, blobs streamed in parallel.
+struct RegistrySource {
+    registry: Registry,
+    resolved: ResolvedImage,
+    config: ParsedConfig,
+    input: String,
+}
+
+impl RegistrySource {
+    fn open(reference: &super::RegistryRef, platform: &str) -> Result<Self, SourceError> {
+        let input = format!("docker://{reference}");
+        let registry = Registry::new(reference.clone(), &RegistryOptions::default())?;
+        let resolved = registry.resolve(platform)?;
+        let config = parse_config(&resolved.config_json)
+            .map_err(|problem| SourceError::Corrupt { input: input.clone(), problem })?;
+        if config.diff_ids.len() != resolved.layers.len() {
+            return Err(SourceError::Corrupt {
+                input,
+                problem: format!(
+                    "the manifest lists {} layers but the config {} diff_ids",
+                    resolved.layers.len(),
+                    config.diff_ids.len()
+                ),
+            });
+        }
+        Ok(RegistrySource { registry, resolved, config, input })
+    }
+}
+
+impl ImageSource for RegistrySource {
+    fn resolved(&self) -> &ResolvedImage {
+        &self.resolved
+    }
+
+    fn config(&self) -> &ParsedConfig {
+        &self.config
+    }
+
+    fn index_layers(
+        self: Box<Self>,
+        spool_dir: &Path,
+    ) -> Result<(ResolvedImage, Vec<LayerIndex>), SourceError> {
+        let layers = &self.resolved.layers;
+        let jobs: Vec<LayerJob> = layers
+            .iter()
+            .zip(&self.config.diff_ids)
+            .map(|(desc, &diff_id)| LayerJob {
+                expect: LayerExpect {
+                    digest: Some(desc.digest),
+                    diff_id: Some(diff_id),
+                    media_type: desc.media_type.clone(),
+                },
+                size: desc.size,
+            })
+            .collect();
+        let open = |i: usize| -> std::io::Result<Box<dyn std::io::Read + Send>> {
+            Ok(Box::new(self.registry.open_blob(&layers[i])?))
+        };
+        let indexed = layer::index_layers(&jobs, open, spool_dir)
+            .map_err(|source| SourceError::Layer { input: self.input.clone(), source })?;
+        Ok((self.resolved, indexed))
+    }
+}
+
 /// Opens `source`; `platform` picks among a multi-platform index.
 pub fn open(source: &SourceRef, platform: &str) -> Result<Box<dyn ImageSource>, SourceError> {
-    match source {
+    Ok(match source {
         SourceRef::Oci { .. } | SourceRef::OciArchive { .. } | SourceRef::DockerArchive { .. } => {
-            Ok(Box::new(open_local(source, platform)?))
+            Box::new(open_local(source, platform)?)
         }
-        other => Err(SourceError::Invalid(super::InvalidSource {
-            input: format!("{other:?}"),
-            reason: "this transport is not supported yet".into(),
-        })),
-    }
+        SourceRef::DockerDaemon { name } => Box::new(DaemonSource::open(name, platform)?),
+        SourceRef::Registry(reference) => Box::new(RegistrySource::open(reference, platform)?),
+    })
 }
