@@ -1,1 +1,1 @@
-fn main() {}
+fn main() { println!("hi {:?}", std::env::args().collect::<Vec<_>>()); }
