@@ -34,7 +34,9 @@ pub fn base_cmdline() -> String {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CmdlineError {
-    #[error("the kernel command line is {len} bytes, more than the kernel's limit of {max}: shorten the command")]
+    #[error(
+        "the kernel command line is {len} bytes, more than the kernel's limit of {max}: shorten the command"
+    )]
     TooLong { len: usize, max: usize },
     #[error("command argument {0} contains a NUL byte, which no argv can carry")]
     NulInArgument(usize),
@@ -154,7 +156,10 @@ mod tests {
     fn rejects_what_cannot_travel() {
         assert_eq!(encode_argv(&[b"a\0b".to_vec()]), Err(CmdlineError::NulInArgument(0)));
         let long = vec![vec![b'x'; COMMAND_LINE_SIZE]];
-        assert!(matches!(boot_cmdline("console=ttyS0", false, Some(&long)), Err(CmdlineError::TooLong { .. })));
+        assert!(matches!(
+            boot_cmdline("console=ttyS0", false, Some(&long)),
+            Err(CmdlineError::TooLong { .. })
+        ));
         assert_eq!(decode_argv("YQ"), Err(CmdlineError::BadEncoding), "'a' without its NUL");
         assert_eq!(decode_argv("!!"), Err(CmdlineError::BadEncoding));
     }

@@ -44,11 +44,14 @@ impl Entry {
 /// Writes `entries` and the trailer. Owners are root; `c_check` is 0 as newc requires.
 pub fn write_newc<W: Write>(out: &mut W, entries: &[Entry]) -> io::Result<()> {
     let mut offset = 0usize;
-    let trailer = Entry { name: TRAILER.to_string(), ino: 0, mode: 0, mtime: 0, rdev: (0, 0), data: Vec::new() };
+    let trailer =
+        Entry { name: TRAILER.to_string(), ino: 0, mode: 0, mtime: 0, rdev: (0, 0), data: Vec::new() };
     for e in entries.iter().chain(std::iter::once(&trailer)) {
-        let size = u32::try_from(e.data.len()).map_err(|_| io::Error::other(format!("{} is over 4 GiB", e.name)))?;
+        let size =
+            u32::try_from(e.data.len()).map_err(|_| io::Error::other(format!("{} is over 4 GiB", e.name)))?;
         let nlink = if e.name == TRAILER { 1 } else { e.nlink() };
-        let fields = [e.ino, e.mode, 0, 0, nlink, e.mtime, size, 0, 0, e.rdev.0, e.rdev.1, e.name.len() as u32 + 1, 0];
+        let fields =
+            [e.ino, e.mode, 0, 0, nlink, e.mtime, size, 0, 0, e.rdev.0, e.rdev.1, e.name.len() as u32 + 1, 0];
         let mut header = Vec::with_capacity(HEADER_LEN + e.name.len() + 4);
         header.extend_from_slice(MAGIC);
         for f in fields {
@@ -84,20 +87,29 @@ pub fn read_newc(bytes: &[u8]) -> Result<Vec<Entry>, String> {
         }
         let start = at;
         let field = |i: usize| -> Result<u32, String> {
-            let hex = std::str::from_utf8(&header[6 + i * 8..14 + i * 8]).map_err(|_| format!("bad field at {start}"))?;
+            let hex = std::str::from_utf8(&header[6 + i * 8..14 + i * 8])
+                .map_err(|_| format!("bad field at {start}"))?;
             u32::from_str_radix(hex, 16).map_err(|_| format!("bad field {hex:?} at {start}"))
         };
         let (size, namesize) = (field(6)? as usize, field(11)? as usize);
         let name_start = at + HEADER_LEN;
         let name_bytes = bytes.get(name_start..name_start + namesize).ok_or("truncated name")?;
-        let name = String::from_utf8(name_bytes[..namesize.saturating_sub(1)].to_vec()).map_err(|_| "name not utf-8")?;
+        let name = String::from_utf8(name_bytes[..namesize.saturating_sub(1)].to_vec())
+            .map_err(|_| "name not utf-8")?;
         let data_start = name_start + namesize + pad4(name_start + namesize);
         let data = bytes.get(data_start..data_start + size).ok_or("truncated data")?.to_vec();
         at = data_start + size + pad4(data_start + size);
         if name == TRAILER {
             return Ok(entries);
         }
-        entries.push(Entry { name, ino: field(0)?, mode: field(1)?, mtime: field(5)?, rdev: (field(9)?, field(10)?), data });
+        entries.push(Entry {
+            name,
+            ino: field(0)?,
+            mode: field(1)?,
+            mtime: field(5)?,
+            rdev: (field(9)?, field(10)?),
+            data,
+        });
     }
 }
 
@@ -108,9 +120,30 @@ mod tests {
     fn sample() -> Vec<Entry> {
         vec![
             Entry { name: "dev".into(), ino: 1, mode: S_IFDIR | 0o755, mtime: 0, rdev: (0, 0), data: vec![] },
-            Entry { name: "dev/console".into(), ino: 2, mode: S_IFCHR | 0o600, mtime: 0, rdev: (5, 1), data: vec![] },
-            Entry { name: "init".into(), ino: 3, mode: S_IFREG | 0o755, mtime: 7, rdev: (0, 0), data: b"abcde".to_vec() },
-            Entry { name: "x".into(), ino: 4, mode: S_IFREG | 0o644, mtime: 0, rdev: (0, 0), data: vec![9; 4] },
+            Entry {
+                name: "dev/console".into(),
+                ino: 2,
+                mode: S_IFCHR | 0o600,
+                mtime: 0,
+                rdev: (5, 1),
+                data: vec![],
+            },
+            Entry {
+                name: "init".into(),
+                ino: 3,
+                mode: S_IFREG | 0o755,
+                mtime: 7,
+                rdev: (0, 0),
+                data: b"abcde".to_vec(),
+            },
+            Entry {
+                name: "x".into(),
+                ino: 4,
+                mode: S_IFREG | 0o644,
+                mtime: 0,
+                rdev: (0, 0),
+                data: vec![9; 4],
+            },
         ]
     }
 

@@ -30,16 +30,25 @@ const CONSOLE_DEV: (u32, u32) = (5, 1);
 /// The initrd's entries, sorted by name, parents first.
 pub fn plan(init: &[u8], config: &ImageConfig, kernel: &KernelSource) -> Result<Vec<Entry>, BootError> {
     let read_modules_file = |rel: &str| {
-        kernel.modules.read(rel).map_err(|e| BootError::Modules(kernel.modules.describe(), format!("cannot read {rel}: {e}")))
+        kernel
+            .modules
+            .read(rel)
+            .map_err(|e| BootError::Modules(kernel.modules.describe(), format!("cannot read {rel}: {e}")))
     };
     let dep_text = String::from_utf8(read_modules_file("modules.dep")?)
         .map_err(|_| BootError::Modules(kernel.modules.describe(), "modules.dep is not UTF-8".into()))?;
-    let dep = ModulesDep::parse(&dep_text).map_err(|e| BootError::Modules(kernel.modules.describe(), format!("modules.dep: {e}")))?;
+    let dep = ModulesDep::parse(&dep_text)
+        .map_err(|e| BootError::Modules(kernel.modules.describe(), format!("modules.dep: {e}")))?;
     // A kernel without modules.builtin has nothing built in that we could rely on.
     let builtin = match kernel.modules.read("modules.builtin") {
         Ok(bytes) => modules::parse_builtin(&String::from_utf8_lossy(&bytes)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Default::default(),
-        Err(e) => return Err(BootError::Modules(kernel.modules.describe(), format!("cannot read modules.builtin: {e}"))),
+        Err(e) => {
+            return Err(BootError::Modules(
+                kernel.modules.describe(),
+                format!("cannot read modules.builtin: {e}"),
+            ))
+        }
     };
     let order = modules::resolve(&dep, &builtin, modules::WANTED)
         .map_err(|e| BootError::Modules(kernel.modules.describe(), e.to_string()))?;
@@ -47,7 +56,8 @@ pub fn plan(init: &[u8], config: &ImageConfig, kernel: &KernelSource) -> Result<
     let mut files: Vec<(String, u32, Vec<u8>)> = Vec::new();
     let mut load_list = String::new();
     for rel in &order {
-        let bytes = uncompressed_module(rel, read_modules_file(rel)?).map_err(|e| BootError::Modules(kernel.modules.describe(), e))?;
+        let bytes = uncompressed_module(rel, read_modules_file(rel)?)
+            .map_err(|e| BootError::Modules(kernel.modules.describe(), e))?;
         let plain = rel.split_once(".ko").map_or(rel.clone(), |(stem, _)| format!("{stem}.ko"));
         let path = format!("lib/modules/{}/{plain}", kernel.version);
         load_list.push_str(&format!("/{path}\n"));
@@ -64,7 +74,9 @@ pub fn plan(init: &[u8], config: &ImageConfig, kernel: &KernelSource) -> Result<
     // Every parent directory, once.
     let mut dirs: Vec<String> = files
         .iter()
-        .flat_map(|(path, _, _)| path.match_indices('/').map(|(i, _)| path[..i].to_string()).collect::<Vec<_>>())
+        .flat_map(|(path, _, _)| {
+            path.match_indices('/').map(|(i, _)| path[..i].to_string()).collect::<Vec<_>>()
+        })
         .collect();
     dirs.sort();
     dirs.dedup();
@@ -126,7 +138,8 @@ mod tests {
 
     fn kernel() -> KernelSource<'static> {
         let mut m = BTreeMap::new();
-        m.insert("modules.dep", b"kernel/virtio.ko:\nkernel/virtio_blk.ko: kernel/virtio.ko\n".to_vec());
+        m.insert("modules.dep", b"kernel/virtio.ko:\nkernel/virtio_pci.ko: kernel/virtio.ko\nkernel/virtio_blk.ko: kernel/virtio.ko\n".to_vec());
+        m.insert("kernel/virtio_pci.ko", b"PCI".to_vec());
         m.insert("modules.builtin", b"kernel/ext4.ko\n".to_vec());
         m.insert("kernel/virtio.ko", b"VIRTIO".to_vec());
         m.insert("kernel/virtio_blk.ko", b"BLK".to_vec());
@@ -141,16 +154,24 @@ mod tests {
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted);
-        for want in ["dev/console", "init", "diskc/config.json", "lib/modules/6.1.0-test/kernel/virtio_blk.ko", "newroot"] {
+        for want in [
+            "dev/console",
+            "init",
+            "diskc/config.json",
+            "lib/modules/6.1.0-test/kernel/virtio_blk.ko",
+            "newroot",
+        ] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
         }
         let list = entries.iter().find(|e| e.name == "diskc/modules.load").unwrap();
         assert_eq!(
             String::from_utf8_lossy(&list.data),
-            "/lib/modules/6.1.0-test/kernel/virtio.ko\n/lib/modules/6.1.0-test/kernel/virtio_blk.ko\n"
+            "/lib/modules/6.1.0-test/kernel/virtio.ko\n/lib/modules/6.1.0-test/kernel/virtio_pci.ko\n\
+             /lib/modules/6.1.0-test/kernel/virtio_blk.ko\n"
         );
         let config_back: ImageConfig =
-            serde_json::from_slice(&entries.iter().find(|e| e.name == "diskc/config.json").unwrap().data).unwrap();
+            serde_json::from_slice(&entries.iter().find(|e| e.name == "diskc/config.json").unwrap().data)
+                .unwrap();
         assert_eq!(config_back, config);
     }
 
@@ -175,7 +196,8 @@ mod tests {
     #[test]
     fn a_missing_disk_driver_is_an_error() {
         let mut k = kernel();
-        k.modules = Box::new(FakeModules(BTreeMap::from([("modules.dep", b"kernel/other.ko:\n".to_vec())])));
+        k.modules =
+            Box::new(FakeModules(BTreeMap::from([("modules.dep", b"kernel/virtio_pci.ko:\n".to_vec())])));
         let err = plan(b"INIT", &ImageConfig::default(), &k).unwrap_err();
         assert!(err.to_string().contains("virtio_blk"), "{err}");
     }

@@ -84,7 +84,12 @@ impl KernelSource<'static> {
         let version = modules
             .file_name()
             .and_then(|n| n.to_str())
-            .ok_or_else(|| BootError::BadKernel(modules.display().to_string(), "the modules directory has no name".into()))?
+            .ok_or_else(|| {
+                BootError::BadKernel(
+                    modules.display().to_string(),
+                    "the modules directory has no name".into(),
+                )
+            })?
             .to_string();
         check_version(&kernel.display().to_string(), &image, &version)?;
         Ok(KernelSource { image, version, modules: Box::new(HostModules { dir: modules.to_path_buf() }) })
@@ -114,7 +119,8 @@ impl<'a> KernelSource<'a> {
                 .find(|d| tree.lookup(d.as_bytes()).is_some_and(|id| tree.get(id).is_dir()));
             let Some(dir) = dir else { continue };
             let path = format!("boot/vmlinuz-{version}");
-            let image = read_tree_file(tree, &path).map_err(|e| BootError::Read(PathBuf::from(format!("/{path}")), e))?;
+            let image = read_tree_file(tree, &path)
+                .map_err(|e| BootError::Read(PathBuf::from(format!("/{path}")), e))?;
             check_version(&format!("/{path} in the image"), &image, &version)?;
             return Ok(Some(KernelSource { image, version, modules: Box::new(TreeModules { tree, dir }) }));
         }
@@ -135,7 +141,9 @@ pub fn bzimage_version(image: &[u8]) -> Option<String> {
     if image.get(HDR_MAGIC_OFFSET..HDR_MAGIC_OFFSET + 4)? != HDR_MAGIC {
         return None;
     }
-    let ptr = u16::from_le_bytes(image.get(HDR_KERNEL_VERSION_OFFSET..HDR_KERNEL_VERSION_OFFSET + 2)?.try_into().ok()?);
+    let ptr = u16::from_le_bytes(
+        image.get(HDR_KERNEL_VERSION_OFFSET..HDR_KERNEL_VERSION_OFFSET + 2)?.try_into().ok()?,
+    );
     if ptr == 0 {
         return None;
     }
@@ -147,7 +155,9 @@ pub fn bzimage_version(image: &[u8]) -> Option<String> {
 
 fn check_version(what: &str, image: &[u8], version: &str) -> Result<(), BootError> {
     match bzimage_version(image) {
-        None => Err(BootError::BadKernel(what.to_string(), "not an x86 bzImage (no HdrS setup header)".into())),
+        None => {
+            Err(BootError::BadKernel(what.to_string(), "not an x86 bzImage (no HdrS setup header)".into()))
+        }
         Some(v) if v != version => Err(BootError::BadKernel(
             what.to_string(),
             format!("the kernel is version {v} but the modules are for {version}"),
@@ -198,7 +208,10 @@ mod tests {
 
     #[test]
     fn reads_the_version_from_the_setup_header() {
-        assert_eq!(bzimage_version(&bzimage("6.1.0-27-cloud-amd64")).as_deref(), Some("6.1.0-27-cloud-amd64"));
+        assert_eq!(
+            bzimage_version(&bzimage("6.1.0-27-cloud-amd64")).as_deref(),
+            Some("6.1.0-27-cloud-amd64")
+        );
         assert_eq!(bzimage_version(&[0u8; 0x400]), None);
         assert!(check_version("k", &bzimage("6.1.0-1"), "6.1.0-2").is_err());
     }

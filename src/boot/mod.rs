@@ -17,6 +17,8 @@ use crate::digest::Digest;
 use crate::error::{Classify, ErrorClass};
 use crate::manifest::{BootFile, BootManifest, ImageConfig};
 
+use serde::Deserialize;
+
 pub mod cmdline;
 pub mod cpio;
 pub mod initrd;
@@ -53,8 +55,13 @@ pub enum BootError {
     QemuMissing(String),
     #[error("qemu failed: {0}")]
     Qemu(String),
-    #[error("the guest stopped without reporting an exit status (no `{}N` line on its console)", qemu::EXIT_STATUS_PREFIX)]
+    #[error(
+        "the guest stopped without reporting an exit status (no `{}N` line on its console)",
+        qemu::EXIT_STATUS_PREFIX
+    )]
     NoExitStatus,
+    #[error("{0}: {1}")]
+    BadOutdir(PathBuf, String),
     #[error("the guest did not finish within {0} s and was killed")]
     Timeout(u64),
 }
@@ -63,7 +70,9 @@ impl Classify for BootError {
     fn class(&self) -> ErrorClass {
         match self {
             BootError::Read(_, e) => ErrorClass::of_io(e),
-            BootError::BadKernel(..) | BootError::Modules(..) => ErrorClass::BadInput,
+            BootError::BadKernel(..) | BootError::Modules(..) | BootError::BadOutdir(..) => {
+                ErrorClass::BadInput
+            }
             BootError::Cmdline(_) => ErrorClass::Usage,
             BootError::Write(..)
             | BootError::InitMissing(_)
@@ -82,16 +91,24 @@ pub fn locate_init() -> Result<PathBuf, BootError> {
     if let Some(path) = std::env::var_os(INIT_ENV) {
         return Ok(PathBuf::from(path));
     }
-    let exe = std::env::current_exe().map_err(|e| BootError::InitMissing(format!("the running executable: {e}")))?;
-    let candidates: Vec<PathBuf> = exe.ancestors().skip(1).take(2).map(|dir| dir.join("diskc-init")).collect();
+    let exe = std::env::current_exe()
+        .map_err(|e| BootError::InitMissing(format!("the running executable: {e}")))?;
+    let candidates: Vec<PathBuf> =
+        exe.ancestors().skip(1).take(2).map(|dir| dir.join("diskc-init")).collect();
     candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
-        BootError::InitMissing(candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))
+        BootError::InitMissing(
+            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+        )
     })
 }
 
 /// Writes `OUTDIR/vmlinuz` and `OUTDIR/initrd.img` for an image with `config`, booting
 /// `kernel`, and returns the boot manifest describing them.
-pub fn prepare(outdir: &Path, kernel: &KernelSource, config: &ImageConfig) -> Result<BootManifest, BootError> {
+pub fn prepare(
+    outdir: &Path,
+    kernel: &KernelSource,
+    config: &ImageConfig,
+) -> Result<BootManifest, BootError> {
     let init_path = locate_init()?;
     let init = std::fs::read(&init_path).map_err(|e| BootError::Read(init_path.clone(), e))?;
     let entries = initrd::plan(&init, config, kernel)?;
@@ -112,4 +129,49 @@ fn write_boot_file(outdir: &Path, name: &str, bytes: &[u8]) -> Result<BootFile, 
     let path = outdir.join(name);
     std::fs::write(&path, bytes).map_err(|e| BootError::Write(path, e))?;
     Ok(BootFile { file: name.to_string(), digest: Digest::of(bytes), size: bytes.len() as u64 })
+}
+
+/// The parts of `OUTDIR/manifest.json` a boot needs; the rest is not read, so a manifest
+/// from any stage that wrote the rootfs and the boot part works.
+#[derive(Deserialize)]
+struct OutdirManifest {
+    rootfs: OutdirRootfs,
+    boot: Option<BootManifest>,
+}
+
+#[derive(Deserialize)]
+struct OutdirRootfs {
+    file: String,
+}
+
+impl BootSpec {
+    /// The boot files of an output directory, as its `manifest.json` names them.
+    pub fn from_outdir(outdir: &Path) -> Result<BootSpec, BootError> {
+        let path = outdir.join("manifest.json");
+        let bytes = std::fs::read(&path).map_err(|e| BootError::Read(path.clone(), e))?;
+        let manifest: OutdirManifest =
+            serde_json::from_slice(&bytes).map_err(|e| BootError::BadOutdir(path.clone(), e.to_string()))?;
+        let boot = manifest.boot.ok_or_else(|| {
+            BootError::BadOutdir(
+                path.clone(),
+                "no boot part: build the image with a kernel (--kernel/--modules)".into(),
+            )
+        })?;
+        let inside = |name: &str| -> Result<PathBuf, BootError> {
+            // The manifest names files inside OUTDIR; anything else is not ours to open.
+            if name.is_empty() || name.contains('/') || name == ".." {
+                return Err(BootError::BadOutdir(
+                    path.clone(),
+                    format!("file name {name:?} is not a plain name"),
+                ));
+            }
+            Ok(outdir.join(name))
+        };
+        Ok(BootSpec {
+            kernel: inside(&boot.kernel.file)?,
+            initrd: inside(&boot.initrd.file)?,
+            rootfs: inside(&manifest.rootfs.file)?,
+            cmdline: boot.cmdline,
+        })
+    }
 }

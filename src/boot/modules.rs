@@ -15,12 +15,10 @@ pub struct Wanted {
     pub required: bool,
 }
 
-/// What the initrd loads: the virtio transports of both machine types diskc may boot
-/// (virtio-mmio for microvm, virtio-pci for q35/pc), the disk, the root filesystem and the
-/// checksum its metadata uses.
+/// What the initrd loads: the virtio transport of the machine diskc boots (PCI), the disk,
+/// the root filesystem and the checksum its metadata uses (`metadata_csum`).
 pub const WANTED: &[Wanted] = &[
-    Wanted { name: "virtio_mmio", required: false },
-    Wanted { name: "virtio_pci", required: false },
+    Wanted { name: "virtio_pci", required: true },
     Wanted { name: "virtio_blk", required: true },
     Wanted { name: "crc32c_generic", required: false },
     Wanted { name: "ext4", required: true },
@@ -68,7 +66,11 @@ pub struct MissingModule(pub String);
 
 /// The module paths to load, in load order: each wanted module after its dependencies,
 /// every path once. Built-in modules need nothing.
-pub fn resolve(dep: &ModulesDep, builtin: &BTreeSet<String>, wanted: &[Wanted]) -> Result<Vec<String>, MissingModule> {
+pub fn resolve(
+    dep: &ModulesDep,
+    builtin: &BTreeSet<String>,
+    wanted: &[Wanted],
+) -> Result<Vec<String>, MissingModule> {
     let mut order: Vec<String> = Vec::new();
     for w in wanted {
         if builtin.contains(w.name) {
@@ -110,7 +112,14 @@ kernel/crypto/crc32c-intel.ko.xz:\n";
         let names: Vec<String> = order.iter().map(|p| module_name(p)).collect();
         assert_eq!(
             names,
-            ["virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_blk"]
+            [
+                "virtio_ring",
+                "virtio",
+                "virtio_pci_modern_dev",
+                "virtio_pci_legacy_dev",
+                "virtio_pci",
+                "virtio_blk"
+            ]
         );
     }
 
@@ -118,6 +127,8 @@ kernel/crypto/crc32c-intel.ko.xz:\n";
     fn a_required_module_must_exist() {
         let dep = ModulesDep::parse(DEP).unwrap();
         assert_eq!(resolve(&dep, &BTreeSet::new(), WANTED), Err(MissingModule("ext4".into())));
+        let no_pci = ModulesDep::parse("kernel/drivers/block/virtio_blk.ko:\n").unwrap();
+        assert_eq!(resolve(&no_pci, &BTreeSet::new(), WANTED), Err(MissingModule("virtio_pci".into())));
         assert!(ModulesDep::parse("no colon here\n").is_err());
     }
 

@@ -77,7 +77,11 @@ pub fn parse_group(text: &str) -> Vec<GroupEntry> {
 /// a name must exist in passwd; a number need not (then gid 0 and HOME `/`); the group
 /// part, by name or number, overrides the passwd gid; supplementary groups are the groups
 /// that list the user's name as a member.
-pub fn resolve_user(spec: &str, passwd: &[PasswdEntry], groups: &[GroupEntry]) -> Result<Identity, UserError> {
+pub fn resolve_user(
+    spec: &str,
+    passwd: &[PasswdEntry],
+    groups: &[GroupEntry],
+) -> Result<Identity, UserError> {
     let (user_part, group_part) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -86,7 +90,10 @@ pub fn resolve_user(spec: &str, passwd: &[PasswdEntry], groups: &[GroupEntry]) -
     let entry = match user_part.parse::<u32>() {
         Ok(uid) => passwd.iter().find(|p| p.uid == uid),
         Err(_) => Some(
-            passwd.iter().find(|p| p.name == user_part).ok_or_else(|| UserError::NoSuchUser(user_part.to_string()))?,
+            passwd
+                .iter()
+                .find(|p| p.name == user_part)
+                .ok_or_else(|| UserError::NoSuchUser(user_part.to_string()))?,
         ),
     };
     let uid = entry.map_or_else(|| user_part.parse().unwrap_or(0), |e| e.uid);
@@ -94,7 +101,9 @@ pub fn resolve_user(spec: &str, passwd: &[PasswdEntry], groups: &[GroupEntry]) -
     if let Some(g) = group_part.filter(|g| !g.is_empty()) {
         gid = match g.parse::<u32>() {
             Ok(n) => n,
-            Err(_) => groups.iter().find(|e| e.name == g).ok_or_else(|| UserError::NoSuchGroup(g.to_string()))?.gid,
+            Err(_) => {
+                groups.iter().find(|e| e.name == g).ok_or_else(|| UserError::NoSuchGroup(g.to_string()))?.gid
+            }
         };
     }
     let mut supplementary: Vec<u32> = match entry {
@@ -133,11 +142,20 @@ mod tests {
     #[test]
     fn resolves_names_numbers_and_groups() {
         assert_eq!(resolve("").unwrap(), Identity { uid: 0, gid: 0, groups: vec![], home: "/root".into() });
-        assert_eq!(resolve("app").unwrap(), Identity { uid: 1000, gid: 1000, groups: vec![10, 29], home: "/home/app".into() });
+        assert_eq!(
+            resolve("app").unwrap(),
+            Identity { uid: 1000, gid: 1000, groups: vec![10, 29], home: "/home/app".into() }
+        );
         assert_eq!(resolve("1000:wheel").unwrap().gid, 10);
-        assert_eq!(resolve("svc:5").unwrap(), Identity { uid: 999, gid: 5, groups: vec![10], home: "/srv".into() });
+        assert_eq!(
+            resolve("svc:5").unwrap(),
+            Identity { uid: 999, gid: 5, groups: vec![10], home: "/srv".into() }
+        );
         // A uid without a passwd entry is fine: no groups, HOME is /.
-        assert_eq!(resolve("4242").unwrap(), Identity { uid: 4242, gid: 0, groups: vec![], home: "/".into() });
+        assert_eq!(
+            resolve("4242").unwrap(),
+            Identity { uid: 4242, gid: 0, groups: vec![], home: "/".into() }
+        );
         assert_eq!(resolve("4242:4343").unwrap().gid, 4343);
     }
 

@@ -5,6 +5,8 @@ use clap::{Args, Parser, Subcommand};
 
 use diskc::error::{Classify, ErrorClass};
 
+mod boot;
+
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
@@ -36,11 +38,16 @@ pub struct GlobalArgs {
 }
 
 #[derive(Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Boot a built image under QEMU; exits with the guest program's exit status.
+    Boot(boot::BootArgs),
+}
 
 /// Runs a parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
-    match cli.command {}
+    match cli.command {
+        Command::Boot(args) => boot::run(args),
+    }
 }
 
 pub fn init_logging(verbose: u8) {
@@ -86,7 +93,7 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorClass> {
             }
         )*};
     }
-    try_types!(diskc::error::UsageError);
+    try_types!(diskc::error::UsageError, diskc::boot::BootError);
     if let Some(io) = cause.downcast_ref::<std::io::Error>() {
         return Some(ErrorClass::of_io(io));
     }
