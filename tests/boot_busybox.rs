@@ -108,3 +108,12 @@ fn timeout_kills_a_hung_guest() {
     assert_exit(&out, 3);
     assert!(String::from_utf8_lossy(&out.stderr).contains("did not finish within 1 s"));
 }
+
+#[test]
+fn sigterm_to_init_reaches_the_program() {
+    // PID 1 forwards SIGTERM to the program, whose trap decides the exit status.
+    let script = "trap 'echo got TERM; exit 42' TERM; kill -TERM 1; sleep 30 & wait";
+    let out = base_image().boot(&["--", "sh", "-c", script]);
+    assert_exit(&out, 42);
+    assert_eq!(program_lines(&out), ["got TERM"], "{}", console(&out));
+}

@@ -175,3 +175,37 @@ impl BootSpec {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outdir_with(manifest: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("manifest.json"), manifest).unwrap();
+        dir
+    }
+
+    const BOOT: &str = r#"{"kernel": {"file": "vmlinuz", "digest": "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "size": 0},
+        "kernel_version": "6.1.0", "cmdline": "console=ttyS0",
+        "initrd": {"file": "initrd.img", "digest": "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "size": 0}}"#;
+
+    #[test]
+    fn outdir_manifest_names_the_boot_files() {
+        let dir = outdir_with(&format!(r#"{{"rootfs": {{"file": "rootfs.ext4"}}, "boot": {BOOT}}}"#));
+        let spec = BootSpec::from_outdir(dir.path()).unwrap();
+        assert_eq!(spec.rootfs, dir.path().join("rootfs.ext4"));
+        assert_eq!(spec.kernel, dir.path().join("vmlinuz"));
+        assert_eq!(spec.cmdline, "console=ttyS0");
+    }
+
+    #[test]
+    fn outdir_without_boot_part_or_with_foreign_paths_is_bad_input() {
+        let no_boot = outdir_with(r#"{"rootfs": {"file": "rootfs.ext4"}}"#);
+        let err = BootSpec::from_outdir(no_boot.path()).unwrap_err();
+        assert!(err.to_string().contains("no boot part"), "{err}");
+        assert_eq!(err.class(), ErrorClass::BadInput);
+        let escape = outdir_with(&format!(r#"{{"rootfs": {{"file": "../../etc/shadow"}}, "boot": {BOOT}}}"#));
+        assert_eq!(BootSpec::from_outdir(escape.path()).unwrap_err().class(), ErrorClass::BadInput);
+    }
+}

@@ -107,7 +107,7 @@ pub fn resolve_user(
         };
     }
     let mut supplementary: Vec<u32> = match entry {
-        Some(e) => groups.iter().filter(|g| g.members.iter().any(|m| *m == e.name)).map(|g| g.gid).collect(),
+        Some(e) => groups.iter().filter(|g| g.members.contains(&e.name)).map(|g| g.gid).collect(),
         None => Vec::new(),
     };
     supplementary.sort_unstable();
