@@ -27,6 +27,9 @@ use super::{cmdline, BootError};
 /// (0-255; 128+N for a death by signal N) and a newline.
 pub const EXIT_STATUS_PREFIX: &str = "diskc-init: exit status ";
 
+/// How long QEMU may take to end after SIGTERM before it is killed.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
 /// The QEMU binary for x86-64 guests (Debian package qemu-system-x86).
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 
@@ -178,8 +181,13 @@ pub fn run(spec: &BootSpec, opts: &RunOptions, console: &mut dyn Write) -> Resul
         std::thread::spawn(move || {
             if let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(limit) {
                 timed_out.store(true, Ordering::SeqCst);
+                // SIGTERM first: QEMU then restores a terminal it put in raw mode.
                 // SAFETY: `pid` is our child, not yet waited for, so the id is still its.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                if let Err(mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(KILL_GRACE) {
+                    // SAFETY: as above; the main thread has not waited for it yet.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
             }
         })
     });
@@ -192,11 +200,18 @@ pub fn run(spec: &BootSpec, opts: &RunOptions, console: &mut dyn Write) -> Resul
 
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let copied = copy_console(&mut stdout, console);
-    let status = child.wait().map_err(|e| BootError::Qemu(format!("waiting for qemu: {e}")))?;
+    // Wait for QEMU to end without reaping it, and stop the watchdog before reaping: until
+    // then the pid cannot be reused, so the watchdog never signals another process.
+    // SAFETY: `info` is a valid out-parameter; WNOWAIT leaves the child waitable.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT);
+    }
     drop(done_tx);
     if let Some(w) = watchdog {
         let _ = w.join();
     }
+    let status = child.wait().map_err(|e| BootError::Qemu(format!("waiting for qemu: {e}")))?;
     let qemu_stderr = stderr_reader.join().unwrap_or_default();
     if timed_out.load(Ordering::SeqCst) {
         return Err(BootError::Timeout(opts.timeout.map_or(0, |t| t.as_secs())));
@@ -311,5 +326,31 @@ mod tests {
         let boot = cmdline::BootArgs::parse(line).unwrap();
         assert!(boot.read_only);
         assert_eq!(boot.cmd, Some(vec![b"id".to_vec()]));
+    }
+
+    #[test]
+    fn a_missing_qemu_is_an_environment_error_naming_the_package() {
+        use crate::error::{Classify, ErrorClass};
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, b"").unwrap();
+            p
+        };
+        let spec = BootSpec {
+            kernel: file("k"),
+            initrd: file("i"),
+            rootfs: file("r"),
+            cmdline: cmdline::base_cmdline(),
+        };
+        let opts = RunOptions {
+            qemu: "/nonexistent/qemu-system-x86_64".into(),
+            kvm: Some(false),
+            ..Default::default()
+        };
+        let err = run(&spec, &opts, &mut Vec::new()).unwrap_err();
+        assert!(matches!(err, BootError::QemuMissing(_)), "{err}");
+        assert!(err.to_string().contains("qemu-system-x86"));
+        assert_eq!(err.class(), ErrorClass::Environment);
     }
 }
