@@ -3,6 +3,7 @@
 //! `diskc boot` reports how it ended.
 
 mod boot_support;
+mod common;
 
 use boot_support::*;
 

@@ -2,6 +2,7 @@
 //! CMD is a shell script run as a user given by name, created with useradd.
 
 mod boot_support;
+mod common;
 
 use boot_support::*;
 
@@ -29,11 +30,11 @@ fn runs_a_script_as_a_named_user() {
     assert_exit(&out, 0);
     let console = String::from_utf8_lossy(&out.stdout).into_owned();
     let lines = program_lines(&out);
+    assert_eq!(lines.len(), 4, "{console}");
     // audio is gid 29 and video gid 44 in Debian's base-passwd.
     assert_eq!(lines[0], "user=alice uid=1234 gid=1234 groups=1234 29 44", "{console}");
     assert_eq!(lines[1], "home=/home/alice pwd=/home/alice", "{console}");
     assert_eq!(lines[2], "bash=5 mode=debian", "{console}");
     // lo reports "unknown" rather than "up" (it has no carrier), but never "down".
     assert_eq!(lines[3], "hostname=diskc lo=unknown", "{console}");
-    assert_eq!(lines.len(), 4, "{console}");
 }

@@ -10,9 +10,7 @@ use std::sync::OnceLock;
 use diskc::boot::{self, KernelSource};
 use diskc::manifest::ImageConfig;
 
-#[path = "../common/mod.rs"]
-mod common;
-pub use common::*;
+pub use crate::common::*;
 
 /// Generous: the tests share two cores with other builds, and TCG is slow when starved.
 pub const BOOT_TIMEOUT_S: &str = "180";
