@@ -26,6 +26,8 @@ if [ ! -s "$DIR/boot/vmlinuz-$version" ] || [ ! -s "$DIR/lib/modules/$version/mo
   mkdir -p "$DIR"
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
+  # apt downloads as the _apt user when it can write the directory.
+  chown _apt "$work" 2>/dev/null || true
   (cd "$work" && apt-get download "$pkg" >/dev/null) \
     || { echo "fetch-kernel: apt-get download $pkg failed" >&2; exit 1; }
   dpkg-deb -x "$work"/"$pkg"_*.deb "$DIR"

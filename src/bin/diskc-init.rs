@@ -179,8 +179,9 @@ fn remove_same_device(dir: &Path, dev: u64) {
     }
 }
 
-/// The filesystems a container gets besides its root. Missing mount points are created on
-/// a writable root and skipped on a read-only one (they are conveniences, not requirements).
+/// The filesystems a container gets besides its root, and tmpfs on /run and (when the image
+/// leaves it empty) /tmp, so that even a read-only root has writable scratch space. Missing
+/// mount points are created on a writable root and skipped on a read-only one.
 fn mount_runtime_filesystems(read_only: bool) {
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
     let mounts = [
@@ -195,6 +196,10 @@ fn mount_runtime_filesystems(read_only: bool) {
             let _ = std::fs::create_dir(target);
         }
         if !Path::new(target).is_dir() {
+            continue;
+        }
+        // Docker mounts nothing over /tmp: a tmpfs there must not hide what the image keeps.
+        if target == "/tmp" && std::fs::read_dir(target).is_ok_and(|mut d| d.next().is_some()) {
             continue;
         }
         if let Err(e) = mount(source, target, fstype, flags, data) {
