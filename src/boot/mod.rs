@@ -1,1 +1,211 @@
-//! (module under construction: see the issue that owns it)
+//! Booting: the last stage of the pipeline. It turns an image into something a VM monitor
+//! runs — a kernel, an initrd diskc generates and a command line, recorded in the boot
+//! manifest — and runs it under QEMU.
+//!
+//! - [`kernel`]: where the kernel and its modules come from (host files or the image).
+//! - [`modules`]: which modules the root disk needs, through `modules.dep`.
+//! - [`cpio`], [`initrd`]: the initrd (`/init` = `diskc-init`, modules, image config).
+//! - [`cmdline`], [`passwd`]: shared with `diskc-init`, the guest side (`src/bin/diskc-init.rs`).
+//! - [`qemu`]: the runner behind `diskc boot`.
+//!
+//! The guest protocol (console, the exit-status line, command-line keys) is in docs/boot.md.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::digest::Digest;
+use crate::error::{Classify, ErrorClass};
+use crate::manifest::{BootFile, BootManifest, ImageConfig};
+
+use serde::Deserialize;
+
+pub mod cmdline;
+pub mod cpio;
+pub mod initrd;
+pub mod kernel;
+pub mod modules;
+pub mod passwd;
+pub mod qemu;
+
+pub use kernel::{HostModules, KernelSource, ModuleSource, TreeModules};
+pub use qemu::{run, BootSpec, RunOptions};
+
+/// File names of the boot files in OUTDIR.
+pub const KERNEL_FILE: &str = "vmlinuz";
+pub const INITRD_FILE: &str = "initrd.img";
+
+/// Overrides where `diskc-init` is found (see [`locate_init`]).
+pub const INIT_ENV: &str = "DISKC_INIT";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("cannot read {0}: {1}")]
+    Read(PathBuf, #[source] io::Error),
+    #[error("cannot write {0}: {1}")]
+    Write(PathBuf, #[source] io::Error),
+    #[error("kernel {0}: {1}")]
+    BadKernel(String, String),
+    #[error("kernel modules {0}: {1}")]
+    Modules(String, String),
+    #[error("diskc-init not found (looked for {0}); build it with `cargo build --bin diskc-init` or set {INIT_ENV}")]
+    InitMissing(String),
+    #[error(transparent)]
+    Cmdline(#[from] cmdline::CmdlineError),
+    #[error("{0} not found: install the qemu-system-x86 package")]
+    QemuMissing(String),
+    #[error("qemu failed: {0}")]
+    Qemu(String),
+    #[error(
+        "the guest stopped without reporting an exit status (no `{}N` line on its console)",
+        qemu::EXIT_STATUS_PREFIX
+    )]
+    NoExitStatus,
+    #[error("{0}: {1}")]
+    BadOutdir(PathBuf, String),
+    #[error("the guest did not finish within {0} s and was killed")]
+    Timeout(u64),
+}
+
+impl Classify for BootError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            BootError::Read(_, e) => ErrorClass::of_io(e),
+            BootError::BadKernel(..) | BootError::Modules(..) | BootError::BadOutdir(..) => {
+                ErrorClass::BadInput
+            }
+            BootError::Cmdline(_) => ErrorClass::Usage,
+            BootError::Write(..)
+            | BootError::InitMissing(_)
+            | BootError::QemuMissing(_)
+            | BootError::Qemu(_)
+            | BootError::NoExitStatus
+            | BootError::Timeout(_) => ErrorClass::Environment,
+        }
+    }
+}
+
+/// Finds the `diskc-init` binary: `$DISKC_INIT`, else beside the running executable (how
+/// both binaries are installed and how cargo builds them), else one directory up (cargo's
+/// test binaries live in `target/<profile>/deps`).
+pub fn locate_init() -> Result<PathBuf, BootError> {
+    if let Some(path) = std::env::var_os(INIT_ENV) {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| BootError::InitMissing(format!("the running executable: {e}")))?;
+    let candidates: Vec<PathBuf> =
+        exe.ancestors().skip(1).take(2).map(|dir| dir.join("diskc-init")).collect();
+    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+        BootError::InitMissing(
+            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+        )
+    })
+}
+
+/// Writes `OUTDIR/vmlinuz` and `OUTDIR/initrd.img` for an image with `config`, booting
+/// `kernel`, and returns the boot manifest describing them.
+pub fn prepare(
+    outdir: &Path,
+    kernel: &KernelSource,
+    config: &ImageConfig,
+) -> Result<BootManifest, BootError> {
+    let init_path = locate_init()?;
+    let init = std::fs::read(&init_path).map_err(|e| BootError::Read(init_path.clone(), e))?;
+    let entries = initrd::plan(&init, config, kernel)?;
+    let mut initrd_bytes = Vec::new();
+    initrd::write(&mut initrd_bytes, &entries).expect("writing to memory cannot fail");
+
+    let kernel_file = write_boot_file(outdir, KERNEL_FILE, &kernel.image)?;
+    let initrd_file = write_boot_file(outdir, INITRD_FILE, &initrd_bytes)?;
+    Ok(BootManifest {
+        kernel: kernel_file,
+        kernel_version: kernel.version.clone(),
+        initrd: initrd_file,
+        cmdline: cmdline::base_cmdline(),
+    })
+}
+
+fn write_boot_file(outdir: &Path, name: &str, bytes: &[u8]) -> Result<BootFile, BootError> {
+    let path = outdir.join(name);
+    std::fs::write(&path, bytes).map_err(|e| BootError::Write(path, e))?;
+    Ok(BootFile { file: name.to_string(), digest: Digest::of(bytes), size: bytes.len() as u64 })
+}
+
+/// The parts of `OUTDIR/manifest.json` a boot needs; the rest is not read, so a manifest
+/// from any stage that wrote the rootfs and the boot part works.
+#[derive(Deserialize)]
+struct OutdirManifest {
+    rootfs: OutdirRootfs,
+    boot: Option<BootManifest>,
+}
+
+#[derive(Deserialize)]
+struct OutdirRootfs {
+    file: String,
+}
+
+impl BootSpec {
+    /// The boot files of an output directory, as its `manifest.json` names them.
+    pub fn from_outdir(outdir: &Path) -> Result<BootSpec, BootError> {
+        let path = outdir.join("manifest.json");
+        let bytes = std::fs::read(&path).map_err(|e| BootError::Read(path.clone(), e))?;
+        let manifest: OutdirManifest =
+            serde_json::from_slice(&bytes).map_err(|e| BootError::BadOutdir(path.clone(), e.to_string()))?;
+        let boot = manifest.boot.ok_or_else(|| {
+            BootError::BadOutdir(
+                path.clone(),
+                "no boot part: build the image with a kernel (--kernel/--modules)".into(),
+            )
+        })?;
+        let inside = |name: &str| -> Result<PathBuf, BootError> {
+            // The manifest names files inside OUTDIR; anything else is not ours to open.
+            if name.is_empty() || name.contains('/') || name == ".." {
+                return Err(BootError::BadOutdir(
+                    path.clone(),
+                    format!("file name {name:?} is not a plain name"),
+                ));
+            }
+            Ok(outdir.join(name))
+        };
+        Ok(BootSpec {
+            kernel: inside(&boot.kernel.file)?,
+            initrd: inside(&boot.initrd.file)?,
+            rootfs: inside(&manifest.rootfs.file)?,
+            cmdline: boot.cmdline,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outdir_with(manifest: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("manifest.json"), manifest).unwrap();
+        dir
+    }
+
+    const BOOT: &str = r#"{"kernel": {"file": "vmlinuz", "digest": "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "size": 0},
+        "kernel_version": "6.1.0", "cmdline": "console=ttyS0",
+        "initrd": {"file": "initrd.img", "digest": "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "size": 0}}"#;
+
+    #[test]
+    fn outdir_manifest_names_the_boot_files() {
+        let dir = outdir_with(&format!(r#"{{"rootfs": {{"file": "rootfs.ext4"}}, "boot": {BOOT}}}"#));
+        let spec = BootSpec::from_outdir(dir.path()).unwrap();
+        assert_eq!(spec.rootfs, dir.path().join("rootfs.ext4"));
+        assert_eq!(spec.kernel, dir.path().join("vmlinuz"));
+        assert_eq!(spec.cmdline, "console=ttyS0");
+    }
+
+    #[test]
+    fn outdir_without_boot_part_or_with_foreign_paths_is_bad_input() {
+        let no_boot = outdir_with(r#"{"rootfs": {"file": "rootfs.ext4"}}"#);
+        let err = BootSpec::from_outdir(no_boot.path()).unwrap_err();
+        assert!(err.to_string().contains("no boot part"), "{err}");
+        assert_eq!(err.class(), ErrorClass::BadInput);
+        let escape = outdir_with(&format!(r#"{{"rootfs": {{"file": "../../etc/shadow"}}, "boot": {BOOT}}}"#));
+        assert_eq!(BootSpec::from_outdir(escape.path()).unwrap_err().class(), ErrorClass::BadInput);
+    }
+}

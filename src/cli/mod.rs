@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 
 use diskc::error::{Classify, ErrorClass};
 
+pub mod boot;
 pub mod build;
 pub mod convert;
 pub mod mkfs;
@@ -47,6 +48,8 @@ pub enum Command {
     Convert(convert::ConvertArgs),
     /// Make an ext4 image from a directory, without root: a faster `mkfs.ext4 -d`.
     Mkfs(mkfs::MkfsArgs),
+    /// Boot a built image under QEMU; exits with the guest program's exit status.
+    Boot(boot::BootArgs),
 }
 
 /// Runs a parsed command; returns the process exit code.
@@ -55,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Build(args) => build::run(args, &cli.global),
         Command::Convert(args) => convert::run(args, &cli.global),
         Command::Mkfs(args) => mkfs::run(args, &cli.global),
+        Command::Boot(args) => boot::run(args),
     }
 }
 
@@ -129,6 +133,7 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorClass> {
     try_types!(
         diskc::error::UsageError,
         diskc::pipeline::PipelineError,
+        diskc::boot::BootError,
         diskc::build::BuildError,
         diskc::ext4::Ext4Error,
         diskc::tree::host::HostError,

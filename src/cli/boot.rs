@@ -1,0 +1,79 @@
+//! `diskc boot OUTDIR [-- CMD...]`: runs a built image under QEMU with the guest console on
+//! stdout, and exits with the guest program's exit status.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use diskc::boot::{BootSpec, RunOptions};
+use diskc::error::UsageError;
+
+#[derive(Args, Debug)]
+pub struct BootArgs {
+    /// Output directory of `diskc build`/`convert` (manifest.json, rootfs, vmlinuz, initrd.img).
+    pub outdir: PathBuf,
+    /// Guest memory: MiB, or with a suffix M or G.
+    #[arg(long, default_value = "256", value_name = "M")]
+    pub memory: String,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub cpus: u32,
+    /// Kill the guest after S seconds (exit code 3).
+    #[arg(long, value_name = "S")]
+    pub timeout: Option<u64>,
+    /// Attach the root disk read-only and mount it so.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Replaces the image's CMD for this boot (the ENTRYPOINT stays).
+    #[arg(last = true, value_name = "CMD")]
+    pub cmd: Vec<OsString>,
+}
+
+/// MiB from `256`, `256M` or `2G`.
+fn parse_memory(text: &str) -> Result<u32, UsageError> {
+    let bad = || UsageError(format!("--memory {text:?}: expected MiB, e.g. 256, 256M or 2G"));
+    let (digits, factor) = match text.as_bytes().last() {
+        Some(b'M' | b'm') => (&text[..text.len() - 1], 1),
+        Some(b'G' | b'g') => (&text[..text.len() - 1], 1024),
+        _ => (text, 1),
+    };
+    let n: u32 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(factor).filter(|&m| m >= 64).ok_or_else(bad)
+}
+
+pub fn run(args: BootArgs) -> anyhow::Result<u8> {
+    let memory_mib = parse_memory(&args.memory)?;
+    if args.cpus == 0 {
+        return Err(UsageError("--cpus must be at least 1".into()).into());
+    }
+    let spec = BootSpec::from_outdir(&args.outdir)?;
+    let opts = RunOptions {
+        memory_mib,
+        cpus: args.cpus,
+        timeout: args.timeout.map(Duration::from_secs),
+        read_only: args.read_only,
+        cmd: (!args.cmd.is_empty()).then(|| args.cmd.into_iter().map(OsString::into_vec).collect()),
+        ..RunOptions::default()
+    };
+    let status = diskc::boot::run(&spec, &opts, &mut std::io::stdout().lock())
+        .with_context(|| format!("booting {}", args.outdir.display()))?;
+    Ok(u8::try_from(status).unwrap_or(255))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("256").unwrap(), 256);
+        assert_eq!(parse_memory("512M").unwrap(), 512);
+        assert_eq!(parse_memory("2G").unwrap(), 2048);
+        assert!(parse_memory("32").is_err());
+        assert!(parse_memory("lots").is_err());
+    }
+}

@@ -1,0 +1,40 @@
+//! Boots a Debian-based image (debootstrap'd base, see scripts/make-base-images.sh) whose
+//! CMD is a shell script run as a user given by name, created with useradd.
+
+mod boot_support;
+mod common;
+
+use boot_support::*;
+
+const IMAGE: &str = "diskc-test/boot-debian-app:latest";
+
+const DOCKERFILE: &str = r#"FROM diskc-test/debian:bookworm
+RUN useradd --create-home --uid 1234 --groups audio,video alice
+RUN printf '%s\n' '#!/bin/bash' 'set -eu' \
+      'echo "user=$(whoami) uid=$(id -u) gid=$(id -g) groups=$(id -G)"' \
+      'echo "home=$HOME pwd=$(pwd)"' \
+      'echo "bash=${BASH_VERSINFO[0]} mode=${MODE}"' \
+      'echo "hostname=$(cat /proc/sys/kernel/hostname) lo=$(cat /sys/class/net/lo/operstate)"' \
+      > /usr/local/bin/hello.sh && chmod 755 /usr/local/bin/hello.sh
+ENV MODE=debian
+USER alice
+WORKDIR /home/alice
+CMD ["hello.sh"]
+"#;
+
+#[test]
+fn runs_a_script_as_a_named_user() {
+    ensure_base_images(&["debian"]);
+    build_image(IMAGE, DOCKERFILE);
+    let out = Bootable::of_image(IMAGE).boot(&[]);
+    assert_exit(&out, 0);
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines = program_lines(&out);
+    assert_eq!(lines.len(), 4, "{console}");
+    // audio is gid 29 and video gid 44 in Debian's base-passwd.
+    assert_eq!(lines[0], "user=alice uid=1234 gid=1234 groups=1234 29 44", "{console}");
+    assert_eq!(lines[1], "home=/home/alice pwd=/home/alice", "{console}");
+    assert_eq!(lines[2], "bash=5 mode=debian", "{console}");
+    // lo reports "unknown" rather than "up" (it has no carrier), but never "down".
+    assert_eq!(lines[3], "hostname=diskc lo=unknown", "{console}");
+}
