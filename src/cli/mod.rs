@@ -5,6 +5,8 @@ use clap::{Args, Parser, Subcommand};
 
 use diskc::error::{Classify, ErrorClass};
 
+pub mod store;
+
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
@@ -36,11 +38,39 @@ pub struct GlobalArgs {
 }
 
 #[derive(Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// List the images in the store.
+    Ls(store::LsArgs),
+    /// Print an image's manifest.
+    Inspect(store::InspectArgs),
+    /// Write an image's rootfs (and optionally kernel and initrd) out of the store.
+    Export(store::ExportArgs),
+    /// Give an image a name.
+    Tag(store::TagArgs),
+    /// Remove an image and its names from the store (its chunks go at the next gc).
+    Rm(store::RmArgs),
+    /// Remove chunks no image references, and leftovers of interrupted writes.
+    Gc(store::GcArgs),
+    /// Re-hash every chunk and report damaged images (exit 2 on damage).
+    Verify(store::VerifyArgs),
+    /// Store a rootfs file as an image (for tests and measurements).
+    #[command(hide = true)]
+    StorePut(store::StorePutArgs),
+}
 
 /// Runs a parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
-    match cli.command {}
+    let global = &cli.global;
+    match cli.command {
+        Command::Ls(args) => store::ls(args, global),
+        Command::Inspect(args) => store::inspect(args, global),
+        Command::Export(args) => store::export(args, global),
+        Command::Tag(args) => store::tag(args, global),
+        Command::Rm(args) => store::rm(args, global),
+        Command::Gc(args) => store::gc(args, global),
+        Command::Verify(args) => store::verify(args, global),
+        Command::StorePut(args) => store::store_put(args, global),
+    }
 }
 
 pub fn init_logging(verbose: u8) {
@@ -86,7 +116,7 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorClass> {
             }
         )*};
     }
-    try_types!(diskc::error::UsageError);
+    try_types!(diskc::error::UsageError, diskc::store::StoreError);
     if let Some(io) = cause.downcast_ref::<std::io::Error>() {
         return Some(ErrorClass::of_io(io));
     }

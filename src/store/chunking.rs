@@ -1,14 +1,14 @@
 //! Cutting a file into chunks: where its data is (holes are never read), and where the
 //! chunk boundaries fall.
 //!
-//! Two strategies, chosen per store and recorded in each manifest so that any image can be
-//! reassembled whatever the store's current choice (see `docs/chunking.md` for the
-//! measurements behind the default):
-//! - `fixed:SIZE` cuts at multiples of SIZE from the start of the file. It needs no reading to
-//!   find boundaries and matches the ext4 writer's layout, which starts large files on 1 MiB
-//!   boundaries and keeps shared (lower-layer) data at the same offsets.
-//! - `cdc:AVG` cuts where the content says (FastCDC 2020, min AVG/4, max AVG×4), so shifted
-//!   content still lands in the same chunks; it costs a gear-hash pass over the data.
+//! Two strategies, recorded in each manifest so that any image can be reassembled whatever
+//! the store's current choice (see `docs/chunking.md` for the measurements behind the
+//! default):
+//! - `cdc:AVG` (the default, `cdc:64K`) cuts where the content says (FastCDC 2020, min AVG/4,
+//!   max AVG×4), so content that moved between two images (a deleted directory shifts all
+//!   data after it) still lands in the same chunks.
+//! - `fixed:SIZE` cuts at multiples of SIZE from the start of the file. It needs no pass to
+//!   find boundaries, but shares only what sits at the same offset in both images.
 
 use std::fmt;
 use std::fs::File;
@@ -31,7 +31,7 @@ pub enum Chunking {
 
 impl Chunking {
     /// The store's default; see `docs/chunking.md`.
-    pub const DEFAULT: Chunking = Chunking::Fixed(1 << 20);
+    pub const DEFAULT: Chunking = Chunking::Cdc(64 << 10);
 
     /// The largest chunk this strategy makes, which bounds memory per chunk in flight.
     pub fn max_chunk(self) -> u64 {
