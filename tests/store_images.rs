@@ -47,7 +47,12 @@ fn sparse_file(path: &Path, size: u64, pieces: &[(u64, Vec<u8>)]) {
 }
 
 fn store_bytes(root: &Path) -> u64 {
-    walkdir::WalkDir::new(root).into_iter().map(|e| e.unwrap()).filter(|e| e.file_type().is_file()).map(|e| e.metadata().unwrap().len()).sum()
+    walkdir::WalkDir::new(root)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
 }
 
 fn chunk_files(root: &Path) -> BTreeSet<String> {
@@ -108,7 +113,12 @@ fn export_is_byte_identical_and_holes_stay_holes() {
     assert_eq!(fs::read(&out).unwrap(), fs::read(&image).unwrap(), "export differs from the input");
     let (orig, back) = (fs::metadata(&image).unwrap(), fs::metadata(&out).unwrap());
     assert_eq!(back.len(), size);
-    assert!(back.blocks() <= orig.blocks(), "export allocates {} blocks, input {}", back.blocks(), orig.blocks());
+    assert!(
+        back.blocks() <= orig.blocks(),
+        "export allocates {} blocks, input {}",
+        back.blocks(),
+        orig.blocks()
+    );
     let orig_data = data_extents(&File::open(&image).unwrap(), size).unwrap();
     let back_data = data_extents(&File::open(&out).unwrap(), size).unwrap();
     for extent in &back_data {
@@ -149,7 +159,9 @@ fn boot_files_are_stored_and_exported_by_name() {
     fs::write(&kernel, bytes(2, 2_000_000)).unwrap();
     fs::write(&initrd, bytes(3, 700_000)).unwrap();
     let store = Store::open(&dir.path().join("store")).unwrap();
-    let id = store.put_image(&rootfs, &[("kernel", &kernel), ("initrd", &initrd)], ImageRecord::default()).unwrap();
+    let id = store
+        .put_image(&rootfs, &[("kernel", &kernel), ("initrd", &initrd)], ImageRecord::default())
+        .unwrap();
     for (name, path) in [("kernel", &kernel), ("initrd", &initrd)] {
         let out = dir.path().join(format!("{name}.out"));
         store.export_file(&id, name, &out).unwrap();
@@ -171,7 +183,8 @@ fn id_is_stable_across_stores_and_runs() {
     let before = store_bytes(one.root());
     assert_eq!(one.put_image(&fam.base, &[], record()).unwrap(), id, "same input again");
     assert_eq!(store_bytes(one.root()), before, "storing an image twice grew the store");
-    let other = one.put_image(&fam.base, &[], ImageRecord { uuid: "u-2".into(), ..Default::default() }).unwrap();
+    let other =
+        one.put_image(&fam.base, &[], ImageRecord { uuid: "u-2".into(), ..Default::default() }).unwrap();
     assert_ne!(other, id, "the record is part of the id");
 }
 

@@ -140,7 +140,8 @@ pub fn inspect(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let id = store.resolve(&args.image)?;
     let manifest = store.manifest(&id)?;
     if global.json {
-        let names: Vec<String> = store.names()?.into_iter().filter(|(_, n)| *n == id).map(|(name, _)| name).collect();
+        let names: Vec<String> =
+            store.names()?.into_iter().filter(|(_, n)| *n == id).map(|(name, _)| name).collect();
         println!("{}", json!({"id": id, "names": names, "manifest": manifest}));
     } else {
         println!("{}", serde_json::to_string_pretty(&manifest)?);
@@ -156,13 +157,16 @@ pub fn export(args: ExportArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("cannot export image {} to {}", id.short(), args.output.display()))?;
     for (name, out) in [("kernel", &args.kernel_out), ("initrd", &args.initrd_out)] {
         if let Some(out) = out {
-            store
-                .export_file(&id, name, out)
-                .with_context(|| format!("cannot export the {name} of image {} to {}", id.short(), out.display()))?;
+            store.export_file(&id, name, out).with_context(|| {
+                format!("cannot export the {name} of image {} to {}", id.short(), out.display())
+            })?;
         }
     }
     if global.json {
-        println!("{}", json!({"id": id, "rootfs": args.output, "kernel": args.kernel_out, "initrd": args.initrd_out}));
+        println!(
+            "{}",
+            json!({"id": id, "rootfs": args.output, "kernel": args.kernel_out, "initrd": args.initrd_out})
+        );
     } else if !global.quiet {
         println!("exported {} to {}", id.short(), args.output.display());
     }
@@ -218,7 +222,8 @@ pub fn verify(args: VerifyArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         println!("damaged chunk {chunk}: {problem}");
     }
     for image in &report.damaged_images {
-        let names = if image.names.is_empty() { String::new() } else { format!(" ({})", image.names.join(", ")) };
+        let names =
+            if image.names.is_empty() { String::new() } else { format!(" ({})", image.names.join(", ")) };
         if image.manifest_damaged {
             println!("damaged image {}{names}: its manifest is damaged", image.id);
         } else {

@@ -196,7 +196,10 @@ mod tests {
         assert!(!text.contains(' ') && !text.contains('\n'), "{text}");
         assert!(text.starts_with(r#"{"build":{"z":{"a":[true,null],"b":1}},"config":{"#), "{text}");
         let rootfs = &text[text.find(r#""rootfs":"#).unwrap()..];
-        assert!(rootfs.starts_with(r#""rootfs":{"chunking":"fixed:1M","chunks":[{"digest":"sha256:"#), "{text}");
+        assert!(
+            rootfs.starts_with(r#""rootfs":{"chunking":"fixed:1M","chunks":[{"digest":"sha256:"#),
+            "{text}"
+        );
     }
 
     #[test]

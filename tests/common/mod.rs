@@ -51,7 +51,8 @@ pub fn ensure_base_images(which: &[&str]) {
 
 /// `e2fsck -fn` must find the image clean.
 pub fn assert_fsck_clean(image: &Path) {
-    let out = Command::new("e2fsck").args(["-fn"]).arg(image).output().expect("e2fsck (e2fsprogs) is required");
+    let out =
+        Command::new("e2fsck").args(["-fn"]).arg(image).output().expect("e2fsck (e2fsprogs) is required");
     assert!(
         out.status.success(),
         "e2fsck -fn {} exited {}:\n{}{}",
