@@ -112,13 +112,13 @@ fn store_is_found_through_diskc_store_then_xdg_cache_home() {
 
     let env_store = dir.path().join("from-env");
     common::run_ok(common::diskc().env("DISKC_STORE", &env_store).args(["store-put"]).arg(&file));
-    assert!(env_store.join("images").join(format!("{id}.json")).exists());
+    assert!(env_store.join("images").join(format!("{id}.json.zst")).exists());
 
     let xdg = dir.path().join("xdg");
     common::run_ok(
         common::diskc().env_remove("DISKC_STORE").env("XDG_CACHE_HOME", &xdg).args(["store-put"]).arg(&file),
     );
-    assert!(xdg.join("diskc/images").join(format!("{id}.json")).exists());
+    assert!(xdg.join("diskc/images").join(format!("{id}.json.zst")).exists());
 }
 
 #[test]

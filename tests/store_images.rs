@@ -197,7 +197,7 @@ fn images_sharing_content_share_chunks() {
     let after_base = store_bytes(store.root());
     let grown = put(&store, &fam.grown);
     let growth = store_bytes(store.root()) - after_base;
-    let manifest_len = fs::metadata(store.root().join(format!("images/{grown}.json"))).unwrap().len();
+    let manifest_len = fs::metadata(store.root().join(format!("images/{grown}.json.zst"))).unwrap().len();
     // The added bytes compress to a bit over half (half of them are text); allow the chunk
     // straddling the old end (at most 256 KiB) and the new manifest on top.
     let limit = fam.added * 6 / 10 + 256 * 1024 + manifest_len;

@@ -10,7 +10,7 @@
 //! lock                 flock: writers share it, gc holds it alone
 //! tmp/                 files being written; anything here when gc runs is stale
 //! chunks/ab/abcd…      one chunk: zstd frame of the bytes whose sha256 is the name
-//! images/<id>.json     canonical manifest; its sha256 is <id>
+//! images/<id>.json.zst zstd frame of the canonical manifest; its sha256 is <id>
 //! names/<name>         an image id (name percent-encoded)
 //! cache/<sha256(key)>  an image id
 //! ```
@@ -52,6 +52,8 @@ pub use image::{ChunkRef, ImageId, ImageManifest, ImageRecord, StoredFile, Store
 /// zstd level for chunks: level 3 compresses ext4 data about as well as higher levels at
 /// several times their speed, and decompression speed does not depend on it.
 const ZSTD_LEVEL: i32 = 3;
+/// Manifests are small and written once: a higher level is affordable.
+const MANIFEST_ZSTD_LEVEL: i32 = 9;
 /// Bytes of chunks read ahead of the parallel hash/compress stage.
 const BATCH_BYTES: usize = 32 << 20;
 /// Sparse export writes only the blocks of this size that hold a nonzero byte.
@@ -217,7 +219,7 @@ impl Store {
     }
 
     fn manifest_path(&self, id: &ImageId) -> PathBuf {
-        self.root.join("images").join(format!("{id}.json"))
+        self.root.join("images").join(format!("{id}.json.zst"))
     }
 
     fn name_path(&self, name: &str) -> PathBuf {
@@ -331,7 +333,9 @@ impl Store {
         // An existing manifest has these very bytes (they hash to its name); keeping it keeps
         // the image's creation time.
         if !path.exists() {
-            self.write_atomic_durable(&path, &bytes)?;
+            // Compressed: a manifest lists every chunk, and half of each entry is hex.
+            let compressed = zstd::bulk::compress(&bytes, MANIFEST_ZSTD_LEVEL).map_err(StoreError::io(&path))?;
+            self.write_atomic_durable(&path, &compressed)?;
         }
         Ok(id)
     }
@@ -440,7 +444,7 @@ impl Store {
         for entry in fs::read_dir(&dir).map_err(StoreError::io(&dir))? {
             let entry = entry.map_err(StoreError::io(&dir))?;
             let name = entry.file_name();
-            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".json")) else { continue };
+            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".json.zst")) else { continue };
             if let Ok(id) = hex.parse::<ImageId>() {
                 ids.push(id);
             }
@@ -803,12 +807,14 @@ impl PutSession<'_> {
     }
 }
 
-fn parse_manifest(id: &ImageId, bytes: &[u8]) -> Result<ImageManifest, StoreError> {
+/// Decompresses a stored manifest, checks that it hashes to `id` and parses it.
+fn parse_manifest(id: &ImageId, compressed: &[u8]) -> Result<ImageManifest, StoreError> {
     let damaged = |reason: String| StoreError::CorruptManifest { id: id.to_string(), reason };
-    if Digest::of(bytes) != id.0 {
+    let bytes = zstd::stream::decode_all(compressed).map_err(|e| damaged(format!("does not decompress: {e}")))?;
+    if Digest::of(&bytes) != id.0 {
         return Err(damaged("its bytes do not hash to its id".into()));
     }
-    serde_json::from_slice(bytes).map_err(|e| damaged(e.to_string()))
+    serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))
 }
 
 /// Decompresses a chunk file and checks that the bytes hash to `digest`.
