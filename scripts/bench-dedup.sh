@@ -24,14 +24,14 @@ MIB=1048576
 [ -x "$DISKC" ] || { echo "bench-dedup: $DISKC missing (cargo build --release, or set DISKC)" >&2; exit 1; }
 "$ROOT/scripts/make-base-images.sh" debian >/dev/null
 rm -rf "$WORK"
-mkdir -p "$WORK/ctx"
+mkdir -p "$WORK/ctx" "$STORE"
 
 # build NAME: builds $PREFIX-NAME from the Dockerfile on stdin (empty context).
 build() {
   DOCKER_BUILDKIT=1 "$DOCKER" build -q -t "$PREFIX-$1" -f - "$WORK/ctx" >/dev/null
 }
 
-# The base: Debian plus ~420 MiB of data shaped like an installed system: a few thousand
+# The base: Debian plus ~440 MiB of data shaped like an installed system: a few thousand
 # small and medium files (half random, half text, so they compress like real ones), a
 # 100 MiB file and a directory that a variant deletes.
 build base <<'EOF'
@@ -43,7 +43,7 @@ RUN set -e; mkdir -p /opt/base/lib /opt/base/share /opt/base/removable; \
     for i in $(seq 1 60); do fill /opt/base/share/m$i $(( (RANDOM % 3 + 1) * 1048576 )); done; \
     for i in $(seq 1 400); do fill /opt/base/removable/r$i $(( (RANDOM % 96 + 1) * 1024 )); done; \
     head -c 100M /dev/urandom > /opt/base/big.bin; \
-    head -c 60M /dev/urandom > /opt/base/share/blob.bin
+    head -c 80M /dev/urandom > /opt/base/share/blob.bin
 EOF
 
 for n in 1 2 3 4 5; do
@@ -63,7 +63,7 @@ FROM $PREFIX-base
 RUN rm -rf /opt/base/removable
 EOF
 
-store_bytes() { find "$STORE" -type f -printf '%s\n' 2>/dev/null | awk '{s += $1} END {print s + 0}'; }
+store_bytes() { find "$STORE" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}'; }
 # Uncompressed bytes of an image's top layer as Docker counts them; for the base, the whole image.
 new_bytes() {
   if [ "$1" = base ]; then

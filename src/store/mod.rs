@@ -334,7 +334,8 @@ impl Store {
         // the image's creation time.
         if !path.exists() {
             // Compressed: a manifest lists every chunk, and half of each entry is hex.
-            let compressed = zstd::bulk::compress(&bytes, MANIFEST_ZSTD_LEVEL).map_err(StoreError::io(&path))?;
+            let compressed =
+                zstd::bulk::compress(&bytes, MANIFEST_ZSTD_LEVEL).map_err(StoreError::io(&path))?;
             self.write_atomic_durable(&path, &compressed)?;
         }
         Ok(id)
@@ -538,7 +539,7 @@ impl Store {
                 created,
             });
         }
-        out.sort_by(|a, b| (a.created, a.id).cmp(&(b.created, b.id)));
+        out.sort_by_key(|a| (a.created, a.id));
         Ok(out)
     }
 
@@ -769,8 +770,7 @@ impl PutSession<'_> {
                         // cheaper than an fsync per chunk, and a chunk is named only after it.
                         syncfs(&self.store.root)?;
                         for Pending { tmp, dest } in pending {
-                            tmp.persist(&dest)
-                                .map_err(|e| StoreError::Io { path: dest.clone(), source: e.error })?;
+                            persist_creating_dir(tmp, &dest)?;
                         }
                         self.renamed.store(true, Ordering::Relaxed);
                     }
@@ -796,8 +796,6 @@ impl PutSession<'_> {
         if dest.exists() {
             return Ok((Some(chunk_ref), None));
         }
-        let dir = self.store.chunk_dir(&digest);
-        fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
         let compressed = zstd::bulk::compress(&chunk.data, ZSTD_LEVEL).map_err(StoreError::io(&dest))?;
         let tmp_dir = self.store.root.join("tmp");
         let mut tmp =
@@ -807,10 +805,25 @@ impl PutSession<'_> {
     }
 }
 
+/// Renames a temp file to `dest`, creating `dest`'s directory the first time a chunk lands in
+/// it (cheaper than a mkdir per chunk; the put's final flush makes the directory durable).
+fn persist_creating_dir(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<(), StoreError> {
+    let failed = |e: tempfile::PersistError| StoreError::Io { path: dest.to_path_buf(), source: e.error };
+    let tmp = match tmp.persist(dest) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.error.kind() == io::ErrorKind::NotFound => e.file,
+        Err(e) => return Err(failed(e)),
+    };
+    let dir = dest.parent().expect("chunk paths have a parent");
+    fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
+    tmp.persist(dest).map(drop).map_err(failed)
+}
+
 /// Decompresses a stored manifest, checks that it hashes to `id` and parses it.
 fn parse_manifest(id: &ImageId, compressed: &[u8]) -> Result<ImageManifest, StoreError> {
     let damaged = |reason: String| StoreError::CorruptManifest { id: id.to_string(), reason };
-    let bytes = zstd::stream::decode_all(compressed).map_err(|e| damaged(format!("does not decompress: {e}")))?;
+    let bytes =
+        zstd::stream::decode_all(compressed).map_err(|e| damaged(format!("does not decompress: {e}")))?;
     if Digest::of(&bytes) != id.0 {
         return Err(damaged("its bytes do not hash to its id".into()));
     }
@@ -935,6 +948,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // one data extent: a list of one range
     fn sparse_write_skips_zero_blocks_only() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out");
