@@ -351,3 +351,30 @@ fn verify_finds_a_flipped_byte_and_names_the_image() {
     let report = store.verify().unwrap();
     assert_eq!(report.damaged_images[0].missing_chunks.len(), 1, "{report:?}");
 }
+
+#[test]
+fn a_damaged_manifest_is_reported_and_stops_gc_from_sweeping() {
+    let dir = common::tempdir();
+    let fam = family(dir.path());
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let base = put(&store, &fam.base);
+    let grown = put(&store, &fam.grown);
+    let chunks_before = chunk_files(store.root());
+    let manifest = store.root().join(format!("images/{grown}.json.zst"));
+    let mut bytes = fs::read(&manifest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    fs::write(&manifest, bytes).unwrap();
+
+    let report = store.verify().unwrap();
+    assert_eq!(report.damaged_images.len(), 1, "{report:?}");
+    assert_eq!(report.damaged_images[0].id, grown.hex());
+    assert!(report.damaged_images[0].manifest_damaged);
+    // Its chunks would look unreferenced: gc must refuse rather than sweep them.
+    let err = store.gc().unwrap_err();
+    assert!(matches!(err, StoreError::CorruptManifest { .. }), "{err}");
+    assert_eq!(chunk_files(store.root()), chunks_before);
+    let out = dir.path().join("base.out");
+    store.export_rootfs(&base, &out).unwrap();
+    assert_eq!(fs::read(&out).unwrap(), fs::read(&fam.base).unwrap());
+}
