@@ -36,7 +36,6 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::time::UNIX_EPOCH;
 
@@ -295,12 +294,11 @@ impl Store {
             inputs.push(Input { name, path, file, size, extents });
         }
         let total = inputs.iter().flat_map(|i| &i.extents).map(|r| r.end - r.start).sum();
-        let session = PutSession { store: self, renamed: AtomicBool::new(false) };
         let mut done = 0;
         let mut rootfs_file = None;
         let mut files = BTreeMap::new();
         for input in &inputs {
-            let stored = session.store_file(input, &mut |bytes| {
+            let stored = self.store_file(input, &mut |bytes| {
                 done += bytes;
                 progress(PutProgress { done, total });
             })?;
@@ -311,10 +309,9 @@ impl Store {
                 }
             }
         }
-        // Every chunk, and its name, must be durable before a manifest can reference it.
-        if session.renamed.into_inner() {
-            syncfs(&self.root)?;
-        }
+        // Every chunk, and its name, must be durable before a manifest can reference it; that
+        // includes chunks a concurrent put renamed into place and this one found present.
+        syncfs(&self.root)?;
         let manifest = ImageManifest {
             store_format: STORE_FORMAT,
             rootfs: StoredRootfs {
@@ -724,19 +721,13 @@ struct Pending {
     dest: PathBuf,
 }
 
-/// The state of one put: whether it renamed any chunk into place (those renames must be made
-/// durable before the manifest is written).
-struct PutSession<'a> {
-    store: &'a Store,
-    renamed: AtomicBool,
-}
-
-impl PutSession<'_> {
+/// The put path: files into chunks.
+impl Store {
     /// Cuts `file` into chunks, stores the ones not yet present (in parallel) and returns the
     /// chunk list. One thread reads ahead while the pool hashes and compresses.
     fn store_file(&self, input: &Input, progress: &mut dyn FnMut(u64)) -> Result<StoredFile, StoreError> {
         let Input { path, file, size, extents, .. } = input;
-        let chunking = self.store.chunking;
+        let chunking = self.chunking;
         let (send, receive) = sync_channel::<Vec<RawChunk>>(1);
         let mut chunks = Vec::new();
         std::thread::scope(|scope| {
@@ -768,11 +759,10 @@ impl PutSession<'_> {
                     if !pending.is_empty() {
                         // One flush of the file system makes the whole batch durable: far
                         // cheaper than an fsync per chunk, and a chunk is named only after it.
-                        syncfs(&self.store.root)?;
+                        syncfs(&self.root)?;
                         for Pending { tmp, dest } in pending {
                             persist_creating_dir(tmp, &dest)?;
                         }
-                        self.renamed.store(true, Ordering::Relaxed);
                     }
                     progress(bytes);
                 }
@@ -791,13 +781,13 @@ impl PutSession<'_> {
             return Ok((None, None));
         }
         let digest = Digest::of(&chunk.data);
-        let dest = self.store.chunk_path(&digest);
+        let dest = self.chunk_path(&digest);
         let chunk_ref = ChunkRef { offset: chunk.offset, size: chunk.data.len() as u64, digest };
         if dest.exists() {
             return Ok((Some(chunk_ref), None));
         }
         let compressed = zstd::bulk::compress(&chunk.data, ZSTD_LEVEL).map_err(StoreError::io(&dest))?;
-        let tmp_dir = self.store.root.join("tmp");
+        let tmp_dir = self.root.join("tmp");
         let mut tmp =
             tempfile::Builder::new().prefix("c-").tempfile_in(&tmp_dir).map_err(StoreError::io(&tmp_dir))?;
         tmp.write_all(&compressed).map_err(StoreError::io(tmp.path()))?;
