@@ -152,6 +152,28 @@ fn ext4_image_made_by_mkfs_round_trips_and_stays_clean() {
 }
 
 #[test]
+fn progress_counts_data_bytes_up_to_the_total() {
+    let dir = common::tempdir();
+    let image = dir.path().join("rootfs.img");
+    // 40 MiB of data (more than one batch) in a 128 MiB file: holes do not count.
+    sparse_file(
+        &image,
+        128 * MIB,
+        &[(0, bytes(5, 30 * MIB as usize)), (100 * MIB, bytes(6, 10 * MIB as usize))],
+    );
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let seen = std::sync::Mutex::new(Vec::new());
+    store
+        .put_image_with_progress(&image, &[], ImageRecord::default(), &|p| seen.lock().unwrap().push(p))
+        .unwrap();
+    let seen = seen.into_inner().unwrap();
+    assert!(seen.len() >= 2, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].done < w[1].done), "{seen:?}");
+    let last = seen.last().unwrap();
+    assert_eq!((last.done, last.total), (40 * MIB, 40 * MIB));
+}
+
+#[test]
 fn boot_files_are_stored_and_exported_by_name() {
     let dir = common::tempdir();
     let (rootfs, kernel, initrd) = (dir.path().join("r"), dir.path().join("k"), dir.path().join("i"));
