@@ -9,6 +9,7 @@ pub mod boot;
 pub mod build;
 pub mod convert;
 pub mod mkfs;
+pub mod store;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -50,15 +51,41 @@ pub enum Command {
     Mkfs(mkfs::MkfsArgs),
     /// Boot a built image under QEMU; exits with the guest program's exit status.
     Boot(boot::BootArgs),
+    /// List the images in the store.
+    Ls(store::LsArgs),
+    /// Print an image's manifest.
+    Inspect(store::InspectArgs),
+    /// Write an image's rootfs (and optionally kernel and initrd) out of the store.
+    Export(store::ExportArgs),
+    /// Give an image a name.
+    Tag(store::TagArgs),
+    /// Remove an image and its names from the store (its chunks go at the next gc).
+    Rm(store::RmArgs),
+    /// Remove chunks no image references, and leftovers of interrupted writes.
+    Gc(store::GcArgs),
+    /// Re-hash every chunk and report damaged images (exit 2 on damage).
+    Verify(store::VerifyArgs),
+    /// Store a rootfs file as an image (for tests and measurements).
+    #[command(hide = true)]
+    StorePut(store::StorePutArgs),
 }
 
 /// Runs a parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    let global = &cli.global;
     match cli.command {
-        Command::Build(args) => build::run(args, &cli.global),
-        Command::Convert(args) => convert::run(args, &cli.global),
-        Command::Mkfs(args) => mkfs::run(args, &cli.global),
+        Command::Build(args) => build::run(args, global),
+        Command::Convert(args) => convert::run(args, global),
+        Command::Mkfs(args) => mkfs::run(args, global),
         Command::Boot(args) => boot::run(args),
+        Command::Ls(args) => store::ls(args, global),
+        Command::Inspect(args) => store::inspect(args, global),
+        Command::Export(args) => store::export(args, global),
+        Command::Tag(args) => store::tag(args, global),
+        Command::Rm(args) => store::rm(args, global),
+        Command::Gc(args) => store::gc(args, global),
+        Command::Verify(args) => store::verify(args, global),
+        Command::StorePut(args) => store::store_put(args, global),
     }
 }
 
@@ -134,6 +161,7 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorClass> {
         diskc::error::UsageError,
         diskc::pipeline::PipelineError,
         diskc::boot::BootError,
+        diskc::store::StoreError,
         diskc::build::BuildError,
         diskc::ext4::Ext4Error,
         diskc::tree::host::HostError,

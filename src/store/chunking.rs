@@ -1,0 +1,247 @@
+//! Cutting a file into chunks: where its data is (holes are never read), and where the
+//! chunk boundaries fall.
+//!
+//! Two strategies, recorded in each manifest so that any image can be reassembled whatever
+//! the store's current choice (see `docs/chunking.md` for the measurements behind the
+//! default):
+//! - `cdc:AVG` (the default, `cdc:64K`) cuts where the content says (FastCDC 2020, min AVG/4,
+//!   max AVG×4), so content that moved between two images (a deleted directory shifts all
+//!   data after it) still lands in the same chunks.
+//! - `fixed:SIZE` cuts at multiples of SIZE from the start of the file. It needs no pass to
+//!   find boundaries, but shares only what sits at the same offset in both images.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::str::FromStr;
+
+use fastcdc::v2020::StreamCDC;
+
+/// How a store cuts files into chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chunking {
+    /// Boundaries at every multiple of the size, counted from the start of the file.
+    Fixed(u64),
+    /// Content-defined boundaries with this average size.
+    Cdc(u64),
+}
+
+impl Chunking {
+    /// The store's default; see `docs/chunking.md`.
+    pub const DEFAULT: Chunking = Chunking::Cdc(64 << 10);
+
+    /// The largest chunk this strategy makes, which bounds memory per chunk in flight.
+    pub fn max_chunk(self) -> u64 {
+        match self {
+            Chunking::Fixed(size) => size,
+            Chunking::Cdc(avg) => avg * 4,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid chunking {0:?}: expected fixed:SIZE or cdc:SIZE, SIZE a power of two from 4K to 4M (suffix K or M)")]
+pub struct ParseChunkingError(pub String);
+
+impl FromStr for Chunking {
+    type Err = ParseChunkingError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseChunkingError(s.to_string());
+        let (kind, size) = s.split_once(':').ok_or_else(err)?;
+        let (digits, unit) = match size.as_bytes().last() {
+            Some(b'K') => (&size[..size.len() - 1], 1 << 10),
+            Some(b'M') => (&size[..size.len() - 1], 1 << 20),
+            _ => (size, 1),
+        };
+        let bytes = digits.parse::<u64>().map_err(|_| err())?.checked_mul(unit).ok_or_else(err)?;
+        if !bytes.is_power_of_two() || !(4 << 10..=4 << 20).contains(&bytes) {
+            return Err(err());
+        }
+        match kind {
+            "fixed" => Ok(Chunking::Fixed(bytes)),
+            "cdc" => Ok(Chunking::Cdc(bytes)),
+            _ => Err(err()),
+        }
+    }
+}
+
+impl fmt::Display for Chunking {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (kind, size) = match *self {
+            Chunking::Fixed(size) => ("fixed", size),
+            Chunking::Cdc(size) => ("cdc", size),
+        };
+        if size % (1 << 20) == 0 {
+            write!(f, "{kind}:{}M", size >> 20)
+        } else {
+            write!(f, "{kind}:{}K", size >> 10)
+        }
+    }
+}
+
+/// The byte ranges of `file` that hold data, found with `SEEK_DATA`/`SEEK_HOLE`. A file
+/// system without them reports the whole file as data, which is still correct, only slower.
+pub fn data_extents(file: &File, size: u64) -> io::Result<Vec<Range<u64>>> {
+    let fd = file.as_raw_fd();
+    let seek = |offset: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
+        // SAFETY: lseek on a file descriptor we own; it reads no memory of ours.
+        let at = unsafe { libc::lseek(fd, offset as libc::off_t, whence) };
+        if at >= 0 {
+            return Ok(Some(at as u64));
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            // ENXIO: no data at or after `offset`.
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(err),
+        }
+    };
+    let mut extents: Vec<Range<u64>> = Vec::new();
+    let mut at = 0;
+    while at < size {
+        let start = match seek(at, libc::SEEK_DATA) {
+            Ok(Some(start)) => start,
+            Ok(None) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(std::iter::once(0..size).collect()),
+            Err(e) => return Err(e),
+        };
+        if start >= size {
+            break;
+        }
+        let end = seek(start, libc::SEEK_HOLE)?.unwrap_or(size).min(size);
+        extents.push(start..end);
+        at = end;
+    }
+    Ok(extents)
+}
+
+/// One fixed-size chunk: its range in the file and the parts of it that hold data (the rest
+/// is hole, filled with zeros without reading).
+#[derive(Debug, PartialEq, Eq)]
+pub struct FixedChunk {
+    pub range: Range<u64>,
+    pub reads: Vec<Range<u64>>,
+}
+
+/// The fixed-size chunks that hold any data, in file order.
+pub fn fixed_plan(extents: &[Range<u64>], size: u64, chunk: u64) -> Vec<FixedChunk> {
+    let mut plan: Vec<FixedChunk> = Vec::new();
+    for extent in extents {
+        let mut at = extent.start;
+        while at < extent.end {
+            let index = at / chunk;
+            let range = index * chunk..((index + 1) * chunk).min(size);
+            let read = at..extent.end.min(range.end);
+            match plan.last_mut() {
+                Some(last) if last.range == range => last.reads.push(read.clone()),
+                _ => plan.push(FixedChunk { range, reads: vec![read.clone()] }),
+            }
+            at = read.end;
+        }
+    }
+    plan
+}
+
+/// A chunk's place in the file and its bytes.
+pub struct RawChunk {
+    pub offset: u64,
+    pub data: Vec<u8>,
+}
+
+/// Reads `file`'s data (at `extents`, from [`data_extents`]) as chunks, in file order,
+/// handing each to `sink`. Holes are never read; chunks made only of hole are not produced.
+pub fn read_chunks<E: From<io::Error>>(
+    file: &File,
+    size: u64,
+    extents: &[Range<u64>],
+    chunking: Chunking,
+    mut sink: impl FnMut(RawChunk) -> Result<(), E>,
+) -> Result<(), E> {
+    match chunking {
+        Chunking::Fixed(chunk) => {
+            for planned in fixed_plan(extents, size, chunk) {
+                let mut data = vec![0u8; (planned.range.end - planned.range.start) as usize];
+                for read in &planned.reads {
+                    let from = (read.start - planned.range.start) as usize;
+                    let to = (read.end - planned.range.start) as usize;
+                    file.read_exact_at(&mut data[from..to], read.start)?;
+                }
+                sink(RawChunk { offset: planned.range.start, data })?;
+            }
+        }
+        Chunking::Cdc(avg) => {
+            for extent in extents {
+                let reader = ExtentReader { file, at: extent.start, end: extent.end };
+                let cuts = StreamCDC::new(reader, (avg / 4) as usize, avg as usize, (avg * 4) as usize);
+                for piece in cuts {
+                    let piece = piece.map_err(io::Error::from)?;
+                    sink(RawChunk { offset: extent.start + piece.offset, data: piece.data })?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads one extent of a file with positioned reads.
+struct ExtentReader<'a> {
+    file: &'a File,
+    at: u64,
+    end: u64,
+}
+
+impl Read for ExtentReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = (self.end - self.at).min(buf.len() as u64) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.at)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being read"));
+        }
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunking_parses_and_prints_round_trip() {
+        for text in ["fixed:1M", "fixed:256K", "cdc:256K", "cdc:4M"] {
+            assert_eq!(text.parse::<Chunking>().unwrap().to_string(), text);
+        }
+        assert_eq!("fixed:1M".parse::<Chunking>().unwrap(), Chunking::Fixed(1 << 20));
+        for bad in ["fixed", "fixed:3K", "cdc:1K", "cdc:8M", "rabin:1M", "fixed:xM"] {
+            assert!(bad.parse::<Chunking>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)] // each chunk here has one read: a list of one range
+    fn fixed_plan_covers_data_and_skips_holes() {
+        const M: u64 = 1 << 20;
+        // Data in [0, 4K), [1.5M, 2.5M) and the last partial chunk; chunk 3 is all hole.
+        let extents = [0..4096, 3 * M / 2..5 * M / 2, 4 * M..4 * M + 10];
+        let plan = fixed_plan(&extents, 4 * M + 10, M);
+        let expect = vec![
+            FixedChunk { range: 0..M, reads: vec![0..4096] },
+            FixedChunk { range: M..2 * M, reads: vec![3 * M / 2..2 * M] },
+            FixedChunk { range: 2 * M..3 * M, reads: vec![2 * M..5 * M / 2] },
+            FixedChunk { range: 4 * M..4 * M + 10, reads: vec![4 * M..4 * M + 10] },
+        ];
+        assert_eq!(plan, expect);
+    }
+
+    #[test]
+    fn fixed_plan_of_a_file_without_data_is_empty() {
+        assert!(fixed_plan(&[], 1 << 30, 1 << 20).is_empty());
+    }
+}

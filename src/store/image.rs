@@ -1,0 +1,228 @@
+//! The image manifest the store keeps per image, its canonical bytes and the image id.
+//!
+//! The id is the sha256 of the canonical JSON (object keys sorted, no whitespace) of the
+//! manifest, so the same rootfs, boot files, source, config and build inputs give the same id
+//! on any machine. Nothing in it depends on the clock or on the store: names, cache entries
+//! and creation times live beside it, so tagging or re-storing never changes an id.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::manifest::{BootManifest, ImageConfig, SourceInfo};
+
+/// Version of the stored manifest's shape; part of every id.
+pub const STORE_FORMAT: u32 = 1;
+
+/// An image's id: the digest of its canonical manifest. Printed as 64 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct ImageId(pub Digest);
+
+impl ImageId {
+    pub fn hex(&self) -> String {
+        self.0.hex()
+    }
+
+    /// The first 12 hex digits, for tables.
+    pub fn short(&self) -> String {
+        self.0.hex()[..12].to_string()
+    }
+}
+
+impl fmt::Display for ImageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.hex())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid image id {0:?}: expected 64 hex digits")]
+pub struct ParseImageIdError(pub String);
+
+impl FromStr for ImageId {
+    type Err = ParseImageIdError;
+
+    /// 64 lowercase hex digits, with or without a `sha256:` prefix.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let hex = s.strip_prefix("sha256:").unwrap_or(s);
+        format!("sha256:{hex}").parse::<Digest>().map(ImageId).map_err(|_| ParseImageIdError(s.to_string()))
+    }
+}
+
+impl Serialize for ImageId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// One stored chunk of a file: `size` bytes at `offset`, named by the sha256 of those bytes.
+/// Parts of a file no chunk covers are zeros (holes and all-zero runs are not stored).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub offset: u64,
+    pub size: u64,
+    pub digest: Digest,
+}
+
+/// A file kept in the store as chunks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredFile {
+    /// Logical size in bytes.
+    pub size: u64,
+    /// How the file was cut (`fixed:1M`, `cdc:256K`), for the record; reassembly needs only
+    /// the chunk list.
+    pub chunking: String,
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// The root filesystem image as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRootfs {
+    /// The filesystem UUID (ext4 `s_uuid`).
+    pub uuid: String,
+    #[serde(flatten)]
+    pub file: StoredFile,
+}
+
+/// What the pipeline knows about an image besides its files.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageRecord {
+    /// The filesystem UUID of the rootfs.
+    pub uuid: String,
+    pub boot: Option<BootManifest>,
+    pub source: Option<SourceInfo>,
+    pub config: ImageConfig,
+    /// The build inputs (Dockerfile digest, build args, options...), free-form.
+    pub build: BTreeMap<String, serde_json::Value>,
+}
+
+/// The manifest stored per image; its canonical bytes define the id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageManifest {
+    pub store_format: u32,
+    pub rootfs: StoredRootfs,
+    /// Boot files (`kernel`, `initrd`) by name, stored as chunks like the rootfs.
+    pub files: BTreeMap<String, StoredFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootManifest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceInfo>,
+    pub config: ImageConfig,
+    #[serde(default)]
+    pub build: BTreeMap<String, serde_json::Value>,
+}
+
+impl ImageManifest {
+    /// Every chunk the image needs, rootfs first.
+    pub fn chunks(&self) -> impl Iterator<Item = &ChunkRef> {
+        self.rootfs.file.chunks.iter().chain(self.files.values().flat_map(|f| f.chunks.iter()))
+    }
+
+    /// The canonical bytes: JSON with sorted keys and no whitespace.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let value = serde_json::to_value(self).expect("a manifest always serializes");
+        let mut out = Vec::new();
+        write_canonical(&value, &mut out);
+        out
+    }
+
+    pub fn id(&self) -> ImageId {
+        ImageId(Digest::of(&self.canonical_bytes()))
+    }
+}
+
+/// Writes JSON with object keys in byte order and no whitespace, whatever the map type
+/// serde_json was built with.
+fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push(b'{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend(serde_json::to_vec(key).expect("a string always serializes"));
+                out.push(b':');
+                write_canonical(item, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => out.extend(serde_json::to_vec(scalar).expect("a scalar always serializes")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ImageManifest {
+        ImageManifest {
+            store_format: STORE_FORMAT,
+            rootfs: StoredRootfs {
+                uuid: "0f0e0d0c-0b0a-0908-0706-050403020100".into(),
+                file: StoredFile {
+                    size: 8192,
+                    chunking: "fixed:1M".into(),
+                    chunks: vec![ChunkRef { offset: 0, size: 8192, digest: Digest::of(b"x") }],
+                },
+            },
+            files: BTreeMap::new(),
+            boot: None,
+            source: None,
+            config: ImageConfig { cmd: vec!["/bin/sh".into()], ..Default::default() },
+            build: BTreeMap::from([("z".into(), serde_json::json!({"b": 1, "a": [true, null]}))]),
+        }
+    }
+
+    #[test]
+    fn canonical_bytes_sort_keys_and_have_no_whitespace() {
+        let text = String::from_utf8(sample().canonical_bytes()).unwrap();
+        assert!(!text.contains(' ') && !text.contains('\n'), "{text}");
+        assert!(text.starts_with(r#"{"build":{"z":{"a":[true,null],"b":1}},"config":{"#), "{text}");
+        let rootfs = &text[text.find(r#""rootfs":"#).unwrap()..];
+        assert!(
+            rootfs.starts_with(r#""rootfs":{"chunking":"fixed:1M","chunks":[{"digest":"sha256:"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn id_round_trips_through_the_stored_bytes() {
+        let manifest = sample();
+        let parsed: ImageManifest = serde_json::from_slice(&manifest.canonical_bytes()).unwrap();
+        assert_eq!(parsed, manifest);
+        assert_eq!(parsed.id(), manifest.id());
+        assert_eq!(manifest.id(), ImageId(Digest::of(&manifest.canonical_bytes())));
+    }
+
+    #[test]
+    fn id_changes_with_any_field() {
+        let mut other = sample();
+        other.config.cmd.push("-c".into());
+        assert_ne!(other.id(), sample().id());
+    }
+
+    #[test]
+    fn image_id_parses_with_or_without_prefix() {
+        let id = sample().id();
+        assert_eq!(id.to_string().parse::<ImageId>().unwrap(), id);
+        assert_eq!(format!("sha256:{id}").parse::<ImageId>().unwrap(), id);
+        assert!("abc".parse::<ImageId>().is_err());
+    }
+}
