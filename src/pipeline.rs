@@ -4,6 +4,7 @@
 //! The output directory appears whole or not at all: everything is written into a hidden
 //! sibling directory that is renamed into place last, and removed if anything fails.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
@@ -13,12 +14,14 @@ use std::time::Instant;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::boot::{self, BootError, KernelSource};
 use crate::digest::{Digest, Hasher};
 use crate::error::{Classify, ErrorClass};
 use crate::ext4::{self, SizeSpec};
 use crate::layer;
 use crate::manifest::{OutputManifest, RootfsInfo, SourceInfo, FORMAT_VERSION};
 use crate::source::{self, SourceError, SourceRef};
+use crate::store::{ImageId, ImageRecord, Store, StoreError};
 use crate::tree::flatten::FlattenError;
 use crate::tree::{FsTree, Timestamp};
 
@@ -35,11 +38,25 @@ pub struct ConvertPlan {
     pub input: String,
     /// `os/arch[/variant]` to pick from a multi-platform index.
     pub platform: String,
-    /// Where `rootfs.ext4` and `manifest.json` go.
-    pub outdir: PathBuf,
+    /// Where `rootfs.ext4`, `manifest.json` and the boot files go, if anywhere.
+    pub outdir: Option<PathBuf>,
+    /// The store to keep the image in (and to answer from, on a cache hit), if any.
+    pub store: Option<PathBuf>,
     pub rootfs: RootfsOptions,
-    /// Where layer spools go (unlinked temp files); the output's parent by default.
+    /// The kernel to boot with; without one, the image's own `/boot/vmlinuz-*` if it has
+    /// one, else the image gets no boot part.
+    pub kernel: Option<HostKernel>,
+    /// Build inputs recorded in the store's manifest (Dockerfile, args...), free-form.
+    pub build: BTreeMap<String, serde_json::Value>,
+    /// Where layer spools go (unlinked temp files); the staging directory by default.
     pub spool_dir: Option<PathBuf>,
+}
+
+/// A kernel on the host: its bzImage and its `lib/modules/<version>` directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostKernel {
+    pub kernel: PathBuf,
+    pub modules: PathBuf,
 }
 
 /// How the root filesystem is laid out; part of the cache key.
@@ -61,6 +78,8 @@ impl Default for RootfsOptions {
 pub enum Progress {
     /// The image is resolved: this many layers, this many bytes to read (when known).
     Resolved { layers: usize, bytes: Option<u64> },
+    /// The store already holds this conversion.
+    CacheHit { id: String },
     /// All layers are read and indexed.
     LayersIndexed { seconds: f64 },
     /// The merged tree holds this many entries.
@@ -73,7 +92,9 @@ pub enum Progress {
 #[derive(Clone, Debug)]
 pub struct Converted {
     pub manifest: OutputManifest,
-    pub outdir: PathBuf,
+    pub outdir: Option<PathBuf>,
+    /// The store answered without reading a layer.
+    pub cache_hit: bool,
     pub timings: Timings,
 }
 
@@ -84,6 +105,7 @@ pub struct Timings {
     pub layers: f64,
     pub flatten: f64,
     pub rootfs: f64,
+    pub store: f64,
     pub total: f64,
 }
 
@@ -95,10 +117,16 @@ pub enum PipelineError {
     Flatten { input: String, source: FlattenError },
     #[error("{input}: {source}")]
     Ext4 { input: String, source: ext4::Ext4Error },
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("{what} {}: {source}", path.display())]
     Io { what: &'static str, path: PathBuf, source: io::Error },
     #[error("output {} exists and is not a diskc output directory; remove it or pick another", .0.display())]
     OutputExists(PathBuf),
+    #[error("nowhere to put the image: give an output directory or a store")]
+    NoDestination,
 }
 
 impl Classify for PipelineError {
@@ -107,11 +135,13 @@ impl Classify for PipelineError {
             PipelineError::Source(e) => e.class(),
             PipelineError::Flatten { source, .. } => source.class(),
             PipelineError::Ext4 { source, .. } => source.class(),
+            PipelineError::Boot(e) => e.class(),
+            PipelineError::Store(e) => e.class(),
             PipelineError::Io { source, .. } => match source.kind() {
                 io::ErrorKind::NotFound => ErrorClass::BadInput,
                 _ => ErrorClass::Environment,
             },
-            PipelineError::OutputExists(_) => ErrorClass::Usage,
+            PipelineError::OutputExists(_) | PipelineError::NoDestination => ErrorClass::Usage,
         }
     }
 }
@@ -120,18 +150,39 @@ fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
     move |source| PipelineError::Io { what, path: path.to_path_buf(), source }
 }
 
-/// Converts the plan's source into `rootfs.ext4` + `manifest.json` in the plan's outdir.
+/// Converts the plan's source into a root filesystem with its manifest and boot files, in
+/// the plan's outdir and/or store. A conversion the store already holds is answered from
+/// the store without reading a layer.
 pub fn convert(plan: &ConvertPlan, progress: &mut dyn FnMut(Progress)) -> Result<Converted, PipelineError> {
     let started = Instant::now();
     let mut timings = Timings::default();
-    check_outdir(&plan.outdir)?;
+    if let Some(outdir) = &plan.outdir {
+        check_outdir(outdir)?;
+    } else if plan.store.is_none() {
+        return Err(PipelineError::NoDestination);
+    }
+    let store = plan.store.as_deref().map(Store::open).transpose()?;
 
     let opened = source::open(&plan.source, &plan.platform)?;
     let bytes = opened.resolved().layers.iter().map(|l| l.size).sum::<Option<u64>>();
     progress(Progress::Resolved { layers: opened.resolved().layers.len(), bytes });
     timings.resolve = lap(started, &timings);
 
-    let staging = Staging::new(&plan.outdir)?;
+    let cache_key = cache_key(plan, opened.resolved().config_digest)?;
+    if let Some(store) = &store {
+        if let Some(id) = store.cache_get(&cache_key)? {
+            progress(Progress::CacheHit { id: id.to_string() });
+            let manifest = from_store(store, &id, plan)?;
+            timings.total = started.elapsed().as_secs_f64();
+            return Ok(Converted { manifest, outdir: plan.outdir.clone(), cache_hit: true, timings });
+        }
+    }
+
+    let staging = match (&plan.outdir, &store) {
+        (Some(outdir), _) => Staging::beside(outdir)?,
+        (None, Some(store)) => Staging::new(&store.root().join("tmp"), "convert")?,
+        (None, None) => unreachable!("checked above"),
+    };
     let spool_dir = plan.spool_dir.clone().unwrap_or_else(|| staging.path.clone());
     let config = opened.config().clone();
     let (resolved, layers) = opened.index_layers(&spool_dir)?;
@@ -146,13 +197,24 @@ pub fn convert(plan: &ConvertPlan, progress: &mut dyn FnMut(Progress)) -> Result
     let rootfs_path = staging.path.join(ROOTFS_FILE);
     let options = ext4_options(&config.diff_ids, &plan.rootfs, fs_time(&tree));
     let summary = write_rootfs(&tree, &options, &rootfs_path).map_err(|e| with_input(e, &plan.input))?;
+    let boot = match &plan.kernel {
+        Some(k) => Some(boot::prepare(
+            &staging.path,
+            &KernelSource::from_host(&k.kernel, &k.modules)?,
+            &config.config,
+        )?),
+        None => match KernelSource::from_tree(&tree)? {
+            Some(own) => Some(boot::prepare(&staging.path, &own, &config.config)?),
+            None => None,
+        },
+    };
     drop(tree);
     drop(layers); // the spools go with the last reference to them
     let digest = digest_file(&rootfs_path)?;
     timings.rootfs = lap(started, &timings);
     progress(Progress::RootfsWritten { bytes: summary.size_bytes, seconds: timings.rootfs });
 
-    let manifest = OutputManifest {
+    let mut manifest = OutputManifest {
         diskc_version: env!("CARGO_PKG_VERSION").to_string(),
         format_version: FORMAT_VERSION,
         id: None,
@@ -171,16 +233,104 @@ pub fn convert(plan: &ConvertPlan, progress: &mut dyn FnMut(Progress)) -> Result
             size: summary.size_bytes,
             uuid: format_uuid(&summary.uuid),
         },
-        boot: None,
+        boot,
     };
-    write_manifest(&staging.path, &manifest)?;
-    staging.commit(&plan.outdir)?;
+    if let Some(store) = &store {
+        let boot_files: Vec<(&str, PathBuf)> = match &manifest.boot {
+            Some(b) => vec![
+                (KERNEL_NAME, staging.path.join(&b.kernel.file)),
+                (INITRD_NAME, staging.path.join(&b.initrd.file)),
+            ],
+            None => Vec::new(),
+        };
+        let boot_files: Vec<(&str, &Path)> = boot_files.iter().map(|(n, p)| (*n, p.as_path())).collect();
+        let record = ImageRecord {
+            uuid: manifest.rootfs.uuid.clone(),
+            rootfs_digest: Some(digest),
+            boot: manifest.boot.clone(),
+            source: Some(manifest.source.clone()),
+            config: manifest.config.clone(),
+            build: plan.build.clone(),
+        };
+        let id = store.put_image(&rootfs_path, &boot_files, record)?;
+        store.cache_put(&cache_key, &id)?;
+        manifest.id = Some(id.to_string());
+        timings.store = lap(started, &timings);
+    }
+    if let Some(outdir) = &plan.outdir {
+        write_manifest(&staging.path, &manifest)?;
+        staging.commit(outdir)?;
+    }
     timings.total = started.elapsed().as_secs_f64();
-    Ok(Converted { manifest, outdir: plan.outdir.clone(), timings })
+    Ok(Converted { manifest, outdir: plan.outdir.clone(), cache_hit: false, timings })
+}
+
+/// The store names boot files by role.
+const KERNEL_NAME: &str = "kernel";
+const INITRD_NAME: &str = "initrd";
+
+/// What decides a conversion's result: the image (its config digest names its layers too),
+/// diskc's formats, the options, the kernel and the build inputs.
+fn cache_key(plan: &ConvertPlan, config_digest: Digest) -> Result<String, PipelineError> {
+    let kernel = match &plan.kernel {
+        Some(k) => {
+            let bytes = fs::read(&k.kernel).map_err(io_error("reading", &k.kernel))?;
+            serde_json::json!({ "kernel": Digest::of(&bytes), "modules": k.modules })
+        }
+        None => serde_json::Value::Null,
+    };
+    let key = serde_json::json!({
+        "diskc": env!("CARGO_PKG_VERSION"),
+        "format": FORMAT_VERSION,
+        "config": config_digest,
+        "rootfs": plan.rootfs,
+        "kernel": kernel,
+        "build": plan.build,
+    });
+    Ok(Digest::of(key.to_string().as_bytes()).to_string())
+}
+
+/// A cache hit: the stored image's manifest, and its files in the outdir when asked for.
+fn from_store(store: &Store, id: &ImageId, plan: &ConvertPlan) -> Result<OutputManifest, PipelineError> {
+    let stored = store.manifest(id)?;
+    let mut manifest = OutputManifest {
+        diskc_version: env!("CARGO_PKG_VERSION").to_string(),
+        format_version: FORMAT_VERSION,
+        id: Some(id.to_string()),
+        source: stored.source.clone().ok_or_else(|| StoreError::CorruptManifest {
+            id: id.to_string(),
+            reason: "a cached conversion has no source".into(),
+        })?,
+        config: stored.config.clone(),
+        rootfs: RootfsInfo {
+            file: ROOTFS_FILE.to_string(),
+            digest: stored.rootfs.digest.unwrap_or_else(|| Digest::of(b"")),
+            size: stored.rootfs.file.size,
+            uuid: stored.rootfs.uuid.clone(),
+        },
+        boot: stored.boot.clone(),
+    };
+    // The source as named this time; the image is the same.
+    manifest.source.reference = plan.input.clone();
+    if let Some(outdir) = &plan.outdir {
+        let staging = Staging::beside(outdir)?;
+        let rootfs = staging.path.join(ROOTFS_FILE);
+        store.export_rootfs(id, &rootfs)?;
+        if stored.rootfs.digest.is_none() {
+            manifest.rootfs.digest = digest_file(&rootfs)?;
+        }
+        if let Some(boot) = &manifest.boot {
+            store.export_file(id, KERNEL_NAME, &staging.path.join(&boot.kernel.file))?;
+            store.export_file(id, INITRD_NAME, &staging.path.join(&boot.initrd.file))?;
+        }
+        write_manifest(&staging.path, &manifest)?;
+        staging.commit(outdir)?;
+    }
+    Ok(manifest)
 }
 
 fn lap(started: Instant, timings: &Timings) -> f64 {
-    let before = timings.resolve + timings.layers + timings.flatten + timings.rootfs;
+    let before = timings.resolve + timings.layers + timings.flatten + timings.rootfs + timings.store;
     started.elapsed().as_secs_f64() - before
 }
 
@@ -339,16 +489,22 @@ struct Staging {
 }
 
 impl Staging {
-    fn new(outdir: &Path) -> Result<Self, PipelineError> {
+    /// A staging directory beside `outdir`, to be renamed onto it.
+    fn beside(outdir: &Path) -> Result<Self, PipelineError> {
         let parent = match outdir.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        fs::create_dir_all(&parent).map_err(io_error("creating", &parent))?;
         let name =
             outdir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+        Staging::new(&parent, &name)
+    }
+
+    /// `parent/.NAME.diskc-tmp-PID`.
+    fn new(parent: &Path, name: &str) -> Result<Self, PipelineError> {
+        fs::create_dir_all(parent).map_err(io_error("creating", parent))?;
         let prefix = format!(".{name}.diskc-tmp-");
-        sweep_stale(&parent, &prefix);
+        sweep_stale(parent, &prefix);
         let path = parent.join(format!("{prefix}{}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir(&path).map_err(io_error("creating", &path))?;
@@ -424,12 +580,12 @@ mod tests {
     fn staging_is_removed_unless_committed() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        let staging = Staging::new(&out).unwrap();
+        let staging = Staging::beside(&out).unwrap();
         let staged = staging.path.clone();
         assert!(staged.is_dir());
         drop(staging);
         assert!(!staged.exists());
-        let staging = Staging::new(&out).unwrap();
+        let staging = Staging::beside(&out).unwrap();
         fs::write(staging.path.join("x"), b"1").unwrap();
         staging.commit(&out).unwrap();
         assert!(out.join("x").is_file());

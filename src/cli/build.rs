@@ -1,12 +1,13 @@
-//! `diskc build`: a Dockerfile and its context, built by BuildKit in the Docker daemon.
+//! `diskc build`: a Dockerfile and its context, built by BuildKit in the Docker daemon, then
+//! converted like `diskc convert docker-daemon:` into a bootable image in the store.
 //!
 //! The arguments become a [`BuildPlan`]; the library runs it and reports [`BuildEvent`]s,
 //! which this file shows on stderr the way `docker build --progress=plain` does (or as a
-//! compact live view on a terminal). The result goes to stdout: a human line, the bare id
-//! with `--quiet`, or one JSON object with `--json`.
+//! compact live view on a terminal). The result goes to stdout: a human line, the bare
+//! image id with `--quiet`, or one JSON object with `--json`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,7 +16,9 @@ use clap::{Args, ValueEnum};
 
 use diskc::build::{self, BuildEvent, BuildPlan, Builder};
 use diskc::error::UsageError;
+use diskc::source::{SourceRef, DEFAULT_PLATFORM};
 
+use super::convert::{convert_with_progress, print_result, OutputArgs};
 use super::GlobalArgs;
 
 #[derive(Args, Debug)]
@@ -44,12 +47,11 @@ pub struct BuildArgs {
     /// Set a label on the image; repeatable.
     #[arg(long = "label", value_name = "K=V")]
     pub labels: Vec<String>,
-    /// Where to write the VM disk image made from the built image.
-    #[arg(short = 'o', long = "output", value_name = "OUTDIR")]
-    pub output: Option<PathBuf>,
     /// The daemon's builder: BuildKit, or the classic one for daemons without BuildKit.
     #[arg(long, value_enum, default_value_t = BuilderArg::Buildkit)]
     pub builder: BuilderArg,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -115,18 +117,38 @@ pub fn run(args: BuildArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let result = build::build_image(&plan, &mut |event| display.show(event));
     display.finish();
     let built = result.with_context(|| format!("building {}", plan.context.display()))?;
-    let mut out = std::io::stdout().lock();
-    if global.json {
-        serde_json::to_writer(&mut out, &built)?;
-        writeln!(out)?;
-    } else if global.quiet {
-        writeln!(out, "{}", built.image_id)?;
-    } else if built.tags.is_empty() {
-        writeln!(out, "built {}", built.image_id)?;
-    } else {
-        writeln!(out, "built {} as {}", built.image_id, built.tags.join(", "))?;
+    if !global.quiet && !global.json {
+        eprintln!("built {}{}", built.image_id, tags_suffix(&built.tags));
     }
+    // Convert exactly the image just built, by id; the manifest names it by its first tag.
+    let source = SourceRef::DockerDaemon { name: built.image_id.clone() };
+    let input = format!("docker-daemon:{}", built.tags.first().unwrap_or(&built.image_id));
+    let convert_plan = args.output.plan(source, input, DEFAULT_PLATFORM.to_string(), build_inputs(&plan))?;
+    let converted = convert_with_progress(&convert_plan, global)?;
+    let mut extra = serde_json::Map::new();
+    extra.insert("image_id".into(), built.image_id.clone().into());
+    extra.insert("tags".into(), built.tags.clone().into());
+    print_result(&converted, global, extra);
     Ok(0)
+}
+
+fn tags_suffix(tags: &[String]) -> String {
+    if tags.is_empty() {
+        String::new()
+    } else {
+        format!(" as {}", tags.join(", "))
+    }
+}
+
+/// What the store records of the build: the inputs that shaped the image besides its
+/// context (which the image id already covers).
+fn build_inputs(plan: &BuildPlan) -> BTreeMap<String, serde_json::Value> {
+    let mut inputs = BTreeMap::new();
+    inputs.insert("build_args".into(), serde_json::json!(plan.build_args));
+    inputs.insert("labels".into(), serde_json::json!(plan.labels));
+    inputs.insert("target".into(), serde_json::json!(plan.target));
+    inputs.insert("builder".into(), serde_json::json!(format!("{:?}", plan.builder).to_lowercase()));
+    inputs
 }
 
 trait Display {

@@ -1,5 +1,7 @@
-//! `diskc convert SOURCE -o OUTDIR`: any container image to a root filesystem and manifest.
+//! `diskc convert SOURCE`: any container image to a root filesystem, its manifest and its
+//! boot files, kept in the store and/or written to an output directory.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,9 +9,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use diskc::pipeline::{self, ConvertPlan, Progress, RootfsOptions};
+use diskc::error::UsageError;
+use diskc::pipeline::{self, ConvertPlan, Converted, HostKernel, Progress, RootfsOptions};
 use diskc::source::{SourceRef, DEFAULT_PLATFORM};
+use diskc::store::Store;
 
+use super::store::StoreArgs;
 use super::{parse_size, GlobalArgs, SizeArg};
 
 #[derive(Args, Debug)]
@@ -19,23 +24,38 @@ SOURCE names an image the way skopeo does:
   oci:DIR[:REF]                 an OCI image layout directory
   oci-archive:FILE[:REF]        a tar of an OCI image layout
   docker-archive:FILE[:REF]     a `docker save` archive
-  docker://HOST[:PORT]/REPO[:TAG|@DIGEST]   a registry (plain HTTP on loopback)")]
+  docker://HOST[:PORT]/REPO[:TAG|@DIGEST]   a registry (plain HTTP on loopback;
+                                credentials from the Docker config file)
+
+The image is kept in the store and its id printed; -o also writes OUTDIR/rootfs.ext4,
+OUTDIR/manifest.json and, with a kernel, OUTDIR/vmlinuz and OUTDIR/initrd.img.")]
 pub struct ConvertArgs {
     /// The image to convert (see below).
     pub source: String,
-    /// Output directory: rootfs.ext4 and manifest.json appear there whole, or not at all.
-    #[arg(short, long)]
-    pub output: PathBuf,
-    #[command(flatten)]
-    pub rootfs: RootfsArgs,
-}
-
-/// Layout of the root filesystem, shared by `convert` and `build`.
-#[derive(Args, Debug, Clone)]
-pub struct RootfsArgs {
     /// Which image of a multi-platform index: os/arch[/variant].
     #[arg(long, default_value = DEFAULT_PLATFORM)]
     pub platform: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Where an image goes and how it is laid out; shared by `convert` and `build`.
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Also write the image to OUTDIR; it appears whole or not at all.
+    #[arg(short, long, value_name = "OUTDIR")]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Do not keep the image in the store (then -o is needed).
+    #[arg(long)]
+    pub no_store: bool,
+    /// The kernel to boot with (a bzImage) [default: the image's own /boot/vmlinuz-*].
+    #[arg(long, env = "DISKC_KERNEL", value_name = "VMLINUZ", requires = "modules")]
+    pub kernel: Option<PathBuf>,
+    /// The kernel's modules: its lib/modules/<version> directory.
+    #[arg(long, env = "DISKC_MODULES", value_name = "DIR", requires = "kernel")]
+    pub modules: Option<PathBuf>,
     /// Filesystem size: `auto` (content plus headroom) or bytes with K, M, G, T suffixes.
     #[arg(long, default_value = "auto", value_parser = parse_size)]
     pub size: SizeArg,
@@ -44,29 +64,48 @@ pub struct RootfsArgs {
     pub no_journal: bool,
 }
 
-impl RootfsArgs {
-    pub fn options(&self) -> RootfsOptions {
-        RootfsOptions { size: self.size.0, journal: !self.no_journal }
+impl OutputArgs {
+    /// The conversion plan for `source`, named `input` in messages and manifests.
+    pub fn plan(
+        &self,
+        source: SourceRef,
+        input: String,
+        platform: String,
+        build: BTreeMap<String, serde_json::Value>,
+    ) -> Result<ConvertPlan, UsageError> {
+        if self.no_store && self.output.is_none() {
+            return Err(UsageError("--no-store needs -o OUTDIR: the image has to go somewhere".into()));
+        }
+        let kernel = match (&self.kernel, &self.modules) {
+            (Some(kernel), Some(modules)) => {
+                Some(HostKernel { kernel: kernel.clone(), modules: modules.clone() })
+            }
+            _ => None,
+        };
+        Ok(ConvertPlan {
+            source,
+            input,
+            platform,
+            outdir: self.output.clone(),
+            store: (!self.no_store).then(|| self.store.store.clone().unwrap_or_else(Store::default_root)),
+            rootfs: RootfsOptions { size: self.size.0, journal: !self.no_journal },
+            kernel,
+            build,
+            spool_dir: None,
+        })
     }
 }
 
 pub fn run(args: ConvertArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let source: SourceRef = args.source.parse()?;
-    let plan = ConvertPlan {
-        source,
-        input: args.source.clone(),
-        platform: args.rootfs.platform.clone(),
-        outdir: args.output.clone(),
-        rootfs: args.rootfs.options(),
-        spool_dir: None,
-    };
+    let plan = args.output.plan(source, args.source.clone(), args.platform.clone(), BTreeMap::new())?;
     let converted = convert_with_progress(&plan, global)?;
-    report(&converted, global);
+    print_result(&converted, global, serde_json::Map::new());
     Ok(0)
 }
 
 /// Runs the pipeline with a progress line on stderr when it is a terminal.
-pub fn convert_with_progress(plan: &ConvertPlan, global: &GlobalArgs) -> anyhow::Result<pipeline::Converted> {
+pub fn convert_with_progress(plan: &ConvertPlan, global: &GlobalArgs) -> anyhow::Result<Converted> {
     let bar = (!global.quiet && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.enable_steady_tick(Duration::from_millis(120));
@@ -80,9 +119,10 @@ pub fn convert_with_progress(plan: &ConvertPlan, global: &GlobalArgs) -> anyhow:
                 format!("reading {layers} layers ({})", indicatif::HumanBytes(b))
             }
             Progress::Resolved { layers, bytes: None } => format!("reading {layers} layers"),
+            Progress::CacheHit { id } => format!("in the store already: {}", &id[..12.min(id.len())]),
             Progress::LayersIndexed { .. } => "merging layers".into(),
             Progress::Flattened { entries } => format!("writing ext4 ({entries} entries)"),
-            Progress::RootfsWritten { .. } => "finishing".into(),
+            Progress::RootfsWritten { .. } => "storing".into(),
         });
     };
     let result = pipeline::convert(plan, &mut on_progress);
@@ -92,11 +132,17 @@ pub fn convert_with_progress(plan: &ConvertPlan, global: &GlobalArgs) -> anyhow:
     result.with_context(|| format!("converting {}", plan.input))
 }
 
-fn report(converted: &pipeline::Converted, global: &GlobalArgs) {
+/// One line for people, or one JSON object (with `extra` fields first) for machines.
+pub fn print_result(
+    converted: &Converted,
+    global: &GlobalArgs,
+    mut extra: serde_json::Map<String, serde_json::Value>,
+) {
     let m = &converted.manifest;
     if global.json {
-        let out = serde_json::json!({
+        let fields = serde_json::json!({
             "id": m.id,
+            "cache_hit": converted.cache_hit,
             "outdir": converted.outdir,
             "rootfs": m.rootfs,
             "source": m.source,
@@ -104,13 +150,20 @@ fn report(converted: &pipeline::Converted, global: &GlobalArgs) {
             "boot": m.boot,
             "timings": converted.timings,
         });
-        println!("{out}");
+        if let serde_json::Value::Object(fields) = fields {
+            extra.extend(fields);
+        }
+        println!("{}", serde_json::Value::Object(extra));
+    } else if global.quiet {
+        println!("{}", m.id.as_deref().unwrap_or(&m.rootfs.digest.to_string()));
     } else {
+        let id = m.id.as_deref().map(|id| format!("image {id}")).unwrap_or_else(|| "not stored".into());
+        let outdir = converted.outdir.as_ref().map(|d| format!(" -> {}", d.display())).unwrap_or_default();
+        let boot = if m.boot.is_some() { "bootable" } else { "no kernel" };
+        let hit = if converted.cache_hit { ", from the cache" } else { "" };
         println!(
-            "{} -> {}: {} ({:.1} MiB), {:.2}s",
+            "{}{outdir}: {id} ({:.1} MiB rootfs, {boot}{hit}), {:.2}s",
             m.source.reference,
-            converted.outdir.display(),
-            m.rootfs.digest,
             m.rootfs.size as f64 / (1 << 20) as f64,
             converted.timings.total
         );

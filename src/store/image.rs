@@ -83,6 +83,9 @@ pub struct StoredFile {
 pub struct StoredRootfs {
     /// The filesystem UUID (ext4 `s_uuid`).
     pub uuid: String,
+    /// sha256 of the whole rootfs image, as `manifest.json` reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
     #[serde(flatten)]
     pub file: StoredFile,
 }
@@ -92,6 +95,8 @@ pub struct StoredRootfs {
 pub struct ImageRecord {
     /// The filesystem UUID of the rootfs.
     pub uuid: String,
+    /// sha256 of the rootfs image, when the caller computed it.
+    pub rootfs_digest: Option<Digest>,
     pub boot: Option<BootManifest>,
     pub source: Option<SourceInfo>,
     pub config: ImageConfig,
@@ -176,6 +181,7 @@ mod tests {
             store_format: STORE_FORMAT,
             rootfs: StoredRootfs {
                 uuid: "0f0e0d0c-0b0a-0908-0706-050403020100".into(),
+                digest: None,
                 file: StoredFile {
                     size: 8192,
                     chunking: "fixed:1M".into(),

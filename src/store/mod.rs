@@ -316,6 +316,7 @@ impl Store {
             store_format: STORE_FORMAT,
             rootfs: StoredRootfs {
                 uuid: record.uuid,
+                digest: record.rootfs_digest,
                 file: rootfs_file.expect("the rootfs is the first input"),
             },
             files,

@@ -17,9 +17,12 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The diskc binary built for this test run.
+/// The diskc binary built for this test run, with a store of the test run's own (under the
+/// target dir) rather than the user's.
 pub fn diskc() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_diskc"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_diskc"));
+    cmd.env("DISKC_STORE", repo_root().join("target/test-tmp/store"));
+    cmd
 }
 
 /// Runs a command and returns its output, panicking with its stderr when it fails.
