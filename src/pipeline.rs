@@ -48,6 +48,8 @@ pub struct ConvertPlan {
     pub kernel: Option<HostKernel>,
     /// Build inputs recorded in the store's manifest (Dockerfile, args...), free-form.
     pub build: BTreeMap<String, serde_json::Value>,
+    /// Names to give the stored image (`diskc build -t`).
+    pub names: Vec<String>,
     /// Where layer spools go (unlinked temp files); the staging directory by default.
     pub spool_dir: Option<PathBuf>,
 }
@@ -172,6 +174,7 @@ pub fn convert(plan: &ConvertPlan, progress: &mut dyn FnMut(Progress)) -> Result
     if let Some(store) = &store {
         if let Some(id) = store.cache_get(&cache_key)? {
             progress(Progress::CacheHit { id: id.to_string() });
+            name_image(store, &id, &plan.names)?;
             let manifest = from_store(store, &id, plan)?;
             timings.total = started.elapsed().as_secs_f64();
             return Ok(Converted { manifest, outdir: plan.outdir.clone(), cache_hit: true, timings });
@@ -254,6 +257,7 @@ pub fn convert(plan: &ConvertPlan, progress: &mut dyn FnMut(Progress)) -> Result
         };
         let id = store.put_image(&rootfs_path, &boot_files, record)?;
         store.cache_put(&cache_key, &id)?;
+        name_image(store, &id, &plan.names)?;
         manifest.id = Some(id.to_string());
         timings.store = lap(started, &timings);
     }
@@ -263,6 +267,13 @@ pub fn convert(plan: &ConvertPlan, progress: &mut dyn FnMut(Progress)) -> Result
     }
     timings.total = started.elapsed().as_secs_f64();
     Ok(Converted { manifest, outdir: plan.outdir.clone(), cache_hit: false, timings })
+}
+
+fn name_image(store: &Store, id: &ImageId, names: &[String]) -> Result<(), StoreError> {
+    for name in names {
+        store.tag(&id.to_string(), name)?;
+    }
+    Ok(())
 }
 
 /// The store names boot files by role.

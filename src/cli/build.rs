@@ -123,7 +123,9 @@ pub fn run(args: BuildArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     // Convert exactly the image just built, by id; the manifest names it by its first tag.
     let source = SourceRef::DockerDaemon { name: built.image_id.clone() };
     let input = format!("docker-daemon:{}", built.tags.first().unwrap_or(&built.image_id));
-    let convert_plan = args.output.plan(source, input, DEFAULT_PLATFORM.to_string(), build_inputs(&plan))?;
+    let names = if args.output.no_store { Vec::new() } else { built.tags.clone() };
+    let convert_plan =
+        args.output.plan(source, input, DEFAULT_PLATFORM.to_string(), build_inputs(&plan), names)?;
     let converted = convert_with_progress(&convert_plan, global)?;
     let mut extra = serde_json::Map::new();
     extra.insert("image_id".into(), built.image_id.clone().into());

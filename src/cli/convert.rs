@@ -35,6 +35,9 @@ pub struct ConvertArgs {
     /// Which image of a multi-platform index: os/arch[/variant].
     #[arg(long, default_value = DEFAULT_PLATFORM)]
     pub platform: String,
+    /// Name the stored image (repeatable).
+    #[arg(short = 't', long = "tag", value_name = "NAME")]
+    pub names: Vec<String>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -72,7 +75,11 @@ impl OutputArgs {
         input: String,
         platform: String,
         build: BTreeMap<String, serde_json::Value>,
+        names: Vec<String>,
     ) -> Result<ConvertPlan, UsageError> {
+        if self.no_store && !names.is_empty() {
+            return Err(UsageError("--no-store with names: names are given to the stored image".into()));
+        }
         if self.no_store && self.output.is_none() {
             return Err(UsageError("--no-store needs -o OUTDIR: the image has to go somewhere".into()));
         }
@@ -91,6 +98,7 @@ impl OutputArgs {
             rootfs: RootfsOptions { size: self.size.0, journal: !self.no_journal },
             kernel,
             build,
+            names,
             spool_dir: None,
         })
     }
@@ -98,7 +106,8 @@ impl OutputArgs {
 
 pub fn run(args: ConvertArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let source: SourceRef = args.source.parse()?;
-    let plan = args.output.plan(source, args.source.clone(), args.platform.clone(), BTreeMap::new())?;
+    let plan =
+        args.output.plan(source, args.source.clone(), args.platform.clone(), BTreeMap::new(), args.names.clone())?;
     let converted = convert_with_progress(&plan, global)?;
     print_result(&converted, global, serde_json::Map::new());
     Ok(0)
