@@ -108,6 +108,8 @@ pub enum Ext4Error {
     LabelTooLong(String),
     #[error("reading {path}: {source}")]
     Read { path: String, source: io::Error },
+    #[error("copying {path} into the image: {source}")]
+    Copy { path: String, source: io::Error },
     #[error("writing the image: {0}")]
     Write(io::Error),
 }
@@ -115,7 +117,7 @@ pub enum Ext4Error {
 impl Classify for Ext4Error {
     fn class(&self) -> ErrorClass {
         match self {
-            Ext4Error::Read { source, .. } => ErrorClass::of_io(source),
+            Ext4Error::Read { source, .. } | Ext4Error::Copy { source, .. } => ErrorClass::of_io(source),
             Ext4Error::Write(_) => ErrorClass::Environment,
             _ => ErrorClass::BadInput,
         }

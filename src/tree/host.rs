@@ -35,12 +35,16 @@ impl Content for HostFile {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         open_quietly(&self.path)?.read_exact_at(buf, offset)
     }
+
+    fn source_file(&self) -> Option<(&Path, u64)> {
+        Some((&self.path, 0))
+    }
 }
 
 /// Opens for reading without updating the file's atime (O_NOATIME), so making an image does
 /// not change its source; falls back to a plain open where that is not permitted (files of
 /// other owners without CAP_FOWNER).
-fn open_quietly(path: &Path) -> io::Result<File> {
+pub fn open_quietly(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     match File::options().read(true).custom_flags(libc::O_NOATIME).open(path) {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
@@ -177,6 +181,9 @@ fn sized_call(mut call: impl FnMut(&mut [u8]) -> isize) -> io::Result<Vec<u8>> {
         if size < 0 {
             return Err(io::Error::last_os_error());
         }
+        if size == 0 {
+            return Ok(Vec::new());
+        }
         let mut buf = vec![0u8; size as usize];
         let got = call(&mut buf);
         if got >= 0 {
@@ -227,6 +234,9 @@ fn xattrs_of(path: &Path) -> Result<Xattrs, HostError> {
     Ok(out)
 }
 
+/// Files up to this size are scanned whole, without SEEK_DATA/SEEK_HOLE.
+const SMALL_FILE: u64 = 64 << 10;
+
 /// The file's data ranges (SEEK_DATA/SEEK_HOLE) as whole blocks, then the blocks in them
 /// that hold a nonzero byte.
 fn data_blocks(path: &Path, size: u64) -> Result<Vec<Range<u64>>, HostError> {
@@ -236,7 +246,13 @@ fn data_blocks(path: &Path, size: u64) -> Result<Vec<Range<u64>>, HostError> {
     let file = open_quietly(path).map_err(io_err(path))?;
     let mut runs: Vec<Range<u64>> = Vec::new();
     let mut buf = vec![0u8; size.min(1 << 20) as usize];
-    for range in data_ranges(&file, size).map_err(io_err(path))? {
+    // Asking small files for their holes costs more system calls than reading them.
+    let ranges = if size <= SMALL_FILE {
+        std::iter::once(0..size).collect()
+    } else {
+        data_ranges(&file, size).map_err(io_err(path))?
+    };
+    for range in ranges {
         let start = range.start / BLOCK_SIZE * BLOCK_SIZE;
         let end = range.end.next_multiple_of(BLOCK_SIZE).min(size);
         let mut scanner = DataBlockScanner::default();
