@@ -84,39 +84,39 @@ pub fn read_tree(root: &Path) -> Result<FsTree<HostFile>, HostError> {
     let mut tree = FsTree::new(metadata_of(root, &meta)?);
     let mut links: HashMap<(u64, u64), NodeId> = HashMap::new();
     let mut files: Vec<NodeId> = Vec::new();
-    let mut pending = vec![(root.to_path_buf(), FsTree::<HostFile>::ROOT)];
-    while let Some((dir_path, dir_id)) = pending.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(&dir_path)
-            .map_err(io_err(&dir_path))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()
-            .map_err(io_err(&dir_path))?;
-        entries.sort();
-        for name in entries {
-            let path = dir_path.join(&name);
-            let meta = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
-            let key = (meta.dev(), meta.ino());
-            let id = match links.get(&key) {
-                Some(&id) if !meta.is_dir() => id,
-                _ => {
-                    let kind = kind_of(&path, &meta)?;
-                    let is_dir = matches!(kind, NodeKind::Directory(_));
-                    let is_file = matches!(kind, NodeKind::File(_));
-                    let id = tree.add(Node::new(kind, metadata_of(&path, &meta)?));
-                    if is_dir {
-                        pending.push((path.clone(), id));
-                    } else if meta.nlink() > 1 {
-                        links.insert(key, id);
+    // Breadth first: the directories of one level are listed and their entries examined in
+    // parallel; the tree is then built from the results in order, so it does not depend on
+    // which thread finished first.
+    let mut level = vec![(root.to_path_buf(), FsTree::<HostFile>::ROOT)];
+    while !level.is_empty() {
+        let listed: Vec<Result<Vec<Entry>, HostError>> =
+            level.par_iter().map(|(path, _)| list_dir(path)).collect();
+        let mut next = Vec::new();
+        for ((_, dir_id), entries) in level.iter().zip(listed) {
+            for e in entries? {
+                let key = (e.dev, e.ino);
+                let id = match links.get(&key) {
+                    Some(&id) if !e.node.is_dir() => id,
+                    _ => {
+                        let is_dir = e.node.is_dir();
+                        let is_file = matches!(e.node.kind, NodeKind::File(_));
+                        let id = tree.add(e.node);
+                        if is_dir {
+                            next.push((e.path.clone(), id));
+                        } else if e.nlink > 1 {
+                            links.insert(key, id);
+                        }
+                        if is_file {
+                            files.push(id);
+                        }
+                        id
                     }
-                    if is_file {
-                        files.push(id);
-                    }
-                    id
-                }
-            };
-            tree.insert(dir_id, name.as_bytes(), id)
-                .map_err(|source| HostError::Name { path: path.clone(), source })?;
+                };
+                tree.insert(*dir_id, e.path.file_name().expect("entries have names").as_bytes(), id)
+                    .map_err(|source| HostError::Name { path: e.path.clone(), source })?;
+            }
         }
+        level = next;
     }
     let runs: Vec<Result<Vec<Range<u64>>, HostError>> = files
         .par_iter()
@@ -131,6 +131,34 @@ pub fn read_tree(root: &Path) -> Result<FsTree<HostFile>, HostError> {
         }
     }
     Ok(tree)
+}
+
+/// One directory entry, examined: its node and what hard-link detection needs.
+struct Entry {
+    path: PathBuf,
+    node: Node<HostFile>,
+    dev: u64,
+    ino: u64,
+    nlink: u64,
+}
+
+/// The entries of a directory, in name order.
+fn list_dir(dir: &Path) -> Result<Vec<Entry>, HostError> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .map_err(io_err(dir))?;
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let path = dir.join(&name);
+            let meta = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
+            let node = Node::new(kind_of(&path, &meta)?, metadata_of(&path, &meta)?);
+            Ok(Entry { path, node, dev: meta.dev(), ino: meta.ino(), nlink: meta.nlink() })
+        })
+        .collect()
 }
 
 fn kind_of(path: &Path, meta: &std::fs::Metadata) -> Result<NodeKind<HostFile>, HostError> {
