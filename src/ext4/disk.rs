@@ -36,8 +36,12 @@ impl WriteAt for File {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        // Truncating to zero first drops any old bytes; the regrown file is a hole.
-        std::fs::File::set_len(self, 0)?;
+        // Truncating to zero first drops any old bytes; the regrown file is a hole. Only when
+        // there are old bytes: ext4 flushes a file truncated to zero when it is closed
+        // (auto_da_alloc), which would write the whole image out synchronously.
+        if self.metadata()?.len() != 0 {
+            std::fs::File::set_len(self, 0)?;
+        }
         std::fs::File::set_len(self, len)
     }
 
