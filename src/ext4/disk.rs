@@ -18,15 +18,7 @@ pub trait WriteAt: Sync {
 
     /// Copies `len` bytes of `src` from `src_offset` to `offset`.
     fn copy_from(&self, src: &File, src_offset: u64, len: u64, offset: u64) -> io::Result<()> {
-        let mut buf = vec![0u8; len.min(1 << 20) as usize];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(buf.len() as u64) as usize;
-            src.read_exact_at(&mut buf[..n], src_offset + done)?;
-            self.write_at(&buf[..n], offset + done)?;
-            done += n as u64;
-        }
-        Ok(())
+        copy_through_buffer(self, src, src_offset, len, offset)
     }
 }
 
@@ -82,13 +74,19 @@ impl WriteAt for File {
     }
 }
 
-fn copy_through_buffer(out: &File, src: &File, src_offset: u64, len: u64, offset: u64) -> io::Result<()> {
+fn copy_through_buffer<W: WriteAt + ?Sized>(
+    out: &W,
+    src: &File,
+    src_offset: u64,
+    len: u64,
+    offset: u64,
+) -> io::Result<()> {
     let mut buf = vec![0u8; len.min(1 << 20) as usize];
     let mut done = 0;
     while done < len {
         let n = (len - done).min(buf.len() as u64) as usize;
         src.read_exact_at(&mut buf[..n], src_offset + done)?;
-        out.write_all_at(&buf[..n], offset + done)?;
+        out.write_at(&buf[..n], offset + done)?;
         done += n as u64;
     }
     Ok(())

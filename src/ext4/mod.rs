@@ -299,6 +299,23 @@ mod tests {
     }
 
     #[test]
+    fn kernel_copy_and_buffered_copy_write_the_same_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("small"), b"hello").unwrap();
+        let big: Vec<u8> = (0..(3 << 20) + 123).map(|i| (i % 255) as u8 + 1).collect();
+        std::fs::write(src.join("big"), big).unwrap();
+        let tree = crate::tree::host::read_tree(&src).unwrap();
+        let path = dir.path().join("img");
+        let file = std::fs::File::create(&path).unwrap();
+        write_image(&tree, &Options::default(), &file).unwrap();
+        let mem = MemDisk::default();
+        write_image_to(&tree, &Options::default(), &mem).unwrap();
+        assert!(std::fs::read(&path).unwrap() == *mem.bytes.lock().unwrap());
+    }
+
+    #[test]
     fn too_small_is_an_error_before_writing() {
         let disk = MemDisk::default();
         let o = Options { size: SizeSpec::Bytes(2 << 20), ..Options::default() };
