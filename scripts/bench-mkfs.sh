@@ -92,6 +92,7 @@ tar -C "$TREE" -cf - . >/dev/null
 # measure NAME CMD...: runs CMD under /usr/bin/time -v; sets SECS and RSS_MB.
 measure() {
   local name=$1; shift
+  sync
   local log="$OUT/$name.time"
   /usr/bin/time -v "$@" >"$OUT/$name.out" 2>"$log" || { echo "$name failed:"; tail -20 "$log"; exit 1; }
   SECS=$(awk -F': ' '/Elapsed \(wall clock\)/ { n = split($2, t, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + t[i]; print s }' "$log")
@@ -102,15 +103,19 @@ files=$(find "$TREE" | wc -l)
 bytes=$(du -sb "$TREE" | cut -f1)
 echo "tree: $TREE ($((bytes >> 20)) MiB, $files entries)"
 
+rm -f "$OUT/diskc.ext4"
 measure diskc "$DISKC" --quiet mkfs "$TREE" -o "$OUT/diskc.ext4"
 d_secs=$SECS d_rss=$RSS_MB
 size=$(stat -c %s "$OUT/diskc.ext4")
 e2fsck -fn "$OUT/diskc.ext4" >/dev/null
 
-# mkfs.ext4 -d into a file of the same size, same features, fsync at the end as diskc does.
+# mkfs.ext4 -d into a file of the same size, same features. mke2fs fsyncs its output and
+# diskc does not, so mke2fs runs under eatmydata (when installed) to compare like with like.
 rm -f "$OUT/mkfs.ext4"
 truncate -s "$size" "$OUT/mkfs.ext4"
-measure mkfs-ext4 mkfs.ext4 -q -F -b 4096 -I 256 -O metadata_csum,64bit,extent,flex_bg,huge_file,dir_nlink,extra_isize \
+nosync=()
+if command -v eatmydata >/dev/null; then nosync=(eatmydata); else echo "(eatmydata missing: mkfs.ext4 includes its fsync)"; fi
+measure mkfs-ext4 "${nosync[@]}" mkfs.ext4 -q -F -b 4096 -I 256 -O metadata_csum,64bit,extent,flex_bg,huge_file,dir_nlink,extra_isize \
   -E root_owner=0:0 -d "$TREE" "$OUT/mkfs.ext4"
 m_secs=$SECS m_rss=$RSS_MB
 e2fsck -fn "$OUT/mkfs.ext4" >/dev/null

@@ -113,9 +113,14 @@ fn copy_data<C: Content>(tree: &FsTree<C>, plan: &Plan, out: &dyn WriteAt) -> Re
             let NodeKind::File(f) = &tree.get(id).kind else { unreachable!("data of a file") };
             let offset = job.logical * BLOCK_SIZE;
             let len = (job.blocks * BLOCK_SIZE).min(f.size - offset) as usize;
-            f.content
-                .read_at(offset, &mut buf[..len])
-                .map_err(|source| Ext4Error::Read { path: plan::path_of(tree, id), source })?;
+            let read_err = |source| Ext4Error::Read { path: plan::path_of(tree, id), source };
+            if let Some((path, start)) = f.content.source_file() {
+                let src = crate::tree::host::open_quietly(path).map_err(read_err)?;
+                return out
+                    .copy_from(&src, start + offset, len as u64, job.physical * BLOCK_SIZE)
+                    .map_err(|source| Ext4Error::Copy { path: plan::path_of(tree, id), source });
+            }
+            f.content.read_at(offset, &mut buf[..len]).map_err(read_err)?;
             write_nonzero(out, &buf[..len], job.physical * BLOCK_SIZE)
         },
     )

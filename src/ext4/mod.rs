@@ -108,6 +108,8 @@ pub enum Ext4Error {
     LabelTooLong(String),
     #[error("reading {path}: {source}")]
     Read { path: String, source: io::Error },
+    #[error("copying {path} into the image: {source}")]
+    Copy { path: String, source: io::Error },
     #[error("writing the image: {0}")]
     Write(io::Error),
 }
@@ -115,7 +117,7 @@ pub enum Ext4Error {
 impl Classify for Ext4Error {
     fn class(&self) -> ErrorClass {
         match self {
-            Ext4Error::Read { source, .. } => ErrorClass::of_io(source),
+            Ext4Error::Read { source, .. } | Ext4Error::Copy { source, .. } => ErrorClass::of_io(source),
             Ext4Error::Write(_) => ErrorClass::Environment,
             _ => ErrorClass::BadInput,
         }
@@ -294,6 +296,23 @@ mod tests {
         }
         let large = physical_blocks(&base, &a, "zz-large");
         assert_eq!(large[0].1 % 256, 0, "a file of 1 MiB or more starts on a MiB");
+    }
+
+    #[test]
+    fn kernel_copy_and_buffered_copy_write_the_same_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("small"), b"hello").unwrap();
+        let big: Vec<u8> = (0..(3 << 20) + 123).map(|i| (i % 255) as u8 + 1).collect();
+        std::fs::write(src.join("big"), big).unwrap();
+        let tree = crate::tree::host::read_tree(&src).unwrap();
+        let path = dir.path().join("img");
+        let file = std::fs::File::create(&path).unwrap();
+        write_image(&tree, &Options::default(), &file).unwrap();
+        let mem = MemDisk::default();
+        write_image_to(&tree, &Options::default(), &mem).unwrap();
+        assert!(std::fs::read(&path).unwrap() == *mem.bytes.lock().unwrap());
     }
 
     #[test]

@@ -35,12 +35,16 @@ impl Content for HostFile {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         open_quietly(&self.path)?.read_exact_at(buf, offset)
     }
+
+    fn source_file(&self) -> Option<(&Path, u64)> {
+        Some((&self.path, 0))
+    }
 }
 
 /// Opens for reading without updating the file's atime (O_NOATIME), so making an image does
 /// not change its source; falls back to a plain open where that is not permitted (files of
 /// other owners without CAP_FOWNER).
-fn open_quietly(path: &Path) -> io::Result<File> {
+pub fn open_quietly(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     match File::options().read(true).custom_flags(libc::O_NOATIME).open(path) {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
@@ -80,39 +84,39 @@ pub fn read_tree(root: &Path) -> Result<FsTree<HostFile>, HostError> {
     let mut tree = FsTree::new(metadata_of(root, &meta)?);
     let mut links: HashMap<(u64, u64), NodeId> = HashMap::new();
     let mut files: Vec<NodeId> = Vec::new();
-    let mut pending = vec![(root.to_path_buf(), FsTree::<HostFile>::ROOT)];
-    while let Some((dir_path, dir_id)) = pending.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(&dir_path)
-            .map_err(io_err(&dir_path))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()
-            .map_err(io_err(&dir_path))?;
-        entries.sort();
-        for name in entries {
-            let path = dir_path.join(&name);
-            let meta = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
-            let key = (meta.dev(), meta.ino());
-            let id = match links.get(&key) {
-                Some(&id) if !meta.is_dir() => id,
-                _ => {
-                    let kind = kind_of(&path, &meta)?;
-                    let is_dir = matches!(kind, NodeKind::Directory(_));
-                    let is_file = matches!(kind, NodeKind::File(_));
-                    let id = tree.add(Node::new(kind, metadata_of(&path, &meta)?));
-                    if is_dir {
-                        pending.push((path.clone(), id));
-                    } else if meta.nlink() > 1 {
-                        links.insert(key, id);
+    // Breadth first: the directories of one level are listed and their entries examined in
+    // parallel; the tree is then built from the results in order, so it does not depend on
+    // which thread finished first.
+    let mut level = vec![(root.to_path_buf(), FsTree::<HostFile>::ROOT)];
+    while !level.is_empty() {
+        let listed: Vec<Result<Vec<Entry>, HostError>> =
+            level.par_iter().map(|(path, _)| list_dir(path)).collect();
+        let mut next = Vec::new();
+        for ((_, dir_id), entries) in level.iter().zip(listed) {
+            for e in entries? {
+                let key = (e.dev, e.ino);
+                let id = match links.get(&key) {
+                    Some(&id) if !e.node.is_dir() => id,
+                    _ => {
+                        let is_dir = e.node.is_dir();
+                        let is_file = matches!(e.node.kind, NodeKind::File(_));
+                        let id = tree.add(e.node);
+                        if is_dir {
+                            next.push((e.path.clone(), id));
+                        } else if e.nlink > 1 {
+                            links.insert(key, id);
+                        }
+                        if is_file {
+                            files.push(id);
+                        }
+                        id
                     }
-                    if is_file {
-                        files.push(id);
-                    }
-                    id
-                }
-            };
-            tree.insert(dir_id, name.as_bytes(), id)
-                .map_err(|source| HostError::Name { path: path.clone(), source })?;
+                };
+                tree.insert(*dir_id, e.path.file_name().expect("entries have names").as_bytes(), id)
+                    .map_err(|source| HostError::Name { path: e.path.clone(), source })?;
+            }
         }
+        level = next;
     }
     let runs: Vec<Result<Vec<Range<u64>>, HostError>> = files
         .par_iter()
@@ -127,6 +131,34 @@ pub fn read_tree(root: &Path) -> Result<FsTree<HostFile>, HostError> {
         }
     }
     Ok(tree)
+}
+
+/// One directory entry, examined: its node and what hard-link detection needs.
+struct Entry {
+    path: PathBuf,
+    node: Node<HostFile>,
+    dev: u64,
+    ino: u64,
+    nlink: u64,
+}
+
+/// The entries of a directory, in name order.
+fn list_dir(dir: &Path) -> Result<Vec<Entry>, HostError> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .map_err(io_err(dir))?;
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let path = dir.join(&name);
+            let meta = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
+            let node = Node::new(kind_of(&path, &meta)?, metadata_of(&path, &meta)?);
+            Ok(Entry { path, node, dev: meta.dev(), ino: meta.ino(), nlink: meta.nlink() })
+        })
+        .collect()
 }
 
 fn kind_of(path: &Path, meta: &std::fs::Metadata) -> Result<NodeKind<HostFile>, HostError> {
@@ -176,6 +208,9 @@ fn sized_call(mut call: impl FnMut(&mut [u8]) -> isize) -> io::Result<Vec<u8>> {
         let size = call(&mut []);
         if size < 0 {
             return Err(io::Error::last_os_error());
+        }
+        if size == 0 {
+            return Ok(Vec::new());
         }
         let mut buf = vec![0u8; size as usize];
         let got = call(&mut buf);
@@ -227,6 +262,9 @@ fn xattrs_of(path: &Path) -> Result<Xattrs, HostError> {
     Ok(out)
 }
 
+/// Files up to this size are scanned whole, without SEEK_DATA/SEEK_HOLE.
+const SMALL_FILE: u64 = 64 << 10;
+
 /// The file's data ranges (SEEK_DATA/SEEK_HOLE) as whole blocks, then the blocks in them
 /// that hold a nonzero byte.
 fn data_blocks(path: &Path, size: u64) -> Result<Vec<Range<u64>>, HostError> {
@@ -236,7 +274,13 @@ fn data_blocks(path: &Path, size: u64) -> Result<Vec<Range<u64>>, HostError> {
     let file = open_quietly(path).map_err(io_err(path))?;
     let mut runs: Vec<Range<u64>> = Vec::new();
     let mut buf = vec![0u8; size.min(1 << 20) as usize];
-    for range in data_ranges(&file, size).map_err(io_err(path))? {
+    // Asking small files for their holes costs more system calls than reading them.
+    let ranges = if size <= SMALL_FILE {
+        std::iter::once(0..size).collect()
+    } else {
+        data_ranges(&file, size).map_err(io_err(path))?
+    };
+    for range in ranges {
         let start = range.start / BLOCK_SIZE * BLOCK_SIZE;
         let end = range.end.next_multiple_of(BLOCK_SIZE).min(size);
         let mut scanner = DataBlockScanner::default();

@@ -87,6 +87,13 @@ pub trait Content: Send + Sync {
     fn layer(&self) -> u32 {
         0
     }
+
+    /// A file on disk that holds these bytes, starting at the given offset, when there is
+    /// one: the ext4 writer then copies them inside the kernel (copy_file_range) instead of
+    /// through a buffer.
+    fn source_file(&self) -> Option<(&std::path::Path, u64)> {
+        None
+    }
 }
 
 impl Content for Vec<u8> {
