@@ -251,12 +251,51 @@ fn too_small_a_size_fails_with_bad_input_and_leaves_nothing() {
 }
 
 #[test]
-fn a_source_that_is_not_a_directory_is_a_usage_error() {
+fn a_missing_source_is_a_usage_error_and_a_file_not_a_tar_bad_input() {
     let tmp = tempdir();
-    let file = tmp.path().join("file");
-    std::fs::write(&file, b"x").unwrap();
-    let out = diskc().arg("mkfs").arg(&file).arg("-o").arg(tmp.path().join("x")).output().unwrap();
+    let out = diskc()
+        .arg("mkfs")
+        .arg(tmp.path().join("absent"))
+        .arg("-o")
+        .arg(tmp.path().join("x"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    let file = tmp.path().join("file");
+    std::fs::write(&file, b"not a tar at all").unwrap();
+    let out = diskc().arg("mkfs").arg(&file).arg("-o").arg(tmp.path().join("x")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!tmp.path().join("x").exists());
+}
+
+/// A tar stream (as a file and on stdin) gives the tree it holds: GNU tar in POSIX format
+/// keeps nanosecond times, owners, devices, hard links and xattrs.
+#[test]
+fn a_tar_stream_source_round_trips() {
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    make_case_tree(&src);
+    // A tar cannot hold a socket.
+    std::fs::remove_file(src.join("special/socket")).unwrap();
+    let tar = tmp.path().join("tree.tar");
+    run_ok(
+        std::process::Command::new("tar")
+            .args(["--format=posix", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-cf"])
+            .arg(&tar)
+            .arg("-C")
+            .arg(&src)
+            .arg("."),
+    );
+    let from_file = tmp.path().join("file.ext4");
+    mkfs(&tar, &from_file, &[]);
+    let from_stdin = tmp.path().join("stdin.ext4");
+    run_ok(diskc().args(["mkfs", "-", "-o"]).arg(&from_stdin).stdin(std::fs::File::open(&tar).unwrap()));
+    for image in [&from_file, &from_stdin] {
+        assert_fsck_clean(image);
+        let mount = Mount::new(image);
+        assert_same_tree(&src, mount.path(), &Options::default());
+    }
 }
 
 #[test]

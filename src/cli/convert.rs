@@ -106,8 +106,13 @@ impl OutputArgs {
 
 pub fn run(args: ConvertArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let source: SourceRef = args.source.parse()?;
-    let plan =
-        args.output.plan(source, args.source.clone(), args.platform.clone(), BTreeMap::new(), args.names.clone())?;
+    let plan = args.output.plan(
+        source,
+        args.source.clone(),
+        args.platform.clone(),
+        BTreeMap::new(),
+        args.names.clone(),
+    )?;
     let converted = convert_with_progress(&plan, global)?;
     print_result(&converted, global, serde_json::Map::new());
     Ok(0)

@@ -4,6 +4,8 @@
 //! `tar`, it leaves flushing to the kernel (no fsync): durability is the business of whoever
 //! keeps the image (the chunk store syncs what it stores).
 
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -13,13 +15,16 @@ use sha2::{Digest as _, Sha256};
 
 use diskc::error::UsageError;
 use diskc::ext4::{self, Options, SizeSpec, Summary};
-use diskc::tree::{host, Content, FsTree, NodeKind, Timestamp};
+use diskc::layer::{self, LayerExpect};
+use diskc::pipeline;
+use diskc::tree::{host, Content, FsTree, NodeKind};
 
-use super::GlobalArgs;
+use super::{parse_size, GlobalArgs, SizeArg};
 
 #[derive(Args, Debug)]
 pub struct MkfsArgs {
-    /// What to put in the filesystem: a directory.
+    /// What to put in the filesystem: a directory, or a tar stream (a file, or - for
+    /// stdin; plain, gzip or zstd).
     pub source: PathBuf,
     /// The image file to write.
     #[arg(short, long)]
@@ -27,7 +32,7 @@ pub struct MkfsArgs {
     /// `auto` (the content plus headroom) or a size in bytes, with an optional K, M, G or T
     /// suffix (powers of 1024).
     #[arg(long, default_value = "auto", value_parser = parse_size)]
-    pub size: Size,
+    pub size: SizeArg,
     /// Leave out the jbd2 journal (for images only ever mounted read-only).
     #[arg(long)]
     pub no_journal: bool,
@@ -36,44 +41,21 @@ pub struct MkfsArgs {
     pub label: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Size {
-    Auto,
-    Bytes(u64),
-}
-
-fn parse_size(s: &str) -> Result<Size, String> {
-    if s.eq_ignore_ascii_case("auto") {
-        return Ok(Size::Auto);
-    }
-    let (digits, shift) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_uppercase() {
-                'K' => 10,
-                'M' => 20,
-                'G' => 30,
-                'T' => 40,
-                _ => return Err(format!("unknown size suffix {c:?}: use K, M, G or T")),
-            };
-            (&s[..i], shift)
-        }
-        _ => (s, 0),
-    };
-    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not `auto` or a size like 512M"))?;
-    n.checked_mul(1 << shift).map(Size::Bytes).ok_or_else(|| format!("{s:?} is too large"))
-}
-
-/// Where the tree comes from. A directory today; a tar stream joins as a second variant.
+/// Where the tree comes from: a directory as it is on disk, or a tar stream (a file, or `-`
+/// for stdin; gzip or zstd compressed or not), read as a single image layer.
 enum Source {
     Directory(PathBuf),
+    Tar(PathBuf),
 }
 
 impl Source {
     fn of(path: &Path) -> Result<Self, UsageError> {
         if path.is_dir() {
             Ok(Source::Directory(path.to_path_buf()))
+        } else if path == Path::new("-") || path.is_file() {
+            Ok(Source::Tar(path.to_path_buf()))
         } else {
-            Err(UsageError(format!("SOURCE {} is not a directory", path.display())))
+            Err(UsageError(format!("SOURCE {} is not a directory, a tar file or -", path.display())))
         }
     }
 }
@@ -82,8 +64,8 @@ pub fn run(args: MkfsArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     let source = Source::of(&args.source)?;
     let size = match args.size {
-        Size::Auto => Options::default().size,
-        Size::Bytes(n) => SizeSpec::Bytes(n),
+        SizeArg(None) => Options::default().size,
+        SizeArg(Some(n)) => SizeSpec::Bytes(n),
     };
     let options =
         Options { size, journal: !args.no_journal, label: args.label.clone(), ..Options::default() };
@@ -97,9 +79,29 @@ pub fn run(args: MkfsArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             );
             write(&tree, options, &args.output)?
         }
+        Source::Tar(path) => {
+            let input: Box<dyn Read> = if path == Path::new("-") {
+                Box::new(std::io::stdin())
+            } else {
+                Box::new(File::open(&path).with_context(|| format!("opening {}", path.display()))?)
+            };
+            // The spool (file data, holes left out) lives beside the output, unlinked.
+            let spool_dir = parent_dir(&args.output);
+            let layer = layer::index_layer(input, &LayerExpect::default(), 0, spool_dir)
+                .with_context(|| format!("reading tar {}", path.display()))?;
+            // Unlike an image layer (where Docker keeps the root as it is), a tar made of a
+            // directory tree describes its root too: keep what its `./` entry says.
+            let root = layer.entries.iter().rev().find(|e| names_root(&e.path)).map(|e| e.meta.clone());
+            let mut tree =
+                layer::flatten_layers(&[layer]).with_context(|| format!("reading tar {}", path.display()))?;
+            if let Some(meta) = root {
+                tree.get_mut(FsTree::<layer::SpoolRef>::ROOT).meta = meta;
+            }
+            write(&tree, options, &args.output)?
+        }
     };
     let seconds = started.elapsed().as_secs_f64();
-    let uuid = format_uuid(&summary.uuid);
+    let uuid = pipeline::format_uuid(&summary.uuid);
     if global.json {
         let out = serde_json::json!({
             "size": summary.size_bytes,
@@ -125,11 +127,8 @@ pub fn run(args: MkfsArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
 /// Writes the image through a temporary file in the output's directory.
 fn write<C: Content>(tree: &FsTree<C>, mut options: Options, output: &Path) -> anyhow::Result<Summary> {
     options.seed = tree_digest(tree);
-    options.fs_time = fs_time(tree)?;
-    let dir = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    options.fs_time = pipeline::fs_time(tree);
+    let dir = parent_dir(output);
     let tmp = tempfile::Builder::new()
         .prefix(".diskc-mkfs-")
         .tempfile_in(dir)
@@ -140,19 +139,6 @@ fn write<C: Content>(tree: &FsTree<C>, mut options: Options, output: &Path) -> a
     tmp.as_file().set_permissions(perms).with_context(|| format!("writing {}", output.display()))?;
     tmp.persist(output).with_context(|| format!("renaming into {}", output.display()))?;
     Ok(summary)
-}
-
-/// `SOURCE_DATE_EPOCH` when set, else the newest mtime in the tree: never the clock.
-fn fs_time<C>(tree: &FsTree<C>) -> anyhow::Result<Timestamp> {
-    if let Ok(v) = std::env::var("SOURCE_DATE_EPOCH") {
-        let sec = v
-            .trim()
-            .parse()
-            .map_err(|_| UsageError(format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")))?;
-        return Ok(Timestamp::new(sec, 0));
-    }
-    let newest = tree.walk().into_iter().map(|(_, id)| tree.get(id).meta.mtime).max().unwrap_or_default();
-    Ok(Timestamp::new(newest.sec.max(0), 0))
 }
 
 /// The seed for the UUID and hash seed: a digest of the tree's listing (paths, kinds,
@@ -201,23 +187,14 @@ fn tree_digest<C>(tree: &FsTree<C>) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn format_uuid(u: &[u8; 16]) -> String {
-    let hex = hex::encode(u);
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+/// Whether a tar entry's name is the root itself: `.`, `./`, `/` or empty.
+fn names_root(path: &[u8]) -> bool {
+    path.split(|&b| b == b'/').all(|part| part.is_empty() || part == b".")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_parse_with_binary_suffixes() {
-        assert_eq!(parse_size("auto"), Ok(Size::Auto));
-        assert_eq!(parse_size("4096"), Ok(Size::Bytes(4096)));
-        assert_eq!(parse_size("512M"), Ok(Size::Bytes(512 << 20)));
-        assert_eq!(parse_size("2g"), Ok(Size::Bytes(2 << 30)));
-        assert!(parse_size("12Q").is_err());
-        assert!(parse_size("M").is_err());
-        assert!(parse_size("99999999999T").is_err());
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
 }
