@@ -1,136 +1,42 @@
 //! End to end: `diskc convert` on real images, the rootfs mounted by the kernel and
-//! compared with the oracle, `docker export` of a container made from the same image,
-//! unpacked by GNU tar. `e2fsck -fn` must find every image clean.
-//!
-//! What Docker adds to a container is left out (see `tests/source_images.rs` for the list);
-//! `docker export` records whole seconds, so mtimes are compared to the second here (the
-//! ext4 tests compare nanoseconds against host trees). `user.*` xattrs, which export drops,
-//! are checked against the layer tar that carried them.
+//! compared with the oracle, `docker export` of a container made from the same image
+//! (`tests/common/export_oracle.rs`). `e2fsck -fn` must find every image clean. `user.*`
+//! xattrs, which export drops, are checked against the layer tar that carried them.
 
 mod common;
+#[path = "common/export_oracle.rs"]
+mod export_oracle;
 #[path = "common/tree_compare.rs"]
 mod tree_compare;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::images::{build_fixture, import_xattr_image, CAP_NET_BIND_SERVICE};
-use common::{assert_fsck_clean, diskc, ensure_base_images, run_ok, tempdir, DOCKER};
-use tree_compare::{scan, Entry, Mount, Options};
-
-/// Paths Docker adds to every container (replacing the image's own, if any).
-const ADDED_BY_DOCKER: &[&str] = &[
-    ".dockerenv",
-    "etc/hostname",
-    "etc/hosts",
-    "etc/resolv.conf",
-    "etc/mtab",
-    "dev/console",
-    "dev/pts",
-    "dev/shm",
-];
-/// Directories Docker makes in a container when the image lacks them.
-const MOUNTPOINTS: &[&str] = &["dev", "etc", "proc", "sys"];
-/// Directories whose mtime the container's init layer changes.
-const TOUCHED_BY_DOCKER: &[&str] = &["", "etc", "dev"];
+use common::{diskc, ensure_base_images, run_ok, tempdir, DOCKER};
+use export_oracle::assert_rootfs_equals_export;
+use tree_compare::Entry;
 
 fn convert(source: &str, outdir: &Path) -> Output {
     diskc().args(["convert", source, "-o"]).arg(outdir).output().unwrap()
 }
 
-fn convert_ok(source: &str, outdir: &Path) -> serde_json::Value {
-    let out = run_ok(diskc().args(["--json", "convert", source, "-o"]).arg(outdir));
+fn convert_ok(source: &str, outdir: &Path, extra: &[&str]) -> serde_json::Value {
+    let out = run_ok(diskc().args(["--json", "convert", source, "-o"]).arg(outdir).args(extra));
     serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
 }
 
-/// `docker export` of a container made from `image`, unpacked into `dir` as root keeps it.
-fn export_into(image: &str, dir: &Path) {
-    let out = run_ok(Command::new(DOCKER).args(["create", image, "/bin/true"]));
-    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let mut export = Command::new(DOCKER).args(["export", &id]).stdout(Stdio::piped()).spawn().unwrap();
-    let status = Command::new("tar")
-        .args(["-x", "-p", "--numeric-owner", "--same-owner", "--xattrs", "--xattrs-include=*", "-C"])
-        .arg(dir)
-        .stdin(export.stdout.take().unwrap())
-        .status()
-        .unwrap();
-    assert!(status.success() && export.wait().unwrap().success(), "docker export | tar -x of {image}");
-    run_ok(Command::new(DOCKER).args(["rm", &id]));
-}
-
-fn without_docker_additions(
-    mut tree: BTreeMap<Vec<u8>, Entry>,
-    image: &BTreeMap<Vec<u8>, Entry>,
-) -> BTreeMap<Vec<u8>, Entry> {
-    for path in ADDED_BY_DOCKER {
-        tree.remove(path.as_bytes());
-    }
-    for path in MOUNTPOINTS {
-        if !image.contains_key(path.as_bytes()) {
-            tree.remove(path.as_bytes());
-        }
-    }
-    tree
-}
-
-fn comparable(mut tree: BTreeMap<Vec<u8>, Entry>) -> BTreeMap<Vec<u8>, Entry> {
-    for (path, entry) in tree.iter_mut() {
-        entry.mtime.1 = 0;
-        if TOUCHED_BY_DOCKER.contains(&String::from_utf8_lossy(path).as_ref()) {
-            entry.mtime = (0, 0);
-        }
-        // docker export drops user.* xattrs: compare the rest.
-        entry.xattrs.retain(|k, _| !k.starts_with(b"user."));
-    }
-    tree
-}
-
-/// Converts `image` from the daemon, checks the image with e2fsck, mounts it and compares
-/// it with `docker export`. Returns the mounted tree for further checks.
+/// Converts `image` from the daemon and compares the rootfs with `docker export`.
 fn assert_converts_like_export(image: &str) -> BTreeMap<Vec<u8>, Entry> {
     let work = tempdir();
     let out = work.path().join("out");
-    let json = convert_ok(&format!("docker-daemon:{image}"), &out);
+    let json = convert_ok(&format!("docker-daemon:{image}"), &out, &[]);
     assert_eq!(json["rootfs"]["file"], "rootfs.ext4");
-    let rootfs = out.join("rootfs.ext4");
-    assert_fsck_clean(&rootfs);
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["rootfs"]["digest"], json["rootfs"]["digest"]);
-
-    let exported = work.path().join("export");
-    std::fs::create_dir(&exported).unwrap();
-    export_into(image, &exported);
-    let options = Options::default();
-    let mount = Mount::new(&rootfs);
-    let ours = scan(mount.path(), &options);
-    let oracle = without_docker_additions(scan(&exported, &options), &ours);
-    // Docker replaces these in a container even when the image has them: not comparable.
-    let mut ours_comparable = ours.clone();
-    for path in ADDED_BY_DOCKER {
-        ours_comparable.remove(path.as_bytes());
-    }
-    let (a, b) = (comparable(oracle), comparable(ours_comparable));
-    let mut diffs = Vec::new();
-    for (path, e) in &a {
-        match b.get(path) {
-            None => diffs.push(format!("missing: /{}", String::from_utf8_lossy(path))),
-            Some(o) if o != e => diffs
-                .push(format!("differs: /{}\n  export {e:?}\n  diskc  {o:?}", String::from_utf8_lossy(path))),
-            Some(_) => {}
-        }
-    }
-    for path in b.keys().filter(|p| !a.contains_key(*p)) {
-        diffs.push(format!("extra: /{}", String::from_utf8_lossy(path)));
-    }
-    assert!(
-        diffs.is_empty(),
-        "{image}: {} differences:\n{}",
-        diffs.len(),
-        diffs[..diffs.len().min(30)].join("\n")
-    );
-    ours
+    assert_rootfs_equals_export(&out.join("rootfs.ext4"), image)
 }
 
 #[test]
@@ -180,8 +86,9 @@ fn converting_twice_gives_identical_bytes() {
     let work = tempdir();
     let source = format!("docker-daemon:{image}");
     let (a, b) = (work.path().join("a"), work.path().join("b"));
-    convert_ok(&source, &a);
-    convert_ok(&source, &b);
+    // Past the store, so that both runs really convert.
+    convert_ok(&source, &a, &["--no-store"]);
+    convert_ok(&source, &b, &["--no-store"]);
     let bytes = |d: &PathBuf, f: &str| std::fs::read(d.join(f)).unwrap();
     assert!(bytes(&a, "rootfs.ext4") == bytes(&b, "rootfs.ext4"), "rootfs.ext4 differs between runs");
     assert_eq!(bytes(&a, "manifest.json"), bytes(&b, "manifest.json"));
