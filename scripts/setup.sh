@@ -59,7 +59,7 @@ RUST_MIN=${RUST_MIN:-1.85}
 PACKAGES=(
   docker.io docker-registry      # the Engine (with BuildKit) and a registry for docker:// tests
   e2fsprogs util-linux           # e2fsck, debugfs, mkfs.ext4 (the peer); mount, losetup
-  qemu-system-x86                # diskc boot
+  qemu-system-x86 qemu-system-data  # diskc boot (qboot.rom is in -data)
   kmod                           # modprobe, and depmod for fetch-kernel.sh
   debootstrap debian-archive-keyring  # the Debian base image and the benchmark tree
   umoci skopeo                   # OCI layouts: peers and fixtures
@@ -67,6 +67,8 @@ PACKAGES=(
   zstd pigz                      # zstd layers; the decompression floor
   hyperfine time                 # benchmarks: repeated timing, GNU time for peak RSS
   jq                             # reading OCI manifests in the benchmark scripts
+  apache2-utils                  # htpasswd, for the registry basic-auth tests
+  eatmydata                      # benchmarks: mkfs.ext4 -d without its fsyncs, like for like
   gcc libc6-dev                  # crates with C parts (ring, zstd-sys); static diskc-init
   ca-certificates git
 )
