@@ -14,16 +14,11 @@ use bollard::Docker;
 const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 
 /// How to start a daemon, appended to every "cannot reach" message.
-const START_HINT: &str = "start it with `sudo dockerd` or `systemctl start docker`";
+const START_HINT: &str =
+    "start one with `sudo dockerd &` or `sudo systemctl start docker`, or point DOCKER_HOST at a running daemon";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    #[error("cannot use DOCKER_HOST={host}: {source}")]
-    BadHost {
-        host: String,
-        #[source]
-        source: bollard::errors::Error,
-    },
     #[error("cannot reach the Docker daemon at {host} ({source}); {START_HINT}")]
     Unreachable {
         host: String,
@@ -47,7 +42,8 @@ pub fn daemon_host() -> String {
 /// answer.
 pub async fn connect() -> Result<Docker, DockerError> {
     let host = daemon_host();
+    // A socket that is not there fails already here: that too means no daemon.
     let docker = Docker::connect_with_host(&host)
-        .map_err(|source| DockerError::BadHost { host: host.clone(), source })?;
+        .map_err(|source| DockerError::Unreachable { host: host.clone(), source })?;
     docker.negotiate_version().await.map_err(|source| DockerError::Unreachable { host, source })
 }

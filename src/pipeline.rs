@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -21,6 +22,7 @@ use crate::ext4::{self, SizeSpec};
 use crate::layer;
 use crate::manifest::{OutputManifest, RootfsInfo, SourceInfo, FORMAT_VERSION};
 use crate::source::{self, SourceError, SourceRef};
+use crate::store::chunking::data_extents;
 use crate::store::{ImageId, ImageRecord, Store, StoreError};
 use crate::tree::flatten::FlattenError;
 use crate::tree::{FsTree, Timestamp};
@@ -405,7 +407,7 @@ pub fn digest_file(path: &Path) -> Result<Digest, PipelineError> {
     let zeros = vec![0u8; 1 << 20];
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
-    for (start, end) in data_ranges(&file, len).map_err(io_error("reading", path))? {
+    for Range { start, end } in data_extents(&file, len).map_err(io_error("reading", path))? {
         while pos < start {
             let n = (start - pos).min(zeros.len() as u64) as usize;
             hasher.update(&zeros[..n]);
@@ -424,33 +426,6 @@ pub fn digest_file(path: &Path) -> Result<Digest, PipelineError> {
         pos += n as u64;
     }
     Ok(hasher.finish())
-}
-
-/// The `[start, end)` byte ranges of `file` that hold data, by SEEK_DATA/SEEK_HOLE.
-pub fn data_ranges(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    let mut ranges = Vec::new();
-    let mut pos = 0i64;
-    while (pos as u64) < len {
-        // SAFETY: lseek on a descriptor we own; it only moves the file offset.
-        let start = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-        if start < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::ENXIO) {
-                break; // no data after pos
-            }
-            return Err(err);
-        }
-        // SAFETY: as above.
-        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
-        if end < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        ranges.push((start as u64, end as u64));
-        pos = end;
-    }
-    Ok(ranges)
 }
 
 pub fn format_uuid(u: &[u8; 16]) -> String {

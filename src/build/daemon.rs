@@ -11,9 +11,7 @@ use std::time::Duration;
 use bollard::Docker;
 
 use super::{BuildError, Builder};
-
-/// Where bollard connects when `DOCKER_HOST` is not set.
-const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+use crate::docker::{self, daemon_host, DockerError};
 
 /// The oldest API version whose `/build` accepts `version=2` (BuildKit).
 const BUILDKIT_MIN_API: (u32, u32) = (1, 39);
@@ -22,21 +20,12 @@ const BUILDKIT_MIN_API: (u32, u32) = (1, 39);
 /// so the request timeout has to cover the upload of a large context.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3600);
 
-pub fn host() -> String {
-    std::env::var("DOCKER_HOST").unwrap_or_else(|_| DEFAULT_HOST.to_owned())
-}
-
 /// Connects, negotiates the API version, and checks that the daemon can run `builder`.
 pub async fn connect(builder: Builder) -> Result<Docker, BuildError> {
-    let host = host();
-    let unreachable = |reason: String| BuildError::DaemonUnreachable { host: host.clone(), reason };
-    let docker = Docker::connect_with_defaults().map_err(|e| unreachable(e.to_string()))?;
-    let docker = docker
-        .with_timeout(REQUEST_TIMEOUT)
-        .negotiate_version()
-        .await
-        .map_err(|e| unreachable(e.to_string()))?;
-    let version = docker.version().await.map_err(|e| unreachable(e.to_string()))?;
+    let host = daemon_host();
+    let docker = docker::connect().await?.with_timeout(REQUEST_TIMEOUT);
+    let version =
+        docker.version().await.map_err(|source| DockerError::Unreachable { host: host.clone(), source })?;
     if builder == Builder::BuildKit {
         let api = version.api_version.clone().unwrap_or_default();
         let windows = version.os.as_deref() == Some("windows");

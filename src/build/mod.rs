@@ -122,11 +122,8 @@ pub enum BuildEvent {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error(
-        "cannot reach the Docker daemon at {host} ({reason}); start one with `sudo dockerd &` \
-         or `sudo systemctl start docker`, or point DOCKER_HOST at a running daemon"
-    )]
-    DaemonUnreachable { host: String, reason: String },
+    #[error(transparent)]
+    Connect(#[from] crate::docker::DockerError),
     #[error(
         "the Docker daemon at {host} (Engine {engine}, API {api}, {os}) has no BuildKit, which \
          needs API 1.39 (Engine 18.09) or newer on Linux; upgrade the daemon, or build with the \
@@ -189,7 +186,7 @@ impl Classify for BuildError {
             | BuildError::MissingBaseImage { .. }
             | BuildError::Failed { .. }
             | BuildError::Refused { .. } => ErrorClass::BadInput,
-            BuildError::DaemonUnreachable { .. }
+            BuildError::Connect(_)
             | BuildError::NoBuildKit { .. }
             | BuildError::Daemon(_)
             | BuildError::NoImageId
@@ -336,7 +333,7 @@ async fn run(
         if message.contains("buildkit not supported") {
             let version = docker.version().await.unwrap_or_default();
             return Err(BuildError::NoBuildKit {
-                host: daemon::host(),
+                host: crate::docker::daemon_host(),
                 engine: version.version.unwrap_or_default(),
                 api: version.api_version.unwrap_or_default(),
                 os: version.os.unwrap_or_default(),
