@@ -201,7 +201,7 @@ pub fn convert(plan: &ConvertPlan, progress: &mut dyn FnMut(Progress)) -> Result
 
     let rootfs_path = staging.path.join(ROOTFS_FILE);
     let options = ext4_options(&config.diff_ids, &plan.rootfs, fs_time(&tree));
-    let summary = write_rootfs(&tree, &options, &rootfs_path).map_err(|e| with_input(e, &plan.input))?;
+    let summary = write_rootfs(&tree, &options, &rootfs_path, &plan.input)?;
     let boot = match &plan.kernel {
         Some(k) => Some(boot::prepare(
             &staging.path,
@@ -347,13 +347,6 @@ fn lap(started: Instant, timings: &Timings) -> f64 {
     started.elapsed().as_secs_f64() - before
 }
 
-fn with_input(err: PipelineError, input: &str) -> PipelineError {
-    match err {
-        PipelineError::Ext4 { source, .. } => PipelineError::Ext4 { input: input.to_string(), source },
-        other => other,
-    }
-}
-
 /// ext4 options for an image: the UUID and hash seed come from the layers' content digests
 /// and the options, so the same layers give the same filesystem through any transport.
 pub fn ext4_options(diff_ids: &[Digest], rootfs: &RootfsOptions, fs_time: Timestamp) -> ext4::Options {
@@ -385,15 +378,17 @@ pub fn fs_time<C>(tree: &FsTree<C>) -> Timestamp {
     Timestamp::new(newest.sec.max(0), 0)
 }
 
-/// Writes `tree` as ext4 to `path` (created, never half-left: the caller stages it).
+/// Writes `tree` (made from `input`) as ext4 to `path`; the caller stages `path`, so a
+/// failure leaves nothing half-written where anyone looks.
 pub fn write_rootfs<C: crate::tree::Content>(
     tree: &FsTree<C>,
     options: &ext4::Options,
     path: &Path,
+    input: &str,
 ) -> Result<ext4::Summary, PipelineError> {
     let file = File::create(path).map_err(io_error("creating", path))?;
     let summary = ext4::write_image(tree, options, &file)
-        .map_err(|source| PipelineError::Ext4 { input: path.display().to_string(), source })?;
+        .map_err(|source| PipelineError::Ext4 { input: input.to_string(), source })?;
     file.sync_all().map_err(io_error("writing", path))?;
     Ok(summary)
 }
