@@ -33,7 +33,8 @@ fn boots_a_stored_image_by_id_and_by_id_prefix() {
     assert_eq!(program_lines(&out), ["from the store"]);
 
     let hex = id.strip_prefix("sha256:").unwrap_or(&id);
-    let out = boot_with_tmpdir(&hex[..12], tmp.path(), &["--read-only", "--", "sh", "-c", "touch /x || echo ro"]);
+    let out =
+        boot_with_tmpdir(&hex[..12], tmp.path(), &["--read-only", "--", "sh", "-c", "touch /x || echo ro"]);
     assert_exit(&out, 0);
     assert_eq!(program_lines(&out).last().map(String::as_str), Some("ro"), "{}", stderr(&out));
 
@@ -47,10 +48,11 @@ fn an_image_without_boot_part_is_refused() {
     ensure_base_images(&["busybox"]);
     // No kernel given and none in the image: a rootfs only.
     let mut convert = diskc();
-    convert
-        .env_remove("DISKC_KERNEL")
-        .env_remove("DISKC_MODULES")
-        .args(["--json", "convert", &format!("docker-daemon:{BUSYBOX_IMAGE}")]);
+    convert.env_remove("DISKC_KERNEL").env_remove("DISKC_MODULES").args([
+        "--json",
+        "convert",
+        &format!("docker-daemon:{BUSYBOX_IMAGE}"),
+    ]);
     let result: serde_json::Value = serde_json::from_slice(&run_ok(&mut convert).stdout).unwrap();
     assert!(result["boot"].is_null(), "{result}");
     let id = result["id"].as_str().unwrap();

@@ -243,7 +243,10 @@ mod tests {
     }
 
     /// A store holding one image with the given boot files (name, bytes), and its id.
-    fn store_with(boot: Option<BootManifest>, files: &[(&str, &[u8])]) -> (tempfile::TempDir, Store, ImageId) {
+    fn store_with(
+        boot: Option<BootManifest>,
+        files: &[(&str, &[u8])],
+    ) -> (tempfile::TempDir, Store, ImageId) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store")).unwrap();
         let rootfs = dir.path().join("rootfs.in");

@@ -102,8 +102,9 @@ impl Bootable {
     }
 
     fn from_output(out: Output, outdir: PathBuf, guard: Option<tempfile::TempDir>) -> Bootable {
-        let result: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("diskc --json printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("diskc --json printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        });
         assert!(!result["boot"].is_null(), "diskc made an image without a boot part: {result}");
         for file in ["manifest.json", "rootfs.ext4", "vmlinuz", "initrd.img"] {
             assert!(outdir.join(file).is_file(), "{} has no {file}", outdir.display());
@@ -158,4 +159,3 @@ fn is_kernel_message(line: &str) -> bool {
         !stamp.is_empty() && stamp.bytes().all(|b| b.is_ascii_digit() || b == b'.')
     })
 }
-
