@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Measures `diskc boot`: wall time from starting it to the guest program's first output
-# line, and to its exit (the guest has powered off and QEMU has ended). Each OUTDIR is one
-# built image (`diskc build`/`convert` output with a boot part); the guest runs
-# `echo first-line` instead of the image's CMD so that only booting is measured.
+# line, and to its exit (the guest has powered off and QEMU has ended). Each IMAGE is one
+# built image with a boot part: an OUTDIR of `diskc build`/`convert`, or an image in the
+# store (id, prefix or name; its boot then includes exporting it from the store). The guest
+# runs `echo first-line` instead of the image's CMD so that only booting is measured.
 #
-#   scripts/bench-boot.sh [-n RUNS] OUTDIR...
+#   scripts/bench-boot.sh [-n RUNS] IMAGE...
 #
-# Prints one line per OUTDIR: the median and the fastest run of both figures, in seconds.
+# Prints one line per IMAGE: the median and the fastest run of both figures, in seconds.
 set -euo pipefail
 
 DISKC=${DISKC:-$(dirname "$0")/../target/release/diskc}
 RUNS=5
 if [ "${1:-}" = "-n" ]; then RUNS=$2; shift 2; fi
-[ $# -gt 0 ] || { echo "usage: $0 [-n RUNS] OUTDIR..." >&2; exit 1; }
+[ $# -gt 0 ] || { echo "usage: $0 [-n RUNS] IMAGE..." >&2; exit 1; }
 [ -x "$DISKC" ] || { echo "bench-boot: $DISKC missing (cargo build --release, or set DISKC)" >&2; exit 1; }
 
 now() { date +%s%N; }
@@ -20,7 +21,7 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 min() { sort -n | head -1; }
 secs() { awk '{printf "%.2f", $1/1e9}'; }
 
-printf '%-40s %8s %8s %8s %8s\n' outdir first-med first-min exit-med exit-min
+printf '%-40s %8s %8s %8s %8s\n' image first-med first-min exit-med exit-min
 for dir in "$@"; do
   firsts=(); exits=()
   for _ in $(seq "$RUNS"); do

@@ -5,6 +5,8 @@
 mod boot_support;
 mod common;
 
+use std::sync::OnceLock;
+
 use boot_support::*;
 
 const APP_IMAGE: &str = "diskc-test/boot-busybox-app:latest";
@@ -18,16 +20,23 @@ USER 1000:1000
 CMD ["sh", "-c", "echo uid=$(id -u) gid=$(id -g); echo pwd=$(pwd); echo greeting=$GREETING; echo home=$HOME"]
 "#;
 
-fn app_image() -> Bootable {
-    ensure_base_images(&["busybox"]);
-    build_image(APP_IMAGE, APP_DOCKERFILE);
-    Bootable::of_image(APP_IMAGE)
+/// Built once per test binary by `diskc build`; the tests only boot it.
+fn app_image() -> &'static Bootable {
+    static IMAGE: OnceLock<Bootable> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        ensure_base_images(&["busybox"]);
+        Bootable::build(APP_IMAGE, APP_DOCKERFILE, Outdir::Shared("busybox-app"))
+    })
 }
 
-/// The plain base image: runs as root, no CMD of its own (every boot gives `-- CMD`).
-fn base_image() -> Bootable {
-    ensure_base_images(&["busybox"]);
-    Bootable::of_image(BUSYBOX_IMAGE)
+/// The plain base image, by `diskc convert`: runs as root, no CMD of its own (every boot
+/// gives `-- CMD`).
+fn base_image() -> &'static Bootable {
+    static IMAGE: OnceLock<Bootable> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        ensure_base_images(&["busybox"]);
+        Bootable::convert(BUSYBOX_IMAGE, Outdir::Shared("busybox-base"))
+    })
 }
 
 fn console(out: &std::process::Output) -> String {

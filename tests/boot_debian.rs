@@ -25,8 +25,7 @@ CMD ["hello.sh"]
 #[test]
 fn runs_a_script_as_a_named_user() {
     ensure_base_images(&["debian"]);
-    build_image(IMAGE, DOCKERFILE);
-    let out = Bootable::of_image(IMAGE).boot(&[]);
+    let out = Bootable::build(IMAGE, DOCKERFILE, Outdir::Temporary).boot(&[]);
     assert_exit(&out, 0);
     let console = String::from_utf8_lossy(&out.stdout).into_owned();
     let lines = program_lines(&out);

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::digest::Digest;
 use crate::error::{Classify, ErrorClass};
 use crate::manifest::{BootFile, BootManifest, ImageConfig};
+use crate::store::{ImageId, Store, StoreError};
 
 use serde::Deserialize;
 
@@ -33,6 +34,12 @@ pub use qemu::{run, BootSpec, RunOptions};
 /// File names of the boot files in OUTDIR.
 pub const KERNEL_FILE: &str = "vmlinuz";
 pub const INITRD_FILE: &str = "initrd.img";
+/// File name of the rootfs when a stored image is exported for a boot.
+pub const ROOTFS_FILE: &str = "rootfs.ext4";
+
+/// Names of the boot files in the store (`ImageManifest::files`), by role.
+pub const STORE_KERNEL: &str = "kernel";
+pub const STORE_INITRD: &str = "initrd";
 
 /// Overrides where `diskc-init` is found (see [`locate_init`]).
 pub const INIT_ENV: &str = "DISKC_INIT";
@@ -64,15 +71,21 @@ pub enum BootError {
     BadOutdir(PathBuf, String),
     #[error("the guest did not finish within {0} s and was killed")]
     Timeout(u64),
+    #[error("image {0} has no boot part: convert it with a kernel (--kernel/--modules, or DISKC_KERNEL/DISKC_MODULES)")]
+    NotBootable(ImageId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl Classify for BootError {
     fn class(&self) -> ErrorClass {
         match self {
             BootError::Read(_, e) => ErrorClass::of_io(e),
-            BootError::BadKernel(..) | BootError::Modules(..) | BootError::BadOutdir(..) => {
-                ErrorClass::BadInput
-            }
+            BootError::BadKernel(..)
+            | BootError::Modules(..)
+            | BootError::BadOutdir(..)
+            | BootError::NotBootable(_) => ErrorClass::BadInput,
+            BootError::Store(e) => e.class(),
             BootError::Cmdline(_) => ErrorClass::Usage,
             BootError::Write(..)
             | BootError::InitMissing(_)
@@ -176,6 +189,26 @@ impl BootSpec {
     }
 }
 
+impl BootSpec {
+    /// The boot files of a stored image (`reference`: an id, an unambiguous id prefix or a
+    /// name), exported into `dir`. The store keeps chunks, not files QEMU can open, so a
+    /// boot from the store pays for one export; `dir` is the caller's to remove afterwards.
+    pub fn from_store(store: &Store, reference: &str, dir: &Path) -> Result<BootSpec, BootError> {
+        let id = store.resolve(reference)?;
+        let boot = store.manifest(&id)?.boot.ok_or(BootError::NotBootable(id))?;
+        let spec = BootSpec {
+            kernel: dir.join(KERNEL_FILE),
+            initrd: dir.join(INITRD_FILE),
+            rootfs: dir.join(ROOTFS_FILE),
+            cmdline: boot.cmdline,
+        };
+        store.export_file(&id, STORE_KERNEL, &spec.kernel)?;
+        store.export_file(&id, STORE_INITRD, &spec.initrd)?;
+        store.export_rootfs(&id, &spec.rootfs)?;
+        Ok(spec)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +240,58 @@ mod tests {
         assert_eq!(err.class(), ErrorClass::BadInput);
         let escape = outdir_with(&format!(r#"{{"rootfs": {{"file": "../../etc/shadow"}}, "boot": {BOOT}}}"#));
         assert_eq!(BootSpec::from_outdir(escape.path()).unwrap_err().class(), ErrorClass::BadInput);
+    }
+
+    /// A store holding one image with the given boot files (name, bytes), and its id.
+    fn store_with(
+        boot: Option<BootManifest>,
+        files: &[(&str, &[u8])],
+    ) -> (tempfile::TempDir, Store, ImageId) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let rootfs = dir.path().join("rootfs.in");
+        std::fs::write(&rootfs, b"a rootfs stand-in").unwrap();
+        let paths: Vec<(&str, PathBuf)> = files
+            .iter()
+            .map(|(name, bytes)| {
+                let path = dir.path().join(format!("{name}.in"));
+                std::fs::write(&path, bytes).unwrap();
+                (*name, path)
+            })
+            .collect();
+        let paths: Vec<(&str, &Path)> = paths.iter().map(|(n, p)| (*n, p.as_path())).collect();
+        let record = crate::store::ImageRecord { boot, ..Default::default() };
+        let id = store.put_image(&rootfs, &paths, record).unwrap();
+        (dir, store, id)
+    }
+
+    fn boot_manifest() -> BootManifest {
+        serde_json::from_str(BOOT).unwrap()
+    }
+
+    #[test]
+    fn stored_image_exports_its_boot_files_by_id_prefix() {
+        let (dir, store, id) =
+            store_with(Some(boot_manifest()), &[(STORE_KERNEL, b"bzImage"), (STORE_INITRD, b"cpio")]);
+        let out = dir.path().join("boot");
+        std::fs::create_dir(&out).unwrap();
+        let spec = BootSpec::from_store(&store, &id.hex()[..12], &out).unwrap();
+        assert_eq!(std::fs::read(&spec.kernel).unwrap(), b"bzImage");
+        assert_eq!(std::fs::read(&spec.initrd).unwrap(), b"cpio");
+        assert_eq!(std::fs::read(&spec.rootfs).unwrap(), b"a rootfs stand-in");
+        assert_eq!(spec.cmdline, "console=ttyS0");
+        assert!(spec.rootfs.starts_with(&out));
+    }
+
+    #[test]
+    fn stored_image_without_boot_part_is_bad_input() {
+        let (dir, store, id) = store_with(None, &[]);
+        let err = BootSpec::from_store(&store, &id.to_string(), dir.path()).unwrap_err();
+        assert!(matches!(err, BootError::NotBootable(i) if i == id), "{err}");
+        assert!(err.to_string().contains("convert it with a kernel"), "{err}");
+        assert_eq!(err.class(), ErrorClass::BadInput);
+        let missing = BootSpec::from_store(&store, "no-such-image", dir.path()).unwrap_err();
+        assert!(matches!(missing, BootError::Store(StoreError::NotFound(_))), "{missing}");
+        assert_eq!(missing.class(), ErrorClass::BadInput);
     }
 }

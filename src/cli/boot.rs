@@ -1,5 +1,9 @@
-//! `diskc boot OUTDIR [-- CMD...]`: runs a built image under QEMU with the guest console on
-//! stdout, and exits with the guest program's exit status.
+//! `diskc boot ID|NAME|OUTDIR [-- CMD...]`: runs a built image under QEMU with the guest
+//! console on stdout, and exits with the guest program's exit status.
+//!
+//! A directory is an OUTDIR of `diskc build`/`convert`, booted in place. Anything else names
+//! an image in the store; its rootfs, kernel and initrd are exported into a private
+//! temporary directory (under `$TMPDIR`, removed after the boot) because QEMU needs files.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
@@ -9,13 +13,20 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use diskc::boot::{BootSpec, RunOptions};
+use diskc::boot::{BootError, BootSpec, RunOptions};
 use diskc::error::UsageError;
+use diskc::store::StoreError;
+
+use super::store::StoreArgs;
 
 #[derive(Args, Debug)]
 pub struct BootArgs {
-    /// Output directory of `diskc build`/`convert` (manifest.json, rootfs, vmlinuz, initrd.img).
-    pub outdir: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// An image in the store (id, unambiguous id prefix or name), or the output directory of
+    /// `diskc build`/`convert` (manifest.json, rootfs.ext4, vmlinuz, initrd.img).
+    #[arg(value_name = "ID|NAME|OUTDIR")]
+    pub image: String,
     /// Guest memory: MiB, or with a suffix M or G.
     #[arg(long, default_value = "256", value_name = "M")]
     pub memory: String,
@@ -50,7 +61,28 @@ pub fn run(args: BootArgs) -> anyhow::Result<u8> {
     if args.cpus == 0 {
         return Err(UsageError("--cpus must be at least 1".into()).into());
     }
-    let spec = BootSpec::from_outdir(&args.outdir)?;
+    let outdir = PathBuf::from(&args.image);
+    // `_exported` lives until the boot has ended: a stored image's files are in it.
+    let (spec, _exported) = if outdir.is_dir() {
+        (BootSpec::from_outdir(&outdir)?, None)
+    } else {
+        let store = args.store.open()?;
+        let dir = tempfile::Builder::new()
+            .prefix("diskc-boot-")
+            .tempdir()
+            .context("cannot create a temporary directory for the image's files")?;
+        let spec = BootSpec::from_store(&store, &args.image, dir.path()).map_err(|e| {
+            let root = store.root().display();
+            let context = match &e {
+                BootError::Store(StoreError::NotFound(_)) => {
+                    format!("{:?} is neither a directory nor an image in the store at {root}", args.image)
+                }
+                _ => format!("booting {} from the store at {root}", args.image),
+            };
+            anyhow::Error::new(e).context(context)
+        })?;
+        (spec, Some(dir))
+    };
     let opts = RunOptions {
         memory_mib,
         cpus: args.cpus,
@@ -60,7 +92,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<u8> {
         ..RunOptions::default()
     };
     let status = diskc::boot::run(&spec, &opts, &mut std::io::stdout().lock())
-        .with_context(|| format!("booting {}", args.outdir.display()))?;
+        .with_context(|| format!("booting {}", args.image))?;
     Ok(u8::try_from(status).unwrap_or(255))
 }
 

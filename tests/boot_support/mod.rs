@@ -1,30 +1,28 @@
 //! What the boot tests share: the kernel (Debian's cloud kernel, fetched by
-//! scripts/fetch-kernel.sh), test images built with BuildKit, and an OUTDIR made the way
-//! `diskc build` makes it, which `diskc boot` then runs under QEMU.
+//! scripts/fetch-kernel.sh), and images built the way users build them — `diskc build` of a
+//! Dockerfile, or `diskc convert docker-daemon:IMAGE` — into an OUTDIR and the test store,
+//! which `diskc boot` then runs under QEMU.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Output};
 use std::sync::OnceLock;
-
-use diskc::boot::{self, KernelSource};
-use diskc::manifest::ImageConfig;
 
 pub use crate::common::*;
 
-/// Generous: the tests share two cores with other builds, and TCG is slow when starved.
-pub const BOOT_TIMEOUT_S: &str = "180";
+/// Generous: the tests share two cores with other builds, and TCG is slow when starved. A
+/// normal boot here takes a few seconds; this only bounds a hung one.
+pub const BOOT_TIMEOUT_S: &str = "120";
 
-/// `DISKC_KERNEL` and `DISKC_MODULES`, from the environment or from fetch-kernel.sh.
+/// The kernel and its modules directory, as scripts/fetch-kernel.sh prints them. The script
+/// is run every time (it is idempotent), so a missing kernel is fetched or fails the test,
+/// and the tests never depend on what the caller's environment happens to hold.
 pub fn kernel_paths() -> &'static (PathBuf, PathBuf) {
     static PATHS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     PATHS.get_or_init(|| {
-        if let (Some(k), Some(m)) = (std::env::var_os("DISKC_KERNEL"), std::env::var_os("DISKC_MODULES")) {
-            return (k.into(), m.into());
-        }
         let out = run_ok(&mut Command::new(repo_root().join("scripts/fetch-kernel.sh")));
         let text = String::from_utf8(out.stdout).unwrap();
-        let value = |key: &str| {
+        let value = |key: &str| -> PathBuf {
             text.lines()
                 .find_map(|l| l.strip_prefix(key))
                 .unwrap_or_else(|| panic!("fetch-kernel.sh printed no {key}: {text}"))
@@ -34,104 +32,103 @@ pub fn kernel_paths() -> &'static (PathBuf, PathBuf) {
     })
 }
 
-/// Builds `tag` from a Dockerfile given as text (no context), with BuildKit.
-pub fn build_image(tag: &str, dockerfile: &str) {
-    let mut child = Command::new(DOCKER)
-        .args(["build", "-q", "-t", tag, "-"])
-        .env("DOCKER_BUILDKIT", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("docker client");
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(dockerfile.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "docker build {tag} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+/// `diskc` with the fetched kernel in the environment (as `eval "$(fetch-kernel.sh)"` would
+/// export it), for `build` and `convert`.
+pub fn diskc_with_kernel() -> Command {
+    let (kernel, modules) = kernel_paths();
+    let mut cmd = diskc();
+    cmd.env("DISKC_KERNEL", kernel).env("DISKC_MODULES", modules);
+    cmd
 }
 
-/// The image's run configuration, as Docker reports it.
-pub fn image_config(image: &str) -> ImageConfig {
-    let out = run_ok(Command::new(DOCKER).args(["image", "inspect", "--format", "{{json .Config}}", image]));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let strings = |key: &str| -> Vec<String> {
-        v[key]
-            .as_array()
-            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
-            .unwrap_or_default()
-    };
-    ImageConfig {
-        entrypoint: strings("Entrypoint"),
-        cmd: strings("Cmd"),
-        env: strings("Env"),
-        working_dir: v["WorkingDir"].as_str().unwrap_or_default().to_string(),
-        user: v["User"].as_str().unwrap_or_default().to_string(),
-        ..Default::default()
+/// A bootable image made by diskc: its OUTDIR and its id in the test store.
+pub struct Bootable {
+    pub outdir: PathBuf,
+    pub id: String,
+    /// Owns `outdir` when the image is not shared between tests.
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Where an image goes: a temporary directory of its own, or a fixed one under the target
+/// dir (for an image a test binary builds once and shares; it is replaced on the next run).
+pub enum Outdir {
+    Temporary,
+    Shared(&'static str),
+}
+
+impl Outdir {
+    /// The OUTDIR path (not existing yet: diskc creates it) and the guard that removes it.
+    fn make(&self) -> (PathBuf, Option<tempfile::TempDir>) {
+        match self {
+            Outdir::Temporary => {
+                let dir = tempdir();
+                (dir.path().join("out"), Some(dir))
+            }
+            Outdir::Shared(name) => {
+                let path = repo_root().join("target/test-tmp/boot-images").join(name);
+                if path.exists() {
+                    std::fs::remove_dir_all(&path).unwrap();
+                }
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                (path, None)
+            }
+        }
     }
 }
 
-/// THE place where a test rootfs is made: `docker export` of a container of the image,
-/// unpacked and turned into ext4 by `mkfs.ext4 -d`. Writes `outdir/rootfs.ext4`.
-/// (At integration this becomes `diskc convert`.)
-pub fn rootfs_of_image(image: &str, outdir: &Path) -> PathBuf {
-    let tree = outdir.join("tree");
-    std::fs::create_dir_all(&tree).unwrap();
-    let cid =
-        String::from_utf8(run_ok(Command::new(DOCKER).args(["create", image, "/no-such-command"])).stdout)
-            .unwrap();
-    let cid = cid.trim();
-    let script = format!("{DOCKER} export {cid} | tar -x --numeric-owner -p -C {}", tree.display());
-    let exported = Command::new("sh").args(["-c", &script]).output().unwrap();
-    run_ok(Command::new(DOCKER).args(["rm", cid]));
-    assert!(exported.status.success(), "export {image}: {}", String::from_utf8_lossy(&exported.stderr));
-    let du = run_ok(Command::new("du").args(["-sb"]).arg(&tree));
-    let bytes: u64 = String::from_utf8_lossy(&du.stdout).split_whitespace().next().unwrap().parse().unwrap();
-    let size_mib = bytes * 13 / 10 / (1 << 20) + 32;
-    let rootfs = outdir.join("rootfs.ext4");
-    run_ok(
-        Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-E", "root_owner=0:0", "-d"])
-            .arg(&tree)
-            .arg(&rootfs)
-            .arg(format!("{size_mib}M")),
-    );
-    std::fs::remove_dir_all(&tree).unwrap();
-    rootfs
-}
-
-/// An OUTDIR for `diskc boot`: rootfs, vmlinuz, initrd.img and manifest.json.
-pub struct Bootable {
-    pub dir: tempfile::TempDir,
-}
-
 impl Bootable {
-    pub fn of_image(image: &str) -> Bootable {
-        let dir = tempdir();
-        let rootfs = rootfs_of_image(image, dir.path());
-        let (k, m) = kernel_paths();
-        let kernel = KernelSource::from_host(k, m).unwrap();
-        let config = image_config(image);
-        let boot = boot::prepare(dir.path(), &kernel, &config).unwrap();
-        let manifest = serde_json::json!({
-            "config": config,
-            "rootfs": { "file": rootfs.file_name().unwrap().to_str().unwrap() },
-            "boot": boot,
+    /// `diskc build` of `dockerfile` (an empty context besides it), tagged `tag` in Docker.
+    pub fn build(tag: &str, dockerfile: &str, outdir: Outdir) -> Bootable {
+        let context = tempdir();
+        std::fs::write(context.path().join("Dockerfile"), dockerfile).unwrap();
+        let (path, guard) = outdir.make();
+        let mut cmd = diskc_with_kernel();
+        cmd.args(["--json", "build", "-t", tag, "-o"]).arg(&path).arg(context.path());
+        Bootable::from_output(run_ok(&mut cmd), path, guard)
+    }
+
+    /// `diskc convert docker-daemon:IMAGE`, with the kernel given as `--kernel/--modules`.
+    pub fn convert(image: &str, outdir: Outdir) -> Bootable {
+        let (kernel, modules) = kernel_paths();
+        let (path, guard) = outdir.make();
+        let mut cmd = diskc();
+        cmd.args(["--json", "convert", &format!("docker-daemon:{image}"), "--kernel"])
+            .arg(kernel)
+            .arg("--modules")
+            .arg(modules)
+            .arg("-o")
+            .arg(&path);
+        Bootable::from_output(run_ok(&mut cmd), path, guard)
+    }
+
+    fn from_output(out: Output, outdir: PathBuf, guard: Option<tempfile::TempDir>) -> Bootable {
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("diskc --json printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
         });
-        std::fs::write(dir.path().join("manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap())
-            .unwrap();
-        Bootable { dir }
+        assert!(!result["boot"].is_null(), "diskc made an image without a boot part: {result}");
+        for file in ["manifest.json", "rootfs.ext4", "vmlinuz", "initrd.img"] {
+            assert!(outdir.join(file).is_file(), "{} has no {file}", outdir.display());
+        }
+        let id = result["id"].as_str().unwrap_or_else(|| panic!("no image id: {result}")).to_string();
+        Bootable { outdir, id, _dir: guard }
     }
 
     /// `diskc boot OUTDIR ARGS...`, with its output.
     pub fn boot(&self, args: &[&str]) -> Output {
-        let mut cmd = diskc();
-        cmd.arg("boot").arg(self.dir.path());
-        if !args.contains(&"--timeout") {
-            cmd.args(["--timeout", BOOT_TIMEOUT_S]);
-        }
-        cmd.args(args);
-        cmd.output().unwrap()
+        boot(self.outdir.as_os_str(), args)
     }
+}
+
+/// `diskc boot TARGET ARGS...` (an OUTDIR, or an image in the test store), bounded by
+/// [`BOOT_TIMEOUT_S`] unless `args` sets its own `--timeout`.
+pub fn boot(target: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Output {
+    let mut cmd = diskc();
+    cmd.arg("boot").arg(target);
+    if !args.contains(&"--timeout") {
+        cmd.args(["--timeout", BOOT_TIMEOUT_S]);
+    }
+    cmd.args(args);
+    cmd.output().unwrap()
 }
 
 /// The console lines, without the kernel's and the init's own.
