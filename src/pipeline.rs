@@ -15,7 +15,7 @@ use std::time::Instant;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::boot::{self, BootError, KernelSource};
+use crate::boot::{self, BootError, KernelSource, STORE_INITRD, STORE_KERNEL};
 use crate::digest::{Digest, Hasher};
 use crate::error::{Classify, ErrorClass};
 use crate::ext4::{self, SizeSpec};
@@ -243,8 +243,8 @@ pub fn convert(plan: &ConvertPlan, progress: &mut dyn FnMut(Progress)) -> Result
     if let Some(store) = &store {
         let boot_files: Vec<(&str, PathBuf)> = match &manifest.boot {
             Some(b) => vec![
-                (KERNEL_NAME, staging.path.join(&b.kernel.file)),
-                (INITRD_NAME, staging.path.join(&b.initrd.file)),
+                (STORE_KERNEL, staging.path.join(&b.kernel.file)),
+                (STORE_INITRD, staging.path.join(&b.initrd.file)),
             ],
             None => Vec::new(),
         };
@@ -277,10 +277,6 @@ fn name_image(store: &Store, id: &ImageId, names: &[String]) -> Result<(), Store
     }
     Ok(())
 }
-
-/// The store names boot files by role.
-const KERNEL_NAME: &str = "kernel";
-const INITRD_NAME: &str = "initrd";
 
 /// What decides a conversion's result: the image (its config digest names its layers too),
 /// diskc's formats, the options, the kernel and the build inputs.
@@ -333,8 +329,8 @@ fn from_store(store: &Store, id: &ImageId, plan: &ConvertPlan) -> Result<OutputM
             manifest.rootfs.digest = digest_file(&rootfs)?;
         }
         if let Some(boot) = &manifest.boot {
-            store.export_file(id, KERNEL_NAME, &staging.path.join(&boot.kernel.file))?;
-            store.export_file(id, INITRD_NAME, &staging.path.join(&boot.initrd.file))?;
+            store.export_file(id, STORE_KERNEL, &staging.path.join(&boot.kernel.file))?;
+            store.export_file(id, STORE_INITRD, &staging.path.join(&boot.initrd.file))?;
         }
         write_manifest(&staging.path, &manifest)?;
         staging.commit(outdir)?;
