@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 
+/// The rootfs file name inside an output directory.
+pub const ROOTFS_FILE: &str = "rootfs.ext4";
+/// The manifest file name inside an output directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
 /// Version of the on-disk formats diskc writes (ext4 layout choices, manifest shape).
 /// Part of every cache key: bump it when the same input would give different bytes.
 pub const FORMAT_VERSION: u32 = 1;

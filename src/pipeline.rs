@@ -20,17 +20,12 @@ use crate::digest::{Digest, Hasher};
 use crate::error::{Classify, ErrorClass};
 use crate::ext4::{self, SizeSpec};
 use crate::layer;
-use crate::manifest::{OutputManifest, RootfsInfo, SourceInfo, FORMAT_VERSION};
+use crate::manifest::{OutputManifest, RootfsInfo, SourceInfo, FORMAT_VERSION, MANIFEST_FILE, ROOTFS_FILE};
 use crate::source::{self, SourceError, SourceRef};
 use crate::store::chunking::data_extents;
 use crate::store::{ImageId, ImageRecord, Store, StoreError};
 use crate::tree::flatten::FlattenError;
 use crate::tree::{FsTree, Timestamp};
-
-/// The rootfs file name inside an output directory.
-pub const ROOTFS_FILE: &str = "rootfs.ext4";
-/// The manifest file name inside an output directory.
-pub const MANIFEST_FILE: &str = "manifest.json";
 
 /// Everything a conversion needs, validated by the caller.
 #[derive(Clone, Debug)]

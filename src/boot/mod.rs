@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
 use crate::error::{Classify, ErrorClass};
-use crate::manifest::{BootFile, BootManifest, ImageConfig};
+use crate::manifest::{BootFile, BootManifest, ImageConfig, MANIFEST_FILE, ROOTFS_FILE};
 use crate::store::{ImageId, Store, StoreError};
 
 use serde::Deserialize;
@@ -34,8 +34,6 @@ pub use qemu::{run, BootSpec, RunOptions};
 /// File names of the boot files in OUTDIR.
 pub const KERNEL_FILE: &str = "vmlinuz";
 pub const INITRD_FILE: &str = "initrd.img";
-/// File name of the rootfs when a stored image is exported for a boot.
-pub const ROOTFS_FILE: &str = "rootfs.ext4";
 
 /// Names of the boot files in the store (`ImageManifest::files`), by role.
 pub const STORE_KERNEL: &str = "kernel";
@@ -160,7 +158,7 @@ struct OutdirRootfs {
 impl BootSpec {
     /// The boot files of an output directory, as its `manifest.json` names them.
     pub fn from_outdir(outdir: &Path) -> Result<BootSpec, BootError> {
-        let path = outdir.join("manifest.json");
+        let path = outdir.join(MANIFEST_FILE);
         let bytes = std::fs::read(&path).map_err(|e| BootError::Read(path.clone(), e))?;
         let manifest: OutdirManifest =
             serde_json::from_slice(&bytes).map_err(|e| BootError::BadOutdir(path.clone(), e.to_string()))?;
