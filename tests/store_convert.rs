@@ -157,7 +157,10 @@ fn build_then_convert_again_is_a_cache_hit_that_reads_no_layer_and_export_is_ide
     let again = convert(&store, &source, Some(&dir.path().join("out2")));
     assert_eq!(again["cache_hit"], true, "{again}");
     assert_eq!(id_of(&again), id);
-    assert!(fs::read(dir.path().join("out2/rootfs.ext4")).unwrap() == written, "the hit's rootfs.ext4 differs");
+    assert!(
+        fs::read(dir.path().join("out2/rootfs.ext4")).unwrap() == written,
+        "the hit's rootfs.ext4 differs"
+    );
 
     // Another store has no such image: the missing layers are then an error, not a hit.
     let miss = convert_cmd(&dir.path().join("empty"), &source, None).output().unwrap();
@@ -191,7 +194,10 @@ fn convert_killed_at_random_points_leaves_a_clean_store_and_completes_after() {
     let mut attempts = 0;
     while interrupted < 20 {
         attempts += 1;
-        assert!(attempts <= 60, "seed {seed}: only {interrupted} of {attempts} kills landed during a convert");
+        assert!(
+            attempts <= 60,
+            "seed {seed}: only {interrupted} of {attempts} kills landed during a convert"
+        );
         let delay = Duration::from_micros(below(full.as_micros()));
         let context = format!("seed {seed}, attempt {attempts}, killed after {delay:?} of {full:?}");
         let mut child = spawn_convert(&store, &source, &out);
@@ -207,7 +213,11 @@ fn convert_killed_at_random_points_leaves_a_clean_store_and_completes_after() {
         assert_eq!(id_of(&value), expected, "{context}: the convert after the kill");
         assert_verify_clean(&store, &context);
         assert_eq!(entries(&parent), ["out"], "{context}: leftovers beside the output");
-        assert_eq!(entries(&store.join("tmp")), Vec::<String>::new(), "{context}: leftovers in the store's tmp/");
+        assert_eq!(
+            entries(&store.join("tmp")),
+            Vec::<String>::new(),
+            "{context}: leftovers in the store's tmp/"
+        );
         if attempts == 1 || interrupted == 20 {
             assert!(fs::read(out.join("rootfs.ext4")).unwrap() == reference, "{context}: rootfs differs");
         }
@@ -261,7 +271,11 @@ fn concurrent_converts_of_images_sharing_a_base_corrupt_nothing() {
         .collect();
     for ((n, &i), child) in runs.iter().enumerate().zip(children) {
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "concurrent convert {n} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "concurrent convert {n} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(id_of(&json_of(&out)), solo[i].0, "concurrent convert {n}");
         assert!(
             fs::read(dir.path().join(format!("together{n}/rootfs.ext4"))).unwrap() == solo[i].1,

@@ -250,8 +250,10 @@ impl Store {
     /// fsyncs `dest`'s directory when the rename itself must be durable.
     fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         let tmp_dir = self.root.join("tmp");
-        let mut tmp =
-            tempfile::Builder::new().prefix(&temp_prefix("w")).tempfile_in(&tmp_dir).map_err(StoreError::io(&tmp_dir))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&temp_prefix("w"))
+            .tempfile_in(&tmp_dir)
+            .map_err(StoreError::io(&tmp_dir))?;
         tmp.write_all(bytes).map_err(StoreError::io(tmp.path()))?;
         tmp.as_file().sync_all().map_err(StoreError::io(tmp.path()))?;
         tmp.persist(dest).map_err(|e| StoreError::Io { path: dest.to_path_buf(), source: e.error })?;
@@ -791,8 +793,10 @@ impl Store {
         }
         let compressed = zstd::bulk::compress(&chunk.data, ZSTD_LEVEL).map_err(StoreError::io(&dest))?;
         let tmp_dir = self.root.join("tmp");
-        let mut tmp =
-            tempfile::Builder::new().prefix(&temp_prefix("c")).tempfile_in(&tmp_dir).map_err(StoreError::io(&tmp_dir))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&temp_prefix("c"))
+            .tempfile_in(&tmp_dir)
+            .map_err(StoreError::io(&tmp_dir))?;
         tmp.write_all(&compressed).map_err(StoreError::io(tmp.path()))?;
         Ok((Some(chunk_ref), Some(Pending { tmp, dest })))
     }
