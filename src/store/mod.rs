@@ -989,4 +989,23 @@ mod tests {
         let extents = chunking::data_extents(&file, 5 * HOLE_BLOCK).unwrap();
         assert_eq!(extents, vec![HOLE_BLOCK..2 * HOLE_BLOCK], "only the block with the nonzero byte is data");
     }
+
+    #[test]
+    fn temp_files_of_dead_writers_are_swept_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut exited = std::process::Command::new("true").spawn().unwrap();
+        let dead = exited.id();
+        exited.wait().unwrap();
+        let mine = format!("{}abc", temp_prefix("c"));
+        for name in [format!("c-{dead}-abc"), format!("w-{dead}-def"), mine.clone(), "other".into()] {
+            fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        sweep_dead_temp_files(dir.path());
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [mine, "other".to_string()]);
+    }
 }
