@@ -20,7 +20,8 @@
 //! once (`syncfs`, instead of one fsync per chunk, which costs seconds per image), then renames
 //! them; it flushes again before it writes the manifest (temp, fsync, rename, fsync dir), so
 //! an image is visible only once everything it references is durable. A put killed at any
-//! point leaves only unreferenced chunks and temp files, which `gc` removes.
+//! point leaves only unreferenced chunks, which `gc` removes, and temp files named after its
+//! pid, which the next put (or `gc`) removes.
 //!
 //! Concurrency: puts, exports, removals and verification hold the lock shared; `gc` holds it
 //! exclusively, so it never sweeps a chunk a put has found present but not yet referenced
@@ -249,8 +250,10 @@ impl Store {
     /// fsyncs `dest`'s directory when the rename itself must be durable.
     fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         let tmp_dir = self.root.join("tmp");
-        let mut tmp =
-            tempfile::Builder::new().prefix("w-").tempfile_in(&tmp_dir).map_err(StoreError::io(&tmp_dir))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&temp_prefix("w"))
+            .tempfile_in(&tmp_dir)
+            .map_err(StoreError::io(&tmp_dir))?;
         tmp.write_all(bytes).map_err(StoreError::io(tmp.path()))?;
         tmp.as_file().sync_all().map_err(StoreError::io(tmp.path()))?;
         tmp.persist(dest).map_err(|e| StoreError::Io { path: dest.to_path_buf(), source: e.error })?;
@@ -284,6 +287,7 @@ impl Store {
         progress: &(dyn Fn(PutProgress) + Sync),
     ) -> Result<ImageId, StoreError> {
         let _lock = self.lock(false)?;
+        sweep_dead_temp_files(&self.root.join("tmp"));
         let mut inputs = Vec::new();
         for (name, path) in
             std::iter::once((None, rootfs)).chain(boot_files.iter().map(|(n, p)| (Some(*n), *p)))
@@ -789,10 +793,39 @@ impl Store {
         }
         let compressed = zstd::bulk::compress(&chunk.data, ZSTD_LEVEL).map_err(StoreError::io(&dest))?;
         let tmp_dir = self.root.join("tmp");
-        let mut tmp =
-            tempfile::Builder::new().prefix("c-").tempfile_in(&tmp_dir).map_err(StoreError::io(&tmp_dir))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&temp_prefix("c"))
+            .tempfile_in(&tmp_dir)
+            .map_err(StoreError::io(&tmp_dir))?;
         tmp.write_all(&compressed).map_err(StoreError::io(tmp.path()))?;
         Ok((Some(chunk_ref), Some(Pending { tmp, dest })))
+    }
+}
+
+/// `KIND-PID-`: temp files carry their writer's pid, so that the next put can remove those
+/// of a writer that was killed instead of leaving them to `gc`.
+fn temp_prefix(kind: &str) -> String {
+    format!("{kind}-{}-", std::process::id())
+}
+
+/// Removes the temp files (see [`temp_prefix`]) whose writer no longer runs. A live writer's
+/// files are never touched, so this is safe beside concurrent puts.
+fn sweep_dead_temp_files(tmp_dir: &Path) {
+    let Ok(entries) = fs::read_dir(tmp_dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.split('-').nth(1)).and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks whether the process exists; ESRCH says it
+        // does not (EPERM would mean it runs under another user).
+        let gone = pid > 0
+            && unsafe { libc::kill(pid, 0) } != 0
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = fs::remove_file(entry.path());
+        }
     }
 }
 
@@ -955,5 +988,24 @@ mod tests {
         assert_eq!(back, expect);
         let extents = chunking::data_extents(&file, 5 * HOLE_BLOCK).unwrap();
         assert_eq!(extents, vec![HOLE_BLOCK..2 * HOLE_BLOCK], "only the block with the nonzero byte is data");
+    }
+
+    #[test]
+    fn temp_files_of_dead_writers_are_swept_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut exited = std::process::Command::new("true").spawn().unwrap();
+        let dead = exited.id();
+        exited.wait().unwrap();
+        let mine = format!("{}abc", temp_prefix("c"));
+        for name in [format!("c-{dead}-abc"), format!("w-{dead}-def"), mine.clone(), "other".into()] {
+            fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        sweep_dead_temp_files(dir.path());
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [mine, "other".to_string()]);
     }
 }
