@@ -8,12 +8,15 @@
 # written once as an OCI layout with skopeo (gzip layers by default) and cached.
 #
 # From the OCI layout:
-#   diskc-convert-oci        diskc convert oci:DIR -o OUT           (a fresh store each run)
+#   diskc-convert-oci        diskc convert oci:DIR -o OUT --no-store (the same output as the
+#                            peers: an ext4 image in a directory)
+#   diskc-convert-oci+store  the same, also kept in a fresh chunk store (chunked, compressed,
+#                            made durable): what `diskc convert` does by default
 #   umoci+mkfs.ext4          umoci unpack, du for the size, mkfs.ext4 -d
 #   floor-decompress         every layer decompressed to /dev/null, one job per core, largest
 #                            first (the floor for any converter); -serial: one after another
 # From the Docker daemon:
-#   diskc-convert-daemon     diskc convert docker-daemon:IMAGE -o OUT
+#   diskc-convert-daemon     diskc convert docker-daemon:IMAGE -o OUT --no-store (+store: as above)
 #   docker-export+mkfs.ext4  docker create, docker export | tar -x, du, mkfs.ext4 -d
 #   floor-docker-save        docker save IMAGE > /dev/null (the Engine's own export speed)
 # Peak RSS counts the largest process of each command; the daemon's own memory is not seen.
@@ -220,7 +223,8 @@ echo "machine: $JOBS cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 
 echo
 
 echo "# from the OCI layout"
-measure diskc-convert-oci env DISKC_STORE="$OUT/store" "$DISKC" convert "oci:$OCI:latest" -o "$OUT/diskc"
+measure diskc-convert-oci "$DISKC" convert "oci:$OCI:latest" -o "$OUT/diskc" --no-store
+measure diskc-convert-oci+store env DISKC_STORE="$OUT/store" "$DISKC" convert "oci:$OCI:latest" -o "$OUT/diskc"
 oci_digest=$(jq -r '.rootfs.digest' "$OUT/diskc/manifest.json" 2>/dev/null || echo none)
 if [ -s "$OUT/diskc/rootfs.ext4" ]; then
   e2fsck -fn "$OUT/diskc/rootfs.ext4" >"$LOGS/e2fsck-oci.log" 2>&1 \
@@ -232,7 +236,8 @@ measure floor-decompress-serial floor_serial "$layer_list"
 
 echo
 echo "# from the Docker daemon"
-measure diskc-convert-daemon env DISKC_STORE="$OUT/store" "$DISKC" convert "docker-daemon:$IMAGE" -o "$OUT/diskc"
+measure diskc-convert-daemon "$DISKC" convert "docker-daemon:$IMAGE" -o "$OUT/diskc" --no-store
+measure diskc-convert-daemon+store env DISKC_STORE="$OUT/store" "$DISKC" convert "docker-daemon:$IMAGE" -o "$OUT/diskc"
 daemon_digest=$(jq -r '.rootfs.digest' "$OUT/diskc/manifest.json" 2>/dev/null || echo none)
 measure docker-export+mkfs.ext4 export_mkfs "$IMAGE" "$OUT"
 measure floor-docker-save docker_save "$IMAGE"
@@ -242,6 +247,7 @@ echo
 echo "# ratios"
 bench_ratio diskc-convert-oci floor-decompress
 bench_ratio diskc-convert-oci umoci+mkfs.ext4
+bench_ratio diskc-convert-oci+store umoci+mkfs.ext4
 bench_ratio diskc-convert-daemon floor-docker-save
 bench_ratio diskc-convert-daemon docker-export+mkfs.ext4
 
@@ -255,7 +261,7 @@ goal() { # NAME OK-EXPRESSION (awk, over a=diskc, b=peer seconds)
 goal "oci: >= 10x faster than umoci + mkfs.ext4" 'b >= 10 * a' diskc-convert-oci umoci+mkfs.ext4
 goal "oci: within 1.5x of the decompression floor" 'a <= 1.5 * b' diskc-convert-oci floor-decompress
 goal "daemon: within 1.2x of docker save" 'a <= 1.2 * b' diskc-convert-daemon floor-docker-save
-for label in diskc-convert-oci diskc-convert-daemon; do
+for label in diskc-convert-oci diskc-convert-oci+store diskc-convert-daemon diskc-convert-daemon+store; do
   rss=${BENCH_RSS_MIB[$label]:-}
   if [ -z "$rss" ]; then echo "  $label peak RSS < 300 MiB: not measured"
   elif awk -v r="$rss" 'BEGIN { exit !(r < 300) }'; then echo "  $label peak RSS < 300 MiB: met ($rss MiB)"
