@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -20,7 +21,10 @@ use crate::digest::{Digest, Hasher};
 use crate::error::{Classify, ErrorClass};
 use crate::ext4::{self, SizeSpec};
 use crate::layer;
-use crate::manifest::{OutputManifest, RootfsInfo, SourceInfo, FORMAT_VERSION, MANIFEST_FILE, ROOTFS_FILE};
+use crate::manifest::{
+    BootManifest, ImageConfig, OutputManifest, RootfsInfo, SourceInfo, FORMAT_VERSION, MANIFEST_FILE,
+    ROOTFS_FILE,
+};
 use crate::source::{self, SourceError, SourceRef};
 use crate::store::chunking::data_extents;
 use crate::store::{ImageId, ImageRecord, Store, StoreError};
@@ -197,17 +201,7 @@ pub fn convert(plan: &ConvertPlan, progress: &mut dyn FnMut(Progress)) -> Result
     let rootfs_path = staging.path.join(ROOTFS_FILE);
     let options = ext4_options(&config.diff_ids, &plan.rootfs, fs_time(&tree));
     let summary = write_rootfs(&tree, &options, &rootfs_path, &plan.input)?;
-    let boot = match &plan.kernel {
-        Some(k) => Some(boot::prepare(
-            &staging.path,
-            &KernelSource::from_host(&k.kernel, &k.modules)?,
-            &config.config,
-        )?),
-        None => match KernelSource::from_tree(&tree)? {
-            Some(own) => Some(boot::prepare(&staging.path, &own, &config.config)?),
-            None => None,
-        },
-    };
+    let boot = boot_part(plan.kernel.as_ref(), &tree, &staging.path, &config.config)?;
     drop(tree);
     drop(layers); // the spools go with the last reference to them
     let digest = digest_file(&rootfs_path)?;
@@ -236,23 +230,7 @@ pub fn convert(plan: &ConvertPlan, progress: &mut dyn FnMut(Progress)) -> Result
         boot,
     };
     if let Some(store) = &store {
-        let boot_files: Vec<(&str, PathBuf)> = match &manifest.boot {
-            Some(b) => vec![
-                (STORE_KERNEL, staging.path.join(&b.kernel.file)),
-                (STORE_INITRD, staging.path.join(&b.initrd.file)),
-            ],
-            None => Vec::new(),
-        };
-        let boot_files: Vec<(&str, &Path)> = boot_files.iter().map(|(n, p)| (*n, p.as_path())).collect();
-        let record = ImageRecord {
-            uuid: manifest.rootfs.uuid.clone(),
-            rootfs_digest: Some(digest),
-            boot: manifest.boot.clone(),
-            source: Some(manifest.source.clone()),
-            config: manifest.config.clone(),
-            build: plan.build.clone(),
-        };
-        let id = store.put_image(&rootfs_path, &boot_files, record)?;
+        let id = keep(store, &staging.path, &manifest, plan)?;
         store.cache_put(&cache_key, &id)?;
         name_image(store, &id, &plan.names)?;
         manifest.id = Some(id.to_string());
@@ -264,6 +242,50 @@ pub fn convert(plan: &ConvertPlan, progress: &mut dyn FnMut(Progress)) -> Result
     }
     timings.total = started.elapsed().as_secs_f64();
     Ok(Converted { manifest, outdir: plan.outdir.clone(), cache_hit: false, timings })
+}
+
+/// The boot part: the given kernel, else the image's own, else none. Writes the kernel and
+/// the initrd into `dir`.
+fn boot_part<C: crate::tree::Content>(
+    kernel: Option<&HostKernel>,
+    tree: &FsTree<C>,
+    dir: &Path,
+    config: &ImageConfig,
+) -> Result<Option<BootManifest>, PipelineError> {
+    let kernel = match kernel {
+        Some(k) => KernelSource::from_host(&k.kernel, &k.modules)?,
+        None => match KernelSource::from_tree(tree)? {
+            Some(own) => own,
+            None => return Ok(None),
+        },
+    };
+    Ok(Some(boot::prepare(dir, &kernel, config)?))
+}
+
+/// Puts the staged rootfs and boot files in the store, with what the manifest says of them.
+fn keep(
+    store: &Store,
+    staged: &Path,
+    manifest: &OutputManifest,
+    plan: &ConvertPlan,
+) -> Result<ImageId, StoreError> {
+    let rootfs = staged.join(ROOTFS_FILE);
+    let boot_files: Vec<(&str, PathBuf)> = match &manifest.boot {
+        Some(b) => {
+            vec![(STORE_KERNEL, staged.join(&b.kernel.file)), (STORE_INITRD, staged.join(&b.initrd.file))]
+        }
+        None => Vec::new(),
+    };
+    let boot_files: Vec<(&str, &Path)> = boot_files.iter().map(|(n, p)| (*n, p.as_path())).collect();
+    let record = ImageRecord {
+        uuid: manifest.rootfs.uuid.clone(),
+        rootfs_digest: Some(manifest.rootfs.digest),
+        boot: manifest.boot.clone(),
+        source: Some(manifest.source.clone()),
+        config: manifest.config.clone(),
+        build: plan.build.clone(),
+    };
+    store.put_image(&rootfs, &boot_files, record)
 }
 
 fn name_image(store: &Store, id: &ImageId, names: &[String]) -> Result<(), StoreError> {
@@ -380,7 +402,10 @@ pub fn write_rootfs<C: crate::tree::Content>(
     let file = File::create(path).map_err(io_error("creating", path))?;
     let summary = ext4::write_image(tree, options, &file)
         .map_err(|source| PipelineError::Ext4 { input: input.to_string(), source })?;
-    file.sync_all().map_err(io_error("writing", path))?;
+    // Start writing it out now, while it is hashed and stored; `Staging::commit` waits for
+    // it (fsync) before the output appears.
+    // SAFETY: sync_file_range on a descriptor we own only schedules writeback.
+    unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
     Ok(summary)
 }
 
@@ -423,9 +448,7 @@ fn write_manifest(dir: &Path, manifest: &OutputManifest) -> Result<(), PipelineE
     let path = dir.join(MANIFEST_FILE);
     let mut bytes = serde_json::to_vec_pretty(manifest).expect("manifest serializes");
     bytes.push(b'\n');
-    let file = File::create(&path).map_err(io_error("creating", &path))?;
-    file.write_all_at(&bytes, 0).map_err(io_error("writing", &path))?;
-    file.sync_all().map_err(io_error("writing", &path))
+    fs::write(&path, bytes).map_err(io_error("writing", &path))
 }
 
 /// Reads an output directory's manifest.
@@ -483,8 +506,13 @@ impl Staging {
         Ok(Staging { path, committed: false })
     }
 
-    /// Moves the staged directory to `outdir`, replacing an older diskc output there.
+    /// Makes the staged files durable and moves the directory to `outdir`, replacing an
+    /// older diskc output there.
     fn commit(mut self, outdir: &Path) -> Result<(), PipelineError> {
+        for entry in fs::read_dir(&self.path).map_err(io_error("reading", &self.path))? {
+            let path = entry.map_err(io_error("reading", &self.path))?.path();
+            File::open(&path).and_then(|f| f.sync_all()).map_err(io_error("writing", &path))?;
+        }
         let old = self.path.with_extension("old");
         let had_old = fs::rename(outdir, &old).is_ok();
         fs::rename(&self.path, outdir).map_err(io_error("renaming into", outdir))?;

@@ -6,7 +6,9 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Write};
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -16,6 +18,9 @@ use crate::tree::{Content, BLOCK_SIZE};
 /// A layer's spool file.
 pub struct Spool {
     file: File,
+    /// `/proc/self/fd/N` of the unlinked file: lets the ext4 writer copy from it inside the
+    /// kernel (copy_file_range) through [`Content::source_file`].
+    path: PathBuf,
     /// The layer's number in its image (0 = bottom). Set after indexing when the layer's
     /// place was not known while it streamed (a `docker save` stream lists it at the end).
     layer: AtomicU32,
@@ -29,7 +34,8 @@ impl fmt::Debug for Spool {
 
 impl Spool {
     pub(crate) fn new(file: File, layer: u32) -> Self {
-        Spool { file, layer: AtomicU32::new(layer) }
+        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        Spool { file, path, layer: AtomicU32::new(layer) }
     }
 
     pub(crate) fn set_layer(&self, layer: u32) {
@@ -92,6 +98,17 @@ impl Content for SpoolRef {
 
     fn layer(&self) -> u32 {
         self.spool.layer.load(Ordering::Relaxed)
+    }
+
+    /// A file without holes lies in the spool in one piece; one with holes is read through
+    /// [`Content::read_at`].
+    fn source_file(&self) -> Option<(&Path, u64)> {
+        match &*self.runs {
+            [run] if run.blocks.start == 0 && run.blocks.end == self.size.div_ceil(BLOCK_SIZE) => {
+                Some((&self.spool.path, run.spool_offset))
+            }
+            _ => None,
+        }
     }
 }
 
