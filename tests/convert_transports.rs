@@ -8,7 +8,7 @@ mod registry_support;
 use std::path::Path;
 use std::process::Command;
 
-use common::images::build_fixture;
+use common::images::{build_fixture, skopeo_copy};
 use common::{diskc, run_ok, tempdir, DOCKER};
 use registry_support::{docker_push, TestRegistry};
 
@@ -32,15 +32,7 @@ fn every_transport_gives_the_same_rootfs() {
         let layout = format!("oci:{}:app", dir.join(format!("oci-{format}")).display());
         let oci_archive = format!("oci-archive:{}:app", dir.join(format!("oci-{format}.tar")).display());
         for dest in [&layout, &oci_archive] {
-            run_ok(Command::new("skopeo").args([
-                "copy",
-                "-q",
-                "--dest-compress",
-                "--dest-compress-format",
-                format,
-                &archive_ref,
-                dest,
-            ]));
+            skopeo_copy(&archive_ref, dest, format);
         }
         sources.push(layout);
         sources.push(oci_archive);

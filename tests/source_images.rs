@@ -17,7 +17,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::images::{build_fixture, import_xattr_image, CAP_NET_BIND_SERVICE};
+use common::images::{
+    build_fixture, import_xattr_image, skopeo_copy, ADDED_BY_DOCKER, CAP_NET_BIND_SERVICE, MOUNTPOINTS,
+    TOUCHED_BY_DOCKER,
+};
 use common::{ensure_base_images, run_ok, tempdir, DOCKER};
 use diskc::digest::Digest;
 use diskc::error::{Classify, ErrorClass};
@@ -68,22 +71,6 @@ struct Described {
     sha256: Option<Digest>,
     xattrs: BTreeMap<String, Vec<u8>>,
 }
-
-/// Paths Docker adds to a container.
-const ADDED_BY_DOCKER: &[&str] = &[
-    ".dockerenv",
-    "etc/hostname",
-    "etc/hosts",
-    "etc/resolv.conf",
-    "etc/mtab",
-    "dev/console",
-    "dev/pts",
-    "dev/shm",
-];
-/// Directories Docker makes in a container when the image lacks them.
-const MOUNTPOINTS: &[&str] = &["dev", "etc", "proc", "sys"];
-/// Directories whose mtime the container's init layer changes.
-const TOUCHED_BY_DOCKER: &[&str] = &["", "etc", "dev"];
 
 fn content_digest<C: Content>(c: &C, size: u64) -> Digest {
     let mut hasher = diskc::digest::Hasher::new();
@@ -279,15 +266,7 @@ fn every_local_transport_gives_the_same_tree() {
         for dest in
             [format!("oci:{}:app", layout.display()), format!("oci-archive:{}:app", oci_archive.display())]
         {
-            run_ok(Command::new("skopeo").args([
-                "copy",
-                "-q",
-                "--dest-compress",
-                "--dest-compress-format",
-                format,
-                &archive_ref,
-                &dest,
-            ]));
+            skopeo_copy(&archive_ref, &dest, format);
         }
         let source: SourceRef = format!("oci:{}:app", layout.display()).parse().unwrap();
         let local = open_local(&source, DEFAULT_PLATFORM).unwrap();

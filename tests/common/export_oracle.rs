@@ -11,24 +11,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use crate::common::images::{ADDED_BY_DOCKER, MOUNTPOINTS, TOUCHED_BY_DOCKER};
 use crate::common::{assert_fsck_clean, run_ok, tempdir, DOCKER};
 use crate::tree_compare::{scan, Entry, Mount, Options};
-
-/// Paths Docker adds to every container (replacing the image's own, if any).
-pub const ADDED_BY_DOCKER: &[&str] = &[
-    ".dockerenv",
-    "etc/hostname",
-    "etc/hosts",
-    "etc/resolv.conf",
-    "etc/mtab",
-    "dev/console",
-    "dev/pts",
-    "dev/shm",
-];
-/// Directories Docker makes in a container when the image lacks them.
-pub const MOUNTPOINTS: &[&str] = &["dev", "etc", "proc", "sys"];
-/// Directories whose mtime the container's init layer changes.
-pub const TOUCHED_BY_DOCKER: &[&str] = &["", "etc", "dev"];
 
 /// `docker export` of a container made from `image`, unpacked into `dir` as root keeps it.
 pub fn export_into(image: &str, dir: &Path) {

@@ -67,3 +67,34 @@ pub fn import_xattr_image() -> &'static str {
     });
     IMAGE
 }
+
+/// Paths Docker adds to every container (replacing the image's own, if any): `docker export`
+/// cannot be compared with an image there.
+pub const ADDED_BY_DOCKER: &[&str] = &[
+    ".dockerenv",
+    "etc/hostname",
+    "etc/hosts",
+    "etc/resolv.conf",
+    "etc/mtab",
+    "dev/console",
+    "dev/pts",
+    "dev/shm",
+];
+/// Directories Docker makes in a container when the image lacks them.
+pub const MOUNTPOINTS: &[&str] = &["dev", "etc", "proc", "sys"];
+/// Directories whose mtime the container's init layer changes.
+pub const TOUCHED_BY_DOCKER: &[&str] = &["", "etc", "dev"];
+
+/// `skopeo copy` of `source` to `dest` (skopeo transport names) with `format` (gzip, zstd)
+/// layers.
+pub fn skopeo_copy(source: &str, dest: &str, format: &str) {
+    run_ok(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        "--dest-compress",
+        "--dest-compress-format",
+        format,
+        source,
+        dest,
+    ]));
+}
