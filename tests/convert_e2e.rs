@@ -205,3 +205,35 @@ fn a_layer_escaping_the_root_is_rejected() {
     repack(&unpacked, &archive);
     assert_fails_cleanly(&format!("docker-archive:{}", archive.display()), 2, "..");
 }
+
+/// A tmpfs of `size`, unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn new(dir: PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&dir).unwrap();
+        run_ok(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(&dir));
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_an_environment_failure_and_leaves_nothing() {
+    ensure_base_images(&["busybox"]);
+    let work = tempdir();
+    // The busybox image holds about 2 MiB of file data: 512 KiB cannot take it.
+    let disk = SmallDisk::new(work.path().join("small"), "512k");
+    let out = convert_uncached(&format!("docker-daemon:{}", common::BUSYBOX_IMAGE), &disk.0.join("out"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(&disk.0).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left behind on the full disk: {left:?}");
+}

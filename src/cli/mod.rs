@@ -129,11 +129,20 @@ pub fn init_logging(verbose: u8) {
 pub fn one_line(err: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in err.chain() {
-        let text = cause.to_string().replace('\n', " ");
-        // Skip a cause whose text the previous part already carries.
-        if !parts.last().is_some_and(|p| p.contains(&text)) {
-            parts.push(text);
+        let mut text = cause.to_string().replace('\n', " ");
+        if let Some(previous) = parts.last() {
+            // "converting X" then "X: what is wrong": say X once.
+            if let Some((head, rest)) = text.split_once(": ") {
+                if previous.ends_with(head) {
+                    text = rest.to_string();
+                }
+            }
+            // Skip a cause whose text the previous part already carries.
+            if previous.contains(&text) {
+                continue;
+            }
         }
+        parts.push(text);
     }
     parts.join(": ")
 }
@@ -177,4 +186,18 @@ fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorClass> {
         return Some(ErrorClass::of_io(io));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_says_the_input_once_and_skips_repeated_causes() {
+        let inner = std::io::Error::other("No space left on device");
+        let err = anyhow::Error::new(inner)
+            .context("docker-daemon:app:1: layer #0: No space left on device")
+            .context("converting docker-daemon:app:1");
+        assert_eq!(one_line(&err), "converting docker-daemon:app:1: layer #0: No space left on device");
+    }
 }
