@@ -501,7 +501,9 @@ impl Staging {
         let prefix = format!(".{name}.diskc-tmp-");
         sweep_stale(parent, &prefix);
         let path = parent.join(format!("{prefix}{}", std::process::id()));
+        // Anything under our pid is a leftover of a killed run whose pid we now reuse.
         let _ = fs::remove_dir_all(&path);
+        let _ = fs::remove_dir_all(aside(&path));
         fs::create_dir(&path).map_err(io_error("creating", &path))?;
         Ok(Staging { path, committed: false })
     }
@@ -513,8 +515,14 @@ impl Staging {
             let path = entry.map_err(io_error("reading", &self.path))?.path();
             File::open(&path).and_then(|f| f.sync_all()).map_err(io_error("writing", &path))?;
         }
-        let old = self.path.with_extension("old");
-        let had_old = fs::rename(outdir, &old).is_ok();
+        let old = aside(&self.path);
+        let had_old = match fs::rename(outdir, &old) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => {
+                return Err(PipelineError::Io { what: "moving aside", path: outdir.to_path_buf(), source: e })
+            }
+        };
         fs::rename(&self.path, outdir).map_err(io_error("renaming into", outdir))?;
         if had_old {
             let _ = fs::remove_dir_all(&old);
@@ -535,6 +543,14 @@ impl Drop for Staging {
             let _ = fs::remove_dir_all(&self.path);
         }
     }
+}
+
+/// Where commit moves an older output while the new one takes its place:
+/// `.NAME.diskc-tmp-PID.old`, which the sweep of stale staging directories also covers.
+fn aside(staging: &Path) -> PathBuf {
+    let mut name = staging.as_os_str().to_os_string();
+    name.push(".old");
+    PathBuf::from(name)
 }
 
 fn sweep_stale(parent: &Path, prefix: &str) {
@@ -574,6 +590,28 @@ mod tests {
         assert!(matches!(check_outdir(dir.path()), Err(PipelineError::OutputExists(_))));
         fs::write(dir.path().join(MANIFEST_FILE), b"{}").unwrap();
         assert!(check_outdir(dir.path()).is_ok());
+    }
+
+    /// Regression: the old output was moved aside to `.NAME.old` (`with_extension` took the
+    /// pid for an extension), which no sweep removed; after a run killed between the two
+    /// renames, every later commit failed with "Directory not empty".
+    #[test]
+    fn a_run_killed_between_the_renames_does_not_block_later_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        fs::create_dir(&out).unwrap();
+        fs::write(out.join(MANIFEST_FILE), b"{}").unwrap();
+        // What a killed run (a pid no process has) leaves: the old output moved aside.
+        let leftover = dir.path().join(format!(".out.diskc-tmp-{}.old", i32::MAX));
+        fs::rename(&out, &leftover).unwrap();
+        for round in 0..2 {
+            let staging = Staging::beside(&out).unwrap();
+            fs::write(staging.path.join("new"), [round]).unwrap();
+            staging.commit(&out).unwrap();
+            assert_eq!(fs::read(out.join("new")).unwrap(), [round]);
+            let left: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert_eq!(left.len(), 1, "only the output remains: {left:?}");
+        }
     }
 
     #[test]
