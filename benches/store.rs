@@ -6,6 +6,9 @@ use std::fs::File;
 use std::hint::black_box;
 use std::os::unix::fs::FileExt;
 
+#[path = "../tests/common/sample.rs"]
+mod sample;
+
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 use diskc::digest::Digest;
@@ -16,20 +19,7 @@ const LEN: usize = 64 << 20;
 
 /// Half random, half text, in 4 KiB blocks: compresses about like a rootfs.
 fn sample() -> Vec<u8> {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut out = Vec::with_capacity(LEN);
-    while out.len() < LEN {
-        if (out.len() / 4096) % 2 == 0 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            out.extend_from_slice(&state.to_le_bytes());
-        } else {
-            out.extend_from_slice(b"compressible");
-        }
-    }
-    out.truncate(LEN);
-    out
+    sample::sample_bytes(1, LEN)
 }
 
 fn parts(c: &mut Criterion) {

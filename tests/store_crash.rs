@@ -5,40 +5,15 @@
 
 mod common;
 
-use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
+use common::sample::{sample_bytes as bytes, sparse_file};
+
+use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 const MIB: usize = 1 << 20;
-
-/// Deterministic, half-compressible bytes (see tests/store_images.rs).
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        if (out.len() / 4096) % 2 == 0 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            out.extend_from_slice(&state.to_le_bytes());
-        } else {
-            out.extend_from_slice(b"compressible");
-        }
-    }
-    out.truncate(len);
-    out
-}
-
-fn sparse_file(path: &Path, size: u64, pieces: &[(u64, &[u8])]) {
-    let file = File::create(path).unwrap();
-    file.set_len(size).unwrap();
-    for (offset, data) in pieces {
-        file.write_all_at(data, *offset).unwrap();
-    }
-}
 
 fn spawn_put(store: &Path, image: &Path) -> Child {
     common::diskc()

@@ -339,8 +339,19 @@ pub(crate) fn normalise_member(path: &[u8]) -> String {
     parts.join("/")
 }
 
+/// The member a symlink or hard-link entry at `path` points to; `None` for other entries.
+/// Hard link names are archive paths; symlinks are relative to their directory.
+pub(crate) fn member_link<R: Read>(entry: &tar::Entry<'_, R>, path: &str) -> Option<String> {
+    let kind = entry.header().entry_type();
+    if !(kind.is_symlink() || kind.is_hard_link()) {
+        return None;
+    }
+    let target = entry.link_name_bytes()?;
+    Some(if kind.is_hard_link() { normalise_member(&target) } else { resolve_member_link(path, &target) })
+}
+
 /// Where a symlink member in directory `dir` points, as a member path.
-pub(crate) fn resolve_member_link(from: &str, target: &[u8]) -> String {
+fn resolve_member_link(from: &str, target: &[u8]) -> String {
     let mut parts: Vec<String> = from.split('/').map(str::to_string).collect();
     parts.pop();
     for p in String::from_utf8_lossy(target).split('/') {
@@ -367,16 +378,8 @@ impl ArchiveMembers {
             let kind = entry.header().entry_type();
             if kind.is_file() {
                 members.insert(path, (entry.raw_file_position(), entry.size()));
-            } else if kind.is_symlink() || kind.is_hard_link() {
-                if let Some(target) = entry.link_name_bytes() {
-                    // Hard link names are archive paths; symlinks are relative to their directory.
-                    let to = if kind.is_hard_link() {
-                        normalise_member(&target)
-                    } else {
-                        resolve_member_link(&path, &target)
-                    };
-                    links.push((path, to));
-                }
+            } else if let Some(to) = member_link(&entry, &path) {
+                links.push((path, to));
             }
         }
         for (from, to) in links {

@@ -15,9 +15,7 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::local::{
-    normalise_member, resolve_docker_archive, resolve_member_link, resolve_oci, Plan, MAX_DOCUMENT,
-};
+use super::local::{member_link, normalise_member, resolve_docker_archive, resolve_oci, Plan, MAX_DOCUMENT};
 use super::{ParsedConfig, ResolvedImage, SourceError};
 use crate::layer::{index_layer, LayerError, LayerExpect, LayerIndex};
 
@@ -64,12 +62,7 @@ pub fn read_image_stream<R: Read>(
         let path = normalise_member(&entry.path_bytes());
         let kind = entry.header().entry_type();
         if kind.is_symlink() || kind.is_hard_link() {
-            if let Some(target) = entry.link_name_bytes() {
-                let to = if kind.is_hard_link() {
-                    normalise_member(&target)
-                } else {
-                    resolve_member_link(&path, &target)
-                };
+            if let Some(to) = member_link(&entry, &path) {
                 links.push((path, to));
             }
             continue;
