@@ -85,7 +85,7 @@ pub enum Progress {
     CacheHit { id: String },
     /// All layers are read and indexed.
     LayersIndexed { seconds: f64 },
-    /// The merged tree holds this many entries.
+    /// The merged tree holds this many nodes (flattening keeps only reachable ones).
     Flattened { entries: usize },
     /// The ext4 image is written.
     RootfsWritten { bytes: u64, seconds: f64 },
@@ -195,7 +195,7 @@ pub fn convert(plan: &ConvertPlan, progress: &mut dyn FnMut(Progress)) -> Result
 
     let tree = layer::flatten_layers(&layers)
         .map_err(|source| PipelineError::Flatten { input: plan.input.clone(), source })?;
-    progress(Progress::Flattened { entries: tree.walk().len() });
+    progress(Progress::Flattened { entries: tree.arena_len() });
     timings.flatten = lap(started, &timings);
 
     let rootfs_path = staging.path.join(ROOTFS_FILE);
