@@ -67,6 +67,7 @@ PACKAGES=(
   zstd pigz                      # zstd layers; the decompression floor
   hyperfine time                 # benchmarks: repeated timing, GNU time for peak RSS
   jq                             # reading OCI manifests in the benchmark scripts
+  b3sum                          # checks a rootfs against its manifest's BLAKE3 digest
   apache2-utils                  # htpasswd, for the registry basic-auth tests
   eatmydata                      # benchmarks: mkfs.ext4 -d without its fsyncs, like for like
   gcc libc6-dev                  # crates with C parts (ring, zstd-sys); static diskc-init

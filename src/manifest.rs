@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
+use crate::digest::{Digest, FileDigest};
 
 /// The rootfs file name inside an output directory.
 pub const ROOTFS_FILE: &str = "rootfs.ext4";
@@ -15,7 +15,7 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 
 /// Version of the on-disk formats diskc writes (ext4 layout choices, manifest shape).
 /// Part of every cache key: bump it when the same input would give different bytes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// What the VM runs at boot: the parts of the OCI image config's `config` object that matter.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,7 +71,8 @@ pub struct SourceInfo {
 pub struct RootfsInfo {
     /// File name inside OUTDIR.
     pub file: String,
-    pub digest: Digest,
+    /// BLAKE3 of the file (`b3sum` checks it).
+    pub digest: FileDigest,
     /// Bytes, the logical size of the image file.
     pub size: u64,
     /// The filesystem UUID (ext4 `s_uuid`), derived from the input.

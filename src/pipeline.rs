@@ -7,9 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::ops::Range;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -17,7 +15,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::boot::{self, BootError, KernelSource, STORE_INITRD, STORE_KERNEL};
-use crate::digest::{Digest, Hasher};
+use crate::digest::{Digest, FileDigest};
 use crate::error::{Classify, ErrorClass};
 use crate::ext4::{self, SizeSpec};
 use crate::layer;
@@ -51,8 +49,6 @@ pub struct ConvertPlan {
     pub build: BTreeMap<String, serde_json::Value>,
     /// Names to give the stored image (`diskc build -t`).
     pub names: Vec<String>,
-    /// Where layer spools go (unlinked temp files); the staging directory by default.
-    pub spool_dir: Option<PathBuf>,
 }
 
 /// A kernel on the host: its bzImage and its `lib/modules/<version>` directory.
@@ -187,9 +183,17 @@ pub fn convert(plan: &ConvertPlan, progress: &mut dyn FnMut(Progress)) -> Result
         (None, Some(store)) => Staging::new(&store.root().join("tmp"), "convert")?,
         (None, None) => unreachable!("checked above"),
     };
-    let spool_dir = plan.spool_dir.clone().unwrap_or_else(|| staging.path.clone());
     let config = opened.config().clone();
-    let (resolved, layers) = opened.index_layers(&spool_dir)?;
+    // The layers spool straight into the image file, and their data stays where it lands.
+    let rootfs_path = staging.path.join(ROOTFS_FILE);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&rootfs_path)
+        .map_err(io_error("creating", &rootfs_path))?;
+    let spool = layer::SpoolFile::new(file, &rootfs_path);
+    let (resolved, layers) = opened.index_layers(&spool)?;
     timings.layers = lap(started, &timings);
     progress(Progress::LayersIndexed { seconds: timings.layers });
 
@@ -198,9 +202,10 @@ pub fn convert(plan: &ConvertPlan, progress: &mut dyn FnMut(Progress)) -> Result
     progress(Progress::Flattened { entries: tree.arena_len() });
     timings.flatten = lap(started, &timings);
 
-    let rootfs_path = staging.path.join(ROOTFS_FILE);
-    let options = ext4_options(&config.diff_ids, &plan.rootfs, fs_time(&tree));
-    let summary = write_rootfs(&tree, &options, &rootfs_path, &plan.input)?;
+    let file = spool.settle(tree.files().map(|f| &f.content)).map_err(io_error("writing", &rootfs_path))?;
+    let options =
+        ext4::Options { data_in_place: true, ..ext4_options(&config.diff_ids, &plan.rootfs, fs_time(&tree)) };
+    let summary = write_rootfs(&tree, &options, &file, &plan.input)?;
     let boot = boot_part(plan.kernel.as_ref(), &tree, &staging.path, &config.config)?;
     drop(tree);
     drop(layers); // the spools go with the last reference to them
@@ -330,7 +335,7 @@ fn from_store(store: &Store, id: &ImageId, plan: &ConvertPlan) -> Result<OutputM
         config: stored.config.clone(),
         rootfs: RootfsInfo {
             file: ROOTFS_FILE.to_string(),
-            digest: stored.rootfs.digest.unwrap_or_else(|| Digest::of(b"")),
+            digest: stored.rootfs.digest.unwrap_or(FileDigest::Blake3(blake3::hash(b"").into())),
             size: stored.rootfs.file.size,
             uuid: stored.rootfs.uuid.clone(),
         },
@@ -391,16 +396,15 @@ pub fn fs_time<C>(tree: &FsTree<C>) -> Timestamp {
     Timestamp::new(newest.sec.max(0), 0)
 }
 
-/// Writes `tree` (made from `input`) as ext4 to `path`; the caller stages `path`, so a
+/// Writes `tree` (made from `input`) as ext4 into `file`; the caller stages the file, so a
 /// failure leaves nothing half-written where anyone looks.
 pub fn write_rootfs<C: crate::tree::Content>(
     tree: &FsTree<C>,
     options: &ext4::Options,
-    path: &Path,
+    file: &File,
     input: &str,
 ) -> Result<ext4::Summary, PipelineError> {
-    let file = File::create(path).map_err(io_error("creating", path))?;
-    let summary = ext4::write_image(tree, options, &file)
+    let summary = ext4::write_image(tree, options, file)
         .map_err(|source| PipelineError::Ext4 { input: input.to_string(), source })?;
     // Start writing it out now, while it is hashed and stored; `Staging::commit` waits for
     // it (fsync) before the output appears.
@@ -409,34 +413,37 @@ pub fn write_rootfs<C: crate::tree::Content>(
     Ok(summary)
 }
 
-/// sha256 of a (possibly sparse) file: holes hash as the zeros they read as, without
-/// reading them from disk.
-pub fn digest_file(path: &Path) -> Result<Digest, PipelineError> {
-    let file = File::open(path).map_err(io_error("reading", path))?;
-    let len = file.metadata().map_err(io_error("reading", path))?.len();
-    let mut hasher = Hasher::new();
-    let zeros = vec![0u8; 1 << 20];
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0u64;
-    for Range { start, end } in data_extents(&file, len).map_err(io_error("reading", path))? {
-        while pos < start {
-            let n = (start - pos).min(zeros.len() as u64) as usize;
-            hasher.update(&zeros[..n]);
-            pos += n as u64;
+/// The rootfs digest: BLAKE3 of the file, hashed on every core. Holes hash as the zeros
+/// they read as, without reading them. The data is mapped a window at a time, so it is
+/// hashed straight from the page cache but never all counted towards this process's memory.
+pub fn digest_file(path: &Path) -> Result<FileDigest, PipelineError> {
+    const WINDOW: u64 = 64 << 20;
+    let hash = || -> io::Result<FileDigest> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        let mut hasher = blake3::Hasher::new();
+        let zeros = vec![0u8; WINDOW as usize];
+        let mut pos = 0;
+        let extents = data_extents(&file, len)?;
+        for data in extents.iter().map(Some).chain([None]) {
+            let (hole_end, data_end) = data.map_or((len, len), |d| (d.start, d.end));
+            while pos < hole_end {
+                let n = (hole_end - pos).min(WINDOW);
+                hasher.update_rayon(&zeros[..n as usize]);
+                pos += n;
+            }
+            while pos < data_end {
+                let n = (data_end - pos).min(WINDOW);
+                // SAFETY: the file is diskc's own staged output, which nothing writes while it
+                // is hashed.
+                let window = unsafe { memmap2::MmapOptions::new().offset(pos).len(n as usize).map(&file)? };
+                hasher.update_rayon(&window);
+                pos += n;
+            }
         }
-        while pos < end {
-            let n = (end - pos).min(buf.len() as u64) as usize;
-            file.read_exact_at(&mut buf[..n], pos).map_err(io_error("reading", path))?;
-            hasher.update(&buf[..n]);
-            pos += n as u64;
-        }
-    }
-    while pos < len {
-        let n = (len - pos).min(zeros.len() as u64) as usize;
-        hasher.update(&zeros[..n]);
-        pos += n as u64;
-    }
-    Ok(hasher.finish())
+        Ok(FileDigest::Blake3(hasher.finalize().into()))
+    };
+    hash().map_err(io_error("reading", path))
 }
 
 pub fn format_uuid(u: &[u8; 16]) -> String {
@@ -569,6 +576,8 @@ fn sweep_stale(parent: &Path, prefix: &str) {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::FileExt;
+
     use super::*;
 
     #[test]
@@ -580,7 +589,8 @@ mod tests {
         file.write_all_at(b"hello", 3 << 20).unwrap();
         drop(file);
         let bytes = fs::read(&path).unwrap();
-        assert_eq!(digest_file(&path).unwrap(), Digest::of(&bytes));
+        assert_eq!(digest_file(&path).unwrap(), FileDigest::Blake3(blake3::hash(&bytes).into()));
+        assert_eq!(digest_file(&path).unwrap().to_string().len(), "blake3:".len() + 64);
     }
 
     #[test]

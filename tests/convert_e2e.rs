@@ -89,11 +89,15 @@ fn converting_twice_gives_identical_bytes() {
     let source = format!("docker-daemon:{image}");
     let (a, b) = (work.path().join("a"), work.path().join("b"));
     // Past the store, so that both runs really convert.
-    convert_ok(&source, &a, &["--no-store"]);
+    let manifest = convert_ok(&source, &a, &["--no-store"]);
     convert_ok(&source, &b, &["--no-store"]);
     let bytes = |d: &PathBuf, f: &str| std::fs::read(d.join(f)).unwrap();
     assert!(bytes(&a, "rootfs.ext4") == bytes(&b, "rootfs.ext4"), "rootfs.ext4 differs between runs");
     assert_eq!(bytes(&a, "manifest.json"), bytes(&b, "manifest.json"));
+    // The manifest's digest is the file's, as b3sum reads it.
+    let b3sum = run_ok(Command::new("b3sum").arg("--no-names").arg(a.join("rootfs.ext4")));
+    let digest = format!("blake3:{}", String::from_utf8_lossy(&b3sum.stdout).trim());
+    assert_eq!(manifest["rootfs"]["digest"], digest.as_str());
 }
 
 /// A failed convert: nonzero documented exit code, one line on stderr naming the input, no

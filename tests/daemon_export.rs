@@ -149,7 +149,7 @@ fn export_feeds_the_stream_reader() {
         "docker-daemon:diskc-test/remote-daemon:latest",
         None,
         diskc::source::DEFAULT_PLATFORM,
-        spool.path(),
+        &common::spool_file(spool.path()),
     )
     .unwrap();
     assert_eq!(streamed.resolved.config_digest, image.id);

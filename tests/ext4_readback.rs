@@ -263,7 +263,7 @@ fn fixture() -> Tree {
 }
 
 /// Changes to this digest are changes to the bytes diskc writes: make them on purpose.
-const FIXTURE_SHA256: &str = "8743c4affe9dc20503c38ffceb0934dbcf6a77c617a57b3e2f4aa3ee145fb3a8";
+const FIXTURE_SHA256: &str = "429c12a2c74b6445419e184e4f6e19107f25cd7d82105019151fc79d6118123f";
 
 #[test]
 fn fixture_image_digest_is_pinned() {

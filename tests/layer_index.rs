@@ -109,7 +109,7 @@ fn every_compression_gives_the_same_index() {
     for (blob, compression) in
         [(tar.clone(), Compression::None), (gzip(&tar), Compression::Gzip), (zstd(&tar), Compression::Zstd)]
     {
-        let layer = index_layer(&blob[..], &expect(&blob, &tar), 3, dir.path()).unwrap();
+        let layer = index_layer(&blob[..], &expect(&blob, &tar), 3, common::spool(dir.path(), 3)).unwrap();
         assert_eq!(layer.compression, compression);
         assert_eq!(layer.digest, Digest::of(&blob));
         assert_eq!(layer.diff_id, Digest::of(&tar));
@@ -150,7 +150,7 @@ fn digest_and_diff_id_mismatches_name_the_blob() {
     let dir = common::tempdir();
     let mut wrong = expect(&blob, &tar);
     wrong.digest = Some(Digest::of(b"other"));
-    let e = index_layer(&blob[..], &wrong, 0, dir.path()).err().unwrap();
+    let e = index_layer(&blob[..], &wrong, 0, common::spool(dir.path(), 0)).err().unwrap();
     assert!(matches!(e, LayerError::DigestMismatch { .. }), "{e}");
     assert!(
         e.to_string().contains(&Digest::of(b"other").to_string())
@@ -159,7 +159,7 @@ fn digest_and_diff_id_mismatches_name_the_blob() {
     );
     let mut wrong = expect(&blob, &tar);
     wrong.diff_id = Some(Digest::of(b"other"));
-    let e = index_layer(&blob[..], &wrong, 0, dir.path()).err().unwrap();
+    let e = index_layer(&blob[..], &wrong, 0, common::spool(dir.path(), 0)).err().unwrap();
     assert!(matches!(e, LayerError::DiffIdMismatch { .. }), "{e}");
     assert_eq!(e.class(), ErrorClass::BadInput);
 }
@@ -179,7 +179,7 @@ fn flipped_and_truncated_blobs_are_errors() {
             ("truncated", blob[..blob.len() * 2 / 3].to_vec()),
             ("cut short", blob[..blob.len() - 1].to_vec()),
         ] {
-            let e = index_layer(&bad[..], &exp, 0, dir.path())
+            let e = index_layer(&bad[..], &exp, 0, common::spool(dir.path(), 0))
                 .err()
                 .unwrap_or_else(|| panic!("{what} blob read without error"));
             assert_eq!(e.class(), ErrorClass::BadInput, "{what}: {e}");
@@ -195,7 +195,7 @@ fn an_encrypted_layer_is_unsupported() {
         media_type: "application/vnd.oci.image.layer.v1.tar+gzip+encrypted".into(),
         ..Default::default()
     };
-    let e = index_layer(&b""[..], &exp, 0, dir.path()).err().unwrap();
+    let e = index_layer(&b""[..], &exp, 0, common::spool(dir.path(), 0)).err().unwrap();
     assert!(matches!(e, LayerError::Unsupported { .. }), "{e}");
 }
 
@@ -219,12 +219,16 @@ fn a_failing_reader_is_an_environment_error() {
     let tar = sample_tar();
     let blob = gzip(&tar);
     let dir = common::tempdir();
-    let e = index_layer(Broken(&blob[..blob.len() / 2]), &expect(&blob, &tar), 0, dir.path()).err().unwrap();
+    let e =
+        index_layer(Broken(&blob[..blob.len() / 2]), &expect(&blob, &tar), 0, common::spool(dir.path(), 0))
+            .err()
+            .unwrap();
     assert!(matches!(e, LayerError::Read { .. }), "{e}");
     assert_eq!(e.class(), ErrorClass::Environment);
-    let e = index_layer(&tar[..], &LayerExpect::default(), 0, std::path::Path::new("/nonexistent/spool"))
-        .err()
-        .unwrap();
+    // A spool file that cannot be written (opened read-only).
+    let read_only = std::fs::File::open(common::tempdir().path()).unwrap();
+    let writer = diskc::layer::SpoolFile::new(read_only, dir.path()).slot(0).unwrap();
+    let e = index_layer(&tar[..], &LayerExpect::default(), 0, writer).err().unwrap();
     assert!(matches!(e, LayerError::Spool { .. }), "{e}");
     assert_eq!(e.class(), ErrorClass::Environment);
 }
@@ -237,7 +241,7 @@ fn uids_beyond_32_bits_are_refused() {
     b.append_data(&mut h, "big", io::empty()).unwrap();
     let tar = b.into_inner().unwrap();
     let dir = common::tempdir();
-    let e = index_layer(&tar[..], &LayerExpect::default(), 0, dir.path()).err().unwrap();
+    let e = index_layer(&tar[..], &LayerExpect::default(), 0, common::spool(dir.path(), 0)).err().unwrap();
     assert!(e.to_string().contains("\"big\"") && e.to_string().contains("5000000000"), "{e}");
 }
 
@@ -264,7 +268,7 @@ fn many_layers_come_back_in_input_order() {
     let layers = index_layers(
         &jobs,
         |i| Ok(Box::new(io::Cursor::new(blobs[i].0.clone())) as Box<dyn Read + Send>),
-        dir.path(),
+        &common::spool_file(dir.path()),
     )
     .unwrap();
     for (i, layer) in layers.iter().enumerate() {
@@ -282,7 +286,7 @@ fn many_layers_come_back_in_input_order() {
                 Ok(Box::new(io::Cursor::new(blobs[i].0.clone())) as Box<dyn Read + Send>)
             }
         },
-        dir.path(),
+        &common::spool_file(dir.path()),
     )
     .err()
     .unwrap();
@@ -300,7 +304,7 @@ proptest! {
 
     #[test]
     fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
-        let _ = index_layer(&bytes[..], &LayerExpect::default(), 0, fuzz_dir());
+        let _ = index_layer(&bytes[..], &LayerExpect::default(), 0, common::spool(fuzz_dir(), 0));
     }
 
     #[test]
@@ -315,7 +319,7 @@ proptest! {
             let i = at.index(blob.len());
             blob[i] = byte;
         }
-        let _ = index_layer(&blob[..], &LayerExpect::default(), 0, fuzz_dir());
+        let _ = index_layer(&blob[..], &LayerExpect::default(), 0, common::spool(fuzz_dir(), 0));
     }
 }
 
@@ -339,7 +343,8 @@ fn gnu_sparse_members_in_both_forms() {
             .expect("GNU tar");
         assert!(out.status.success());
         assert!(out.stdout.len() < 1 << 20, "{format}: tar stored the holes");
-        let layer = index_layer(&out.stdout[..], &LayerExpect::default(), 0, dir.path()).unwrap();
+        let layer =
+            index_layer(&out.stdout[..], &LayerExpect::default(), 0, common::spool(dir.path(), 0)).unwrap();
         assert_eq!(layer.entries.len(), 1, "{format}");
         assert_eq!(read_all(&layer, "sparse"), expected, "{format}");
         let EntryKind::File(f) = &layer.entries[0].kind else { unreachable!() };

@@ -301,7 +301,7 @@ fn registry_blobs_feed_the_parallel_layer_indexer() {
     let open = |i: usize| -> std::io::Result<Box<dyn Read + Send>> {
         Ok(Box::new(client.open_blob(&resolved.layers[i])?))
     };
-    let layers = index_layers(&jobs, open, spool.path()).unwrap();
+    let layers = index_layers(&jobs, open, &common::spool_file(spool.path())).unwrap();
 
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id).collect();
     assert_eq!(diff_ids, config.diff_ids);

@@ -32,7 +32,8 @@ use diskc::tree::{Content, FsTree, NodeKind};
 fn via_save_stream(image: &str, spool: &Path) -> FsTree<SpoolRef> {
     let mut child = Command::new(DOCKER).args(["save", image]).stdout(Stdio::piped()).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
-    let streamed = read_image_stream(stdout, image, None, DEFAULT_PLATFORM, spool).unwrap();
+    let streamed =
+        read_image_stream(stdout, image, None, DEFAULT_PLATFORM, &common::spool_file(spool)).unwrap();
     assert!(child.wait().unwrap().success());
     assert_eq!(streamed.layers.len(), streamed.config.diff_ids.len());
     for (i, layer) in streamed.layers.iter().enumerate() {
@@ -46,7 +47,9 @@ fn via_export(image: &str, spool: &Path) -> FsTree<SpoolRef> {
     let out = run_ok(Command::new(DOCKER).args(["create", image, "/bin/true"]));
     let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let mut child = Command::new(DOCKER).args(["export", &id]).stdout(Stdio::piped()).spawn().unwrap();
-    let layer = index_layer(child.stdout.take().unwrap(), &LayerExpect::default(), 0, spool).unwrap();
+    let layer =
+        index_layer(child.stdout.take().unwrap(), &LayerExpect::default(), 0, common::spool(spool, 0))
+            .unwrap();
     assert!(child.wait().unwrap().success());
     run_ok(Command::new(DOCKER).args(["rm", &id]));
     flatten_layers(&[layer]).unwrap()
@@ -55,7 +58,7 @@ fn via_export(image: &str, spool: &Path) -> FsTree<SpoolRef> {
 fn via_local(source: &str, spool: &Path) -> FsTree<SpoolRef> {
     let source: SourceRef = source.parse().unwrap();
     let image = open_local(&source, DEFAULT_PLATFORM).unwrap();
-    let layers = image.index_layers(spool).unwrap();
+    let layers = image.index_layers(&common::spool_file(spool)).unwrap();
     flatten_layers(&layers).unwrap()
 }
 
@@ -293,8 +296,14 @@ fn every_local_transport_gives_the_same_tree() {
         );
         // The same layout read as a stream (an Engine ≥ 25 save is an OCI layout in a tar).
         let file = std::fs::File::open(&oci_archive).unwrap();
-        let streamed =
-            read_image_stream(file, "oci-archive stream", Some("app"), DEFAULT_PLATFORM, spool).unwrap();
+        let streamed = read_image_stream(
+            file,
+            "oci-archive stream",
+            Some("app"),
+            DEFAULT_PLATFORM,
+            &common::spool_file(spool),
+        )
+        .unwrap();
         assert_same_tree(
             &flatten_layers(&streamed.layers).unwrap(),
             &from_stream,
@@ -324,7 +333,7 @@ fn layers_error(source: &str, spool: &Path) -> diskc::source::SourceError {
         Ok(image) => image,
         Err(e) => return e,
     };
-    match image.index_layers(spool) {
+    match image.index_layers(&common::spool_file(spool)) {
         Ok(_) => panic!("{source}: read without error"),
         Err(e) => e,
     }
@@ -384,7 +393,7 @@ fn an_image_that_does_not_exist_in_an_archive() {
     // A truncated save stream is an error too, not a partial image.
     let bytes = std::fs::read(&archive).unwrap();
     let cut = &bytes[..bytes.len() / 2];
-    let e = read_image_stream(cut, "cut stream", None, DEFAULT_PLATFORM, dir.path())
+    let e = read_image_stream(cut, "cut stream", None, DEFAULT_PLATFORM, &common::spool_file(dir.path()))
         .expect_err("a cut stream fails");
     assert_eq!(e.class(), ErrorClass::BadInput, "{e}");
 }

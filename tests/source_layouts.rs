@@ -108,7 +108,7 @@ fn a_multi_platform_index_is_resolved_by_platform() {
         let image = open_local(&oci(dir.path(), Some("app")), platform).unwrap();
         assert_eq!(image.resolved.platform, format!("linux/{arch}"));
         assert_eq!(image.resolved.layers.len(), layers);
-        let tree = flatten_layers(&image.index_layers(spool).unwrap()).unwrap();
+        let tree = flatten_layers(&image.index_layers(&common::spool_file(spool)).unwrap()).unwrap();
         assert_eq!(text_at(&tree, "arch"), arch);
     }
     let e = open_local(&oci(dir.path(), Some("app")), "linux/s390x").err().unwrap();
@@ -125,7 +125,7 @@ fn a_layer_holding_dotdot_etc_passwd_is_rejected() {
     let desc = put_image(dir.path(), "amd64", std::slice::from_ref(&hostile));
     write_index(dir.path(), vec![desc]);
     let image = open_local(&oci(dir.path(), None), DEFAULT_PLATFORM).unwrap();
-    let layers = image.index_layers(dir.path()).unwrap();
+    let layers = image.index_layers(&common::spool_file(dir.path())).unwrap();
     let e = flatten_layers(&layers).err().unwrap();
     assert!(matches!(e, FlattenError::Escapes { .. }), "{e}");
     assert_eq!(e.class(), ErrorClass::BadInput);
@@ -195,7 +195,9 @@ fn an_oci_layout_stream_with_the_index_last() {
     multi_platform(&layout);
     let stream = tar_of(&layout, &["index.json"]);
     for (platform, arch) in [(DEFAULT_PLATFORM, "amd64"), ("linux/arm64", "arm64")] {
-        let s = read_image_stream(&stream[..], "stream", Some("app"), platform, dir.path()).unwrap();
+        let s =
+            read_image_stream(&stream[..], "stream", Some("app"), platform, &common::spool_file(dir.path()))
+                .unwrap();
         assert_eq!(text_at(&flatten_layers(&s.layers).unwrap(), "arch"), arch);
         assert_eq!(s.config.platform, format!("linux/{arch}"));
     }
@@ -239,7 +241,9 @@ fn a_legacy_docker_archive_as_stream_and_as_file() {
     let dir = common::tempdir();
     let layers = [layer_tar(&[("a", "bottom")]), layer_tar(&[("a", "middle"), ("b", "b")])];
     let archive = legacy_archive(&layers, false);
-    let s = read_image_stream(&archive[..], "archive", None, DEFAULT_PLATFORM, dir.path()).unwrap();
+    let s =
+        read_image_stream(&archive[..], "archive", None, DEFAULT_PLATFORM, &common::spool_file(dir.path()))
+            .unwrap();
     assert_eq!(s.layers.len(), 3);
     let tree = flatten_layers(&s.layers).unwrap();
     assert_eq!(text_at(&tree, "a"), "bottom", "the repeated bottom layer is on top");
@@ -266,7 +270,7 @@ fn a_legacy_docker_archive_as_stream_and_as_file() {
         image.resolved.layers.iter().map(|l| l.digest).collect::<Vec<_>>()[..2],
         [Digest::of(&layers[0]), Digest::of(&layers[1])]
     );
-    let tree2 = flatten_layers(&image.index_layers(dir.path()).unwrap()).unwrap();
+    let tree2 = flatten_layers(&image.index_layers(&common::spool_file(dir.path())).unwrap()).unwrap();
     assert_eq!(text_at(&tree2, "a"), "bottom");
     let e =
         open_local(&format!("docker-archive:{}:app:2", file.display()).parse().unwrap(), DEFAULT_PLATFORM)
@@ -276,7 +280,9 @@ fn a_legacy_docker_archive_as_stream_and_as_file() {
 
     // A layer the manifest names but the stream lacks.
     let broken = legacy_archive(&layers, true);
-    let e = read_image_stream(&broken[..], "broken", None, DEFAULT_PLATFORM, dir.path()).err().unwrap();
+    let e = read_image_stream(&broken[..], "broken", None, DEFAULT_PLATFORM, &common::spool_file(dir.path()))
+        .err()
+        .unwrap();
     assert!(matches!(e, SourceError::MissingBlob { .. }), "{e}");
     assert!(e.to_string().contains("again/layer.tar"), "{e}");
     assert_eq!(e.class(), ErrorClass::BadInput);

@@ -99,7 +99,6 @@ impl OutputArgs {
             kernel,
             build,
             names,
-            spool_dir: None,
         })
     }
 }

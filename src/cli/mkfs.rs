@@ -77,7 +77,7 @@ pub fn run(args: MkfsArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
                 seconds = started.elapsed().as_secs_f64(),
                 "read the source"
             );
-            write(&tree, options, &args.output)?
+            write(&tree, options, temp_beside(&args.output)?, &args.output)?
         }
         Source::Tar(path) => {
             let input: Box<dyn Read> = if path == Path::new("-") {
@@ -85,9 +85,12 @@ pub fn run(args: MkfsArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             } else {
                 Box::new(File::open(&path).with_context(|| format!("opening {}", path.display()))?)
             };
-            // The spool (file data, holes left out) lives beside the output, unlinked.
-            let spool_dir = parent_dir(&args.output);
-            let layer = layer::index_layer(input, &LayerExpect::default(), 0, spool_dir)
+            // The file data goes straight into the image's temporary file, and stays there.
+            let tmp = temp_beside(&args.output)?;
+            let writing = || format!("writing {}", args.output.display());
+            let spool = layer::SpoolFile::new(tmp.as_file().try_clone().with_context(writing)?, tmp.path());
+            let writer = spool.slot(0).with_context(writing)?;
+            let layer = layer::index_layer(input, &LayerExpect::default(), 0, writer)
                 .with_context(|| format!("reading tar {}", path.display()))?;
             // Unlike an image layer (where Docker keeps the root as it is), a tar made of a
             // directory tree describes its root too: keep what its `./` entry says.
@@ -97,7 +100,8 @@ pub fn run(args: MkfsArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             if let Some(meta) = root {
                 tree.get_mut(FsTree::<layer::SpoolRef>::ROOT).meta = meta;
             }
-            write(&tree, options, &args.output)?
+            drop(spool.settle(tree.files().map(|f| &f.content)).with_context(writing)?);
+            write(&tree, Options { data_in_place: true, ..options }, tmp, &args.output)?
         }
     };
     let seconds = started.elapsed().as_secs_f64();
@@ -124,15 +128,24 @@ pub fn run(args: MkfsArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// Writes the image through a temporary file in the output's directory.
-fn write<C: Content>(tree: &FsTree<C>, mut options: Options, output: &Path) -> anyhow::Result<Summary> {
-    options.seed = tree_digest(tree);
-    options.fs_time = pipeline::fs_time(tree);
+/// A temporary file in the output's directory, renamed over the output when it is whole.
+fn temp_beside(output: &Path) -> anyhow::Result<tempfile::NamedTempFile> {
     let dir = parent_dir(output);
-    let tmp = tempfile::Builder::new()
+    tempfile::Builder::new()
         .prefix(".diskc-mkfs-")
         .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))
+}
+
+/// Writes the image into `tmp`, then renames it to `output`.
+fn write<C: Content>(
+    tree: &FsTree<C>,
+    mut options: Options,
+    tmp: tempfile::NamedTempFile,
+    output: &Path,
+) -> anyhow::Result<Summary> {
+    options.seed = tree_digest(tree);
+    options.fs_time = pipeline::fs_time(tree);
     let summary = ext4::write_image(tree, &options, tmp.as_file())
         .with_context(|| format!("writing {}", output.display()))?;
     let perms = std::os::unix::fs::PermissionsExt::from_mode(0o644);

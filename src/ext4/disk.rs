@@ -15,6 +15,9 @@ pub trait WriteAt: Sync {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Makes the sink `len` bytes of zeros.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Makes the sink `len` bytes long, keeping the bytes it has below `len`; what was past
+    /// its end reads as zeros.
+    fn grow(&self, len: u64) -> io::Result<()>;
 
     /// Copies `len` bytes of `src` from `src_offset` to `offset`.
     fn copy_from(&self, src: &File, src_offset: u64, len: u64, offset: u64) -> io::Result<()> {
@@ -34,6 +37,10 @@ impl WriteAt for File {
         if self.metadata()?.len() != 0 {
             std::fs::File::set_len(self, 0)?;
         }
+        std::fs::File::set_len(self, len)
+    }
+
+    fn grow(&self, len: u64) -> io::Result<()> {
         std::fs::File::set_len(self, len)
     }
 
@@ -113,6 +120,11 @@ impl WriteAt for MemDisk {
         let mut bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
         bytes.clear();
         bytes.resize(len as usize, 0);
+        Ok(())
+    }
+
+    fn grow(&self, len: u64) -> io::Result<()> {
+        self.bytes.lock().unwrap_or_else(|e| e.into_inner()).resize(len as usize, 0);
         Ok(())
     }
 }

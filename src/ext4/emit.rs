@@ -87,7 +87,7 @@ fn copy_data<C: Content>(tree: &FsTree<C>, plan: &Plan, out: &dyn WriteAt) -> Re
     let mut jobs = Vec::new();
     for p in &plan.inodes {
         let Role::Node(id) = p.role else { continue };
-        if !matches!(tree.get(id).kind, NodeKind::File(_)) {
+        if !matches!(tree.get(id).kind, NodeKind::File(_)) || p.data_in_place {
             continue;
         }
         for e in all_extents(p) {
@@ -351,7 +351,9 @@ fn superblock_of(plan: &Plan, ids: &Ids, free_blocks: u64, free_inodes: u64) -> 
         s_first_ino: plan::EXT4_FIRST_INO,
         s_inode_size: INODE_SIZE as u16,
         s_block_group_nr: 0,
-        s_feature_compat: superblock::COMPAT_EXT_ATTR | superblock::COMPAT_DIR_INDEX,
+        s_feature_compat: superblock::COMPAT_EXT_ATTR
+            | superblock::COMPAT_DIR_INDEX
+            | superblock::COMPAT_SPARSE_SUPER2,
         s_feature_incompat: superblock::INCOMPAT_FILETYPE
             | superblock::INCOMPAT_EXTENTS
             | superblock::INCOMPAT_64BIT
@@ -371,6 +373,7 @@ fn superblock_of(plan: &Plan, ids: &Ids, free_blocks: u64, free_inodes: u64) -> 
         s_min_extra_isize: super::inode::EXTRA_ISIZE,
         s_want_extra_isize: super::inode::EXTRA_ISIZE,
         s_log_groups_per_flex: LOG_GROUPS_PER_FLEX,
+        s_backup_bgs: [geo.backup_group.unwrap_or(0), 0],
     };
     if let Some(Mapping::Extents(t)) = plan.inode(plan::JOURNAL_INO).map(|p| &p.map) {
         sb.s_feature_compat |= superblock::COMPAT_HAS_JOURNAL;

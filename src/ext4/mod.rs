@@ -6,7 +6,7 @@
 //! kernel names them, each magic value citing its section of the kernel's
 //! Documentation/filesystems/ext4.
 //!
-//! Features: 4 KiB blocks, 256-byte inodes, extents, flex_bg, sparse_super, large_file,
+//! Features: 4 KiB blocks, 256-byte inodes, extents, flex_bg, sparse_super2, large_file,
 //! huge_file, dir_nlink, filetype, extra_isize, 64bit, metadata_csum, ext_attr, and a jbd2
 //! journal unless turned off. The output is a pure function of the tree and the options:
 //! UUID and hash seed come from the caller's seed, times from the tree or `fs_time`.
@@ -32,6 +32,7 @@ mod superblock;
 mod xattr;
 
 pub use disk::{MemDisk, WriteAt};
+pub use plan::DATA_START_BYTES;
 pub use xattr::XattrError;
 
 /// How big the image is.
@@ -57,6 +58,9 @@ pub struct Options {
     pub inode_headroom_percent: u32,
     /// Volume label, at most 16 bytes.
     pub label: Option<String>,
+    /// File data that knows its place in the image ([`Content::placed`]) is already in the
+    /// output there: the layout keeps it and the writer leaves it as it is.
+    pub data_in_place: bool,
 }
 
 impl Default for Options {
@@ -68,6 +72,7 @@ impl Default for Options {
             fs_time: Timestamp::default(),
             inode_headroom_percent: 20,
             label: None,
+            data_in_place: false,
         }
     }
 }
@@ -159,7 +164,11 @@ pub fn write_image_to<C: Content>(
         used = plan.blocks_used(),
         "ext4 layout planned"
     );
-    out.set_len(size_bytes).map_err(Ext4Error::Write)?;
+    if options.data_in_place {
+        out.grow(size_bytes).map_err(Ext4Error::Write)?;
+    } else {
+        out.set_len(size_bytes).map_err(Ext4Error::Write)?;
+    }
     emit::emit(tree, &plan, &ids, out)?;
     tracing::info!("ext4 image written");
     Ok(Summary {

@@ -6,16 +6,19 @@
 //! `allocate` then lays the image out for one block count:
 //!
 //! ```text
-//! block 0       superblock + group descriptors (+ backups at groups 1, 3^n, 5^n, 7^n)
-//! 1 MiB         file data, sorted by (layer, inode number); files >= 1 MiB start on a MiB
+//! block 0       superblock + group descriptors
+//! 1 MiB         file data, lower layers first; files >= 1 MiB start on a MiB
 //! next MiB      bitmaps, inode tables, directory / extent-index / symlink / xattr blocks
-//! then          the journal
+//! then          the journal, free space; one backup superblock at the last group's start
 //! ```
 //!
 //! Data goes first, from a fixed offset, so its placement depends only on the files (not on
 //! the inode count or the directory sizes): images that share a base share their leading
 //! blocks, which is what lets the chunk store deduplicate them. flex_bg lets the metadata of
-//! every group live after it.
+//! every group live after it, and sparse_super2 keeps the backup superblock out of the data.
+//!
+//! The data is either placed here, sorted by (layer, inode number), or already in the image
+//! (`Options::data_in_place`: layers spooled into the image file), where it stays.
 
 use std::ops::Range;
 
@@ -38,6 +41,7 @@ pub const ROOT_INO: u32 = 2;
 pub const JOURNAL_INO: u32 = 8;
 /// Data starts at 1 MiB, whatever the image size, and large files are aligned to a MiB.
 const DATA_START: u64 = 256;
+pub const DATA_START_BYTES: u64 = DATA_START * BLOCK_SIZE;
 const ALIGN: u64 = 256;
 const ALIGN_FILES_FROM: u64 = 1 << 20;
 /// 2^32 logical blocks of 4 KiB: the largest ext4 file with extents.
@@ -83,6 +87,8 @@ pub struct InodePlan {
     pub xattr: XattrPlace,
     /// 4 KiB blocks charged to the inode: data, extent nodes, xattr block.
     pub blocks: u64,
+    /// The file's data is already in the image where its extents say.
+    pub data_in_place: bool,
     /// A directory with a hash index (htree).
     pub indexed: bool,
 }
@@ -119,6 +125,8 @@ pub struct Geometry {
     pub inodes_per_group: u32,
     /// Inode table blocks per group.
     pub itable_blocks: u64,
+    /// The group with the backup superblock and descriptors (sparse_super2), if any.
+    pub backup_group: Option<u32>,
 }
 
 impl Geometry {
@@ -126,19 +134,8 @@ impl Geometry {
         u64::from(self.groups) * u64::from(self.inodes_per_group)
     }
 
-    /// sparse_super: backups of the superblock and descriptors in groups 1 and powers of 3, 5, 7.
-    pub fn has_super(group: u32) -> bool {
-        fn power_of(mut g: u32, base: u32) -> bool {
-            while g > 1 && g % base == 0 {
-                g /= base;
-            }
-            g == 1
-        }
-        group <= 1 || power_of(group, 3) || power_of(group, 5) || power_of(group, 7)
-    }
-
     pub fn backup_groups(&self) -> Vec<u32> {
-        (1..self.groups).filter(|&g| Self::has_super(g)).collect()
+        self.backup_group.into_iter().collect()
     }
 }
 
@@ -180,6 +177,8 @@ enum Need {
     Inline([u8; 60]),
     /// A regular file: its data runs come from the tree.
     File(NodeId),
+    /// A regular file whose data is already in the image, at these extents.
+    Placed(NodeId, Vec<Extent>),
     /// Blocks 0..n of metadata content (directories, slow symlinks).
     Blocks(u64),
 }
@@ -207,6 +206,8 @@ struct Shapes {
     max_ino: u32,
     data_blocks: u64,
     meta_blocks: u64,
+    /// The end of the data already in the image (0: none), a multiple of ALIGN.
+    placed_end: u64,
 }
 
 /// Plans the image for `tree` under `options`.
@@ -215,7 +216,7 @@ pub fn plan<C: Content>(
     options: &Options,
     hash_seed: &[u32; 4],
 ) -> Result<Plan, Ext4Error> {
-    let shapes = shape(tree, hash_seed)?;
+    let shapes = shape(tree, hash_seed, options.data_in_place)?;
     let journal = options.journal;
     match options.size {
         SizeSpec::Bytes(bytes) => {
@@ -241,7 +242,9 @@ pub fn plan<C: Content>(
             // A first guess from the content; each round sizes the image from what the
             // previous layout used, growing monotonically, so it settles in a few rounds.
             let inode_blocks = u64::from(shapes.max_ino).div_ceil(INODES_PER_BLOCK) * 2;
-            let mut blocks = want(DATA_START + shapes.data_blocks + shapes.meta_blocks + inode_blocks);
+            let mut blocks = want(
+                DATA_START.max(shapes.placed_end) + shapes.data_blocks + shapes.meta_blocks + inode_blocks,
+            );
             loop {
                 match allocate(tree, &shapes, blocks, journal, options.inode_headroom_percent) {
                     Ok(plan) if blocks >= want(plan.blocks_used()) => return Ok(plan),
@@ -329,7 +332,11 @@ pub fn path_of<C>(tree: &FsTree<C>, id: NodeId) -> String {
         .unwrap_or_else(|| format!("node {}", id.0))
 }
 
-fn shape<C: Content>(tree: &FsTree<C>, hash_seed: &[u32; 4]) -> Result<Shapes, Ext4Error> {
+fn shape<C: Content>(
+    tree: &FsTree<C>,
+    hash_seed: &[u32; 4],
+    data_in_place: bool,
+) -> Result<Shapes, Ext4Error> {
     let walk = tree.walk();
     let n = tree.arena_len();
     let mut ino_of = vec![0u32; n];
@@ -420,8 +427,20 @@ fn shape<C: Content>(tree: &FsTree<C>, hash_seed: &[u32; 4]) -> Result<Shapes, E
                 if f.data_blocks.iter().any(|r| r.start >= r.end || r.end > blocks) {
                     return Err(Ext4Error::BadDataRuns(path()));
                 }
-                data_blocks += f.data_block_count();
-                (Need::File(id), f.size, f.content.layer())
+                let placed = if data_in_place { f.content.placed() } else { None };
+                match placed {
+                    Some(starts) if starts.len() == f.data_blocks.len() => {
+                        let mut extents = Vec::new();
+                        for (run, start) in f.data_blocks.iter().zip(starts) {
+                            push_extents(&mut extents, run.start, start, run.end - run.start);
+                        }
+                        (Need::Placed(id, extents), f.size, f.content.layer())
+                    }
+                    _ => {
+                        data_blocks += f.data_block_count();
+                        (Need::File(id), f.size, f.content.layer())
+                    }
+                }
             }
             NodeKind::Directory(_) => {
                 let entries = dir_entries(tree, &ino_of, &parent_of, lost_found, Role::Node(id));
@@ -482,7 +501,52 @@ fn shape<C: Content>(tree: &FsTree<C>, hash_seed: &[u32; 4]) -> Result<Shapes, E
         });
     }
     shapes.sort_by_key(|s| s.ino);
-    Ok(Shapes { shapes, ino_of, parent_of, lost_found, max_ino, data_blocks, meta_blocks })
+    let placed_end = keep_placed_apart(tree, &mut shapes, &mut data_blocks);
+    Ok(Shapes { shapes, ino_of, parent_of, lost_found, max_ino, data_blocks, meta_blocks, placed_end })
+}
+
+/// Files already in the image keep their blocks, unless two claim the same block or one
+/// lies before the data area: those are placed and copied like any other file. Returns
+/// where the data in place ends.
+fn keep_placed_apart<C: Content>(tree: &FsTree<C>, shapes: &mut [Shape], data_blocks: &mut u64) -> u64 {
+    let mut claims: Vec<(u64, u64, usize)> = Vec::new();
+    for (i, sh) in shapes.iter().enumerate() {
+        if let Need::Placed(_, extents) = &sh.need {
+            claims.extend(extents.iter().map(|e| (e.physical, e.physical + u64::from(e.len), i)));
+        }
+    }
+    claims.sort_unstable();
+    let mut refused = vec![false; shapes.len()];
+    let mut furthest: Option<(u64, usize)> = None;
+    for &(start, end, i) in &claims {
+        if start < DATA_START {
+            refused[i] = true;
+        }
+        match furthest {
+            Some((reach, j)) if start < reach => {
+                refused[i] = true;
+                refused[j] = true;
+                if end > reach {
+                    furthest = Some((end, i));
+                }
+            }
+            _ => furthest = Some((end, i)),
+        }
+    }
+    let mut placed_end = 0;
+    for (sh, refused) in shapes.iter_mut().zip(refused) {
+        if let Need::Placed(id, extents) = &sh.need {
+            if refused {
+                let NodeKind::File(f) = &tree.get(*id).kind else { unreachable!("placed data of a file") };
+                *data_blocks += f.data_block_count();
+                sh.need = Need::File(*id);
+            } else {
+                let end = extents.iter().map(|e| e.physical + u64::from(e.len)).max().unwrap_or(0);
+                placed_end = placed_end.max(end);
+            }
+        }
+    }
+    placed_end.next_multiple_of(ALIGN)
 }
 
 /// inodes.rst, "Device numbers": the old 16-bit form in i_block[0] when both parts fit a
@@ -632,12 +696,16 @@ fn allocate<C: Content>(
     if ipg * u64::from(groups) > u64::from(u32::MAX) {
         return Err(Ext4Error::TooManyInodes(ipg * u64::from(groups)));
     }
+    // One backup, at the start of the last group, unless data already in the image is there.
+    let last = groups - 1;
+    let backup_group = (last > 0 && u64::from(last) * BLOCKS_PER_GROUP >= s.placed_end).then_some(last);
     let geo = Geometry {
         blocks_count,
         groups,
         gdt_blocks,
         inodes_per_group: ipg as u32,
         itable_blocks: ipg / INODES_PER_BLOCK,
+        backup_group,
     };
     let mut reserved: Vec<Range<u64>> = std::iter::once(0..1 + gdt_blocks).collect();
     for g in geo.backup_groups() {
@@ -645,7 +713,7 @@ fn allocate<C: Content>(
         reserved.push(start..start + 1 + gdt_blocks);
     }
     let mut a = Allocator {
-        cursor: DATA_START.max((1 + gdt_blocks).next_multiple_of(ALIGN)),
+        cursor: DATA_START.max((1 + gdt_blocks).next_multiple_of(ALIGN)).max(s.placed_end),
         reserved,
         used: Vec::new(),
     };
@@ -702,6 +770,7 @@ fn allocate<C: Content>(
             xattr: XattrPlace::None,
             blocks: journal_blocks + nodes,
             indexed: false,
+            data_in_place: false,
         });
     }
     for (i, sh) in s.shapes.iter().enumerate() {
@@ -712,6 +781,14 @@ fn allocate<C: Content>(
                 let extents = file_extents[i].take().expect("file extents planned");
                 let data: u64 = extents.iter().map(|e| u64::from(e.len)).sum();
                 let (tree, nodes) = build_tree(&mut a, extents);
+                (Mapping::Extents(tree), data + nodes)
+            }
+            Need::Placed(_, extents) => {
+                for e in extents {
+                    a.mark(e.physical..e.physical + u64::from(e.len));
+                }
+                let data: u64 = extents.iter().map(|e| u64::from(e.len)).sum();
+                let (tree, nodes) = build_tree(&mut a, extents.clone());
                 (Mapping::Extents(tree), data + nodes)
             }
             Need::Blocks(n) => {
@@ -738,6 +815,7 @@ fn allocate<C: Content>(
             xattr,
             blocks,
             indexed: sh.indexed,
+            data_in_place: matches!(sh.need, Need::Placed(..)),
         });
     }
     inodes.extend(journal_plan);
@@ -776,9 +854,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backups_follow_sparse_super() {
-        let got: Vec<u32> = (0..100).filter(|&g| Geometry::has_super(g)).collect();
-        assert_eq!(got, [0, 1, 3, 5, 7, 9, 25, 27, 49, 81]);
+    fn the_backup_is_in_the_last_group_unless_data_in_place_is_there() {
+        let tree = FsTree::<Vec<u8>>::new(crate::tree::Metadata::with_mode(
+            0o755,
+            crate::tree::Timestamp::default(),
+        ));
+        let shapes = shape(&tree, &[0; 4], false).unwrap();
+        let plan = allocate(&tree, &shapes, 5 * BLOCKS_PER_GROUP, false, 0).unwrap();
+        assert_eq!(plan.geo.backup_group, Some(4));
+        let one_group = allocate(&tree, &shapes, BLOCKS_PER_GROUP, false, 0).unwrap();
+        assert_eq!(one_group.geo.backup_group, None);
+        let over = Shapes { placed_end: 4 * BLOCKS_PER_GROUP + 1, ..shape(&tree, &[0; 4], false).unwrap() };
+        let plan = allocate(&tree, &over, 6 * BLOCKS_PER_GROUP, false, 0).unwrap();
+        assert_eq!(plan.geo.backup_group, Some(5));
+        let plan = allocate(&tree, &over, 5 * BLOCKS_PER_GROUP, false, 0).unwrap();
+        assert_eq!(plan.geo.backup_group, None);
     }
 
     #[test]

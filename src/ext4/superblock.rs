@@ -1,5 +1,5 @@
 //! The ext4 superblock (`struct ext4_super_block`): 1024 bytes at byte 1024 of the image, and
-//! a copy at the start of each backup group (sparse_super).
+//! a copy at the start of the backup group (sparse_super2).
 //!
 //! Spec: Documentation/filesystems/ext4/super.rst. Only the fields diskc sets are modelled;
 //! every other byte is zero, which the spec defines as "not used" for a fresh filesystem.
@@ -17,6 +17,7 @@ pub const SUPERBLOCK_SIZE: usize = 1024;
 pub const COMPAT_HAS_JOURNAL: u32 = 0x4;
 pub const COMPAT_EXT_ATTR: u32 = 0x8;
 pub const COMPAT_DIR_INDEX: u32 = 0x20;
+pub const COMPAT_SPARSE_SUPER2: u32 = 0x200;
 // "Incompatible feature set".
 pub const INCOMPAT_FILETYPE: u32 = 0x2;
 pub const INCOMPAT_EXTENTS: u32 = 0x40;
@@ -78,6 +79,8 @@ pub struct Superblock {
     pub s_min_extra_isize: u16,
     pub s_want_extra_isize: u16,
     pub s_log_groups_per_flex: u8,
+    /// Groups holding the backups (sparse_super2); 0: none.
+    pub s_backup_bgs: [u32; 2],
 }
 
 impl Superblock {
@@ -132,6 +135,8 @@ impl Superblock {
         put_u8(&mut b, 0x274, time_hi(self.s_wtime));
         put_u8(&mut b, 0x276, time_hi(self.s_mkfs_time));
         put_u8(&mut b, 0x277, time_hi(self.s_lastcheck));
+        put_u32(&mut b, 0x24C, self.s_backup_bgs[0]);
+        put_u32(&mut b, 0x250, self.s_backup_bgs[1]);
         let csum = crc32c_raw(!0, &b[..S_CHECKSUM]);
         put_u32(&mut b, S_CHECKSUM, csum);
         b

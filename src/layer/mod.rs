@@ -9,7 +9,6 @@
 //! blob and the entry when they are wrong.
 
 use std::io::{self, BufReader, Read};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::digest::{Digest, Hasher, HashingReader};
@@ -20,8 +19,8 @@ use crate::tree::{DeviceNumber, FileData, FsTree, Metadata, Timestamp};
 mod pax_sparse;
 pub mod spool;
 
-pub use spool::SpoolRef;
-use spool::{Spool, SpoolError, SpoolWriter};
+use spool::{Spool, SpoolError};
+pub use spool::{SpoolFile, SpoolRef, SpoolWriter};
 
 /// What the manifest and config say a blob should be. A `None` digest is computed, not checked.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -91,14 +90,17 @@ pub enum LayerError {
     Unsupported { blob: String, media_type: String },
     #[error("layer {blob}: cannot read the blob: {source}")]
     Read { blob: String, source: io::Error },
-    #[error("layer {blob}: cannot write its spool file in {dir}: {source}")]
-    Spool { blob: String, dir: PathBuf, source: io::Error },
+    #[error("layer {blob}: cannot write its data: {source}")]
+    Spool { blob: String, source: io::Error },
 }
 
 impl Classify for LayerError {
     fn class(&self) -> ErrorClass {
         match self {
             LayerError::Read { source, .. } => ErrorClass::of_io(source),
+            LayerError::Spool { source, .. } if source.kind() == io::ErrorKind::InvalidInput => {
+                ErrorClass::BadInput
+            }
             LayerError::Spool { .. } => ErrorClass::Environment,
             _ => ErrorClass::BadInput,
         }
@@ -133,27 +135,22 @@ impl<R: Read> Read for Source<R> {
     }
 }
 
-/// Reads one layer blob: verifies it, parses its tar, spools its file data.
+/// Reads one layer blob: verifies it, parses its tar, spools its file data with `writer`.
 /// `layer` is its place in the image, bottom = 0.
 pub fn index_layer<R: Read>(
     blob: R,
     expect: &LayerExpect,
     layer: u32,
-    spool_dir: &Path,
+    mut writer: SpoolWriter,
 ) -> Result<LayerIndex, LayerError> {
     let name = blob_name(expect, layer);
     if expect.media_type.contains("encrypted") {
         return Err(LayerError::Unsupported { blob: name, media_type: expect.media_type.clone() });
     }
-    let spool_file = tempfile::tempfile_in(spool_dir).map_err(|source| LayerError::Spool {
-        blob: name.clone(),
-        dir: spool_dir.to_path_buf(),
-        source,
-    })?;
-    let mut writer = SpoolWriter::new(spool_file, layer);
+    writer.spool().set_layer(layer);
     let mut source = Source { inner: HashingReader::new(blob), failed: None };
 
-    let result = decode(&mut source, &mut writer, &name, spool_dir);
+    let result = decode(&mut source, &mut writer, &name);
     let Decoded { tar, compression } = match result {
         Ok(v) => v,
         Err(e) => {
@@ -208,7 +205,6 @@ fn decode<R: Read>(
     source: &mut Source<R>,
     writer: &mut SpoolWriter,
     name: &str,
-    dir: &Path,
 ) -> Result<Decoded, LayerError> {
     let corrupt = |source: io::Error| LayerError::Corrupt { blob: name.to_string(), source };
     // Read the magic bytes whole: a reader may hand out fewer bytes than asked.
@@ -232,16 +228,14 @@ fn decode<R: Read>(
     };
     let mut input = BufReader::with_capacity(COPY_BUFFER, head.chain(source));
     let tar = match compression {
-        Compression::Gzip => {
-            parse_tar(flate2::bufread::MultiGzDecoder::new(&mut input), true, writer, name, dir)?
-        }
+        Compression::Gzip => parse_tar(flate2::bufread::MultiGzDecoder::new(&mut input), true, writer, name)?,
         Compression::Zstd => {
             let mut decoder = zstd::stream::read::Decoder::with_buffer(&mut input).map_err(corrupt)?;
             // Producers may use long windows; the default limit (8 MiB) would refuse them.
             decoder.window_log_max(31).map_err(corrupt)?;
-            parse_tar(decoder, true, writer, name, dir)?
+            parse_tar(decoder, true, writer, name)?
         }
-        Compression::None => parse_tar(&mut input, false, writer, name, dir)?,
+        Compression::None => parse_tar(&mut input, false, writer, name)?,
     };
     io::copy(&mut input, &mut io::sink()).map_err(corrupt)?;
     Ok(Decoded { tar, compression })
@@ -253,7 +247,6 @@ fn parse_tar<R: Read>(
     hash: bool,
     writer: &mut SpoolWriter,
     name: &str,
-    dir: &Path,
 ) -> Result<ParsedTar, LayerError> {
     let corrupt = |source: io::Error| LayerError::Corrupt { blob: name.to_string(), source };
     let mut hashed = CountingReader { inner: plain, hasher: hash.then(Hasher::new), count: 0 };
@@ -263,7 +256,7 @@ fn parse_tar<R: Read>(
         let mut buf = vec![0u8; COPY_BUFFER];
         for item in archive.entries().map_err(corrupt)? {
             let mut item = item.map_err(corrupt)?;
-            if let Some(entry) = read_entry(&mut item, writer, &mut buf, name, dir)? {
+            if let Some(entry) = read_entry(&mut item, writer, &mut buf, name)? {
                 entries.push(entry);
             }
         }
@@ -392,7 +385,6 @@ fn read_entry<R: Read>(
     writer: &mut SpoolWriter,
     buf: &mut [u8],
     blob: &str,
-    dir: &Path,
 ) -> Result<Option<Entry<SpoolRef>>, LayerError> {
     let mut path = item.path_bytes().into_owned();
     let bad_at = |path: &[u8], problem: String| LayerError::BadEntry {
@@ -464,9 +456,7 @@ fn read_entry<R: Read>(
                 }
                 SpoolError::Read(e) if e.kind() == io::ErrorKind::InvalidData => bad(e.to_string()),
                 SpoolError::Read(source) => LayerError::Corrupt { blob: blob.to_string(), source },
-                SpoolError::Write(source) => {
-                    LayerError::Spool { blob: blob.to_string(), dir: dir.to_path_buf(), source }
-                }
+                SpoolError::Write(source) => LayerError::Spool { blob: blob.to_string(), source },
             })?;
             EntryKind::File(FileData { size, content: spooled.content, data_blocks: spooled.data_blocks })
         }
@@ -484,10 +474,10 @@ pub struct LayerJob {
 }
 
 /// Reads many layers in parallel on rayon's pool (bounded by the cores), the largest first
-/// since the largest sets the critical path. `open(i)` opens the blob of `jobs[i]`. Results
-/// come back in input order whatever order they finish in; the first failing layer (in input
-/// order) is the error.
-pub fn index_layers<F>(jobs: &[LayerJob], open: F, spool_dir: &Path) -> Result<Vec<LayerIndex>, LayerError>
+/// since the largest sets the critical path, each into the spool slot of its number.
+/// `open(i)` opens the blob of `jobs[i]`. Results come back in input order whatever order
+/// they finish in; the first failing layer (in input order) is the error.
+pub fn index_layers<F>(jobs: &[LayerJob], open: F, spool: &SpoolFile) -> Result<Vec<LayerIndex>, LayerError>
 where
     F: Fn(usize) -> io::Result<Box<dyn Read + Send>> + Sync,
 {
@@ -501,9 +491,11 @@ where
             scope.spawn_fifo(move |_| {
                 let layer = i as u32;
                 let expect = &jobs[i].expect;
-                let result = match open(i) {
-                    Ok(blob) => index_layer(blob, expect, layer, spool_dir),
-                    Err(source) => Err(LayerError::Read { blob: blob_name(expect, layer), source }),
+                let name = || blob_name(expect, layer);
+                let result = match (open(i), spool.slot(layer)) {
+                    (Ok(blob), Ok(writer)) => index_layer(blob, expect, layer, writer),
+                    (Err(source), _) => Err(LayerError::Read { blob: name(), source }),
+                    (_, Err(source)) => Err(LayerError::Spool { blob: name(), source }),
                 };
                 *results[i].lock().expect("no panics while holding the lock") = Some(result);
             });

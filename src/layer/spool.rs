@@ -1,26 +1,58 @@
-//! The spool: one unlinked temp file per layer holding the data blocks of its files, so each
-//! layer is decompressed once and its file data read back by offset when the image is
-//! written. Blocks that are all zeros are never written: a sparse file costs no spool space.
+//! The spool: where a layer's file data goes while the layer streams, so each layer is
+//! decompressed once.
+//!
+//! Every layer of an image spools into one file, the file the ext4 image is then written
+//! into, each layer in its own slot, far enough apart that no layer runs into the next.
+//! Blocks that are all zeros are never written, and files of 1 MiB or more start on a MiB.
+//! Once the layers are merged, [`SpoolFile::settle`] zeroes the data the image no longer
+//! holds (deleted, replaced) and closes the gaps between the slots, bottom layer first, so
+//! the data lies where the image wants it: from 1 MiB, lower layers first. The ext4 writer
+//! then writes the metadata around it; no byte of file data is copied a second time.
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
+use crate::ext4::DATA_START_BYTES;
 use crate::tree::sparse::is_zero;
 use crate::tree::{Content, BLOCK_SIZE};
 
-/// A layer's spool file.
-pub struct Spool {
-    file: File,
-    /// `/proc/self/fd/N` of the unlinked file: lets the ext4 writer copy from it inside the
-    /// kernel (copy_file_range) through [`Content::source_file`].
+/// Room for one layer's data: 120 GiB, so 135 slots fit in the 16 TiB an ext4 host allows
+/// for one file (Docker stops at 127 layers).
+const SLOT_BYTES: u64 = 120 << 30;
+const MAX_SLOTS: u32 = 135;
+/// Files this large start on a MiB, and every layer's data is a whole number of MiB, so a
+/// layer's data keeps its alignment wherever it lands.
+const MIB: u64 = 1 << 20;
+
+/// The file an image's layers spool into.
+pub struct SpoolFile {
+    file: Arc<File>,
+    /// Its name in errors.
     path: PathBuf,
+    spools: Mutex<Vec<Arc<Spool>>>,
+}
+
+/// One layer's part of the spool file.
+pub struct Spool {
+    file: Arc<File>,
+    /// `/proc/self/fd/N` of the file: lets the ext4 writer copy from it inside the kernel
+    /// (copy_file_range) through [`Content::source_file`].
+    fd_path: PathBuf,
+    slot: u32,
+    /// Bytes spooled.
+    len: AtomicU64,
+    /// Where the layer's data starts in the file: its slot, until [`SpoolFile::settle`]
+    /// moves it.
+    at: AtomicU64,
+    /// Whether `settle` put the data at its place in the image.
+    settled: AtomicU32,
     /// The layer's number in its image (0 = bottom). Set after indexing when the layer's
     /// place was not known while it streamed (a `docker save` stream lists it at the end).
     layer: AtomicU32,
@@ -28,22 +60,215 @@ pub struct Spool {
 
 impl fmt::Debug for Spool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Spool").field("layer", &self.layer.load(Ordering::Relaxed)).finish_non_exhaustive()
+        f.debug_struct("Spool")
+            .field("slot", &self.slot)
+            .field("layer", &self.layer.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
     }
 }
 
 impl Spool {
-    pub(crate) fn new(file: File, layer: u32) -> Self {
-        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-        Spool { file, path, layer: AtomicU32::new(layer) }
-    }
-
     pub(crate) fn set_layer(&self, layer: u32) {
         self.layer.store(layer, Ordering::Relaxed);
     }
+
+    fn at(&self) -> u64 {
+        self.at.load(Ordering::Acquire)
+    }
 }
 
-/// A run of a file's data blocks and where the run starts in the spool.
+impl SpoolFile {
+    /// Spools into `file` (empty, on a filesystem with sparse files); `path` names it in errors.
+    pub fn new(file: File, path: &Path) -> Self {
+        SpoolFile { file: Arc::new(file), path: path.to_path_buf(), spools: Mutex::new(Vec::new()) }
+    }
+
+    /// Spools into an unlinked temporary file in `dir`: for layers read only to be looked at.
+    pub fn temp_in(dir: &Path) -> io::Result<Self> {
+        Ok(Self::new(tempfile::tempfile_in(dir)?, dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A writer for slot `slot`, for the layer numbered `slot` until told otherwise.
+    pub fn slot(&self, slot: u32) -> io::Result<SpoolWriter> {
+        if slot >= MAX_SLOTS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("an image of more than {MAX_SLOTS} layers is not supported"),
+            ));
+        }
+        let spool = Arc::new(Spool {
+            file: self.file.clone(),
+            fd_path: PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd())),
+            slot,
+            len: AtomicU64::new(0),
+            at: AtomicU64::new(DATA_START_BYTES + u64::from(slot) * SLOT_BYTES),
+            settled: AtomicU32::new(0),
+            layer: AtomicU32::new(slot),
+        });
+        self.spools.lock().unwrap_or_else(|e| e.into_inner()).push(spool.clone());
+        Ok(SpoolWriter { spool, len: 0 })
+    }
+
+    /// Makes the spooled data the data region of the image to be written into the returned
+    /// file: zeroes every block no file in `live` uses, then moves the layers' data next to
+    /// each other from 1 MiB, bottom layer first, each layer a whole number of MiB. The
+    /// file's contents `live` points at are afterwards reported by [`Content::placed`].
+    pub fn settle<'a>(self, live: impl IntoIterator<Item = &'a SpoolRef>) -> io::Result<File> {
+        let spools = self.spools.into_inner().unwrap_or_else(|e| e.into_inner());
+        // Live byte ranges of each spool, by its slot.
+        let mut used: Vec<Vec<Range<u64>>> = vec![Vec::new(); MAX_SLOTS as usize];
+        for r in live {
+            for run in r.runs.iter() {
+                let len = (run.blocks.end - run.blocks.start) * BLOCK_SIZE;
+                used[r.spool.slot as usize].push(run.spool_offset..run.spool_offset + len);
+            }
+        }
+        let file = &*self.file;
+        let mut regions = Vec::new();
+        for spool in &spools {
+            let live = merge(std::mem::take(&mut used[spool.slot as usize]));
+            let at = spool.at();
+            let mut pos = 0;
+            for r in live.iter().chain(std::iter::once(&(spool.len.load(Ordering::Relaxed)..u64::MAX))) {
+                if r.start > pos {
+                    zero_range(file, at + pos..at + r.start)?;
+                }
+                pos = r.end;
+            }
+            let len = live.last().map_or(0, |r| r.end.next_multiple_of(MIB));
+            regions.push(Region { spool: spool.clone(), from: at, len, to: 0 });
+        }
+        // Bottom layer first; a blob used by two layers was spooled once, for the lower.
+        regions.sort_by_key(|r| (r.spool.layer.load(Ordering::Relaxed), r.spool.slot));
+        let mut to = DATA_START_BYTES;
+        for r in &mut regions {
+            r.to = to;
+            to += r.len;
+        }
+        regions.retain(|r| r.len > 0);
+        move_regions(file, &regions, to)?;
+        for r in &regions {
+            r.spool.at.store(r.to, Ordering::Release);
+            r.spool.settled.store(1, Ordering::Release);
+        }
+        // The tree's references keep the spool's descriptor open: write through another.
+        self.file.try_clone()
+    }
+}
+
+/// Merges overlapping and touching ranges (sorted on the way).
+fn merge(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
+    ranges.sort_unstable_by_key(|r| r.start);
+    let mut out: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// Makes `range` of `file` read as zeros: a hole where the filesystem can punch one.
+fn zero_range(file: &File, range: Range<u64>) -> io::Result<()> {
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    if fallocate(file, mode, range.clone()).is_ok() {
+        return Ok(());
+    }
+    let zeros = vec![0u8; MIB as usize];
+    let mut pos = range.start;
+    while pos < range.end {
+        let n = (range.end - pos).min(MIB);
+        file.write_all_at(&zeros[..n as usize], pos)?;
+        pos += n;
+    }
+    Ok(())
+}
+
+fn fallocate(file: &File, mode: libc::c_int, range: Range<u64>) -> io::Result<()> {
+    // SAFETY: fallocate on a descriptor we own; it reads no memory of ours.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            mode,
+            range.start as libc::off_t,
+            (range.end - range.start) as libc::off_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A layer's data on its way from its slot to its place in the image.
+struct Region {
+    spool: Arc<Spool>,
+    from: u64,
+    len: u64,
+    to: u64,
+}
+
+/// Moves every region from `from` to `to` (in `to` order, no two overlapping) and ends
+/// the file at `end`. Where the slots are in the same order as the places, the filesystem
+/// shifts the data instead of copying it (collapse range: ext4, XFS).
+fn move_regions(file: &File, regions: &[Region], end: u64) -> io::Result<()> {
+    let in_order = regions.windows(2).all(|w| w[0].from < w[1].from);
+    if let (true, Some(last)) = (in_order, regions.last()) {
+        file.set_len(last.from + last.len)?;
+        // From the top down, so each gap is where the slots put it.
+        for (i, r) in regions.iter().enumerate().rev() {
+            let gap_start = if i == 0 { DATA_START_BYTES } else { regions[i - 1].from + regions[i - 1].len };
+            if gap_start == r.from {
+                continue;
+            }
+            if let Err(e) = fallocate(file, libc::FALLOC_FL_COLLAPSE_RANGE, gap_start..r.from) {
+                let unsupported = matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL));
+                if i + 1 == regions.len() && unsupported {
+                    return copy_regions(file, regions, end);
+                }
+                return Err(e);
+            }
+        }
+        return file.set_len(end);
+    }
+    copy_regions(file, regions, end)
+}
+
+/// Copies the regions down, data extents only (holes stay holes). Every place lies in the
+/// first slot, where at most the first region is, already at its place; so no copy lands
+/// on data not yet copied.
+fn copy_regions(file: &File, regions: &[Region], end: u64) -> io::Result<()> {
+    let first_slot_end = DATA_START_BYTES + SLOT_BYTES;
+    let safe =
+        regions.iter().enumerate().all(|(i, r)| r.from >= first_slot_end || (i == 0 && r.from == r.to));
+    if end > first_slot_end || !safe {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the image's data is larger than {} GiB, the most diskc can lay out here",
+                SLOT_BYTES >> 30
+            ),
+        ));
+    }
+    let size = file.metadata()?.len();
+    let extents = crate::store::chunking::data_extents(file, size)?;
+    for r in regions.iter().filter(|r| r.from != r.to) {
+        let (start, stop) = (r.from, r.from + r.len);
+        for e in extents.iter().filter(|e| e.end > start && e.start < stop) {
+            let (a, b) = (e.start.max(start), e.end.min(stop));
+            crate::ext4::WriteAt::copy_from(file, file, a, b - a, r.to + (a - start))?;
+        }
+    }
+    file.set_len(end)
+}
+
+/// A run of a file's data blocks and where the run starts in its layer's spool.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct SpoolRun {
     blocks: Range<u64>,
@@ -70,6 +295,7 @@ impl Content for SpoolRef {
         if end > self.size {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
+        let base = self.spool.at();
         let mut pos = offset;
         let mut out = buf;
         while !out.is_empty() {
@@ -79,7 +305,7 @@ impl Content for SpoolRef {
             let (len, source) = match self.runs.get(i) {
                 Some(run) if run.blocks.start <= block => {
                     let run_end = (run.blocks.end * BLOCK_SIZE).min(self.size);
-                    let at = run.spool_offset + (pos - run.blocks.start * BLOCK_SIZE);
+                    let at = base + run.spool_offset + (pos - run.blocks.start * BLOCK_SIZE);
                     ((run_end - pos).min(out.len() as u64) as usize, Some(at))
                 }
                 Some(run) => ((run.blocks.start * BLOCK_SIZE - pos).min(out.len() as u64) as usize, None),
@@ -105,15 +331,23 @@ impl Content for SpoolRef {
     fn source_file(&self) -> Option<(&Path, u64)> {
         match &*self.runs {
             [run] if run.blocks.start == 0 && run.blocks.end == self.size.div_ceil(BLOCK_SIZE) => {
-                Some((&self.spool.path, run.spool_offset))
+                Some((&self.spool.fd_path, self.spool.at() + run.spool_offset))
             }
             _ => None,
         }
     }
+
+    fn placed(&self) -> Option<Vec<u64>> {
+        if self.spool.settled.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let base = self.spool.at();
+        Some(self.runs.iter().map(|r| (base + r.spool_offset) / BLOCK_SIZE).collect())
+    }
 }
 
-/// Appends files' data blocks to a spool.
-pub(crate) struct SpoolWriter {
+/// Writes a layer's file data into its slot.
+pub struct SpoolWriter {
     spool: Arc<Spool>,
     len: u64,
 }
@@ -125,23 +359,20 @@ pub(crate) struct Spooled {
 }
 
 impl SpoolWriter {
-    pub fn new(file: File, layer: u32) -> Self {
-        SpoolWriter { spool: Arc::new(Spool::new(file, layer)), len: 0 }
-    }
-
-    pub fn spool(&self) -> &Arc<Spool> {
+    pub(crate) fn spool(&self) -> &Arc<Spool> {
         &self.spool
     }
 
     /// Copies a file of `size` bytes from `data`, keeping only its nonzero blocks.
     /// Read errors come back as `Err(Read)`, write errors as `Err(Write)`.
-    pub fn copy_file(
+    pub(crate) fn copy_file(
         &mut self,
-        data: &mut impl io::Read,
+        data: &mut impl Read,
         size: u64,
         buf: &mut [u8],
     ) -> Result<Spooled, SpoolError> {
         debug_assert!(buf.len() as u64 % BLOCK_SIZE == 0 && !buf.is_empty());
+        let base = DATA_START_BYTES + u64::from(self.spool.slot) * SLOT_BYTES;
         let mut runs: Vec<SpoolRun> = Vec::new();
         let mut pos = 0u64;
         while pos < size {
@@ -160,6 +391,9 @@ impl SpoolWriter {
                 while i < want && !is_zero(&chunk[i..block_end(i)]) {
                     i = block_end(i);
                 }
+                if runs.is_empty() && size >= MIB {
+                    self.len = self.len.next_multiple_of(MIB);
+                }
                 let first_block = (pos + start as u64) / BLOCK_SIZE;
                 let end_block = first_block + ((i - start) as u64).div_ceil(BLOCK_SIZE);
                 // Data blocks go to the spool back to back, so a run that continues the
@@ -168,8 +402,16 @@ impl SpoolWriter {
                     Some(run) if run.blocks.end == first_block => run.blocks.end = end_block,
                     _ => runs.push(SpoolRun { blocks: first_block..end_block, spool_offset: self.len }),
                 }
-                (&self.spool.file).write_all(&chunk[start..i]).map_err(SpoolError::Write)?;
-                self.len += (i - start) as u64;
+                let stored = (end_block - first_block) * BLOCK_SIZE;
+                if self.len + stored > SLOT_BYTES {
+                    return Err(SpoolError::Write(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("the layer unpacks to more than {} GiB", SLOT_BYTES >> 30),
+                    )));
+                }
+                self.spool.file.write_all_at(&chunk[start..i], base + self.len).map_err(SpoolError::Write)?;
+                self.len += stored;
+                self.spool.len.store(self.len, Ordering::Relaxed);
             }
             pos += want as u64;
         }
@@ -184,7 +426,7 @@ pub(crate) enum SpoolError {
 }
 
 /// Fills `buf` or fails with `UnexpectedEof`.
-fn read_full(r: &mut impl io::Read, buf: &mut [u8]) -> io::Result<()> {
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
         match r.read(&mut buf[filled..]) {
@@ -195,4 +437,113 @@ fn read_full(r: &mut impl io::Read, buf: &mut [u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Spools `files` (slot, bytes) into a spool file in `dir`, keeps those marked live,
+    /// settles, and checks every live file reads back and lies where `placed` says.
+    fn settle_in(
+        dir: &Path,
+        files: &[(u32, Vec<u8>, bool)],
+        layer_of: fn(u32) -> u32,
+    ) -> (File, Vec<SpoolRef>) {
+        let spool = SpoolFile::temp_in(dir).unwrap();
+        let mut writers: Vec<(u32, SpoolWriter)> = Vec::new();
+        let mut refs = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        for (slot, bytes, live) in files {
+            if !writers.iter().any(|(s, _)| s == slot) {
+                writers.push((*slot, spool.slot(*slot).unwrap()));
+            }
+            let w = &mut writers.iter_mut().find(|(s, _)| s == slot).unwrap().1;
+            w.spool().set_layer(layer_of(*slot));
+            let spooled = w.copy_file(&mut &bytes[..], bytes.len() as u64, &mut buf).ok().unwrap();
+            refs.push((spooled.content, *live));
+        }
+        let live: Vec<SpoolRef> = refs.iter().filter(|(_, l)| *l).map(|(r, _)| r.clone()).collect();
+        let file = spool.settle(&live).unwrap();
+        for ((r, is_live), (_, bytes, _)) in refs.iter().zip(files) {
+            if !is_live {
+                continue;
+            }
+            let mut back = vec![0u8; bytes.len()];
+            r.read_at(0, &mut back).unwrap();
+            assert_eq!(&back, bytes);
+            for (run, start) in r.runs.iter().zip(r.placed().unwrap()) {
+                let len = ((run.blocks.end - run.blocks.start) * BLOCK_SIZE) as usize;
+                let mut image = vec![0u8; len];
+                file.read_exact_at(&mut image, start * BLOCK_SIZE).unwrap();
+                let from = (run.blocks.start * BLOCK_SIZE) as usize;
+                let mut want = bytes[from..(from + len).min(bytes.len())].to_vec();
+                want.resize(len, 0);
+                assert_eq!(image, want);
+            }
+        }
+        (file, live)
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1).collect()
+    }
+
+    /// Slots in the opposite order of layers, as a stream delivers them: copied.
+    fn check_reordered(dir: &Path) {
+        // Even bytes: never inside a pattern, whose bytes are all odd.
+        let secret = b"SECRET".repeat(2048);
+        let mut sparse = vec![0u8; 3 << 20];
+        sparse[2 << 20..(2 << 20) + 100].copy_from_slice(&pattern(100, 3));
+        let files = vec![
+            (1, pattern(5000, 1), true),
+            (1, secret.clone(), false),
+            (1, sparse, true),
+            (2, pattern(2 << 20, 2), true),
+            (3, secret.clone(), false),
+        ];
+        let (file, live) = settle_in(dir, &files, |slot| 10 - slot);
+        // Layer order is the reverse of slot order: slot 3 (nothing live) adds nothing,
+        // slot 2 comes first, at 1 MiB, slot 1 on the next whole MiB.
+        let starts: Vec<u64> = live.iter().map(|r| r.placed().unwrap()[0] * BLOCK_SIZE).collect();
+        assert_eq!(starts[2], DATA_START_BYTES);
+        assert_eq!(starts[0], DATA_START_BYTES + (2 << 20));
+        // A file of 1 MiB or more starts on a MiB.
+        assert_eq!(starts[1] % MIB, 0);
+        let len = file.metadata().unwrap().len();
+        assert_eq!(len, DATA_START_BYTES + (2 << 20) + (2 << 20));
+        // What no file keeps reads as zeros: the deleted file's bytes are gone.
+        let mut all = vec![0u8; len as usize];
+        file.read_exact_at(&mut all, 0).unwrap();
+        assert!(!all.windows(secret.len()).any(|w| w == secret.as_slice()));
+    }
+
+    /// Slots in layer order: the gaps are collapsed where the filesystem can.
+    fn check_in_order(dir: &Path) {
+        let files = vec![
+            (0, pattern(3 << 20, 1), true),
+            (0, b"SECRET".repeat(700_000), false),
+            (2, pattern(10_000, 2), true),
+            (5, pattern(5 << 20, 3), true),
+        ];
+        let (file, live) = settle_in(dir, &files, |slot| slot);
+        let starts: Vec<u64> = live.iter().map(|r| r.placed().unwrap()[0] * BLOCK_SIZE).collect();
+        assert_eq!(starts, [DATA_START_BYTES, DATA_START_BYTES + (3 << 20), DATA_START_BYTES + (4 << 20)]);
+        assert_eq!(file.metadata().unwrap().len(), DATA_START_BYTES + (9 << 20));
+    }
+
+    #[test]
+    fn settling_keeps_live_data_in_layer_order_and_drops_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        check_reordered(dir.path());
+        check_in_order(dir.path());
+    }
+
+    #[test]
+    fn settling_copies_where_the_filesystem_cannot_shift_data() {
+        // tmpfs has no collapse range.
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        check_reordered(dir.path());
+        check_in_order(dir.path());
+    }
 }

@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::spec::{self, ArchiveImage, Descriptor, IndexOrManifest, ParsedConfig, REF_NAME_ANNOTATION};
 use super::{LayerDescriptor, ResolvedImage, SourceError, SourceRef};
 use crate::digest::Digest;
-use crate::layer::{self, LayerExpect, LayerIndex, LayerJob};
+use crate::layer::{self, LayerExpect, LayerIndex, LayerJob, SpoolFile};
 
 /// Small documents (index, manifests, configs) larger than this are refused as corrupt, so a
 /// wrong path cannot make us read a layer into memory.
@@ -478,8 +478,8 @@ fn read_member(members: &dyn Members, input: &str, member: &str) -> Result<Optio
 }
 
 impl LocalImage {
-    /// Reads, verifies and indexes every layer, in parallel, spooling into `spool_dir`.
-    pub fn index_layers(&self, spool_dir: &Path) -> Result<Vec<LayerIndex>, SourceError> {
+    /// Reads, verifies and indexes every layer, in parallel, spooling into `spool`.
+    pub fn index_layers(&self, spool: &SpoolFile) -> Result<Vec<LayerIndex>, SourceError> {
         let mut jobs = Vec::with_capacity(self.layer_paths.len());
         for (path, expect) in self.layer_paths.iter().zip(&self.expects) {
             let size = match self.members.open(path) {
@@ -504,7 +504,7 @@ impl LocalImage {
                 }
             }
         };
-        layer::index_layers(&jobs, open, spool_dir)
+        layer::index_layers(&jobs, open, spool)
             .map_err(|source| SourceError::Layer { input: self.input.clone(), source })
     }
 }

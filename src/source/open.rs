@@ -1,15 +1,13 @@
 //! One face for every source: open it (cheap: manifest and config only), then read its
 //! layers. The split is what lets the store answer a cache hit without reading a layer.
 
-use std::path::Path;
-
 use super::daemon::{export_stream, resolve_daemon, DaemonImage};
 use super::registry::{Registry, RegistryOptions};
 use super::{
     open_local, parse_config, read_image_stream, LayerDescriptor, LocalImage, ParsedConfig, ResolvedImage,
     SourceError, SourceRef,
 };
-use crate::layer::{self, LayerExpect, LayerIndex, LayerJob};
+use crate::layer::{self, LayerExpect, LayerIndex, LayerJob, SpoolFile};
 
 /// An image whose manifest and config are known and whose layers are not read yet.
 pub trait ImageSource: Send {
@@ -18,11 +16,11 @@ pub trait ImageSource: Send {
     fn config(&self) -> &ParsedConfig;
 
     /// Reads, verifies and indexes every layer (bottom first), spooling file data into
-    /// `spool_dir`. Returns the image as finally resolved: a stream learns its manifest
+    /// `spool`. Returns the image as finally resolved: a stream learns its manifest
     /// digest only at its end.
     fn index_layers(
         self: Box<Self>,
-        spool_dir: &Path,
+        spool: &SpoolFile,
     ) -> Result<(ResolvedImage, Vec<LayerIndex>), SourceError>;
 }
 
@@ -37,9 +35,9 @@ impl ImageSource for LocalImage {
 
     fn index_layers(
         self: Box<Self>,
-        spool_dir: &Path,
+        spool: &SpoolFile,
     ) -> Result<(ResolvedImage, Vec<LayerIndex>), SourceError> {
-        let layers = LocalImage::index_layers(&self, spool_dir)?;
+        let layers = LocalImage::index_layers(&self, spool)?;
         Ok((self.resolved, layers))
     }
 }
@@ -89,12 +87,12 @@ impl ImageSource for DaemonSource {
 
     fn index_layers(
         self: Box<Self>,
-        spool_dir: &Path,
+        spool: &SpoolFile,
     ) -> Result<(ResolvedImage, Vec<LayerIndex>), SourceError> {
         // Export by id: exactly the image inspected, even if the name moves meanwhile.
         let stream = export_stream(&self.image.id.to_string())?;
         let input = format!("docker-daemon:{}", self.image.name);
-        let streamed = read_image_stream(stream, &input, None, &self.platform, spool_dir)?;
+        let streamed = read_image_stream(stream, &input, None, &self.platform, spool)?;
         if streamed.resolved.config_digest != self.image.id {
             return Err(SourceError::Corrupt {
                 input,
@@ -148,7 +146,7 @@ impl ImageSource for RegistrySource {
 
     fn index_layers(
         self: Box<Self>,
-        spool_dir: &Path,
+        spool: &SpoolFile,
     ) -> Result<(ResolvedImage, Vec<LayerIndex>), SourceError> {
         let layers = &self.resolved.layers;
         let jobs: Vec<LayerJob> = layers
@@ -166,7 +164,7 @@ impl ImageSource for RegistrySource {
         let open = |i: usize| -> std::io::Result<Box<dyn std::io::Read + Send>> {
             Ok(Box::new(self.registry.open_blob(&layers[i])?))
         };
-        let indexed = layer::index_layers(&jobs, open, spool_dir)
+        let indexed = layer::index_layers(&jobs, open, spool)
             .map_err(|source| SourceError::Layer { input: self.input.clone(), source })?;
         Ok((self.resolved, indexed))
     }

@@ -13,11 +13,10 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::path::Path;
 
 use super::local::{member_link, normalise_member, resolve_docker_archive, resolve_oci, Plan, MAX_DOCUMENT};
 use super::{ParsedConfig, ResolvedImage, SourceError};
-use crate::layer::{index_layer, LayerError, LayerExpect, LayerIndex};
+use crate::layer::{index_layer, LayerError, LayerExpect, LayerIndex, SpoolFile};
 
 /// An image read from a stream: resolved, and its layers indexed, bottom first.
 #[derive(Debug)]
@@ -49,7 +48,7 @@ pub fn read_image_stream<R: Read>(
     input: &str,
     reference: Option<&str>,
     platform: &str,
-    spool_dir: &Path,
+    spool: &SpoolFile,
 ) -> Result<StreamedImage, SourceError> {
     let corrupt = |problem: String| SourceError::Corrupt { input: input.to_string(), problem };
     let mut docs: HashMap<String, Vec<u8>> = HashMap::new();
@@ -74,8 +73,13 @@ pub fn read_image_stream<R: Read>(
         (&mut entry).take(TAR_BLOCK as u64).read_to_end(&mut head).map_err(|e| stream_error(input, e))?;
         if looks_like_layer(&head) {
             let blob = head.as_slice().chain(&mut entry);
-            let index = index_layer(blob, &LayerExpect::default(), 0, spool_dir)
-                .map_err(|source| SourceError::Layer { input: format!("{input}: {path}"), source })?;
+            let layer_err = |source| SourceError::Layer { input: format!("{input}: {path}"), source };
+            // A layer's place is learnt at the end of the stream: slots go by arrival, from 1,
+            // and the spool moves them into layer order when it settles.
+            let writer = spool
+                .slot(layers.len() as u32 + 1)
+                .map_err(|source| layer_err(LayerError::Spool { blob: path.clone(), source }))?;
+            let index = index_layer(blob, &LayerExpect::default(), 0, writer).map_err(layer_err)?;
             layers.insert(path, index);
         } else if entry.size() <= MAX_DOCUMENT {
             let mut bytes = head;

@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
+use crate::digest::{Digest, FileDigest};
 use crate::manifest::{BootManifest, ImageConfig, SourceInfo};
 
 /// Version of the stored manifest's shape; part of every id.
@@ -83,9 +83,9 @@ pub struct StoredFile {
 pub struct StoredRootfs {
     /// The filesystem UUID (ext4 `s_uuid`).
     pub uuid: String,
-    /// sha256 of the whole rootfs image, as `manifest.json` reports it.
+    /// The rootfs image's digest, as `manifest.json` reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<Digest>,
+    pub digest: Option<FileDigest>,
     #[serde(flatten)]
     pub file: StoredFile,
 }
@@ -95,8 +95,8 @@ pub struct StoredRootfs {
 pub struct ImageRecord {
     /// The filesystem UUID of the rootfs.
     pub uuid: String,
-    /// sha256 of the rootfs image, when the caller computed it.
-    pub rootfs_digest: Option<Digest>,
+    /// The rootfs image's digest, when the caller computed it.
+    pub rootfs_digest: Option<FileDigest>,
     pub boot: Option<BootManifest>,
     pub source: Option<SourceInfo>,
     pub config: ImageConfig,

@@ -94,6 +94,14 @@ pub trait Content: Send + Sync {
     fn source_file(&self) -> Option<(&std::path::Path, u64)> {
         None
     }
+
+    /// Where the data already lies in the image being written, when it was put there before
+    /// the layout was planned (a layer spooled into the image file, see
+    /// [`crate::layer::spool`]): the first image block of each run of `data_blocks`. Only a
+    /// writer told so (`ext4::Options::data_in_place`) relies on it.
+    fn placed(&self) -> Option<Vec<u64>> {
+        None
+    }
 }
 
 impl Content for Vec<u8> {
@@ -301,6 +309,25 @@ impl<C> FsTree<C> {
             i += 1;
         }
         out
+    }
+
+    /// Every reachable regular file, once however many names it has, in no particular order.
+    pub fn files(&self) -> impl Iterator<Item = &FileData<C>> {
+        let mut seen = vec![false; self.nodes.len()];
+        let mut stack = vec![Self::ROOT];
+        std::iter::from_fn(move || {
+            while let Some(id) = stack.pop() {
+                if std::mem::replace(&mut seen[id.0 as usize], true) {
+                    continue;
+                }
+                match &self.get(id).kind {
+                    NodeKind::Directory(d) => stack.extend(d.entries.values().copied()),
+                    NodeKind::File(f) => return Some(f),
+                    _ => {}
+                }
+            }
+            None
+        })
     }
 
     /// Link counts as ext4 stores them: one per name for non-directories; for a directory,

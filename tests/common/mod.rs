@@ -70,6 +70,18 @@ pub fn assert_fsck_clean(image: &Path) {
 }
 
 /// A fresh temporary directory under the target dir (large files stay off /tmp's tmpfs).
+/// A spool (an unlinked file in `dir`) for reading layers in tests.
+#[allow(dead_code)]
+pub fn spool_file(dir: &Path) -> diskc::layer::SpoolFile {
+    diskc::layer::SpoolFile::temp_in(dir).unwrap()
+}
+
+/// One slot of a fresh spool in `dir`.
+#[allow(dead_code)]
+pub fn spool(dir: &Path, slot: u32) -> diskc::layer::SpoolWriter {
+    spool_file(dir).slot(slot).unwrap()
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     let base = repo_root().join("target/test-tmp");
     std::fs::create_dir_all(&base).unwrap();
