@@ -11,13 +11,16 @@
 use std::io::{self, BufReader, Read};
 use std::sync::{Arc, Mutex};
 
-use crate::digest::{Digest, Hasher, HashingReader};
+use crate::digest::{BackgroundHasher, Digest, HashingReader};
 use crate::error::{Classify, ErrorClass};
 use crate::tree::flatten::{self, Entry, EntryKind, FlattenError, LayerChanges};
 use crate::tree::{DeviceNumber, FileData, FsTree, Metadata, Timestamp};
 
 mod pax_sparse;
+mod relay;
 pub mod spool;
+
+use relay::relay;
 
 use spool::{Spool, SpoolError};
 pub use spool::{SpoolFile, SpoolRef, SpoolWriter};
@@ -228,12 +231,15 @@ fn decode<R: Read>(
     };
     let mut input = BufReader::with_capacity(COPY_BUFFER, head.chain(source));
     let tar = match compression {
-        Compression::Gzip => parse_tar(flate2::bufread::MultiGzDecoder::new(&mut input), true, writer, name)?,
+        Compression::Gzip => {
+            let decoder = flate2::bufread::MultiGzDecoder::new(&mut input);
+            relay(decoder, |tar| parse_tar(tar, true, writer, name))?
+        }
         Compression::Zstd => {
             let mut decoder = zstd::stream::read::Decoder::with_buffer(&mut input).map_err(corrupt)?;
             // Producers may use long windows; the default limit (8 MiB) would refuse them.
             decoder.window_log_max(31).map_err(corrupt)?;
-            parse_tar(decoder, true, writer, name)?
+            relay(decoder, |tar| parse_tar(tar, true, writer, name))?
         }
         Compression::None => parse_tar(&mut input, false, writer, name)?,
     };
@@ -249,7 +255,7 @@ fn parse_tar<R: Read>(
     name: &str,
 ) -> Result<ParsedTar, LayerError> {
     let corrupt = |source: io::Error| LayerError::Corrupt { blob: name.to_string(), source };
-    let mut hashed = CountingReader { inner: plain, hasher: hash.then(Hasher::new), count: 0 };
+    let mut hashed = CountingReader { inner: plain, hasher: hash.then(BackgroundHasher::new), count: 0 };
     let mut entries = Vec::new();
     {
         let mut archive = tar::Archive::new(&mut hashed);
@@ -263,13 +269,13 @@ fn parse_tar<R: Read>(
     }
     // The end-of-archive blocks and the padding after them are part of the diff_id.
     io::copy(&mut hashed, &mut io::sink()).map_err(corrupt)?;
-    Ok(ParsedTar { entries, digest: hashed.hasher.map(Hasher::finish), size: hashed.count })
+    Ok(ParsedTar { entries, digest: hashed.hasher.map(BackgroundHasher::finish), size: hashed.count })
 }
 
 /// Counts what passes, and hashes it when asked.
 struct CountingReader<R> {
     inner: R,
-    hasher: Option<Hasher>,
+    hasher: Option<BackgroundHasher>,
     count: u64,
 }
 
