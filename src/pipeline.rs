@@ -407,9 +407,14 @@ pub fn write_rootfs<C: crate::tree::Content>(
     let summary = ext4::write_image(tree, options, file)
         .map_err(|source| PipelineError::Ext4 { input: input.to_string(), source })?;
     // Start writing it out now, while it is hashed and stored; `Staging::commit` waits for
-    // it (fsync) before the output appears.
-    // SAFETY: sync_file_range on a descriptor we own only schedules writeback.
-    unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    // it (fsync) before the output appears. Starting writeback of gigabytes blocks for a
+    // while (the filesystem allocates the delayed blocks), so it happens on a thread.
+    if let Ok(file) = file.try_clone() {
+        // SAFETY: sync_file_range on a descriptor the thread owns only schedules writeback.
+        std::thread::spawn(move || unsafe {
+            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
+        });
+    }
     Ok(summary)
 }
 

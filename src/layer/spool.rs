@@ -5,9 +5,10 @@
 //! into, each layer in its own slot, far enough apart that no layer runs into the next.
 //! Blocks that are all zeros are never written, and files of 1 MiB or more start on a MiB.
 //! Once the layers are merged, [`SpoolFile::settle`] zeroes the data the image no longer
-//! holds (deleted, replaced) and closes the gaps between the slots, bottom layer first, so
-//! the data lies where the image wants it: from 1 MiB, lower layers first. The ext4 writer
-//! then writes the metadata around it; no byte of file data is copied a second time.
+//! holds (deleted, replaced) and moves the layers down next to each other, bottom layer first,
+//! so the data lies where the image wants it: from 1 MiB, lower layers first. The bottom
+//! layer, usually the largest, is already there; the layers above it move inside the kernel,
+//! page cache to page cache. The ext4 writer then writes the metadata around the data.
 
 use std::fmt;
 use std::fs::File;
@@ -34,6 +35,8 @@ const MIB: u64 = 1 << 20;
 /// The file an image's layers spool into.
 pub struct SpoolFile {
     file: Arc<File>,
+    /// SLOT_BYTES; smaller in tests.
+    slot_bytes: u64,
     /// Its name in errors.
     path: PathBuf,
     spools: Mutex<Vec<Arc<Spool>>>,
@@ -46,6 +49,9 @@ pub struct Spool {
     /// (copy_file_range) through [`Content::source_file`].
     fd_path: PathBuf,
     slot: u32,
+    /// Where the slot starts, and how much it holds.
+    base: u64,
+    slot_bytes: u64,
     /// Bytes spooled.
     len: AtomicU64,
     /// Where the layer's data starts in the file: its slot, until [`SpoolFile::settle`]
@@ -80,7 +86,12 @@ impl Spool {
 impl SpoolFile {
     /// Spools into `file` (empty, on a filesystem with sparse files); `path` names it in errors.
     pub fn new(file: File, path: &Path) -> Self {
-        SpoolFile { file: Arc::new(file), path: path.to_path_buf(), spools: Mutex::new(Vec::new()) }
+        SpoolFile {
+            file: Arc::new(file),
+            slot_bytes: SLOT_BYTES,
+            path: path.to_path_buf(),
+            spools: Mutex::new(Vec::new()),
+        }
     }
 
     /// Spools into an unlinked temporary file in `dir`: for layers read only to be looked at.
@@ -100,12 +111,15 @@ impl SpoolFile {
                 format!("an image of more than {MAX_SLOTS} layers is not supported"),
             ));
         }
+        let base = DATA_START_BYTES + u64::from(slot) * self.slot_bytes;
         let spool = Arc::new(Spool {
             file: self.file.clone(),
             fd_path: PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd())),
             slot,
+            base,
+            slot_bytes: self.slot_bytes,
             len: AtomicU64::new(0),
-            at: AtomicU64::new(DATA_START_BYTES + u64::from(slot) * SLOT_BYTES),
+            at: AtomicU64::new(base),
             settled: AtomicU32::new(0),
             layer: AtomicU32::new(slot),
         });
@@ -150,7 +164,7 @@ impl SpoolFile {
             to += r.len;
         }
         regions.retain(|r| r.len > 0);
-        move_regions(file, &regions, to)?;
+        move_regions(file, &regions, to, self.slot_bytes)?;
         for r in &regions {
             r.spool.at.store(r.to, Ordering::Release);
             r.spool.settled.store(1, Ordering::Release);
@@ -176,7 +190,9 @@ fn merge(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
 /// Makes `range` of `file` read as zeros: a hole where the filesystem can punch one.
 fn zero_range(file: &File, range: Range<u64>) -> io::Result<()> {
     let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-    if fallocate(file, mode, range.clone()).is_ok() {
+    let (offset, len) = (range.start as libc::off_t, (range.end - range.start) as libc::off_t);
+    // SAFETY: fallocate on a descriptor we own; it reads no memory of ours.
+    if unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, len) } == 0 {
         return Ok(());
     }
     let zeros = vec![0u8; MIB as usize];
@@ -189,23 +205,6 @@ fn zero_range(file: &File, range: Range<u64>) -> io::Result<()> {
     Ok(())
 }
 
-fn fallocate(file: &File, mode: libc::c_int, range: Range<u64>) -> io::Result<()> {
-    // SAFETY: fallocate on a descriptor we own; it reads no memory of ours.
-    let r = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            mode,
-            range.start as libc::off_t,
-            (range.end - range.start) as libc::off_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// A layer's data on its way from its slot to its place in the image.
 struct Region {
     spool: Arc<Spool>,
@@ -214,55 +213,46 @@ struct Region {
     to: u64,
 }
 
-/// Moves every region from `from` to `to` (in `to` order, no two overlapping) and ends
-/// the file at `end`. Where the slots are in the same order as the places, the filesystem
-/// shifts the data instead of copying it (collapse range: ext4, XFS).
-fn move_regions(file: &File, regions: &[Region], end: u64) -> io::Result<()> {
-    let in_order = regions.windows(2).all(|w| w[0].from < w[1].from);
-    if let (true, Some(last)) = (in_order, regions.last()) {
-        file.set_len(last.from + last.len)?;
-        // From the top down, so each gap is where the slots put it.
-        for (i, r) in regions.iter().enumerate().rev() {
-            let gap_start = if i == 0 { DATA_START_BYTES } else { regions[i - 1].from + regions[i - 1].len };
-            if gap_start == r.from {
-                continue;
-            }
-            if let Err(e) = fallocate(file, libc::FALLOC_FL_COLLAPSE_RANGE, gap_start..r.from) {
-                let unsupported = matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL));
-                if i + 1 == regions.len() && unsupported {
-                    return copy_regions(file, regions, end);
-                }
-                return Err(e);
-            }
+/// Moves every region from `from` down to `to` (in `to` order) and ends the file at `end`.
+/// The kernel copies page cache to page cache (copy_file_range), data extents only, so holes
+/// stay holes. A region lands below its slot and below every slot still to be moved (each
+/// slot holds at most one slot's worth); where a region overlaps its own slot, it moves in
+/// steps that do not.
+fn move_regions(file: &File, regions: &[Region], end: u64, slot_bytes: u64) -> io::Result<()> {
+    for (i, r) in regions.iter().enumerate() {
+        let clear = r.to <= r.from && regions[i + 1..].iter().all(|later| r.to + r.len <= later.from);
+        if !clear {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the image's data is larger than {} GiB, the most diskc lays out", slot_bytes >> 30),
+            ));
         }
-        return file.set_len(end);
-    }
-    copy_regions(file, regions, end)
-}
-
-/// Copies the regions down, data extents only (holes stay holes). Every place lies in the
-/// first slot, where at most the first region is, already at its place; so no copy lands
-/// on data not yet copied.
-fn copy_regions(file: &File, regions: &[Region], end: u64) -> io::Result<()> {
-    let first_slot_end = DATA_START_BYTES + SLOT_BYTES;
-    let safe =
-        regions.iter().enumerate().all(|(i, r)| r.from >= first_slot_end || (i == 0 && r.from == r.to));
-    if end > first_slot_end || !safe {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "the image's data is larger than {} GiB, the most diskc can lay out here",
-                SLOT_BYTES >> 30
-            ),
-        ));
     }
     let size = file.metadata()?.len();
     let extents = crate::store::chunking::data_extents(file, size)?;
-    for r in regions.iter().filter(|r| r.from != r.to) {
+    for (i, r) in regions.iter().enumerate().filter(|(_, r)| r.from != r.to) {
         let (start, stop) = (r.from, r.from + r.len);
+        let step = r.from - r.to;
+        // Where the region lands on data moved before (or on itself), its holes must be
+        // made holes again: only its data is copied.
+        let dest = r.to..r.to + r.len;
+        let stale =
+            regions[..=i].iter().any(|s| s.from != s.to && s.from < dest.end && dest.start < s.from + s.len);
+        let mut pos = start;
         for e in extents.iter().filter(|e| e.end > start && e.start < stop) {
-            let (a, b) = (e.start.max(start), e.end.min(stop));
-            crate::ext4::WriteAt::copy_from(file, file, a, b - a, r.to + (a - start))?;
+            let (mut at, until) = (e.start.max(start), e.end.min(stop));
+            if stale && at > pos {
+                zero_range(file, pos - step..at - step)?;
+            }
+            pos = until;
+            while at < until {
+                let n = (until - at).min(step);
+                crate::ext4::WriteAt::copy_from(file, file, at, n, at - step)?;
+                at += n;
+            }
+        }
+        if stale && stop > pos {
+            zero_range(file, pos - step..stop - step)?;
         }
     }
     file.set_len(end)
@@ -372,7 +362,7 @@ impl SpoolWriter {
         buf: &mut [u8],
     ) -> Result<Spooled, SpoolError> {
         debug_assert!(buf.len() as u64 % BLOCK_SIZE == 0 && !buf.is_empty());
-        let base = DATA_START_BYTES + u64::from(self.spool.slot) * SLOT_BYTES;
+        let base = self.spool.base;
         let mut runs: Vec<SpoolRun> = Vec::new();
         let mut pos = 0u64;
         while pos < size {
@@ -403,10 +393,10 @@ impl SpoolWriter {
                     _ => runs.push(SpoolRun { blocks: first_block..end_block, spool_offset: self.len }),
                 }
                 let stored = (end_block - first_block) * BLOCK_SIZE;
-                if self.len + stored > SLOT_BYTES {
+                if self.len + stored > self.spool.slot_bytes {
                     return Err(SpoolError::Write(io::Error::new(
                         io::ErrorKind::InvalidInput,
-                        format!("the layer unpacks to more than {} GiB", SLOT_BYTES >> 30),
+                        format!("the layer unpacks to more than {} GiB", self.spool.slot_bytes >> 30),
                     )));
                 }
                 self.spool.file.write_all_at(&chunk[start..i], base + self.len).map_err(SpoolError::Write)?;
@@ -447,10 +437,11 @@ mod tests {
     /// settles, and checks every live file reads back and lies where `placed` says.
     fn settle_in(
         dir: &Path,
+        slot_bytes: u64,
         files: &[(u32, Vec<u8>, bool)],
         layer_of: fn(u32) -> u32,
-    ) -> (File, Vec<SpoolRef>) {
-        let spool = SpoolFile::temp_in(dir).unwrap();
+    ) -> io::Result<(File, Vec<SpoolRef>)> {
+        let spool = SpoolFile { slot_bytes, ..SpoolFile::temp_in(dir).unwrap() };
         let mut writers: Vec<(u32, SpoolWriter)> = Vec::new();
         let mut refs = Vec::new();
         let mut buf = vec![0u8; 64 << 10];
@@ -464,7 +455,7 @@ mod tests {
             refs.push((spooled.content, *live));
         }
         let live: Vec<SpoolRef> = refs.iter().filter(|(_, l)| *l).map(|(r, _)| r.clone()).collect();
-        let file = spool.settle(&live).unwrap();
+        let file = spool.settle(&live)?;
         for ((r, is_live), (_, bytes, _)) in refs.iter().zip(files) {
             if !is_live {
                 continue;
@@ -482,7 +473,7 @@ mod tests {
                 assert_eq!(image, want);
             }
         }
-        (file, live)
+        Ok((file, live))
     }
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -502,7 +493,7 @@ mod tests {
             (2, pattern(2 << 20, 2), true),
             (3, secret.clone(), false),
         ];
-        let (file, live) = settle_in(dir, &files, |slot| 10 - slot);
+        let (file, live) = settle_in(dir, SLOT_BYTES, &files, |slot| 10 - slot).unwrap();
         // Layer order is the reverse of slot order: slot 3 (nothing live) adds nothing,
         // slot 2 comes first, at 1 MiB, slot 1 on the next whole MiB.
         let starts: Vec<u64> = live.iter().map(|r| r.placed().unwrap()[0] * BLOCK_SIZE).collect();
@@ -518,7 +509,7 @@ mod tests {
         assert!(!all.windows(secret.len()).any(|w| w == secret.as_slice()));
     }
 
-    /// Slots in layer order: the gaps are collapsed where the filesystem can.
+    /// Slots in layer order.
     fn check_in_order(dir: &Path) {
         let files = vec![
             (0, pattern(3 << 20, 1), true),
@@ -526,7 +517,7 @@ mod tests {
             (2, pattern(10_000, 2), true),
             (5, pattern(5 << 20, 3), true),
         ];
-        let (file, live) = settle_in(dir, &files, |slot| slot);
+        let (file, live) = settle_in(dir, SLOT_BYTES, &files, |slot| slot).unwrap();
         let starts: Vec<u64> = live.iter().map(|r| r.placed().unwrap()[0] * BLOCK_SIZE).collect();
         assert_eq!(starts, [DATA_START_BYTES, DATA_START_BYTES + (3 << 20), DATA_START_BYTES + (4 << 20)]);
         assert_eq!(file.metadata().unwrap().len(), DATA_START_BYTES + (9 << 20));
@@ -540,8 +531,38 @@ mod tests {
     }
 
     #[test]
-    fn settling_copies_where_the_filesystem_cannot_shift_data() {
-        // tmpfs has no collapse range.
+    fn a_layer_that_lands_on_its_own_slot_moves_without_harm() {
+        // 3 MiB slots: the second layer moves 1 MiB down, onto itself; the third onto the
+        // second's old place. Their dead middles must read as zeros where they land.
+        let dir = tempfile::tempdir().unwrap();
+        let secret = b"SECRET".repeat(200_000);
+        let files = vec![
+            (0, pattern(2 << 20, 1), true),
+            (1, pattern(1 << 20, 2), true),
+            (1, secret.clone(), false),
+            (1, pattern(4096, 3), true),
+            (2, pattern(1 << 20, 4), true),
+            (2, secret, false),
+            (2, pattern(4096, 5), true),
+        ];
+        let (file, live) = settle_in(dir.path(), 3 << 20, &files, |slot| slot).unwrap();
+        let starts: Vec<u64> = live.iter().map(|r| (r.placed().unwrap()[0] * BLOCK_SIZE) >> 20).collect();
+        assert_eq!(starts, [1, 3, 5, 6, 8]);
+        assert_eq!(file.metadata().unwrap().len(), 9 << 20);
+        let mut middle = vec![1u8; 1 << 20];
+        for at in [4 << 20, 7 << 20] {
+            file.read_exact_at(&mut middle, at).unwrap();
+            assert!(is_zero(&middle), "stale bytes at {at}");
+        }
+        // Layers that would land on a slot still to be moved are refused.
+        let fits = vec![(0, pattern(3 << 20, 1), true), (1, pattern(3 << 20, 2), true)];
+        assert!(settle_in(dir.path(), 3 << 20, &fits, |slot| slot).is_ok());
+        let e = settle_in(dir.path(), 3 << 20, &fits, |slot| 1 - slot).err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn settling_works_on_tmpfs_too() {
         let dir = tempfile::tempdir_in("/dev/shm").unwrap();
         check_reordered(dir.path());
         check_in_order(dir.path());
