@@ -192,7 +192,7 @@ pub fn convert(plan: &ConvertPlan, progress: &mut dyn FnMut(Progress)) -> Result
         .create_new(true)
         .open(&rootfs_path)
         .map_err(io_error("creating", &rootfs_path))?;
-    let spool = layer::SpoolFile::new(file, &rootfs_path);
+    let spool = layer::SpoolFile::new(file);
     let (resolved, layers) = opened.index_layers(&spool)?;
     timings.layers = lap(started, &timings);
     progress(Progress::LayersIndexed { seconds: timings.layers });

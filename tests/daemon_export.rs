@@ -150,6 +150,7 @@ fn export_feeds_the_stream_reader() {
         None,
         diskc::source::DEFAULT_PLATFORM,
         &common::spool_file(spool.path()),
+        &image.diff_ids,
     )
     .unwrap();
     assert_eq!(streamed.resolved.config_digest, image.id);

@@ -227,7 +227,7 @@ fn a_failing_reader_is_an_environment_error() {
     assert_eq!(e.class(), ErrorClass::Environment);
     // A spool file that cannot be written (opened read-only).
     let read_only = std::fs::File::open(common::tempdir().path()).unwrap();
-    let writer = diskc::layer::SpoolFile::new(read_only, dir.path()).slot(0).unwrap();
+    let writer = diskc::layer::SpoolFile::new(read_only).slot(0).unwrap();
     let e = index_layer(&tar[..], &LayerExpect::default(), 0, writer).err().unwrap();
     assert!(matches!(e, LayerError::Spool { .. }), "{e}");
     assert_eq!(e.class(), ErrorClass::Environment);

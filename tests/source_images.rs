@@ -33,7 +33,7 @@ fn via_save_stream(image: &str, spool: &Path) -> FsTree<SpoolRef> {
     let mut child = Command::new(DOCKER).args(["save", image]).stdout(Stdio::piped()).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let streamed =
-        read_image_stream(stdout, image, None, DEFAULT_PLATFORM, &common::spool_file(spool)).unwrap();
+        read_image_stream(stdout, image, None, DEFAULT_PLATFORM, &common::spool_file(spool), &[]).unwrap();
     assert!(child.wait().unwrap().success());
     assert_eq!(streamed.layers.len(), streamed.config.diff_ids.len());
     for (i, layer) in streamed.layers.iter().enumerate() {
@@ -302,6 +302,7 @@ fn every_local_transport_gives_the_same_tree() {
             Some("app"),
             DEFAULT_PLATFORM,
             &common::spool_file(spool),
+            &[],
         )
         .unwrap();
         assert_same_tree(
@@ -393,8 +394,9 @@ fn an_image_that_does_not_exist_in_an_archive() {
     // A truncated save stream is an error too, not a partial image.
     let bytes = std::fs::read(&archive).unwrap();
     let cut = &bytes[..bytes.len() / 2];
-    let e = read_image_stream(cut, "cut stream", None, DEFAULT_PLATFORM, &common::spool_file(dir.path()))
-        .expect_err("a cut stream fails");
+    let e =
+        read_image_stream(cut, "cut stream", None, DEFAULT_PLATFORM, &common::spool_file(dir.path()), &[])
+            .expect_err("a cut stream fails");
     assert_eq!(e.class(), ErrorClass::BadInput, "{e}");
 }
 

@@ -195,9 +195,15 @@ fn an_oci_layout_stream_with_the_index_last() {
     multi_platform(&layout);
     let stream = tar_of(&layout, &["index.json"]);
     for (platform, arch) in [(DEFAULT_PLATFORM, "amd64"), ("linux/arm64", "arm64")] {
-        let s =
-            read_image_stream(&stream[..], "stream", Some("app"), platform, &common::spool_file(dir.path()))
-                .unwrap();
+        let s = read_image_stream(
+            &stream[..],
+            "stream",
+            Some("app"),
+            platform,
+            &common::spool_file(dir.path()),
+            &[],
+        )
+        .unwrap();
         assert_eq!(text_at(&flatten_layers(&s.layers).unwrap(), "arch"), arch);
         assert_eq!(s.config.platform, format!("linux/{arch}"));
     }
@@ -241,9 +247,15 @@ fn a_legacy_docker_archive_as_stream_and_as_file() {
     let dir = common::tempdir();
     let layers = [layer_tar(&[("a", "bottom")]), layer_tar(&[("a", "middle"), ("b", "b")])];
     let archive = legacy_archive(&layers, false);
-    let s =
-        read_image_stream(&archive[..], "archive", None, DEFAULT_PLATFORM, &common::spool_file(dir.path()))
-            .unwrap();
+    let s = read_image_stream(
+        &archive[..],
+        "archive",
+        None,
+        DEFAULT_PLATFORM,
+        &common::spool_file(dir.path()),
+        &[],
+    )
+    .unwrap();
     assert_eq!(s.layers.len(), 3);
     let tree = flatten_layers(&s.layers).unwrap();
     assert_eq!(text_at(&tree, "a"), "bottom", "the repeated bottom layer is on top");
@@ -280,9 +292,16 @@ fn a_legacy_docker_archive_as_stream_and_as_file() {
 
     // A layer the manifest names but the stream lacks.
     let broken = legacy_archive(&layers, true);
-    let e = read_image_stream(&broken[..], "broken", None, DEFAULT_PLATFORM, &common::spool_file(dir.path()))
-        .err()
-        .unwrap();
+    let e = read_image_stream(
+        &broken[..],
+        "broken",
+        None,
+        DEFAULT_PLATFORM,
+        &common::spool_file(dir.path()),
+        &[],
+    )
+    .err()
+    .unwrap();
     assert!(matches!(e, SourceError::MissingBlob { .. }), "{e}");
     assert!(e.to_string().contains("again/layer.tar"), "{e}");
     assert_eq!(e.class(), ErrorClass::BadInput);

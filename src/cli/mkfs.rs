@@ -88,7 +88,7 @@ pub fn run(args: MkfsArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             // The file data goes straight into the image's temporary file, and stays there.
             let tmp = temp_beside(&args.output)?;
             let writing = || format!("writing {}", args.output.display());
-            let spool = layer::SpoolFile::new(tmp.as_file().try_clone().with_context(writing)?, tmp.path());
+            let spool = layer::SpoolFile::new(tmp.as_file().try_clone().with_context(writing)?);
             let writer = spool.slot(0).with_context(writing)?;
             let layer = layer::index_layer(input, &LayerExpect::default(), 0, writer)
                 .with_context(|| format!("reading tar {}", path.display()))?;

@@ -37,8 +37,6 @@ pub struct SpoolFile {
     file: Arc<File>,
     /// SLOT_BYTES; smaller in tests.
     slot_bytes: u64,
-    /// Its name in errors.
-    path: PathBuf,
     spools: Mutex<Vec<Arc<Spool>>>,
 }
 
@@ -84,23 +82,15 @@ impl Spool {
 }
 
 impl SpoolFile {
-    /// Spools into `file` (empty, on a filesystem with sparse files); `path` names it in errors.
-    pub fn new(file: File, path: &Path) -> Self {
-        SpoolFile {
-            file: Arc::new(file),
-            slot_bytes: SLOT_BYTES,
-            path: path.to_path_buf(),
-            spools: Mutex::new(Vec::new()),
-        }
+    /// Spools into `file`: empty, open for reading and writing, on a filesystem with sparse
+    /// files.
+    pub fn new(file: File) -> Self {
+        SpoolFile { file: Arc::new(file), slot_bytes: SLOT_BYTES, spools: Mutex::new(Vec::new()) }
     }
 
     /// Spools into an unlinked temporary file in `dir`: for layers read only to be looked at.
     pub fn temp_in(dir: &Path) -> io::Result<Self> {
-        Ok(Self::new(tempfile::tempfile_in(dir)?, dir))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Self::new(tempfile::tempfile_in(dir)?))
     }
 
     /// A writer for slot `slot`, for the layer numbered `slot` until told otherwise.

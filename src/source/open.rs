@@ -92,7 +92,7 @@ impl ImageSource for DaemonSource {
         // Export by id: exactly the image inspected, even if the name moves meanwhile.
         let stream = export_stream(&self.image.id.to_string())?;
         let input = format!("docker-daemon:{}", self.image.name);
-        let streamed = read_image_stream(stream, &input, None, &self.platform, spool)?;
+        let streamed = read_image_stream(stream, &input, None, &self.platform, spool, &self.image.diff_ids)?;
         if streamed.resolved.config_digest != self.image.id {
             return Err(SourceError::Corrupt {
                 input,

@@ -16,6 +16,7 @@ use std::io::{self, Read};
 
 use super::local::{member_link, normalise_member, resolve_docker_archive, resolve_oci, Plan, MAX_DOCUMENT};
 use super::{ParsedConfig, ResolvedImage, SourceError};
+use crate::digest::Digest;
 use crate::layer::{index_layer, LayerError, LayerExpect, LayerIndex, SpoolFile};
 
 /// An image read from a stream: resolved, and its layers indexed, bottom first.
@@ -32,6 +33,55 @@ const USTAR_MAGIC_OFFSET: usize = 257;
 const USTAR_MAGIC: &[u8] = b"ustar";
 const TAR_BLOCK: usize = 512;
 
+/// Which spool slot each layer of the stream goes to. Slot N is layer N's place, where its
+/// data need not move when the spool settles; the manifest that gives every layer's place
+/// comes last, but some layers can be placed as they arrive: a blob named by a digest the
+/// caller listed, and the legacy layer whose `json` (just before it) names no parent, the
+/// bottom one. The others take slots past those places, by arrival, and are moved later.
+struct Slots<'a> {
+    diff_ids: &'a [Digest],
+    taken: Vec<bool>,
+    next: u32,
+}
+
+impl<'a> Slots<'a> {
+    fn new(diff_ids: &'a [Digest]) -> Self {
+        Slots { diff_ids, taken: Vec::new(), next: diff_ids.len().max(1) as u32 }
+    }
+
+    fn for_layer(&mut self, path: &str, docs: &HashMap<String, Vec<u8>>) -> u32 {
+        let named = path
+            .strip_prefix("blobs/sha256/")
+            .and_then(|hex| self.diff_ids.iter().position(|d| d.hex() == hex));
+        let bottom = || {
+            let json = docs.get(&format!("{}/json", path.strip_suffix("/layer.tar")?))?;
+            let v1: serde_json::Value = serde_json::from_slice(json).ok()?;
+            v1.get("parent").is_none().then_some(0)
+        };
+        match named.or_else(bottom) {
+            Some(place) if !self.is_taken(place as u32) => self.take(place as u32),
+            _ => {
+                while self.is_taken(self.next) {
+                    self.next += 1;
+                }
+                self.take(self.next)
+            }
+        }
+    }
+
+    fn is_taken(&self, slot: u32) -> bool {
+        self.taken.get(slot as usize).copied().unwrap_or(false)
+    }
+
+    fn take(&mut self, slot: u32) -> u32 {
+        if self.taken.len() <= slot as usize {
+            self.taken.resize(slot as usize + 1, false);
+        }
+        self.taken[slot as usize] = true;
+        slot
+    }
+}
+
 /// Whether a member that starts with `head` is a layer blob rather than a JSON document.
 fn looks_like_layer(head: &[u8]) -> bool {
     head.starts_with(&[0x1f, 0x8b])
@@ -42,15 +92,19 @@ fn looks_like_layer(head: &[u8]) -> bool {
 
 /// Reads a `docker save` stream (or any docker-archive or OCI-layout tar) from `stream`.
 /// `input` names it in errors; `reference` picks an image by tag or ref name when the
-/// stream holds several; `platform` picks among a multi-platform index.
+/// stream holds several; `platform` picks among a multi-platform index. `diff_ids` are the
+/// image's layers, bottom first, when known beforehand (the daemon says): they let a layer
+/// named by its digest spool straight into its place.
 pub fn read_image_stream<R: Read>(
     stream: R,
     input: &str,
     reference: Option<&str>,
     platform: &str,
     spool: &SpoolFile,
+    diff_ids: &[Digest],
 ) -> Result<StreamedImage, SourceError> {
     let corrupt = |problem: String| SourceError::Corrupt { input: input.to_string(), problem };
+    let mut slots = Slots::new(diff_ids);
     let mut docs: HashMap<String, Vec<u8>> = HashMap::new();
     let mut layers: HashMap<String, LayerIndex> = HashMap::new();
     let mut links: Vec<(String, String)> = Vec::new();
@@ -74,10 +128,8 @@ pub fn read_image_stream<R: Read>(
         if looks_like_layer(&head) {
             let blob = head.as_slice().chain(&mut entry);
             let layer_err = |source| SourceError::Layer { input: format!("{input}: {path}"), source };
-            // A layer's place is learnt at the end of the stream: slots go by arrival, from 1,
-            // and the spool moves them into layer order when it settles.
             let writer = spool
-                .slot(layers.len() as u32 + 1)
+                .slot(slots.for_layer(&path, &docs))
                 .map_err(|source| layer_err(LayerError::Spool { blob: path.clone(), source }))?;
             let index = index_layer(blob, &LayerExpect::default(), 0, writer).map_err(layer_err)?;
             layers.insert(path, index);
@@ -160,4 +212,29 @@ fn match_layers(
         index.set_layer(i as u32);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_that_say_where_they_belong_get_their_own_slot() {
+        let ids = [Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c")];
+        let mut docs = HashMap::new();
+        docs.insert("base/json".to_string(), br#"{"id":"base"}"#.to_vec());
+        docs.insert("top/json".to_string(), br#"{"id":"top","parent":"base"}"#.to_vec());
+        let mut slots = Slots::new(&ids);
+        assert_eq!(slots.for_layer(&format!("blobs/sha256/{}", ids[2].hex()), &docs), 2);
+        assert_eq!(slots.for_layer("top/layer.tar", &docs), 3);
+        assert_eq!(slots.for_layer("base/layer.tar", &docs), 0);
+        // A place already taken, or an unknown blob: the next free slot past the places.
+        assert_eq!(slots.for_layer(&format!("blobs/sha256/{}", ids[2].hex()), &docs), 4);
+        assert_eq!(slots.for_layer("blobs/sha256/ffff", &docs), 5);
+        // Without the image's layers, only the parentless legacy layer is placed.
+        let mut slots = Slots::new(&[]);
+        assert_eq!(slots.for_layer("top/layer.tar", &docs), 1);
+        assert_eq!(slots.for_layer("base/layer.tar", &docs), 0);
+        assert_eq!(slots.for_layer("other/layer.tar", &docs), 2);
+    }
 }
