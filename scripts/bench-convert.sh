@@ -18,7 +18,8 @@
 # From the Docker daemon:
 #   diskc-convert-daemon     diskc convert docker-daemon:IMAGE -o OUT --no-store (+store: as above)
 #   docker-export+mkfs.ext4  docker create, docker export | tar -x, du, mkfs.ext4 -d
-#   floor-docker-save        docker save IMAGE > /dev/null (the Engine's own export speed)
+#   floor-docker-save        docker save IMAGE > /dev/null (the Engine's own export speed),
+#                            run in alternation with diskc-convert-daemon
 # Peak RSS counts the largest process of each command; the daemon's own memory is not seen.
 #
 #   scripts/bench-convert.sh        (as root, after scripts/setup.sh; the first run spends some
@@ -211,6 +212,25 @@ measure() {
   fi
 }
 
+# measure_alternate LABEL_A LABEL_B CMD_A... -- CMD_B...: the same for two commands run in
+# alternation (bench_alternate), for a comparison whose baseline drifts between runs.
+measure_alternate() {
+  local label_a=$1 label_b=$2 arg in_b=0 cmd_a=() cmd_b=()
+  shift 2
+  for arg; do
+    if [ "$in_b" = 0 ] && [ "$arg" = -- ]; then in_b=1; elif [ "$in_b" = 0 ]; then cmd_a+=("$arg"); else cmd_b+=("$arg"); fi
+  done
+  : >"$LOGS/$label_a.log"
+  : >"$LOGS/$label_b.log"
+  # shellcheck disable=SC2016  # the inner bash's own arguments
+  local wrap='set -euo pipefail; "$@" >>"$0" 2>&1'
+  if ! bench_alternate "$label_a" "$label_b" bash -c "$wrap" "$LOGS/$label_a.log" "${cmd_a[@]}" \
+    -- bash -c "$wrap" "$LOGS/$label_b.log" "${cmd_b[@]}"; then
+    tail -n 5 "$LOGS/$label_a.log" "$LOGS/$label_b.log" | sed 's/^/    /' >&2
+    failures=$((failures + 1))
+  fi
+}
+
 clean_out() {
   "$DOCKER" rm -f "$EXPORT_CONTAINER" >/dev/null 2>&1 || true
   rm -rf "$OUT"
@@ -236,11 +256,12 @@ measure floor-decompress-serial floor_serial "$layer_list"
 
 echo
 echo "# from the Docker daemon"
-measure diskc-convert-daemon "$DISKC" convert "docker-daemon:$IMAGE" -o "$OUT/diskc" --no-store
+# The Engine's save time drifts by a fifth between runs here: diskc and save alternate.
+measure_alternate diskc-convert-daemon floor-docker-save \
+  "$DISKC" convert "docker-daemon:$IMAGE" -o "$OUT/diskc" --no-store -- docker_save "$IMAGE"
 measure diskc-convert-daemon+store env DISKC_STORE="$OUT/store" "$DISKC" convert "docker-daemon:$IMAGE" -o "$OUT/diskc"
 daemon_digest=$(jq -r '.rootfs.digest' "$OUT/diskc/manifest.json" 2>/dev/null || echo none)
 measure docker-export+mkfs.ext4 export_mkfs "$IMAGE" "$OUT"
-measure floor-docker-save docker_save "$IMAGE"
 clean_out
 
 echo

@@ -11,6 +11,11 @@
 #       Peak RSS is that of the largest single process CMD ran (for `bash -c 'a | b'`, the
 #       larger of a and b); work done inside a daemon, such as dockerd, is not counted.
 #
+#   bench_alternate LABEL_A LABEL_B CMD_A... -- CMD_B...
+#       bench_time for two commands that are compared with each other, run in alternation
+#       (A, B, A, B, ...) so that drift in a part both share reaches both alike: the Docker
+#       daemon's own save time varies by a fifth from one run to the next here.
+#
 #   bench_ratio A B
 #       Prints how the run labelled A compares with the run labelled B: A's time over B's
 #       (and how many times faster or slower that is) and A's peak RSS over B's.
@@ -24,39 +29,72 @@ declare -gA BENCH_SECONDS=()
 declare -gA BENCH_RSS_MIB=()
 BENCH_TIME_BIN=${BENCH_TIME_BIN:-/usr/bin/time}
 
-bench_time() {
-  local label=$1
-  shift
-  [ -x "$BENCH_TIME_BIN" ] || { echo "bench: $BENCH_TIME_BIN missing (apt-get install time)" >&2; return 3; }
+_bench_header() {
   if [ -z "${_bench_header_done:-}" ]; then
     printf '%-36s %10s %13s\n' label seconds peak_rss_mib
     _bench_header_done=1
   fi
-  local runs=${BENCH_RUNS:-1} out seconds=() rss_kib=0 i status
+}
+
+# _bench_once LABEL CMD...: one timed run (after BENCH_PREPARE); appends its seconds to
+# _bench_seconds[LABEL] (space-separated) and raises _bench_rss_kib[LABEL] to its peak RSS.
+declare -gA _bench_seconds=() _bench_rss_kib=()
+_bench_once() {
+  local label=$1 out status=0 line
+  shift
+  if [ -n "${BENCH_PREPARE:-}" ]; then
+    eval "$BENCH_PREPARE"
+  fi
   out=$(mktemp)
-  for ((i = 0; i < runs; i++)); do
-    if [ -n "${BENCH_PREPARE:-}" ]; then
-      eval "$BENCH_PREPARE"
-    fi
-    status=0
-    "$BENCH_TIME_BIN" -f '%e %M' -o "$out" "$@" || status=$?
-    if [ "$status" -ne 0 ]; then
-      printf '%-36s FAILED (exit %d)\n' "$label" "$status"
-      rm -f "$out"
-      return "$status"
-    fi
-    # The format line is GNU time's last (a note about a signal may come before it).
-    local line
-    line=$(tail -n 1 "$out")
-    seconds+=("${line% *}")
-    [ "${line#* }" -gt "$rss_kib" ] && rss_kib=${line#* }
-  done
+  "$BENCH_TIME_BIN" -f '%e %M' -o "$out" "$@" || status=$?
+  # The format line is GNU time's last (a note about a signal may come before it).
+  line=$(tail -n 1 "$out")
   rm -f "$out"
-  local median
-  median=$(printf '%s\n' "${seconds[@]}" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+  if [ "$status" -ne 0 ]; then
+    printf '%-36s FAILED (exit %d)\n' "$label" "$status"
+    return "$status"
+  fi
+  _bench_seconds[$label]+="${line% *} "
+  [ "${line#* }" -gt "${_bench_rss_kib[$label]:-0}" ] && _bench_rss_kib[$label]=${line#* }
+  return 0
+}
+
+# _bench_report LABEL: the median of LABEL's runs and its largest peak RSS.
+_bench_report() {
+  local label=$1 median
+  median=$(tr ' ' '\n' <<<"${_bench_seconds[$label]}" | sed '/^$/d' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
   BENCH_SECONDS[$label]=$median
-  BENCH_RSS_MIB[$label]=$(awk -v k="$rss_kib" 'BEGIN { printf "%.1f", k / 1024 }')
+  BENCH_RSS_MIB[$label]=$(awk -v k="${_bench_rss_kib[$label]}" 'BEGIN { printf "%.1f", k / 1024 }')
   printf '%-36s %10.2f %13.1f\n' "$label" "$median" "${BENCH_RSS_MIB[$label]}"
+}
+
+bench_time() {
+  local label=$1 i
+  shift
+  [ -x "$BENCH_TIME_BIN" ] || { echo "bench: $BENCH_TIME_BIN missing (apt-get install time)" >&2; return 3; }
+  _bench_header
+  _bench_seconds[$label]="" _bench_rss_kib[$label]=0
+  for ((i = 0; i < ${BENCH_RUNS:-1}; i++)); do
+    _bench_once "$label" "$@" || return
+  done
+  _bench_report "$label"
+}
+
+bench_alternate() {
+  local label_a=$1 label_b=$2 i arg in_b=0 cmd_a=() cmd_b=()
+  shift 2
+  for arg; do
+    if [ "$in_b" = 0 ] && [ "$arg" = -- ]; then in_b=1; elif [ "$in_b" = 0 ]; then cmd_a+=("$arg"); else cmd_b+=("$arg"); fi
+  done
+  [ -x "$BENCH_TIME_BIN" ] || { echo "bench: $BENCH_TIME_BIN missing (apt-get install time)" >&2; return 3; }
+  _bench_header
+  _bench_seconds[$label_a]="" _bench_rss_kib[$label_a]=0 _bench_seconds[$label_b]="" _bench_rss_kib[$label_b]=0
+  for ((i = 0; i < ${BENCH_RUNS:-1}; i++)); do
+    _bench_once "$label_a" "${cmd_a[@]}" || return
+    _bench_once "$label_b" "${cmd_b[@]}" || return
+  done
+  _bench_report "$label_a"
+  _bench_report "$label_b"
 }
 
 bench_ratio() {
