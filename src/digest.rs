@@ -53,15 +53,18 @@ impl FromStr for Digest {
     type Err = ParseDigestError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseDigestError(s.to_string());
-        let hex_part = s.strip_prefix("sha256:").ok_or_else(err)?;
-        if hex_part.len() != 64 || hex_part.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err(err());
-        }
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(hex_part, &mut out).map_err(|_| err())?;
-        Ok(Digest(out))
+        s.strip_prefix("sha256:").and_then(hex_32).map(Digest).ok_or_else(|| ParseDigestError(s.to_string()))
     }
+}
+
+/// 64 lowercase hex digits as 32 bytes.
+fn hex_32(hex_part: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if hex_part.len() != 64 || hex_part.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    hex::decode_to_slice(hex_part, &mut out).ok()?;
+    Some(out)
 }
 
 impl Serialize for Digest {
@@ -105,13 +108,12 @@ impl FromStr for FileDigest {
     type Err = ParseDigestError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let Some(hex_part) = s.strip_prefix("blake3:") else { return s.parse().map(FileDigest::Sha256) };
-        let mut out = [0u8; 32];
-        if hex_part.len() != 64 || hex_part.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err(ParseDigestError(s.to_string()));
+        match s.strip_prefix("blake3:") {
+            Some(hex_part) => {
+                hex_32(hex_part).map(FileDigest::Blake3).ok_or_else(|| ParseDigestError(s.to_string()))
+            }
+            None => s.parse().map(FileDigest::Sha256),
         }
-        hex::decode_to_slice(hex_part, &mut out).map_err(|_| ParseDigestError(s.to_string()))?;
-        Ok(FileDigest::Blake3(out))
     }
 }
 
@@ -280,6 +282,17 @@ mod tests {
         }
         assert_eq!(h.finish(), Digest::of(&bytes));
         assert_eq!(BackgroundHasher::new().finish(), Digest::of(b""));
+    }
+
+    #[test]
+    fn file_digests_name_their_algorithm() {
+        let b3 = FileDigest::Blake3([0xab; 32]);
+        assert_eq!(b3.to_string(), format!("blake3:{}", "ab".repeat(32)));
+        assert_eq!(b3.to_string().parse::<FileDigest>().unwrap(), b3);
+        let sha = FileDigest::Sha256(Digest::of(b""));
+        assert_eq!(sha.to_string().parse::<FileDigest>().unwrap(), sha);
+        assert!("blake3:AB".parse::<FileDigest>().is_err());
+        assert!("md5:00".parse::<FileDigest>().is_err());
     }
 
     #[test]
