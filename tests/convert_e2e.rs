@@ -94,6 +94,10 @@ fn converting_twice_gives_identical_bytes() {
     let bytes = |d: &PathBuf, f: &str| std::fs::read(d.join(f)).unwrap();
     assert!(bytes(&a, "rootfs.ext4") == bytes(&b, "rootfs.ext4"), "rootfs.ext4 differs between runs");
     assert_eq!(bytes(&a, "manifest.json"), bytes(&b, "manifest.json"));
+    // A file a later layer deleted leaves no byte behind.
+    let rootfs = bytes(&a, "rootfs.ext4");
+    let secret = b"diskc-deleted-secret";
+    assert!(!rootfs.windows(secret.len()).any(|w| w == secret), "a deleted file's data is in the image");
     // The manifest's digest is the file's, as b3sum reads it.
     let b3sum = run_ok(Command::new("b3sum").arg("--no-names").arg(a.join("rootfs.ext4")));
     let digest = format!("blake3:{}", String::from_utf8_lossy(&b3sum.stdout).trim());
