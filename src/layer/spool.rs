@@ -17,7 +17,7 @@ use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::ext4::DATA_START_BYTES;
@@ -56,7 +56,7 @@ pub struct Spool {
     /// moves it.
     at: AtomicU64,
     /// Whether `settle` put the data at its place in the image.
-    settled: AtomicU32,
+    settled: AtomicBool,
     /// The layer's number in its image (0 = bottom). Set after indexing when the layer's
     /// place was not known while it streamed (a `docker save` stream lists it at the end).
     layer: AtomicU32,
@@ -110,7 +110,7 @@ impl SpoolFile {
             slot_bytes: self.slot_bytes,
             len: AtomicU64::new(0),
             at: AtomicU64::new(base),
-            settled: AtomicU32::new(0),
+            settled: AtomicBool::new(false),
             layer: AtomicU32::new(slot),
         });
         self.spools.lock().unwrap_or_else(|e| e.into_inner()).push(spool.clone());
@@ -157,7 +157,7 @@ impl SpoolFile {
         move_regions(file, &regions, to, self.slot_bytes)?;
         for r in &regions {
             r.spool.at.store(r.to, Ordering::Release);
-            r.spool.settled.store(1, Ordering::Release);
+            r.spool.settled.store(true, Ordering::Release);
         }
         // The tree's references keep the spool's descriptor open: write through another.
         self.file.try_clone()
@@ -318,7 +318,7 @@ impl Content for SpoolRef {
     }
 
     fn placed(&self) -> Option<Vec<u64>> {
-        if self.spool.settled.load(Ordering::Acquire) == 0 {
+        if !self.spool.settled.load(Ordering::Acquire) {
             return None;
         }
         let base = self.spool.at();
