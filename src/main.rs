@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use diskc::error::ErrorKind;
 
 mod cli;
 
@@ -18,11 +19,19 @@ fn main() -> ExitCode {
         }
     };
     cli::init_logging(args.global.verbose);
-    match cli::run(args) {
+    // The one runtime for the async parts (the Docker daemon); the library runs on it.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("diskc: error: cannot start the async runtime: {err}");
+            return ExitCode::from(ErrorKind::Environment.exit_code());
+        }
+    };
+    match cli::run(args, runtime.handle()) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("diskc: error: {}", cli::one_line(&err));
-            ExitCode::from(cli::exit_code(&err))
+            eprintln!("diskc: error: {err}");
+            ExitCode::from(err.kind().exit_code())
         }
     }
 }

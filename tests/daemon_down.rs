@@ -16,8 +16,8 @@ fn daemon_down_is_environment_error_with_start_hint() {
     std::env::set_var("DOCKER_HOST", format!("unix://{}", socket.display()));
 
     let errors = [
-        resolve_daemon("diskc-test/busybox:latest").unwrap_err(),
-        export_stream("diskc-test/busybox:latest").map(|_| ()).unwrap_err(),
+        resolve_daemon(common::rt(), "diskc-test/busybox:latest").unwrap_err(),
+        export_stream(common::rt(), "diskc-test/busybox:latest").map(|_| ()).unwrap_err(),
     ];
     for err in errors {
         assert_eq!(err.class(), ErrorClass::Environment, "{err}");

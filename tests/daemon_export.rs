@@ -50,7 +50,7 @@ fn inspect(format: &str) -> String {
 #[test]
 fn resolve_reports_what_docker_inspect_reports() {
     build_image();
-    let image = resolve_daemon(IMAGE).unwrap();
+    let image = resolve_daemon(common::rt(), IMAGE).unwrap();
     assert_eq!(image.id.to_string(), inspect("{{.Id}}"));
     let layers: Vec<String> = image.diff_ids.iter().map(|d| d.to_string()).collect();
     assert_eq!(layers.join(" "), inspect("{{range .RootFS.Layers}}{{.}} {{end}}"));
@@ -64,7 +64,7 @@ fn resolve_reports_what_docker_inspect_reports() {
     assert!(image.config.env.iter().any(|e| e == "GREETING=hello"), "{:?}", image.config.env);
 
     // By id, the same image.
-    let by_id = resolve_daemon(&image.id.to_string()).unwrap();
+    let by_id = resolve_daemon(common::rt(), &image.id.to_string()).unwrap();
     assert_eq!(by_id.id, image.id);
     assert_eq!(by_id.diff_ids, image.diff_ids);
 }
@@ -72,9 +72,9 @@ fn resolve_reports_what_docker_inspect_reports() {
 #[test]
 fn export_streams_a_tar_whose_digests_match_inspect() {
     build_image();
-    let image = resolve_daemon(IMAGE).unwrap();
+    let image = resolve_daemon(common::rt(), IMAGE).unwrap();
     // Export by id: exactly the inspected image.
-    let stream = export_stream(&image.id.to_string()).unwrap();
+    let stream = export_stream(common::rt(), &image.id.to_string()).unwrap();
 
     // Read it the way a consumer does: entry by entry as the bytes arrive, hashing each.
     let mut archive = tar::Archive::new(stream);
@@ -115,14 +115,14 @@ fn export_streams_a_tar_whose_digests_match_inspect() {
 #[test]
 fn dropping_the_stream_early_stops_the_export() {
     build_image();
-    let mut stream = export_stream(IMAGE).unwrap();
+    let mut stream = export_stream(common::rt(), IMAGE).unwrap();
     let mut header = [0u8; 512];
     stream.read_exact(&mut header).unwrap();
     // A tar header: the ustar magic at offset 257.
     assert_eq!(&header[257..262], b"ustar");
     drop(stream);
     // The Engine must still serve a full export afterwards.
-    let mut again = export_stream(IMAGE).unwrap();
+    let mut again = export_stream(common::rt(), IMAGE).unwrap();
     let n = std::io::copy(&mut again, &mut std::io::sink()).unwrap();
     assert!(n > 1 << 20, "export of {n} bytes is too small for a busybox image");
 }
@@ -130,8 +130,8 @@ fn dropping_the_stream_early_stops_the_export() {
 #[test]
 fn missing_image_is_bad_input_naming_it() {
     let name = "diskc-test/remote-no-such-image:missing";
-    let resolve_err = resolve_daemon(name).unwrap_err();
-    let export_err = export_stream(name).map(|_| ()).unwrap_err();
+    let resolve_err = resolve_daemon(common::rt(), name).unwrap_err();
+    let export_err = export_stream(common::rt(), name).map(|_| ()).unwrap_err();
     for err in [resolve_err, export_err] {
         assert!(matches!(err, DaemonError::NotFound { .. }), "{err:?}");
         assert_eq!(err.class(), ErrorClass::BadInput);
@@ -142,10 +142,10 @@ fn missing_image_is_bad_input_naming_it() {
 #[test]
 fn export_feeds_the_stream_reader() {
     build_image();
-    let image = resolve_daemon(IMAGE).unwrap();
+    let image = resolve_daemon(common::rt(), IMAGE).unwrap();
     let spool = common::tempdir();
     let streamed = diskc::source::read_image_stream(
-        export_stream(&image.id.to_string()).unwrap(),
+        export_stream(common::rt(), &image.id.to_string()).unwrap(),
         "docker-daemon:diskc-test/remote-daemon:latest",
         None,
         diskc::source::DEFAULT_PLATFORM,

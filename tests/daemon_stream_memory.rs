@@ -18,7 +18,7 @@ fn peak_rss() -> u64 {
 fn export_of_a_large_image_is_streamed() {
     common::ensure_base_images(&["debian"]);
     let before = peak_rss();
-    let mut reader = HashingReader::new(export_stream(common::DEBIAN_IMAGE).unwrap());
+    let mut reader = HashingReader::new(export_stream(common::rt(), common::DEBIAN_IMAGE).unwrap());
     std::io::copy(&mut reader, &mut std::io::sink()).unwrap();
     let exported = reader.count();
     let grown = peak_rss().saturating_sub(before);

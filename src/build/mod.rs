@@ -10,8 +10,9 @@
 //! It never asks the daemon to pull: base images resolve from the local image store, so
 //! builds work offline and do not change under the user.
 //!
-//! [`build_image`] is synchronous: it runs its own single-threaded Tokio runtime, so it
-//! must not be called from inside another runtime (use `spawn_blocking` there).
+//! [`build_image`] is synchronous: it runs its async part on the caller's runtime (a
+//! [`Handle`]; the library never starts one), so it must be called from outside that
+//! runtime, as blocking code is (in an async caller, from `spawn_blocking`).
 
 mod context;
 mod daemon;
@@ -30,6 +31,7 @@ use bollard::query_parameters::{BuildImageOptionsBuilder, BuilderVersion, TagIma
 use bollard::Docker;
 use futures_util::StreamExt;
 use sha2::{Digest as _, Sha256};
+use tokio::runtime::Handle;
 
 use crate::error::{Classify, ErrorClass};
 
@@ -163,8 +165,6 @@ pub enum BuildError {
     NoImageId,
     #[error("cannot tag {image_id} as {tag}: {reason}")]
     Tag { image_id: String, tag: String, reason: String },
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(#[source] io::Error),
 }
 
 fn last_output(lines: &[String]) -> String {
@@ -190,18 +190,19 @@ impl Classify for BuildError {
             | BuildError::NoBuildKit { .. }
             | BuildError::Daemon(_)
             | BuildError::NoImageId
-            | BuildError::Tag { .. }
-            | BuildError::Runtime(_) => ErrorClass::Environment,
+            | BuildError::Tag { .. } => ErrorClass::Environment,
         }
     }
 }
 
 /// Builds `plan` in the Docker daemon, reporting progress to `on_event`.
-pub fn build_image(plan: &BuildPlan, on_event: &mut dyn FnMut(BuildEvent)) -> Result<BuiltImage, BuildError> {
+pub fn build_image(
+    rt: &Handle,
+    plan: &BuildPlan,
+    on_event: &mut dyn FnMut(BuildEvent),
+) -> Result<BuiltImage, BuildError> {
     let prepared = prepare(plan)?;
-    let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(BuildError::Runtime)?;
-    runtime.block_on(run(plan, prepared, on_event))
+    rt.block_on(run(plan, prepared, on_event))
 }
 
 /// The local half of a build, resolved before the daemon is contacted.

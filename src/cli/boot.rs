@@ -10,11 +10,10 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 
 use diskc::boot::{BootError, BootSpec, RunOptions};
-use diskc::error::UsageError;
+use diskc::error::{Error, ResultExt, UsageError};
 use diskc::store::StoreError;
 
 use super::store::StoreArgs;
@@ -56,7 +55,7 @@ fn parse_memory(text: &str) -> Result<u32, UsageError> {
     n.checked_mul(factor).filter(|&m| m >= 64).ok_or_else(bad)
 }
 
-pub fn run(args: BootArgs) -> anyhow::Result<u8> {
+pub fn run(args: BootArgs) -> Result<u8, Error> {
     let memory_mib = parse_memory(&args.memory)?;
     if args.cpus == 0 {
         return Err(UsageError("--cpus must be at least 1".into()).into());
@@ -79,7 +78,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<u8> {
                 }
                 _ => format!("booting {} from the store at {root}", args.image),
             };
-            anyhow::Error::new(e).context(context)
+            Error::from(e).context(context)
         })?;
         (spec, Some(dir))
     };

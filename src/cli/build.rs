@@ -11,14 +11,14 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::{Args, ValueEnum};
+use tokio::runtime::Handle;
 
 use diskc::build::{self, BuildEvent, BuildPlan, Builder};
-use diskc::error::UsageError;
-use diskc::source::{SourceRef, DEFAULT_PLATFORM};
+use diskc::error::{Error, UsageError};
+use diskc::pipeline::{self, Progress};
 
-use super::convert::{convert_with_progress, print_result, OutputArgs};
+use super::convert::{print_result, ConvertProgress, OutputArgs};
 use super::GlobalArgs;
 
 #[derive(Args, Debug)]
@@ -105,7 +105,7 @@ pub fn plan(args: &BuildArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Bu
     })
 }
 
-pub fn run(args: BuildArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub fn run(args: BuildArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
     let plan = plan(&args, &|name| std::env::var(name).ok())?;
     let mut display: Box<dyn Display> = if global.quiet {
         Box::new(Silent)
@@ -114,23 +114,31 @@ pub fn run(args: BuildArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     } else {
         Box::new(Plain)
     };
-    let result = build::build_image(&plan, &mut |event| display.show(event));
+    let mut converting = None;
+    let result = pipeline::build(&plan, &args.output.plan(Vec::new()), rt, &mut |progress| match progress {
+        Progress::Build(event) => display.show(event),
+        Progress::Built { image_id, tags } => {
+            display.finish();
+            if !global.quiet && !global.json {
+                eprintln!("built {image_id}{}", tags_suffix(&tags));
+            }
+            converting = Some(ConvertProgress::new(global));
+        }
+        other => {
+            if let Some(converting) = &mut converting {
+                converting.show(other);
+            }
+        }
+    });
     display.finish();
-    let built = result.with_context(|| format!("building {}", plan.context.display()))?;
-    if !global.quiet && !global.json {
-        eprintln!("built {}{}", built.image_id, tags_suffix(&built.tags));
+    if let Some(mut converting) = converting {
+        converting.finish();
     }
-    // Convert exactly the image just built, by id; the manifest names it by its first tag.
-    let source = SourceRef::DockerDaemon { name: built.image_id.clone() };
-    let input = format!("docker-daemon:{}", built.tags.first().unwrap_or(&built.image_id));
-    let names = if args.output.no_store { Vec::new() } else { built.tags.clone() };
-    let convert_plan =
-        args.output.plan(source, input, DEFAULT_PLATFORM.to_string(), build_inputs(&plan), names)?;
-    let converted = convert_with_progress(&convert_plan, global)?;
+    let built = result?;
     let mut extra = serde_json::Map::new();
     extra.insert("image_id".into(), built.image_id.clone().into());
     extra.insert("tags".into(), built.tags.clone().into());
-    print_result(&converted, global, extra);
+    print_result(&built.converted, global, extra);
     Ok(0)
 }
 
@@ -140,17 +148,6 @@ fn tags_suffix(tags: &[String]) -> String {
     } else {
         format!(" as {}", tags.join(", "))
     }
-}
-
-/// What the store records of the build: the inputs that shaped the image besides its
-/// context (which the image id already covers).
-fn build_inputs(plan: &BuildPlan) -> BTreeMap<String, serde_json::Value> {
-    let mut inputs = BTreeMap::new();
-    inputs.insert("build_args".into(), serde_json::json!(plan.build_args));
-    inputs.insert("labels".into(), serde_json::json!(plan.labels));
-    inputs.insert("target".into(), serde_json::json!(plan.target));
-    inputs.insert("builder".into(), serde_json::json!(format!("{:?}", plan.builder).to_lowercase()));
-    inputs
 }
 
 trait Display {

@@ -1,18 +1,16 @@
 //! `diskc convert SOURCE`: any container image to a root filesystem, its manifest and its
 //! boot files, kept in the store and/or written to an output directory.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
+use tokio::runtime::Handle;
 
-use diskc::error::UsageError;
-use diskc::pipeline::{self, ConvertPlan, Converted, HostKernel, Progress, RootfsOptions};
+use diskc::error::Error;
+use diskc::pipeline::{self, ConvertPlan, Converted, HostKernel, OutputPlan, Progress, RootfsOptions};
 use diskc::source::{SourceRef, DEFAULT_PLATFORM};
-use diskc::store::Store;
 
 use super::store::StoreArgs;
 use super::{parse_size, GlobalArgs, SizeArg};
@@ -36,7 +34,7 @@ pub struct ConvertArgs {
     #[arg(long, default_value = DEFAULT_PLATFORM)]
     pub platform: String,
     /// Name the stored image (repeatable).
-    #[arg(short = 't', long = "tag", value_name = "NAME")]
+    #[arg(short = 't', long = "tag", value_name = "NAME", conflicts_with = "no_store")]
     pub names: Vec<String>,
     #[command(flatten)]
     pub output: OutputArgs,
@@ -51,7 +49,7 @@ pub struct OutputArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     /// Do not keep the image in the store (then -o is needed).
-    #[arg(long)]
+    #[arg(long, requires = "output")]
     pub no_store: bool,
     /// The kernel to boot with (a bzImage) [default: the image's own /boot/vmlinuz-*].
     #[arg(long, env = "DISKC_KERNEL", value_name = "VMLINUZ", requires = "modules")]
@@ -68,81 +66,75 @@ pub struct OutputArgs {
 }
 
 impl OutputArgs {
-    /// The conversion plan for `source`, named `input` in messages and manifests.
-    pub fn plan(
-        &self,
-        source: SourceRef,
-        input: String,
-        platform: String,
-        build: BTreeMap<String, serde_json::Value>,
-        names: Vec<String>,
-    ) -> Result<ConvertPlan, UsageError> {
-        if self.no_store && !names.is_empty() {
-            return Err(UsageError("--no-store with names: names are given to the stored image".into()));
-        }
-        if self.no_store && self.output.is_none() {
-            return Err(UsageError("--no-store needs -o OUTDIR: the image has to go somewhere".into()));
-        }
-        let kernel = match (&self.kernel, &self.modules) {
-            (Some(kernel), Some(modules)) => {
-                Some(HostKernel { kernel: kernel.clone(), modules: modules.clone() })
-            }
-            _ => None,
-        };
-        Ok(ConvertPlan {
-            source,
-            input,
-            platform,
+    /// Where the image goes; `names` are given to the stored image.
+    pub fn plan(&self, names: Vec<String>) -> OutputPlan {
+        OutputPlan {
             outdir: self.output.clone(),
-            store: (!self.no_store).then(|| self.store.store.clone().unwrap_or_else(Store::default_root)),
+            store: (!self.no_store)
+                .then(|| self.store.store.clone().unwrap_or_else(OutputPlan::default_store)),
             rootfs: RootfsOptions { size: self.size.0, journal: !self.no_journal },
-            kernel,
-            build,
+            kernel: match (&self.kernel, &self.modules) {
+                (Some(kernel), Some(modules)) => {
+                    Some(HostKernel { kernel: kernel.clone(), modules: modules.clone() })
+                }
+                _ => None,
+            },
+            build_inputs: Default::default(),
             names,
-        })
+        }
     }
 }
 
-pub fn run(args: ConvertArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
-    let source: SourceRef = args.source.parse()?;
-    let plan = args.output.plan(
-        source,
-        args.source.clone(),
-        args.platform.clone(),
-        BTreeMap::new(),
-        args.names.clone(),
-    )?;
-    let converted = convert_with_progress(&plan, global)?;
-    print_result(&converted, global, serde_json::Map::new());
+pub fn run(args: ConvertArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
+    let plan = ConvertPlan {
+        source: args.source.parse::<SourceRef>()?,
+        input: args.source.clone(),
+        platform: args.platform.clone(),
+        output: args.output.plan(args.names.clone()),
+    };
+    let mut progress = ConvertProgress::new(global);
+    let converted = pipeline::convert(&plan, rt, &mut |p| progress.show(p));
+    progress.finish();
+    print_result(&converted?, global, serde_json::Map::new());
     Ok(0)
 }
 
-/// Runs the pipeline with a progress line on stderr when it is a terminal.
-pub fn convert_with_progress(plan: &ConvertPlan, global: &GlobalArgs) -> anyhow::Result<Converted> {
-    let bar = (!global.quiet && std::io::stderr().is_terminal()).then(|| {
+/// A spinner line on stderr for the conversion, when it is a terminal.
+pub struct ConvertProgress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl ConvertProgress {
+    pub fn new(global: &GlobalArgs) -> Self {
+        ConvertProgress { bar: (!global.quiet && std::io::stderr().is_terminal()).then(Self::spinner) }
+    }
+
+    fn spinner() -> indicatif::ProgressBar {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.enable_steady_tick(Duration::from_millis(120));
-        bar.set_message(format!("resolving {}", plan.input));
         bar
-    });
-    let mut on_progress = |p: Progress| {
-        let Some(bar) = &bar else { return };
+    }
+
+    pub fn show(&mut self, p: Progress) {
+        let Some(bar) = &self.bar else { return };
         bar.set_message(match p {
-            Progress::Resolved { layers, bytes: Some(b) } => {
+            Progress::Build(_) | Progress::Built { .. } => return,
+            Progress::Resolved { layers, bytes: Some(b), .. } => {
                 format!("reading {layers} layers ({})", indicatif::HumanBytes(b))
             }
-            Progress::Resolved { layers, bytes: None } => format!("reading {layers} layers"),
+            Progress::Resolved { layers, bytes: None, .. } => format!("reading {layers} layers"),
             Progress::CacheHit { id } => format!("in the store already: {}", &id[..12.min(id.len())]),
             Progress::LayersIndexed { .. } => "merging layers".into(),
             Progress::Flattened { entries } => format!("writing ext4 ({entries} entries)"),
             Progress::RootfsWritten { .. } => "storing".into(),
         });
-    };
-    let result = pipeline::convert(plan, &mut on_progress);
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
     }
-    result.with_context(|| format!("converting {}", plan.input))
+
+    pub fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// One line for people, or one JSON object (with `extra` fields first) for machines.

@@ -2,8 +2,9 @@
 //! validated plan for the library before any work starts.
 
 use clap::{Args, Parser, Subcommand};
+use tokio::runtime::Handle;
 
-use diskc::error::{Classify, ErrorClass};
+use diskc::error::Error;
 
 pub mod boot;
 pub mod build;
@@ -70,12 +71,12 @@ pub enum Command {
     StorePut(store::StorePutArgs),
 }
 
-/// Runs a parsed command; returns the process exit code.
-pub fn run(cli: Cli) -> anyhow::Result<u8> {
+/// Runs a parsed command on `rt`, the process's runtime; returns the process exit code.
+pub fn run(cli: Cli, rt: &Handle) -> Result<u8, Error> {
     let global = &cli.global;
     match cli.command {
-        Command::Build(args) => build::run(args, global),
-        Command::Convert(args) => convert::run(args, global),
+        Command::Build(args) => build::run(args, global, rt),
+        Command::Convert(args) => convert::run(args, global, rt),
         Command::Mkfs(args) => mkfs::run(args, global),
         Command::Boot(args) => boot::run(args),
         Command::Ls(args) => store::ls(args, global),
@@ -123,81 +124,4 @@ pub fn init_logging(verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-}
-
-/// The error and its causes on one line.
-pub fn one_line(err: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in err.chain() {
-        let mut text = cause.to_string().replace('\n', " ");
-        if let Some(previous) = parts.last() {
-            // "converting X" then "X: what is wrong": say X once.
-            if let Some((head, rest)) = text.split_once(": ") {
-                if previous.ends_with(head) {
-                    text = rest.to_string();
-                }
-            }
-            // Skip a cause whose text the previous part already carries.
-            if previous.contains(&text) {
-                continue;
-            }
-        }
-        parts.push(text);
-    }
-    parts.join(": ")
-}
-
-/// The exit code of the first classified error in the chain; unclassified I/O errors are
-/// environment failures.
-pub fn exit_code(err: &anyhow::Error) -> u8 {
-    for cause in err.chain() {
-        if let Some(class) = classify(cause) {
-            return class.exit_code() as u8;
-        }
-    }
-    ErrorClass::Environment.exit_code() as u8
-}
-
-fn classify(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorClass> {
-    macro_rules! try_types {
-        ($($t:ty),* $(,)?) => {$(
-            if let Some(e) = cause.downcast_ref::<$t>() {
-                return Some(e.class());
-            }
-        )*};
-    }
-    try_types!(
-        diskc::error::UsageError,
-        diskc::pipeline::PipelineError,
-        diskc::boot::BootError,
-        diskc::store::StoreError,
-        diskc::build::BuildError,
-        diskc::ext4::Ext4Error,
-        diskc::tree::host::HostError,
-        diskc::source::SourceError,
-        diskc::layer::LayerError,
-        diskc::tree::flatten::FlattenError,
-        diskc::source::InvalidSource,
-        diskc::source::daemon::DaemonError,
-        diskc::source::registry::RegistryError,
-        diskc::docker::DockerError,
-    );
-    if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-        return Some(ErrorClass::of_io(io));
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_line_says_the_input_once_and_skips_repeated_causes() {
-        let inner = std::io::Error::other("No space left on device");
-        let err = anyhow::Error::new(inner)
-            .context("docker-daemon:app:1: layer #0: No space left on device")
-            .context("converting docker-daemon:app:1");
-        assert_eq!(one_line(&err), "converting docker-daemon:app:1: layer #0: No space left on device");
-    }
 }

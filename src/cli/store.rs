@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 
+use diskc::error::{Error, ResultExt};
 use diskc::store::{Chunking, ImageRecord, Store};
 
 use super::GlobalArgs;
@@ -22,7 +22,7 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    pub fn open(&self) -> anyhow::Result<Store> {
+    pub fn open(&self) -> Result<Store, Error> {
         let root = self.store.clone().unwrap_or_else(Store::default_root);
         Store::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))
     }
@@ -107,7 +107,7 @@ pub struct StorePutArgs {
     pub chunking: Chunking,
 }
 
-pub fn ls(args: LsArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub fn ls(args: LsArgs, global: &GlobalArgs) -> Result<u8, Error> {
     let images = args.store.open()?.ls()?;
     if global.json {
         let rows: Vec<_> = images
@@ -135,7 +135,7 @@ pub fn ls(args: LsArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-pub fn inspect(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub fn inspect(args: InspectArgs, global: &GlobalArgs) -> Result<u8, Error> {
     let store = args.store.open()?;
     let id = store.resolve(&args.image)?;
     let manifest = store.manifest(&id)?;
@@ -144,12 +144,12 @@ pub fn inspect(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             store.names()?.into_iter().filter(|(_, n)| *n == id).map(|(name, _)| name).collect();
         println!("{}", json!({"id": id, "names": names, "manifest": manifest}));
     } else {
-        println!("{}", serde_json::to_string_pretty(&manifest)?);
+        println!("{}", serde_json::to_string_pretty(&manifest).expect("a manifest serializes"));
     }
     Ok(0)
 }
 
-pub fn export(args: ExportArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub fn export(args: ExportArgs, global: &GlobalArgs) -> Result<u8, Error> {
     let store = args.store.open()?;
     let id = store.resolve(&args.image)?;
     store
@@ -173,7 +173,7 @@ pub fn export(args: ExportArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-pub fn tag(args: TagArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub fn tag(args: TagArgs, global: &GlobalArgs) -> Result<u8, Error> {
     let id = args.store.open()?.tag(&args.image, &args.name)?;
     if global.json {
         println!("{}", json!({"id": id, "name": args.name}));
@@ -183,7 +183,7 @@ pub fn tag(args: TagArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-pub fn rm(args: RmArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub fn rm(args: RmArgs, global: &GlobalArgs) -> Result<u8, Error> {
     let (id, names) = args.store.open()?.rm(&args.image)?;
     if global.json {
         println!("{}", json!({"id": id, "names": names}));
@@ -193,10 +193,10 @@ pub fn rm(args: RmArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-pub fn gc(args: GcArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub fn gc(args: GcArgs, global: &GlobalArgs) -> Result<u8, Error> {
     let report = args.store.open()?.gc()?;
     if global.json {
-        println!("{}", serde_json::to_string(&report)?);
+        println!("{}", serde_json::to_string(&report).expect("a report serializes"));
     } else if !global.quiet {
         println!(
             "removed {} chunks ({}), kept {}; removed {} temp files and {} stale names or cache entries",
@@ -211,7 +211,7 @@ pub fn gc(args: GcArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
 }
 
 /// Exits 2 when anything is damaged.
-pub fn verify(args: VerifyArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub fn verify(args: VerifyArgs, global: &GlobalArgs) -> Result<u8, Error> {
     let report = args.store.open()?.verify()?;
     let code = if report.is_clean() { 0 } else { 2 };
     if global.json {
@@ -242,7 +242,7 @@ pub fn verify(args: VerifyArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     Ok(code)
 }
 
-pub fn store_put(args: StorePutArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub fn store_put(args: StorePutArgs, global: &GlobalArgs) -> Result<u8, Error> {
     let store = args.store.open()?.with_chunking(args.chunking);
     let mut boot = Vec::new();
     if let Some(kernel) = &args.kernel {

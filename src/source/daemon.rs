@@ -8,19 +8,20 @@
 //! re-creates every layer tar on its own disk before it sends the first byte, 1.5 s of
 //! the 1.7 s export of a 128 MB image here; that part is the Engine's.)
 //!
-//! bollard is async; the rest of diskc is blocking. Each call runs its own current-thread
-//! tokio runtime; the export keeps one on a thread of its own for as long as the stream is
-//! read.
+//! bollard is async; the rest of diskc is blocking. Both calls run their async part on the
+//! caller's runtime (a [`Handle`]; the library never starts one) and must be called from
+//! outside it, as blocking code is (in an async caller, from `spawn_blocking`). The export
+//! runs as a task on that runtime for as long as the stream is read.
 
 use std::io::{self, Read};
-use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::thread;
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
 use bollard::Docker;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::digest::Digest;
 use crate::docker::{self, DockerError};
@@ -51,8 +52,8 @@ pub enum DaemonError {
     },
     #[error("the Docker daemon describes image {name} badly: {problem}")]
     BadInspect { name: String, problem: String },
-    #[error("cannot start a runtime for the Docker daemon: {0}")]
-    Runtime(#[source] io::Error),
+    #[error("the export of image {name} stopped before it started: the runtime is shutting down")]
+    Stopped { name: String },
 }
 
 impl Classify for DaemonError {
@@ -60,7 +61,7 @@ impl Classify for DaemonError {
         match self {
             DaemonError::Daemon(e) => e.class(),
             DaemonError::NotFound { .. } | DaemonError::BadInspect { .. } => ErrorClass::BadInput,
-            DaemonError::Api { .. } | DaemonError::Runtime(_) => ErrorClass::Environment,
+            DaemonError::Api { .. } | DaemonError::Stopped { .. } => ErrorClass::Environment,
         }
     }
 }
@@ -83,10 +84,6 @@ pub struct DaemonImage {
     pub config: ImageConfig,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, DaemonError> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(DaemonError::Runtime)
-}
-
 fn api_error(name: &str, source: BollardError) -> DaemonError {
     match source {
         BollardError::DockerResponseServerError { status_code: 404, .. } => {
@@ -97,8 +94,8 @@ fn api_error(name: &str, source: BollardError) -> DaemonError {
 }
 
 /// Inspects image `name` (`NAME[:TAG]`, `NAME@DIGEST` or an image id).
-pub fn resolve_daemon(name: &str) -> Result<DaemonImage, DaemonError> {
-    runtime()?.block_on(async {
+pub fn resolve_daemon(rt: &Handle, name: &str) -> Result<DaemonImage, DaemonError> {
+    rt.block_on(async {
         let docker = docker::connect().await?;
         let inspect = docker.inspect_image(name).await.map_err(|e| api_error(name, e))?;
         daemon_image(name, inspect)
@@ -154,30 +151,24 @@ fn image_config(c: bollard::models::ImageConfig) -> ImageConfig {
 ///
 /// `name` is `NAME:TAG`, `NAME@DIGEST` or an image id, as [`crate::source::SourceRef`]
 /// normalises it: given a bare repository name, the Engine would export every tag of it.
-pub fn export_stream(name: &str) -> Result<ExportStream, DaemonError> {
-    let name = name.to_string();
-    let (tx, rx) = mpsc::sync_channel::<io::Result<Bytes>>(CHANNEL_CHUNKS);
-    let (started_tx, started_rx) = mpsc::sync_channel::<Result<(), DaemonError>>(1);
-    let rt = runtime()?;
-    let thread_name = name.clone();
-    thread::Builder::new()
-        .name("docker-export".into())
-        .spawn(move || rt.block_on(pump_export(thread_name, started_tx, tx)))
-        .map_err(DaemonError::Runtime)?;
-    match started_rx.recv() {
+pub fn export_stream(rt: &Handle, name: &str) -> Result<ExportStream, DaemonError> {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(CHANNEL_CHUNKS);
+    let (started_tx, started_rx) = oneshot::channel::<Result<(), DaemonError>>();
+    rt.spawn(pump_export(name.to_string(), started_tx, tx));
+    match started_rx.blocking_recv() {
         Ok(Ok(())) => Ok(ExportStream { rx, current: Bytes::new() }),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(DaemonError::Runtime(io::Error::other("the export thread stopped before it started"))),
+        Err(_) => Err(DaemonError::Stopped { name: name.to_string() }),
     }
 }
 
-/// Runs on the export thread: waits for the Engine's first chunk (which is where a missing
+/// Runs as a task on the caller's runtime: waits for the Engine's first chunk (which is where a missing
 /// image shows up), reports the start, then forwards chunks until the archive ends or the
 /// reader is dropped.
 async fn pump_export(
     name: String,
-    started: SyncSender<Result<(), DaemonError>>,
-    tx: SyncSender<io::Result<Bytes>>,
+    started: oneshot::Sender<Result<(), DaemonError>>,
+    tx: mpsc::Sender<io::Result<Bytes>>,
 ) {
     let docker: Docker = match docker::connect().await {
         Ok(d) => d.with_timeout(EXPORT_HEAD_TIMEOUT),
@@ -207,9 +198,9 @@ async fn pump_export(
         let item =
             item.map_err(|e| io::Error::other(format!("export of image {name} from the Docker daemon: {e}")));
         let failed = item.is_err();
-        // A blocking send on this single-purpose thread: the channel is the backpressure
-        // that keeps the Engine from running ahead of the consumer.
-        if tx.send(item).is_err() || failed {
+        // The bounded channel is the backpressure that keeps the Engine from running ahead
+        // of the consumer.
+        if tx.send(item).await.is_err() || failed {
             return;
         }
         next = stream.next().await;
@@ -218,17 +209,17 @@ async fn pump_export(
 
 /// The export as a blocking reader. Dropping it stops the export.
 pub struct ExportStream {
-    rx: Receiver<io::Result<Bytes>>,
+    rx: mpsc::Receiver<io::Result<Bytes>>,
     current: Bytes,
 }
 
 impl Read for ExportStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
-            match self.rx.recv() {
-                Ok(chunk) => self.current = chunk?,
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk?,
                 // The sender is dropped only after the last chunk or after an error it sent.
-                Err(_) => return Ok(0),
+                None => return Ok(0),
             }
         }
         let n = buf.len().min(self.current.len());

@@ -8,6 +8,7 @@ use super::{
     SourceError, SourceRef,
 };
 use crate::layer::{self, LayerExpect, LayerIndex, LayerJob, SpoolFile};
+use tokio::runtime::Handle;
 
 /// An image whose manifest and config are known and whose layers are not read yet.
 pub trait ImageSource: Send {
@@ -45,6 +46,7 @@ impl ImageSource for LocalImage {
 /// An image in the Docker daemon: inspected now, exported (`docker save`'s stream) and
 /// indexed as it arrives when its layers are asked for.
 struct DaemonSource {
+    rt: Handle,
     image: DaemonImage,
     resolved: ResolvedImage,
     config: ParsedConfig,
@@ -52,8 +54,8 @@ struct DaemonSource {
 }
 
 impl DaemonSource {
-    fn open(name: &str, platform: &str) -> Result<Self, SourceError> {
-        let image = resolve_daemon(name)?;
+    fn open(rt: &Handle, name: &str, platform: &str) -> Result<Self, SourceError> {
+        let image = resolve_daemon(rt, name)?;
         // Inspect gives no manifest and no raw config; the stream brings both. Until then
         // the layers are known by their diff_ids, and the image by its id (the config digest).
         let resolved = ResolvedImage {
@@ -72,7 +74,7 @@ impl DaemonSource {
             diff_ids: image.diff_ids.clone(),
             platform: image.platform.clone(),
         };
-        Ok(DaemonSource { image, resolved, config, platform: platform.to_string() })
+        Ok(DaemonSource { rt: rt.clone(), image, resolved, config, platform: platform.to_string() })
     }
 }
 
@@ -90,7 +92,7 @@ impl ImageSource for DaemonSource {
         spool: &SpoolFile,
     ) -> Result<(ResolvedImage, Vec<LayerIndex>), SourceError> {
         // Export by id: exactly the image inspected, even if the name moves meanwhile.
-        let stream = export_stream(&self.image.id.to_string())?;
+        let stream = export_stream(&self.rt, &self.image.id.to_string())?;
         let input = format!("docker-daemon:{}", self.image.name);
         let streamed = read_image_stream(stream, &input, None, &self.platform, spool, &self.image.diff_ids)?;
         if streamed.resolved.config_digest != self.image.id {
@@ -170,13 +172,14 @@ impl ImageSource for RegistrySource {
     }
 }
 
-/// Opens `source`; `platform` picks among a multi-platform index.
-pub fn open(source: &SourceRef, platform: &str) -> Result<Box<dyn ImageSource>, SourceError> {
+/// Opens `source`; `platform` picks among a multi-platform index. The daemon source runs its
+/// async part on `rt`, the caller's runtime.
+pub fn open(rt: &Handle, source: &SourceRef, platform: &str) -> Result<Box<dyn ImageSource>, SourceError> {
     Ok(match source {
         SourceRef::Oci { .. } | SourceRef::OciArchive { .. } | SourceRef::DockerArchive { .. } => {
             Box::new(open_local(source, platform)?)
         }
-        SourceRef::DockerDaemon { name } => Box::new(DaemonSource::open(name, platform)?),
+        SourceRef::DockerDaemon { name } => Box::new(DaemonSource::open(rt, name, platform)?),
         SourceRef::Registry(reference) => Box::new(RegistrySource::open(reference, platform)?),
     })
 }

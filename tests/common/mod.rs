@@ -14,6 +14,12 @@ pub const DOCKER: &str = "/usr/bin/docker";
 pub const BUSYBOX_IMAGE: &str = "diskc-test/busybox:latest";
 pub const DEBIAN_IMAGE: &str = "diskc-test/debian:bookworm";
 
+/// The runtime a test owns for the library's async parts, as `main` owns one for the CLI.
+pub fn rt() -> &'static tokio::runtime::Handle {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| tokio::runtime::Runtime::new().expect("a tokio runtime")).handle()
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

@@ -1,0 +1,247 @@
+//! `convert`: an image from any source through the stages — source → layers → flatten →
+//! ext4 → store and/or output directory. A conversion the store already holds is answered
+//! from the store without reading a layer.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use tokio::runtime::Handle;
+
+use super::cache_key::cache_key;
+use super::rootfs::{digest_file, ext4_options, format_uuid, fs_time, write_rootfs};
+use super::staging::{check_outdir, write_manifest, Staging};
+use super::{ConvertPlan, HostKernel, PipelineError, Progress, Timings};
+use crate::boot::{self, KernelSource, STORE_INITRD, STORE_KERNEL};
+use crate::digest::FileDigest;
+use crate::error::{Error, ResultExt};
+use crate::ext4;
+use crate::layer;
+use crate::manifest::{
+    BootManifest, ImageConfig, OutputManifest, RootfsInfo, SourceInfo, FORMAT_VERSION, ROOTFS_FILE,
+};
+use crate::source;
+use crate::store::{ImageId, ImageRecord, Store, StoreError};
+use crate::tree::FsTree;
+
+/// The result of a conversion.
+#[derive(Clone, Debug)]
+pub struct Converted {
+    pub manifest: OutputManifest,
+    pub outdir: Option<PathBuf>,
+    /// The store answered without reading a layer.
+    pub cache_hit: bool,
+    pub timings: Timings,
+}
+
+/// Converts the plan's source into a root filesystem with its manifest and boot files, in
+/// the plan's outdir and/or store. Blocks; the daemon source runs its async part on `rt`.
+pub fn convert(
+    plan: &ConvertPlan,
+    rt: &Handle,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Converted, Error> {
+    plan.output.check()?;
+    run(plan, rt, progress).with_context(|| format!("converting {}", plan.input))
+}
+
+fn run(
+    plan: &ConvertPlan,
+    rt: &Handle,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Converted, PipelineError> {
+    let output = &plan.output;
+    let started = Instant::now();
+    let mut timings = Timings::default();
+    if let Some(outdir) = &output.outdir {
+        check_outdir(outdir)?;
+    }
+    let store = output.store.as_deref().map(Store::open).transpose()?;
+
+    let opened = source::open(rt, &plan.source, &plan.platform)?;
+    let bytes = opened.resolved().layers.iter().map(|l| l.size).sum::<Option<u64>>();
+    progress(Progress::Resolved { input: plan.input.clone(), layers: opened.resolved().layers.len(), bytes });
+    timings.resolve = lap(started, &timings);
+
+    let cache_key = cache_key(plan, opened.resolved().config_digest)?;
+    if let Some(store) = &store {
+        if let Some(id) = store.cache_get(&cache_key)? {
+            progress(Progress::CacheHit { id: id.to_string() });
+            name_image(store, &id, &output.names)?;
+            let manifest = from_store(store, &id, plan)?;
+            timings.total = started.elapsed().as_secs_f64();
+            return Ok(Converted { manifest, outdir: output.outdir.clone(), cache_hit: true, timings });
+        }
+    }
+
+    let staging = match (&output.outdir, &store) {
+        (Some(outdir), _) => Staging::beside(outdir)?,
+        (None, Some(store)) => Staging::new(&store.root().join("tmp"), "convert")?,
+        (None, None) => unreachable!("OutputPlan::check refuses a plan without a destination"),
+    };
+    let config = opened.config().clone();
+    // The layers spool straight into the image file, and their data stays where it lands.
+    let rootfs_path = staging.path.join(ROOTFS_FILE);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&rootfs_path)
+        .map_err(|source| PipelineError::Io { what: "creating", path: rootfs_path.clone(), source })?;
+    let spool = layer::SpoolFile::new(file);
+    let (resolved, layers) = opened.index_layers(&spool)?;
+    timings.layers = lap(started, &timings);
+    progress(Progress::LayersIndexed { seconds: timings.layers });
+
+    let tree = layer::flatten_layers(&layers)
+        .map_err(|source| PipelineError::Flatten { input: plan.input.clone(), source })?;
+    progress(Progress::Flattened { entries: tree.arena_len() });
+    timings.flatten = lap(started, &timings);
+
+    let file = spool.settle(tree.files().map(|f| &f.content)).map_err(|source| PipelineError::Io {
+        what: "writing",
+        path: rootfs_path.clone(),
+        source,
+    })?;
+    let options = ext4::Options {
+        data_in_place: true,
+        ..ext4_options(&config.diff_ids, &output.rootfs, fs_time(&tree))
+    };
+    let summary = write_rootfs(&tree, &options, &file, &plan.input)?;
+    let boot = boot_part(output.kernel.as_ref(), &tree, &staging.path, &config.config)?;
+    drop(tree);
+    drop(layers); // the spools go with the last reference to them
+    let digest = digest_file(&rootfs_path)?;
+    timings.rootfs = lap(started, &timings);
+    progress(Progress::RootfsWritten { bytes: summary.size_bytes, seconds: timings.rootfs });
+
+    let mut manifest = OutputManifest {
+        diskc_version: env!("CARGO_PKG_VERSION").to_string(),
+        format_version: FORMAT_VERSION,
+        id: None,
+        source: SourceInfo {
+            reference: plan.input.clone(),
+            manifest_digest: resolved.manifest_digest,
+            config_digest: resolved.config_digest,
+            layers: resolved.layers.iter().map(|l| l.digest).collect(),
+            diff_ids: config.diff_ids.clone(),
+            platform: config.platform.clone(),
+        },
+        config: config.config.clone(),
+        rootfs: RootfsInfo {
+            file: ROOTFS_FILE.to_string(),
+            digest,
+            size: summary.size_bytes,
+            uuid: format_uuid(&summary.uuid),
+        },
+        boot,
+    };
+    if let Some(store) = &store {
+        let id = keep(store, &staging.path, &manifest, plan)?;
+        store.cache_put(&cache_key, &id)?;
+        name_image(store, &id, &output.names)?;
+        manifest.id = Some(id.to_string());
+        timings.store = lap(started, &timings);
+    }
+    if let Some(outdir) = &output.outdir {
+        write_manifest(&staging.path, &manifest)?;
+        staging.commit(outdir)?;
+    }
+    timings.total = started.elapsed().as_secs_f64();
+    Ok(Converted { manifest, outdir: output.outdir.clone(), cache_hit: false, timings })
+}
+
+/// The boot part: the given kernel, else the image's own, else none. Writes the kernel and
+/// the initrd into `dir`.
+fn boot_part<C: crate::tree::Content>(
+    kernel: Option<&HostKernel>,
+    tree: &FsTree<C>,
+    dir: &Path,
+    config: &ImageConfig,
+) -> Result<Option<BootManifest>, PipelineError> {
+    let kernel = match kernel {
+        Some(k) => KernelSource::from_host(&k.kernel, &k.modules)?,
+        None => match KernelSource::from_tree(tree)? {
+            Some(own) => own,
+            None => return Ok(None),
+        },
+    };
+    Ok(Some(boot::prepare(dir, &kernel, config)?))
+}
+
+/// Puts the staged rootfs and boot files in the store, with what the manifest says of them.
+fn keep(
+    store: &Store,
+    staged: &Path,
+    manifest: &OutputManifest,
+    plan: &ConvertPlan,
+) -> Result<ImageId, StoreError> {
+    let rootfs = staged.join(ROOTFS_FILE);
+    let boot_files: Vec<(&str, PathBuf)> = match &manifest.boot {
+        Some(b) => {
+            vec![(STORE_KERNEL, staged.join(&b.kernel.file)), (STORE_INITRD, staged.join(&b.initrd.file))]
+        }
+        None => Vec::new(),
+    };
+    let boot_files: Vec<(&str, &Path)> = boot_files.iter().map(|(n, p)| (*n, p.as_path())).collect();
+    let record = ImageRecord {
+        uuid: manifest.rootfs.uuid.clone(),
+        rootfs_digest: Some(manifest.rootfs.digest),
+        boot: manifest.boot.clone(),
+        source: Some(manifest.source.clone()),
+        config: manifest.config.clone(),
+        build: plan.output.build_inputs.clone(),
+    };
+    store.put_image(&rootfs, &boot_files, record)
+}
+
+fn name_image(store: &Store, id: &ImageId, names: &[String]) -> Result<(), StoreError> {
+    for name in names {
+        store.tag(&id.to_string(), name)?;
+    }
+    Ok(())
+}
+
+/// A cache hit: the stored image's manifest, and its files in the outdir when asked for.
+fn from_store(store: &Store, id: &ImageId, plan: &ConvertPlan) -> Result<OutputManifest, PipelineError> {
+    let stored = store.manifest(id)?;
+    let mut manifest = OutputManifest {
+        diskc_version: env!("CARGO_PKG_VERSION").to_string(),
+        format_version: FORMAT_VERSION,
+        id: Some(id.to_string()),
+        source: stored.source.clone().ok_or_else(|| StoreError::CorruptManifest {
+            id: id.to_string(),
+            reason: "a cached conversion has no source".into(),
+        })?,
+        config: stored.config.clone(),
+        rootfs: RootfsInfo {
+            file: ROOTFS_FILE.to_string(),
+            digest: stored.rootfs.digest.unwrap_or(FileDigest::Blake3(blake3::hash(b"").into())),
+            size: stored.rootfs.file.size,
+            uuid: stored.rootfs.uuid.clone(),
+        },
+        boot: stored.boot.clone(),
+    };
+    // The source as named this time; the image is the same.
+    manifest.source.reference = plan.input.clone();
+    if let Some(outdir) = &plan.output.outdir {
+        let staging = Staging::beside(outdir)?;
+        let rootfs = staging.path.join(ROOTFS_FILE);
+        store.export_rootfs(id, &rootfs)?;
+        if stored.rootfs.digest.is_none() {
+            manifest.rootfs.digest = digest_file(&rootfs)?;
+        }
+        if let Some(boot) = &manifest.boot {
+            store.export_file(id, STORE_KERNEL, &staging.path.join(&boot.kernel.file))?;
+            store.export_file(id, STORE_INITRD, &staging.path.join(&boot.initrd.file))?;
+        }
+        write_manifest(&staging.path, &manifest)?;
+        staging.commit(outdir)?;
+    }
+    Ok(manifest)
+}
+
+fn lap(started: Instant, timings: &Timings) -> f64 {
+    let before = timings.resolve + timings.layers + timings.flatten + timings.rootfs + timings.store;
+    started.elapsed().as_secs_f64() - before
+}

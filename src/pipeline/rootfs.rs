@@ -1,0 +1,179 @@
+//! The rootfs stage shared by convert and mkfs: ext4 options derived from the input (never
+//! from the clock), writing the image into a staged file, and its BLAKE3 digest.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use sha2::{Digest as _, Sha256};
+
+use super::{PipelineError, RootfsOptions};
+use crate::digest::{Digest, FileDigest};
+use crate::ext4::{self, SizeSpec};
+use crate::manifest::FORMAT_VERSION;
+use crate::store::chunking::data_extents;
+use crate::tree::{Content, FsTree, NodeKind, Timestamp};
+
+/// ext4 options for an image: the UUID and hash seed come from the layers' content digests
+/// and the options, so the same layers give the same filesystem through any transport.
+pub fn ext4_options(diff_ids: &[Digest], rootfs: &RootfsOptions, fs_time: Timestamp) -> ext4::Options {
+    let mut seed = Sha256::new();
+    seed.update(format!("diskc rootfs v{FORMAT_VERSION}\n"));
+    for d in diff_ids {
+        seed.update(d.as_bytes());
+    }
+    seed.update(serde_json::to_vec(rootfs).expect("options serialize"));
+    ext4::Options {
+        size: size_spec(rootfs.size),
+        journal: rootfs.journal,
+        seed: seed.finalize().into(),
+        fs_time,
+        ..Default::default()
+    }
+}
+
+/// `None` is the default: the content plus headroom.
+pub(super) fn size_spec(size: Option<u64>) -> SizeSpec {
+    match size {
+        Some(bytes) => SizeSpec::Bytes(bytes),
+        None => ext4::Options::default().size,
+    }
+}
+
+/// `SOURCE_DATE_EPOCH` when set (and valid), else the newest mtime in the tree: never the clock.
+pub fn fs_time<C>(tree: &FsTree<C>) -> Timestamp {
+    if let Some(sec) = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse().ok()) {
+        return Timestamp::new(sec, 0);
+    }
+    let newest = tree.walk().into_iter().map(|(_, id)| tree.get(id).meta.mtime).max().unwrap_or_default();
+    Timestamp::new(newest.sec.max(0), 0)
+}
+
+/// The seed for a filesystem made from a tree alone (mkfs): a digest of the tree's listing
+/// (paths, kinds, modes, owners, sizes, times, targets, device numbers, xattrs, hard-link
+/// identity). File contents are left out so the seed costs no extra read of the data.
+pub(super) fn tree_seed<C>(tree: &FsTree<C>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut first_seen = std::collections::HashMap::new();
+    for (i, (path, id)) in tree.walk().into_iter().enumerate() {
+        let node = tree.get(id);
+        h.update((path.len() as u64).to_le_bytes());
+        h.update(&path);
+        h.update((*first_seen.entry(id).or_insert(i) as u64).to_le_bytes());
+        let m = &node.meta;
+        h.update(m.mode.to_le_bytes());
+        h.update(m.uid.to_le_bytes());
+        h.update(m.gid.to_le_bytes());
+        h.update(m.mtime.sec.to_le_bytes());
+        h.update(m.mtime.nsec.to_le_bytes());
+        for (k, v) in &m.xattrs {
+            h.update((k.len() as u64).to_le_bytes());
+            h.update(k);
+            h.update((v.len() as u64).to_le_bytes());
+            h.update(v);
+        }
+        match &node.kind {
+            NodeKind::Directory(_) => h.update(b"d"),
+            NodeKind::File(f) => {
+                h.update(b"f");
+                h.update(f.size.to_le_bytes());
+            }
+            NodeKind::Symlink(t) => {
+                h.update(b"l");
+                h.update((t.len() as u64).to_le_bytes());
+                h.update(t);
+            }
+            NodeKind::CharDevice(d) | NodeKind::BlockDevice(d) => {
+                h.update(if matches!(node.kind, NodeKind::CharDevice(_)) { b"c" } else { b"b" });
+                h.update(d.major.to_le_bytes());
+                h.update(d.minor.to_le_bytes());
+            }
+            NodeKind::Fifo => h.update(b"p"),
+            NodeKind::Socket => h.update(b"s"),
+        }
+    }
+    h.finalize().into()
+}
+
+/// Writes `tree` (made from `input`) as ext4 into `file`; the caller stages the file, so a
+/// failure leaves nothing half-written where anyone looks.
+pub(super) fn write_rootfs<C: Content>(
+    tree: &FsTree<C>,
+    options: &ext4::Options,
+    file: &File,
+    input: &str,
+) -> Result<ext4::Summary, PipelineError> {
+    let summary = ext4::write_image(tree, options, file)
+        .map_err(|source| PipelineError::Ext4 { input: input.to_string(), source })?;
+    // Start writing it out now, while it is hashed and stored; `Staging::commit` waits for
+    // it (fsync) before the output appears. Starting writeback of gigabytes blocks for a
+    // while (the filesystem allocates the delayed blocks), so it happens on a thread.
+    if let Ok(file) = file.try_clone() {
+        // SAFETY: sync_file_range on a descriptor the thread owns only schedules writeback.
+        std::thread::spawn(move || unsafe {
+            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
+        });
+    }
+    Ok(summary)
+}
+
+/// The rootfs digest: BLAKE3 of the file, hashed on every core. Holes hash as the zeros
+/// they read as, without reading them. The data is mapped a window at a time, so it is
+/// hashed straight from the page cache but never all counted towards this process's memory.
+pub fn digest_file(path: &Path) -> Result<FileDigest, PipelineError> {
+    const WINDOW: u64 = 64 << 20;
+    let hash = || -> io::Result<FileDigest> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        let mut hasher = blake3::Hasher::new();
+        let zeros = vec![0u8; WINDOW as usize];
+        let mut pos = 0;
+        let extents = data_extents(&file, len)?;
+        for data in extents.iter().map(Some).chain([None]) {
+            let (hole_end, data_end) = data.map_or((len, len), |d| (d.start, d.end));
+            while pos < hole_end {
+                let n = (hole_end - pos).min(WINDOW);
+                hasher.update_rayon(&zeros[..n as usize]);
+                pos += n;
+            }
+            while pos < data_end {
+                let n = (data_end - pos).min(WINDOW);
+                // SAFETY: the file is diskc's own staged output, which nothing writes while it
+                // is hashed.
+                let window = unsafe { memmap2::MmapOptions::new().offset(pos).len(n as usize).map(&file)? };
+                hasher.update_rayon(&window);
+                pos += n;
+            }
+        }
+        Ok(FileDigest::Blake3(hasher.finalize().into()))
+    };
+    hash().map_err(|source| PipelineError::Io { what: "reading", path: path.to_path_buf(), source })
+}
+
+/// A filesystem UUID the way `blkid` prints it.
+pub fn format_uuid(u: &[u8; 16]) -> String {
+    let hex = hex::encode(u);
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+
+    #[test]
+    fn digest_of_sparse_file_equals_digest_of_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = File::create(&path).unwrap();
+        file.set_len(5 << 20).unwrap();
+        file.write_all_at(b"hello", 3 << 20).unwrap();
+        drop(file);
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(digest_file(&path).unwrap(), FileDigest::Blake3(blake3::hash(&bytes).into()));
+        assert_eq!(digest_file(&path).unwrap().to_string().len(), "blake3:".len() + 64);
+    }
+}
