@@ -2,6 +2,18 @@
 //! index, manifest, image config, and a `docker save` archive's `manifest.json`. Only the
 //! fields diskc uses are read; unknown fields are ignored and JSON `null` reads as empty,
 //! since Docker writes `null` for empty lists.
+//!
+//! These are our own serde types rather than the `oci-spec` crate's, which were tried per
+//! document and fit none of them without refusing input diskc reads today:
+//! - index and manifest: `oci-spec` requires `size` and `mediaType` on every descriptor and
+//!   refuses `"manifests": null` and `"layers": null`; its digests are strings of their own
+//!   type, while every stage here keys on [`Digest`].
+//! - image config: it requires `architecture` and `os` (Docker leaves empty ones out) and a
+//!   non-null `rootfs.diff_ids`, and it collects `ExposedPorts` through a hash map, in an
+//!   order that changes from run to run, while the ports are written into the output
+//!   manifest and the image record, which must be the same bytes on every run.
+//! - a `docker save` archive's `manifest.json` is Docker's format, which `oci-spec` has no
+//!   type for.
 
 use std::collections::BTreeMap;
 
