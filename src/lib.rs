@@ -23,6 +23,7 @@
 //!     size: None,
 //!     journal: true,
 //!     label: None,
+//!     source_date_epoch: None,
 //! };
 //! let made = mkfs(&plan)?;
 //! println!("{} bytes, uuid {}", made.summary.size_bytes, made.uuid);

@@ -19,6 +19,9 @@ fn main() -> ExitCode {
         }
     };
     cli::init_logging(args.global.verbose);
+    if !matches!(args.command, cli::Command::Boot(_)) {
+        remove_unfinished_work_on_signals();
+    }
     // The one runtime for the async parts (the Docker daemon); the library runs on it.
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
@@ -34,4 +37,17 @@ fn main() -> ExitCode {
             ExitCode::from(err.kind().exit_code())
         }
     }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: remove the outputs being written, then exit as a process
+/// killed by that signal would (128 + its number). `diskc boot` handles its own signals.
+fn remove_unfinished_work_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else { return };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            diskc::pipeline::remove_unfinished();
+            std::process::exit(128 + signal);
+        }
+    });
 }

@@ -63,6 +63,10 @@ pub struct OutputArgs {
     /// Leave out the ext4 journal (for images only ever mounted read-only).
     #[arg(long)]
     pub no_journal: bool,
+    /// Seconds since the epoch: the filesystem's own time [default: the newest mtime in the
+    /// image].
+    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
+    pub source_date_epoch: Option<i64>,
 }
 
 impl OutputArgs {
@@ -72,7 +76,11 @@ impl OutputArgs {
             outdir: self.output.clone(),
             store: (!self.no_store)
                 .then(|| self.store.store.clone().unwrap_or_else(OutputPlan::default_store)),
-            rootfs: RootfsOptions { size: self.size.0, journal: !self.no_journal },
+            rootfs: RootfsOptions {
+                size: self.size.0,
+                journal: !self.no_journal,
+                source_date_epoch: self.source_date_epoch,
+            },
             kernel: match (&self.kernel, &self.modules) {
                 (Some(kernel), Some(modules)) => {
                     Some(HostKernel { kernel: kernel.clone(), modules: modules.clone() })

@@ -27,6 +27,10 @@ pub struct MkfsArgs {
     /// Volume label (at most 16 bytes).
     #[arg(long)]
     pub label: Option<String>,
+    /// Seconds since the epoch: later mtimes are clamped to it, and atimes, ctimes and the
+    /// filesystem's own times are set to it, so a copy of the same tree gives the same bytes.
+    #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
+    pub source_date_epoch: Option<i64>,
 }
 
 pub fn run(args: MkfsArgs, global: &GlobalArgs) -> Result<u8, Error> {
@@ -36,6 +40,7 @@ pub fn run(args: MkfsArgs, global: &GlobalArgs) -> Result<u8, Error> {
         size: args.size.0,
         journal: !args.no_journal,
         label: args.label.clone(),
+        source_date_epoch: args.source_date_epoch,
     };
     let made = pipeline::mkfs(&plan)?;
     let summary = &made.summary;

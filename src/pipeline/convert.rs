@@ -105,7 +105,7 @@ fn run(
     })?;
     let options = ext4::Options {
         data_in_place: true,
-        ..ext4_options(&config.diff_ids, &output.rootfs, fs_time(&tree))
+        ..ext4_options(&config.diff_ids, &output.rootfs, fs_time(&tree, output.rootfs.source_date_epoch))
     };
     let summary = write_rootfs(&tree, &options, &file, &plan.input)?;
     let boot = boot_part(output.kernel.as_ref(), &tree, &staging.path, &config.config)?;

@@ -9,7 +9,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::rootfs::{format_uuid, fs_time, size_spec, tree_seed};
+use super::rootfs::{clamp_times, format_uuid, fs_time, size_spec, tree_seed};
+use super::staging::{sweep_stale, Unfinished};
 use crate::error::{Error, ResultExt, UsageError};
 use crate::ext4::{self, Options, Summary};
 use crate::layer::{self, LayerExpect, SpoolRef};
@@ -52,6 +53,9 @@ pub struct MkfsPlan {
     pub journal: bool,
     /// Volume label (at most 16 bytes).
     pub label: Option<String>,
+    /// `SOURCE_DATE_EPOCH`: mtimes later than it are clamped to it, and atime, ctime and the
+    /// filesystem's own times are it, so the same tree copied anew gives the same bytes.
+    pub source_date_epoch: Option<i64>,
 }
 
 /// What `mkfs` made.
@@ -74,19 +78,23 @@ pub fn mkfs(plan: &MkfsPlan) -> Result<Made, Error> {
     };
     let summary = match &plan.source {
         MkfsSource::Directory(dir) => {
-            let tree = host::read_tree(dir).with_context(|| format!("reading {}", dir.display()))?;
+            let mut tree = host::read_tree(dir).with_context(|| format!("reading {}", dir.display()))?;
+            if let Some(epoch) = plan.source_date_epoch {
+                clamp_times(&mut tree, epoch);
+            }
             tracing::info!(
                 nodes = tree.arena_len(),
                 seconds = started.elapsed().as_secs_f64(),
                 "read the source"
             );
-            write(&tree, options, temp_beside(&plan.output)?, &plan.output)?
+            let (tmp, _unfinished) = temp_beside(&plan.output)?;
+            write(&tree, options, plan.source_date_epoch, tmp, &plan.output)?
         }
         MkfsSource::Tar(path) => {
             let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            from_tar(Box::new(file), &path.display().to_string(), options, &plan.output)?
+            from_tar(Box::new(file), &path.display().to_string(), options, plan)?
         }
-        MkfsSource::Stdin => from_tar(Box::new(std::io::stdin()), "-", options, &plan.output)?,
+        MkfsSource::Stdin => from_tar(Box::new(std::io::stdin()), "-", options, plan)?,
     };
     let uuid = format_uuid(&summary.uuid);
     Ok(Made { summary, uuid, seconds: started.elapsed().as_secs_f64() })
@@ -94,8 +102,9 @@ pub fn mkfs(plan: &MkfsPlan) -> Result<Made, Error> {
 
 /// A tar stream read as one image layer: its file data goes straight into the image's
 /// temporary file, and stays there.
-fn from_tar(input: Box<dyn Read>, name: &str, options: Options, output: &Path) -> Result<Summary, Error> {
-    let tmp = temp_beside(output)?;
+fn from_tar(input: Box<dyn Read>, name: &str, options: Options, plan: &MkfsPlan) -> Result<Summary, Error> {
+    let output = &plan.output;
+    let (tmp, _unfinished) = temp_beside(output)?;
     let writing = || format!("writing {}", output.display());
     let spool = layer::SpoolFile::new(tmp.as_file().try_clone().with_context(writing)?);
     let writer = spool.slot(0).with_context(writing)?;
@@ -108,31 +117,43 @@ fn from_tar(input: Box<dyn Read>, name: &str, options: Options, output: &Path) -
     if let Some(meta) = root {
         tree.get_mut(FsTree::<SpoolRef>::ROOT).meta = meta;
     }
+    if let Some(epoch) = plan.source_date_epoch {
+        clamp_times(&mut tree, epoch);
+    }
     drop(spool.settle(tree.files().map(|f| &f.content)).with_context(writing)?);
-    write(&tree, Options { data_in_place: true, ..options }, tmp, output)
+    write(&tree, Options { data_in_place: true, ..options }, plan.source_date_epoch, tmp, output)
 }
 
-/// A temporary file in the output's directory, renamed over the output when it is whole.
-fn temp_beside(output: &Path) -> Result<tempfile::NamedTempFile, Error> {
+/// The prefix of mkfs's temporary files; the writer's pid follows, so that the next run can
+/// sweep what a killed one left.
+const TEMP_PREFIX: &str = ".diskc-mkfs-";
+
+/// A temporary file in the output's directory, renamed over the output when it is whole;
+/// removed if the process is interrupted first.
+fn temp_beside(output: &Path) -> Result<(tempfile::NamedTempFile, Unfinished), Error> {
     let dir = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    tempfile::Builder::new()
-        .prefix(".diskc-mkfs-")
+    sweep_stale(dir, TEMP_PREFIX);
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
         .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let unfinished = Unfinished::new(tmp.path());
+    Ok((tmp, unfinished))
 }
 
 /// Writes the image into `tmp`, then renames it to `output`.
 fn write<C: Content>(
     tree: &FsTree<C>,
     mut options: Options,
+    source_date_epoch: Option<i64>,
     tmp: tempfile::NamedTempFile,
     output: &Path,
 ) -> Result<Summary, Error> {
     options.seed = tree_seed(tree);
-    options.fs_time = fs_time(tree);
+    options.fs_time = fs_time(tree, source_date_epoch);
     let writing = || format!("writing {}", output.display());
     let summary = ext4::write_image(tree, &options, tmp.as_file()).with_context(writing)?;
     let perms = std::os::unix::fs::PermissionsExt::from_mode(0o644);

@@ -35,6 +35,7 @@ pub use build::{build, Built};
 pub use convert::{convert, Converted};
 pub use mkfs::{mkfs, Made, MkfsPlan, MkfsSource};
 pub use rootfs::{digest_file, ext4_options, format_uuid, fs_time};
+pub use staging::remove_unfinished;
 
 /// A conversion: which image, and where its result goes.
 #[derive(Clone, Debug)]
@@ -96,11 +97,14 @@ pub struct RootfsOptions {
     /// `None`: the content plus headroom.
     pub size: Option<u64>,
     pub journal: bool,
+    /// `SOURCE_DATE_EPOCH`: the filesystem's own time (else the newest mtime in the image).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_date_epoch: Option<i64>,
 }
 
 impl Default for RootfsOptions {
     fn default() -> Self {
-        RootfsOptions { size: None, journal: true }
+        RootfsOptions { size: None, journal: true, source_date_epoch: None }
     }
 }
 

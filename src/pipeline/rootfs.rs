@@ -41,13 +41,27 @@ pub(super) fn size_spec(size: Option<u64>) -> SizeSpec {
     }
 }
 
-/// `SOURCE_DATE_EPOCH` when set (and valid), else the newest mtime in the tree: never the clock.
-pub fn fs_time<C>(tree: &FsTree<C>) -> Timestamp {
-    if let Some(sec) = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse().ok()) {
+/// The filesystem's own time (superblock, root, lost+found): the source date epoch when
+/// given, else the newest mtime in the tree; never the clock.
+pub fn fs_time<C>(tree: &FsTree<C>, source_date_epoch: Option<i64>) -> Timestamp {
+    if let Some(sec) = source_date_epoch {
         return Timestamp::new(sec, 0);
     }
     let newest = tree.walk().into_iter().map(|(_, id)| tree.get(id).meta.mtime).max().unwrap_or_default();
     Timestamp::new(newest.sec.max(0), 0)
+}
+
+/// What reproducible-builds tools do with `SOURCE_DATE_EPOCH`: no time in the tree is later
+/// than the epoch (mtimes are clamped to it), and the times a copy of the tree would not keep
+/// (atime, ctime) are the epoch, so a tree copied anew gives the same bytes.
+pub(super) fn clamp_times<C>(tree: &mut FsTree<C>, epoch: i64) {
+    let epoch = Timestamp::new(epoch, 0);
+    for id in 0..tree.arena_len() {
+        let meta = &mut tree.get_mut(crate::tree::NodeId(id as u32)).meta;
+        meta.mtime = meta.mtime.min(epoch);
+        meta.atime = epoch;
+        meta.ctime = epoch;
+    }
 }
 
 /// The seed for a filesystem made from a tree alone (mkfs): a digest of the tree's listing

@@ -1,25 +1,73 @@
-//! Output directories that appear whole or not at all.
+//! Outputs that appear whole or not at all, and never at the cost of what diskc did not write.
 //!
 //! Everything is written into a hidden sibling directory (`.NAME.diskc-tmp-PID`), made
-//! durable, and renamed into place last; a failed run removes it. Leftovers of killed runs
-//! (their pid gone) are swept when the next run starts.
+//! durable, and swapped with the old output in one atomic exchange (`renameat2`
+//! `RENAME_EXCHANGE`), so OUTDIR always holds a whole image, the old one or the new one, even
+//! if diskc is killed at any point. An existing OUTDIR is replaced only if diskc made it.
+//!
+//! A failed run removes its staged files; an interrupted one (SIGINT, SIGTERM) removes them
+//! through [`remove_unfinished`], which the process's signal handler calls; a killed one
+//! (SIGKILL) leaves them under its pid, and the next run beside them sweeps them.
 
+use std::ffi::CString;
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use super::PipelineError;
-use crate::manifest::{OutputManifest, MANIFEST_FILE};
+use crate::boot::{INITRD_FILE, KERNEL_FILE};
+use crate::manifest::{OutputManifest, MANIFEST_FILE, ROOTFS_FILE};
+
+/// The files diskc writes into an output directory.
+const OUTPUT_FILES: [&str; 4] = [ROOTFS_FILE, MANIFEST_FILE, KERNEL_FILE, INITRD_FILE];
+
+/// Staged paths of this process that are not committed yet.
+static UNFINISHED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes every staged file and directory this process has not committed: what a signal
+/// handler calls before the process exits. Safe to call from any thread.
+pub fn remove_unfinished() {
+    let paths = std::mem::take(&mut *UNFINISHED.lock().unwrap_or_else(|e| e.into_inner()));
+    for path in paths {
+        let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+    }
+}
+
+/// Records `path` as unfinished until [`Unfinished`] is dropped.
+pub(super) struct Unfinished(PathBuf);
+
+impl Unfinished {
+    pub fn new(path: &Path) -> Self {
+        UNFINISHED.lock().unwrap_or_else(|e| e.into_inner()).push(path.to_path_buf());
+        Unfinished(path.to_path_buf())
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        UNFINISHED.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| *p != self.0);
+    }
+}
 
 fn io_error<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PipelineError + 'a {
     move |source| PipelineError::Io { what, path: path.to_path_buf(), source }
 }
 
-/// An existing OUTDIR is replaced only when it is empty or diskc wrote it.
+/// An existing OUTDIR is replaced only when it is empty or diskc made it: its manifest is
+/// one diskc writes, and it holds nothing but the files diskc writes.
 pub(super) fn check_outdir(outdir: &Path) -> Result<(), PipelineError> {
     match fs::read_dir(outdir) {
-        Ok(mut entries) => {
-            if entries.next().is_none() || outdir.join(MANIFEST_FILE).is_file() {
+        Ok(entries) => {
+            let mut names = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(io_error("reading", outdir))?;
+                names.push(entry.file_name());
+            }
+            let only_ours =
+                names.iter().all(|n| OUTPUT_FILES.iter().any(|ours| n.as_bytes() == ours.as_bytes()));
+            if names.is_empty() || (only_ours && is_our_manifest(&outdir.join(MANIFEST_FILE))) {
                 Ok(())
             } else {
                 Err(PipelineError::OutputExists(outdir.to_path_buf()))
@@ -31,6 +79,10 @@ pub(super) fn check_outdir(outdir: &Path) -> Result<(), PipelineError> {
         }
         Err(e) => Err(PipelineError::Io { what: "reading", path: outdir.to_path_buf(), source: e }),
     }
+}
+
+fn is_our_manifest(path: &Path) -> bool {
+    fs::read(path).is_ok_and(|bytes| serde_json::from_slice::<OutputManifest>(&bytes).is_ok())
 }
 
 /// Writes `OUTDIR/manifest.json` (into the staging directory `dir`).
@@ -46,6 +98,7 @@ pub(super) fn write_manifest(dir: &Path, manifest: &OutputManifest) -> Result<()
 pub(super) struct Staging {
     pub path: PathBuf,
     committed: bool,
+    _unfinished: Unfinished,
 }
 
 impl Staging {
@@ -68,37 +121,56 @@ impl Staging {
         let path = parent.join(format!("{prefix}{}", std::process::id()));
         // Anything under our pid is a leftover of a killed run whose pid we now reuse.
         let _ = fs::remove_dir_all(&path);
-        let _ = fs::remove_dir_all(aside(&path));
         fs::create_dir(&path).map_err(io_error("creating", &path))?;
-        Ok(Staging { path, committed: false })
+        let unfinished = Unfinished::new(&path);
+        Ok(Staging { path, committed: false, _unfinished: unfinished })
     }
 
-    /// Makes the staged files durable and moves the directory to `outdir`, replacing an
-    /// older diskc output there.
+    /// Makes the staged files durable and puts the directory in `outdir`'s place: swapped with
+    /// an older diskc output there in one step, then the old one removed.
     pub fn commit(mut self, outdir: &Path) -> Result<(), PipelineError> {
         for entry in fs::read_dir(&self.path).map_err(io_error("reading", &self.path))? {
             let path = entry.map_err(io_error("reading", &self.path))?.path();
             File::open(&path).and_then(|f| f.sync_all()).map_err(io_error("writing", &path))?;
         }
-        let old = aside(&self.path);
-        let had_old = match fs::rename(outdir, &old) {
+        let swapped = match rename_exchange(&self.path, outdir) {
             Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::rename(&self.path, outdir).map_err(io_error("renaming into", outdir))?;
+                false
+            }
             Err(e) => {
-                return Err(PipelineError::Io { what: "moving aside", path: outdir.to_path_buf(), source: e })
+                return Err(PipelineError::Io { what: "replacing", path: outdir.to_path_buf(), source: e })
             }
         };
-        fs::rename(&self.path, outdir).map_err(io_error("renaming into", outdir))?;
-        if had_old {
-            let _ = fs::remove_dir_all(&old);
-        }
+        self.committed = true;
         if let Some(parent) = outdir.parent().filter(|p| !p.as_os_str().is_empty()) {
             if let Ok(dir) = File::open(parent) {
                 let _ = dir.sync_all();
             }
         }
-        self.committed = true;
+        if swapped {
+            // The old output now sits at the staging path.
+            let _ = fs::remove_dir_all(&self.path);
+        }
         Ok(())
+    }
+}
+
+/// Exchanges two paths atomically (both must exist): `renameat2(RENAME_EXCHANGE)`.
+fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    };
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: both are valid NUL-terminated paths, relative to the working directory.
+    let rc = unsafe {
+        libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -110,24 +182,19 @@ impl Drop for Staging {
     }
 }
 
-/// Where commit moves an older output while the new one takes its place:
-/// `.NAME.diskc-tmp-PID.old`, which the sweep of stale staging directories also covers.
-fn aside(staging: &Path) -> PathBuf {
-    let mut name = staging.as_os_str().to_os_string();
-    name.push(".old");
-    PathBuf::from(name)
-}
-
-fn sweep_stale(parent: &Path, prefix: &str) {
+/// Removes what runs that are gone left in `parent`: entries named `PREFIX<pid>…` whose pid
+/// no process has.
+pub(super) fn sweep_stale(parent: &Path, prefix: &str) {
     let Ok(entries) = fs::read_dir(parent) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(rest) = name.strip_prefix(prefix) else { continue };
-        let pid = rest.split('.').next().and_then(|p| p.parse::<i32>().ok());
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let pid = digits.parse::<i32>().ok();
         // SAFETY: kill with signal 0 only checks whether the process exists.
         let alive = pid.is_some_and(|p| unsafe { libc::kill(p, 0) } == 0);
         if !alive {
-            let _ = fs::remove_dir_all(entry.path());
+            let _ = fs::remove_dir_all(entry.path()).or_else(|_| fs::remove_file(entry.path()));
         }
     }
 }
@@ -136,13 +203,79 @@ fn sweep_stale(parent: &Path, prefix: &str) {
 mod tests {
     use super::*;
 
+    fn our_manifest() -> Vec<u8> {
+        let zero = format!("sha256:{}", "0".repeat(64));
+        serde_json::to_vec(&serde_json::json!({
+            "diskc_version": "0.1.0", "format_version": 2,
+            "source": {"reference": "oci:x", "config_digest": zero, "layers": [], "diff_ids": [],
+                       "platform": "linux/amd64"},
+            "config": {},
+            "rootfs": {"file": ROOTFS_FILE, "digest": format!("blake3:{}", "0".repeat(64)), "size": 0,
+                       "uuid": ""},
+        }))
+        .unwrap()
+    }
+
     #[test]
     fn outdir_that_diskc_did_not_write_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("precious"), b"x").unwrap();
         assert!(matches!(check_outdir(dir.path()), Err(PipelineError::OutputExists(_))));
-        fs::write(dir.path().join(MANIFEST_FILE), b"{}").unwrap();
+        fs::remove_file(dir.path().join("precious")).unwrap();
+        fs::write(dir.path().join(MANIFEST_FILE), our_manifest()).unwrap();
+        fs::write(dir.path().join(ROOTFS_FILE), b"").unwrap();
         assert!(check_outdir(dir.path()).is_ok());
+    }
+
+    /// Regression (issue 11): an OUTDIR holding a `manifest.json` that diskc did not write was
+    /// replaced, and every other file in it deleted.
+    #[test]
+    fn an_outdir_with_a_foreign_manifest_or_foreign_files_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(MANIFEST_FILE), br#"{"name": "my project"}"#).unwrap();
+        assert!(matches!(check_outdir(dir.path()), Err(PipelineError::OutputExists(_))));
+        fs::write(dir.path().join(MANIFEST_FILE), our_manifest()).unwrap();
+        fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+        assert!(matches!(check_outdir(dir.path()), Err(PipelineError::OutputExists(_))));
+    }
+
+    /// Regression (issue 11): a kill between the two renames of a commit (OUTDIR aside, then
+    /// staging into place) left no OUTDIR, and the next run swept the old one. The swap is one
+    /// step now: whoever looks sees a whole output at every moment.
+    #[test]
+    fn outdir_always_holds_a_whole_image_while_it_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let staging = Staging::beside(&out).unwrap();
+        fs::write(staging.path.join(MANIFEST_FILE), our_manifest()).unwrap();
+        staging.commit(&out).unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..300 {
+                    let staging = Staging::beside(&out).unwrap();
+                    fs::write(staging.path.join(MANIFEST_FILE), our_manifest()).unwrap();
+                    staging.commit(&out).unwrap();
+                }
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                assert!(out.join(MANIFEST_FILE).exists(), "OUTDIR was missing during a commit");
+            }
+        });
+    }
+
+    /// What an interrupt would remove is exactly what is staged and not committed. (Calling
+    /// `remove_unfinished` here would also remove the other tests' staging directories.)
+    #[test]
+    fn staging_is_unfinished_until_committed() {
+        let listed = |p: &Path| UNFINISHED.lock().unwrap().iter().any(|u| u == p);
+        let dir = tempfile::tempdir().unwrap();
+        let staging = Staging::beside(&dir.path().join("out")).unwrap();
+        let path = staging.path.clone();
+        assert!(listed(&path));
+        staging.commit(&dir.path().join("out")).unwrap();
+        assert!(!listed(&path));
     }
 
     /// Regression: the old output was moved aside to `.NAME.old` (`with_extension` took the
