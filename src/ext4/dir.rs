@@ -6,6 +6,8 @@
 
 use super::checksum::crc32c_raw;
 use super::disk::{put_u16, put_u32, put_u8};
+use super::plan::{Role, EXT4_FIRST_INO, ROOT_INO};
+use crate::tree::{FsTree, NodeKind};
 
 const BLOCK: usize = 4096;
 /// directory.rst: the tail is 12 bytes at the end of each leaf block.
@@ -23,11 +25,65 @@ pub const EXT4_FT_FIFO: u8 = 5;
 pub const EXT4_FT_SOCK: u8 = 6;
 pub const EXT4_FT_SYMLINK: u8 = 7;
 
+/// The directory e2fsck reconnects orphans to; the root gets one if the tree has none.
+pub const LOST_FOUND: &[u8] = b"lost+found";
+
 #[derive(Clone, Copy, Debug)]
 pub struct DirEntry<'a> {
     pub name: &'a [u8],
     pub ino: u32,
     pub file_type: u8,
+}
+
+/// The `file_type` of a tree node's entry.
+pub fn file_type<C>(kind: &NodeKind<C>) -> u8 {
+    match kind {
+        NodeKind::Directory(_) => EXT4_FT_DIR,
+        NodeKind::File(_) => EXT4_FT_REG_FILE,
+        NodeKind::Symlink(_) => EXT4_FT_SYMLINK,
+        NodeKind::CharDevice(_) => EXT4_FT_CHRDEV,
+        NodeKind::BlockDevice(_) => EXT4_FT_BLKDEV,
+        NodeKind::Fifo => EXT4_FT_FIFO,
+        NodeKind::Socket => EXT4_FT_SOCK,
+    }
+}
+
+/// The entries of a directory inode in on-disk order: `.`, `..`, then by name (the root
+/// gains lost+found when diskc makes it). `ino_of` and `parent_of` are the planner's
+/// inode numbers of each node and of each directory's parent.
+pub fn entries<'t, C>(
+    tree: &'t FsTree<C>,
+    ino_of: &[u32],
+    parent_of: &[u32],
+    lost_found: Role,
+    role: Role,
+) -> Vec<DirEntry<'t>> {
+    let dot = |ino| DirEntry { name: b".", ino, file_type: EXT4_FT_DIR };
+    let dotdot = |ino| DirEntry { name: b"..", ino, file_type: EXT4_FT_DIR };
+    let Role::Node(id) = role else {
+        // A fresh lost+found is empty.
+        return vec![dot(EXT4_FIRST_INO), dotdot(ROOT_INO)];
+    };
+    let dir = tree.get(id).as_dir().expect("directory role");
+    let mut out = Vec::with_capacity(dir.entries.len() + 3);
+    out.push(dot(ino_of[id.0 as usize]));
+    out.push(dotdot(parent_of[id.0 as usize]));
+    let mut fresh_lost_found = (id == FsTree::<C>::ROOT && lost_found == Role::LostFound)
+        .then_some(DirEntry { name: LOST_FOUND, ino: EXT4_FIRST_INO, file_type: EXT4_FT_DIR });
+    for (name, &child) in &dir.entries {
+        // Slot the fresh lost+found in by name.
+        if let Some(entry) = fresh_lost_found.filter(|entry| entry.name < name.as_slice()) {
+            out.push(entry);
+            fresh_lost_found = None;
+        }
+        out.push(DirEntry {
+            name,
+            ino: ino_of[child.0 as usize],
+            file_type: file_type(&tree.get(child).kind),
+        });
+    }
+    out.extend(fresh_lost_found);
+    out
 }
 
 /// The smallest record for a name: 8 header bytes plus the name, rounded up to 4.

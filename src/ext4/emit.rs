@@ -215,13 +215,12 @@ fn write_inode_blocks<C: Content>(
         }
         let content: Vec<Vec<u8>> = match p.role {
             Role::LostFound => {
-                let entries = plan::dir_entries(tree, &plan.ino_of, &plan.parent_of, plan.lost_found, p.role);
+                let entries = dir::entries(tree, &plan.ino_of, &plan.parent_of, plan.lost_found, p.role);
                 dir::blocks(&entries, seed)
             }
             Role::Node(id) => match &tree.get(id).kind {
                 NodeKind::Directory(_) => {
-                    let entries =
-                        plan::dir_entries(tree, &plan.ino_of, &plan.parent_of, plan.lost_found, p.role);
+                    let entries = dir::entries(tree, &plan.ino_of, &plan.parent_of, plan.lost_found, p.role);
                     if p.indexed {
                         let hash_seed = htree::seed_words(&ids.hash_seed);
                         htree::blocks(entries[0], entries[1], &entries[2..], &hash_seed, seed)

@@ -6,7 +6,7 @@
 
 use super::checksum::{crc32c_raw, inode_seed};
 use super::disk::{put_u16, put_u32};
-use crate::tree::Timestamp;
+use crate::tree::{NodeKind, Timestamp};
 
 pub const INODE_SIZE: usize = 256;
 /// `i_extra_isize`: every extra field up to and including `i_projid`.
@@ -23,6 +23,19 @@ pub const S_IFREG: u16 = 0x8000;
 pub const S_IFLNK: u16 = 0xA000;
 pub const S_IFSOCK: u16 = 0xC000;
 
+/// The `i_mode` file type of a tree node.
+pub fn file_type_bits<C>(kind: &NodeKind<C>) -> u16 {
+    match kind {
+        NodeKind::Directory(_) => S_IFDIR,
+        NodeKind::File(_) => S_IFREG,
+        NodeKind::Symlink(_) => S_IFLNK,
+        NodeKind::CharDevice(_) => S_IFCHR,
+        NodeKind::BlockDevice(_) => S_IFBLK,
+        NodeKind::Fifo => S_IFIFO,
+        NodeKind::Socket => S_IFSOCK,
+    }
+}
+
 /// inodes.rst, `i_flags`: a directory with a hash index.
 pub const EXT4_INDEX_FL: u32 = 0x1000;
 /// inodes.rst, `i_flags`: the inode uses extents.
@@ -30,6 +43,9 @@ pub const EXT4_EXTENTS_FL: u32 = 0x80000;
 /// The most links `i_links_count` holds; a directory with more subdirectories stores 1
 /// (dir_nlink).
 pub const EXT4_LINK_MAX: u32 = 65000;
+
+/// inodes.rst: `i_block` is 60 bytes (15 32-bit words).
+pub const I_BLOCK_LEN: usize = 60;
 
 const I_CHECKSUM_LO: usize = 0x7C;
 const I_CHECKSUM_HI: usize = 0x82;
@@ -48,8 +64,8 @@ pub struct Inode {
     /// In 512-byte sectors (huge_file without EXT4_HUGE_FILE_FL).
     pub i_blocks: u64,
     pub i_flags: u32,
-    /// Extent tree root, fast symlink target or device number: 60 bytes.
-    pub i_block: [u8; 60],
+    /// Extent tree root, fast symlink target or device number.
+    pub i_block: [u8; I_BLOCK_LEN],
     pub i_file_acl: u64,
 }
 
@@ -67,7 +83,7 @@ impl Default for Inode {
             i_links_count: 0,
             i_blocks: 0,
             i_flags: 0,
-            i_block: [0; 60],
+            i_block: [0; I_BLOCK_LEN],
             i_file_acl: 0,
         }
     }
@@ -126,6 +142,19 @@ pub fn encode_time(t: Timestamp) -> (u32, u32) {
     (low, (t.nsec.min(999_999_999) << 2) | epoch)
 }
 
+/// inodes.rst, "Device numbers": the old 16-bit form in `i_block[0]` when both parts fit a
+/// byte, else the new 32-bit form in `i_block[1]`.
+pub fn encode_device(major: u32, minor: u32) -> [u8; I_BLOCK_LEN] {
+    let mut i_block = [0u8; I_BLOCK_LEN];
+    if major < 256 && minor < 256 {
+        i_block[0..4].copy_from_slice(&((major << 8) | minor).to_le_bytes());
+    } else {
+        let new = (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12);
+        i_block[4..8].copy_from_slice(&new.to_le_bytes());
+    }
+    i_block
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +177,15 @@ mod tests {
             let (low, extra) = encode_time(t);
             assert_eq!(decode(low, extra), t, "{t:?}");
         }
+    }
+
+    #[test]
+    fn devices_use_the_old_form_when_they_fit() {
+        assert_eq!(&encode_device(1, 3)[..8], &[3, 1, 0, 0, 0, 0, 0, 0]);
+        let big = encode_device(259, 70000);
+        assert_eq!(&big[..4], &[0; 4]);
+        let v = u32::from_le_bytes(big[4..8].try_into().unwrap());
+        assert_eq!((v & 0xfff00) >> 8, 259);
+        assert_eq!((v & 0xff) | ((v >> 12) & 0xfff00), 70000);
     }
 }

@@ -1,7 +1,7 @@
 //! The ext4 writer: a filesystem tree in, a mountable, fsck-clean ext4 image out, with no
 //! root, loop device or staging directory.
 //!
-//! Plan, then emit: [`plan`] computes every inode number, block and extent as data; [`emit`]
+//! Plan, then emit: `plan` computes every inode number, block and extent as data; `emit`
 //! serializes that plan in one pass. One module per on-disk structure, fields named as the
 //! kernel names them, each magic value citing its section of the kernel's
 //! Documentation/filesystems/ext4.
