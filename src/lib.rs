@@ -10,6 +10,7 @@ pub mod digest;
 pub mod docker;
 pub mod error;
 pub mod ext4;
+pub mod fileio;
 pub mod layer;
 pub mod manifest;
 pub mod pipeline;

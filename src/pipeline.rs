@@ -18,13 +18,13 @@ use crate::boot::{self, BootError, KernelSource, STORE_INITRD, STORE_KERNEL};
 use crate::digest::{Digest, FileDigest};
 use crate::error::{Classify, ErrorClass};
 use crate::ext4::{self, SizeSpec};
+use crate::fileio::data_extents;
 use crate::layer;
 use crate::manifest::{
     BootManifest, ImageConfig, OutputManifest, RootfsInfo, SourceInfo, FORMAT_VERSION, MANIFEST_FILE,
     ROOTFS_FILE,
 };
 use crate::source::{self, SourceError, SourceRef};
-use crate::store::chunking::data_extents;
 use crate::store::{ImageId, ImageRecord, Store, StoreError};
 use crate::tree::flatten::FlattenError;
 use crate::tree::{FsTree, Timestamp};

@@ -34,7 +34,6 @@ pub mod image;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
@@ -44,7 +43,7 @@ use rayon::prelude::*;
 
 use crate::digest::Digest;
 use crate::error::{Classify, ErrorClass};
-use crate::tree::sparse::is_zero;
+use crate::fileio::{self, is_zero};
 pub use chunking::Chunking;
 use chunking::RawChunk;
 pub use image::{ChunkRef, ImageId, ImageManifest, ImageRecord, StoredFile, StoredRootfs, STORE_FORMAT};
@@ -56,8 +55,6 @@ const ZSTD_LEVEL: i32 = 3;
 const MANIFEST_ZSTD_LEVEL: i32 = 9;
 /// Bytes of chunks read ahead of the parallel hash/compress stage.
 const BATCH_BYTES: usize = 32 << 20;
-/// Sparse export writes only the blocks of this size that hold a nonzero byte.
-const HOLE_BLOCK: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -262,7 +259,8 @@ impl Store {
 
     fn write_atomic_durable(&self, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         self.write_atomic(dest, bytes)?;
-        sync_dir(dest.parent().expect("store paths have a parent"))
+        let dir = dest.parent().expect("store paths have a parent");
+        fileio::sync_path(dir).map_err(StoreError::io(dir))
     }
 
     // ---- put ----
@@ -294,7 +292,7 @@ impl Store {
         {
             let file = File::open(path).map_err(StoreError::io(path))?;
             let size = file.metadata().map_err(StoreError::io(path))?.len();
-            let extents = chunking::data_extents(&file, size).map_err(StoreError::io(path))?;
+            let extents = fileio::data_extents(&file, size).map_err(StoreError::io(path))?;
             inputs.push(Input { name, path, file, size, extents });
         }
         let total = inputs.iter().flat_map(|i| &i.extents).map(|r| r.end - r.start).sum();
@@ -315,7 +313,7 @@ impl Store {
         }
         // Every chunk, and its name, must be durable before a manifest can reference it; that
         // includes chunks a concurrent put renamed into place and this one found present.
-        syncfs(&self.root)?;
+        fileio::syncfs(&self.root).map_err(StoreError::io(&self.root))?;
         let manifest = ImageManifest {
             store_format: STORE_FORMAT,
             rootfs: StoredRootfs {
@@ -382,7 +380,7 @@ impl Store {
         file.set_len(stored.size).map_err(StoreError::io(out))?;
         stored.chunks.par_iter().try_for_each(|chunk| {
             let data = self.read_chunk(chunk)?;
-            write_sparse(&file, chunk.offset, &data).map_err(StoreError::io(out))
+            fileio::write_sparse(&file, &data, chunk.offset).map_err(StoreError::io(out))
         })
     }
 
@@ -509,7 +507,8 @@ impl Store {
             }
         }
         remove_if_present(&self.manifest_path(&id))?;
-        sync_dir(&self.root.join("images"))?;
+        let images = self.root.join("images");
+        fileio::sync_path(&images).map_err(StoreError::io(&images))?;
         Ok((id, names))
     }
 
@@ -764,7 +763,7 @@ impl Store {
                     if !pending.is_empty() {
                         // One flush of the file system makes the whole batch durable: far
                         // cheaper than an fsync per chunk, and a chunk is named only after it.
-                        syncfs(&self.root)?;
+                        fileio::syncfs(&self.root).map_err(StoreError::io(&self.root))?;
                         for Pending { tmp, dest } in pending {
                             persist_creating_dir(tmp, &dest)?;
                         }
@@ -865,36 +864,6 @@ fn decode_chunk(digest: &Digest, compressed: &[u8]) -> Result<Vec<u8>, StoreErro
     Ok(data)
 }
 
-/// Writes `data` at `offset`, skipping every aligned block that is all zeros so the output
-/// stays sparse (the file was pre-sized, so skipped blocks read as zeros).
-fn write_sparse(file: &File, offset: u64, data: &[u8]) -> io::Result<()> {
-    let end = offset + data.len() as u64;
-    let mut at = offset;
-    while at < end {
-        let block_end = ((at / HOLE_BLOCK + 1) * HOLE_BLOCK).min(end);
-        let piece = &data[(at - offset) as usize..(block_end - offset) as usize];
-        if !is_zero(piece) {
-            file.write_all_at(piece, at)?;
-        }
-        at = block_end;
-    }
-    Ok(())
-}
-
-/// Flushes the whole file system holding `path` (data and metadata) and waits for it.
-fn syncfs(path: &Path) -> Result<(), StoreError> {
-    let dir = File::open(path).map_err(StoreError::io(path))?;
-    // SAFETY: syncfs on a descriptor we own; it reads no memory of ours.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(StoreError::Io { path: path.to_path_buf(), source: io::Error::last_os_error() });
-    }
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(StoreError::io(dir))
-}
-
 fn remove_if_present(path: &Path) -> Result<(), StoreError> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -969,25 +938,6 @@ mod tests {
         assert!(validate_name("a b").is_err());
         assert!(validate_name(&"x".repeat(256)).is_err());
         assert!(validate_name(&"a".repeat(64)).is_err());
-    }
-
-    #[test]
-    #[allow(clippy::single_range_in_vec_init)] // one data extent: a list of one range
-    fn sparse_write_skips_zero_blocks_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out");
-        let file = File::create(&path).unwrap();
-        file.set_len(5 * HOLE_BLOCK).unwrap();
-        let mut data = vec![0u8; 3 * HOLE_BLOCK as usize];
-        data[HOLE_BLOCK as usize + 7] = 9;
-        // Starts mid-block, so the first piece is a partial block.
-        write_sparse(&file, 100, &data).unwrap();
-        let back = fs::read(&path).unwrap();
-        let mut expect = vec![0u8; 5 * HOLE_BLOCK as usize];
-        expect[100 + HOLE_BLOCK as usize + 7] = 9;
-        assert_eq!(back, expect);
-        let extents = chunking::data_extents(&file, 5 * HOLE_BLOCK).unwrap();
-        assert_eq!(extents, vec![HOLE_BLOCK..2 * HOLE_BLOCK], "only the block with the nonzero byte is data");
     }
 
     #[test]
