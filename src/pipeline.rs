@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -18,7 +17,7 @@ use crate::boot::{self, BootError, KernelSource, STORE_INITRD, STORE_KERNEL};
 use crate::digest::{Digest, FileDigest};
 use crate::error::{Classify, ErrorClass};
 use crate::ext4::{self, SizeSpec};
-use crate::fileio::data_extents;
+use crate::fileio::{self, data_extents};
 use crate::layer;
 use crate::manifest::{
     BootManifest, ImageConfig, OutputManifest, RootfsInfo, SourceInfo, FORMAT_VERSION, MANIFEST_FILE,
@@ -410,10 +409,7 @@ pub fn write_rootfs<C: crate::tree::Content>(
     // it (fsync) before the output appears. Starting writeback of gigabytes blocks for a
     // while (the filesystem allocates the delayed blocks), so it happens on a thread.
     if let Ok(file) = file.try_clone() {
-        // SAFETY: sync_file_range on a descriptor the thread owns only schedules writeback.
-        std::thread::spawn(move || unsafe {
-            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
-        });
+        std::thread::spawn(move || fileio::start_writeback(&file));
     }
     Ok(summary)
 }
@@ -525,7 +521,7 @@ impl Staging {
     fn commit(mut self, outdir: &Path) -> Result<(), PipelineError> {
         for entry in fs::read_dir(&self.path).map_err(io_error("reading", &self.path))? {
             let path = entry.map_err(io_error("reading", &self.path))?.path();
-            File::open(&path).and_then(|f| f.sync_all()).map_err(io_error("writing", &path))?;
+            fileio::sync_path(&path).map_err(io_error("writing", &path))?;
         }
         let old = aside(&self.path);
         let had_old = match fs::rename(outdir, &old) {
@@ -540,9 +536,7 @@ impl Staging {
             let _ = fs::remove_dir_all(&old);
         }
         if let Some(parent) = outdir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if let Ok(dir) = File::open(parent) {
-                let _ = dir.sync_all();
-            }
+            let _ = fileio::sync_path(parent);
         }
         self.committed = true;
         Ok(())
