@@ -20,7 +20,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
-use crate::tree::BLOCK_SIZE;
+use crate::layout::BLOCK_SIZE;
 
 /// A byte sink addressed by offset, shared between threads: the image file, or memory in
 /// tests. Data is written out of order (in parallel, metadata after data), so it is a

@@ -12,6 +12,7 @@ pub mod error;
 pub mod ext4;
 pub mod fileio;
 pub mod layer;
+pub mod layout;
 pub mod manifest;
 pub mod pipeline;
 pub mod source;

@@ -29,9 +29,10 @@ use super::inode::{self, EXT4_LINK_MAX};
 use super::journal;
 use super::xattr;
 use super::{Ext4Error, Options, SizeSpec};
+pub use crate::layout::BLOCK_SIZE;
+use crate::layout::{ALIGN, ALIGN_FILES_FROM, DATA_START};
 use crate::tree::{Content, FsTree, NodeId, NodeKind};
 
-pub const BLOCK_SIZE: u64 = 4096;
 /// One block bitmap (4096 bytes = 32768 bits) covers a group.
 pub const BLOCKS_PER_GROUP: u64 = 32768;
 pub const INODES_PER_BLOCK: u64 = BLOCK_SIZE / inode::INODE_SIZE as u64;
@@ -39,11 +40,6 @@ pub const INODES_PER_BLOCK: u64 = BLOCK_SIZE / inode::INODE_SIZE as u64;
 pub const EXT4_FIRST_INO: u32 = 11;
 pub const ROOT_INO: u32 = 2;
 pub const JOURNAL_INO: u32 = 8;
-/// Data starts at 1 MiB, whatever the image size, and large files are aligned to a MiB.
-const DATA_START: u64 = 256;
-pub const DATA_START_BYTES: u64 = DATA_START * BLOCK_SIZE;
-const ALIGN: u64 = 256;
-const ALIGN_FILES_FROM: u64 = 1 << 20;
 /// 2^32 logical blocks of 4 KiB: the largest ext4 file with extents.
 const MAX_FILE_SIZE: u64 = (1 << 32) * BLOCK_SIZE;
 /// 64bit block numbers reach far beyond this; diskc keeps descriptors below 1 MiB.

@@ -20,17 +20,17 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::ext4::DATA_START_BYTES;
 use crate::fileio::{self, copy_range, punch_hole};
-use crate::tree::{Content, BLOCK_SIZE};
+use crate::layout::{ALIGN_BYTES, ALIGN_FILES_FROM, BLOCK_SIZE, DATA_START_BYTES};
+use crate::tree::Content;
 
 /// Room for one layer's data: 120 GiB, so 135 slots fit in the 16 TiB an ext4 host allows
 /// for one file (Docker stops at 127 layers).
 const SLOT_BYTES: u64 = 120 << 30;
 const MAX_SLOTS: u32 = 135;
-/// Files this large start on a MiB, and every layer's data is a whole number of MiB, so a
-/// layer's data keeps its alignment wherever it lands.
-const MIB: u64 = 1 << 20;
+/// Every layer's data is a whole number of these (1 MiB), so the alignment of its large
+/// files (see [`crate::layout`]) holds wherever the layer lands.
+const MIB: u64 = ALIGN_BYTES;
 
 /// The file an image's layers spool into.
 pub struct SpoolFile {
@@ -343,8 +343,8 @@ impl SpoolWriter {
             data.read_exact(chunk).map_err(SpoolError::Read)?;
             // Write each stretch of nonzero blocks with one call.
             for run in fileio::nonzero_runs(chunk, pos) {
-                if runs.is_empty() && size >= MIB {
-                    self.len = self.len.next_multiple_of(MIB);
+                if runs.is_empty() && size >= ALIGN_FILES_FROM {
+                    self.len = self.len.next_multiple_of(ALIGN_BYTES);
                 }
                 let first_block = (pos + run.start as u64) / BLOCK_SIZE;
                 let end_block = first_block + (run.len() as u64).div_ceil(BLOCK_SIZE);
