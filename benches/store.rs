@@ -12,7 +12,8 @@ mod sample;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 use diskc::digest::Digest;
-use diskc::store::chunking::{data_extents, read_chunks, Chunking};
+use diskc::fileio::data_extents;
+use diskc::store::chunking::{read_chunks, Chunking};
 use diskc::store::{ImageRecord, Store};
 
 const LEN: usize = 64 << 20;

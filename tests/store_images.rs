@@ -13,7 +13,7 @@ use std::process::Command;
 
 use diskc::digest::Digest;
 use diskc::error::{Classify, ErrorClass};
-use diskc::store::chunking::data_extents;
+use diskc::fileio::data_extents;
 use diskc::store::{ImageId, ImageRecord, Store, StoreError};
 
 const MIB: u64 = 1 << 20;

@@ -23,10 +23,9 @@ use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use diskc::boot::cmdline::BootArgs;
+use diskc::boot::cmdline::{BootArgs, EXIT_STATUS_PREFIX};
 use diskc::boot::initrd::{CONFIG_PATH, MODULES_LIST_PATH, NEW_ROOT};
 use diskc::boot::passwd::{self, Identity};
-use diskc::boot::qemu::EXIT_STATUS_PREFIX;
 use diskc::manifest::ImageConfig;
 
 /// Docker's PATH for images that set none.

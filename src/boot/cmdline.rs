@@ -26,6 +26,11 @@ pub const KEY_ROOT: &str = "diskc.root";
 /// Key: the guest's hostname.
 pub const KEY_HOSTNAME: &str = "diskc.hostname";
 
+/// The line `diskc-init` prints on the console when the program has exited, followed by the
+/// status (0-255; 128+N for a death by signal N) and a newline: the way back from the guest,
+/// which the host's QEMU runner reads.
+pub const EXIT_STATUS_PREFIX: &str = "diskc-init: exit status ";
+
 /// The command line stored in the boot manifest: the serial console, no kernel chatter,
 /// a panic ends the VM at once instead of hanging it (QEMU runs with `-no-reboot`), and
 /// the checks that only slow an emulated boot down are skipped: the TSC watchdog and timer

@@ -62,7 +62,7 @@ pub enum BootError {
     Qemu(String),
     #[error(
         "the guest stopped without reporting an exit status (no `{}N` line on its console)",
-        qemu::EXIT_STATUS_PREFIX
+        cmdline::EXIT_STATUS_PREFIX
     )]
     NoExitStatus,
     #[error("{0}: {1}")]

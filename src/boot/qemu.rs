@@ -23,10 +23,6 @@ use std::time::Duration;
 
 use super::{cmdline, BootError};
 
-/// The line `diskc-init` prints when the program has exited, followed by the status
-/// (0-255; 128+N for a death by signal N) and a newline.
-pub const EXIT_STATUS_PREFIX: &str = "diskc-init: exit status ";
-
 /// How long QEMU may take to end after SIGTERM before it is killed.
 const KILL_GRACE: Duration = Duration::from_secs(2);
 
@@ -145,7 +141,7 @@ fn qemu_escape(path: &Path) -> OsString {
 /// The status in a console line, if it is the exit-status line.
 pub fn parse_exit_status(line: &[u8]) -> Option<i32> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let digits = line.strip_prefix(EXIT_STATUS_PREFIX.as_bytes())?;
+    let digits = line.strip_prefix(cmdline::EXIT_STATUS_PREFIX.as_bytes())?;
     let text = std::str::from_utf8(digits).ok()?;
     let status: i32 = text.parse().ok()?;
     (0..=255).contains(&status).then_some(status)

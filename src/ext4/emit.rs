@@ -9,7 +9,6 @@ use rayon::prelude::*;
 
 use super::checksum::inode_seed;
 use super::dir;
-use super::disk::WriteAt;
 use super::extent;
 use super::group::{bitmap_csum, GroupDesc, DESC_SIZE, EXT4_BG_INODE_ZEROED};
 use super::htree;
@@ -21,7 +20,7 @@ use super::plan::{
 use super::superblock::{self, Superblock};
 use super::xattr;
 use super::Ext4Error;
-use crate::tree::sparse::is_zero;
+use crate::fileio::{self, WriteAt};
 use crate::tree::{Content, FsTree, NodeKind, Timestamp};
 
 /// Identity of the filesystem, derived from the caller's seed.
@@ -41,26 +40,6 @@ const ITABLE_CHUNK: u32 = 4096;
 
 fn write_err(e: std::io::Error) -> Ext4Error {
     Ext4Error::Write(e)
-}
-
-/// Writes `buf` at `offset`, leaving out its all-zero 4 KiB blocks.
-fn write_nonzero(out: &dyn WriteAt, buf: &[u8], offset: u64) -> Result<(), Ext4Error> {
-    let bs = BLOCK_SIZE as usize;
-    let mut i = 0;
-    while i < buf.len() {
-        let end = (i + bs).min(buf.len());
-        if is_zero(&buf[i..end]) {
-            i = end;
-            continue;
-        }
-        let mut j = end;
-        while j < buf.len() && !is_zero(&buf[j..(j + bs).min(buf.len())]) {
-            j = (j + bs).min(buf.len());
-        }
-        out.write_at(&buf[i..j], offset + i as u64).map_err(write_err)?;
-        i = j;
-    }
-    Ok(())
 }
 
 pub fn emit<C: Content>(
@@ -115,13 +94,13 @@ fn copy_data<C: Content>(tree: &FsTree<C>, plan: &Plan, out: &dyn WriteAt) -> Re
             let len = (job.blocks * BLOCK_SIZE).min(f.size - offset) as usize;
             let read_err = |source| Ext4Error::Read { path: plan::path_of(tree, id), source };
             if let Some((path, start)) = f.content.source_file() {
-                let src = crate::tree::host::open_quietly(path).map_err(read_err)?;
+                let src = fileio::open_quietly(path).map_err(read_err)?;
                 return out
                     .copy_from(&src, start + offset, len as u64, job.physical * BLOCK_SIZE)
                     .map_err(|source| Ext4Error::Copy { path: plan::path_of(tree, id), source });
             }
             f.content.read_at(offset, &mut buf[..len]).map_err(read_err)?;
-            write_nonzero(out, &buf[..len], job.physical * BLOCK_SIZE)
+            fileio::write_sparse(out, &buf[..len], job.physical * BLOCK_SIZE).map_err(write_err)
         },
     )
 }
@@ -194,7 +173,8 @@ fn write_inode_tables<C: Content>(
             buf[at..at + INODE_SIZE].copy_from_slice(&inode_of(tree, p, ids)?);
         }
         let table = plan.inode_tables[g as usize] * BLOCK_SIZE;
-        write_nonzero(out, &buf, table + u64::from(first - (g * ipg + 1)) * INODE_SIZE as u64)
+        let at = table + u64::from(first - (g * ipg + 1)) * INODE_SIZE as u64;
+        fileio::write_sparse(out, &buf, at).map_err(write_err)
     })
 }
 

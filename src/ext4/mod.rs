@@ -32,7 +32,6 @@ mod superblock;
 mod xattr;
 
 pub use disk::{MemDisk, WriteAt};
-pub use plan::DATA_START_BYTES;
 pub use xattr::XattrError;
 
 /// How big the image is.

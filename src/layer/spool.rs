@@ -20,17 +20,17 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::ext4::DATA_START_BYTES;
-use crate::tree::sparse::is_zero;
-use crate::tree::{Content, BLOCK_SIZE};
+use crate::fileio::{self, copy_range, punch_hole};
+use crate::layout::{ALIGN_BYTES, ALIGN_FILES_FROM, BLOCK_SIZE, DATA_START_BYTES};
+use crate::tree::Content;
 
 /// Room for one layer's data: 120 GiB, so 135 slots fit in the 16 TiB an ext4 host allows
 /// for one file (Docker stops at 127 layers).
 const SLOT_BYTES: u64 = 120 << 30;
 const MAX_SLOTS: u32 = 135;
-/// Files this large start on a MiB, and every layer's data is a whole number of MiB, so a
-/// layer's data keeps its alignment wherever it lands.
-const MIB: u64 = 1 << 20;
+/// Every layer's data is a whole number of these (1 MiB), so the alignment of its large
+/// files (see [`crate::layout`]) holds wherever the layer lands.
+const MIB: u64 = ALIGN_BYTES;
 
 /// The file an image's layers spool into.
 pub struct SpoolFile {
@@ -139,7 +139,7 @@ impl SpoolFile {
             let mut pos = 0;
             for r in live.iter().chain(std::iter::once(&(spool.len.load(Ordering::Relaxed)..u64::MAX))) {
                 if r.start > pos {
-                    zero_range(file, at + pos..at + r.start)?;
+                    punch_hole(file, at + pos..at + r.start)?;
                 }
                 pos = r.end;
             }
@@ -177,24 +177,6 @@ fn merge(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
     out
 }
 
-/// Makes `range` of `file` read as zeros: a hole where the filesystem can punch one.
-fn zero_range(file: &File, range: Range<u64>) -> io::Result<()> {
-    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-    let (offset, len) = (range.start as libc::off_t, (range.end - range.start) as libc::off_t);
-    // SAFETY: fallocate on a descriptor we own; it reads no memory of ours.
-    if unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, len) } == 0 {
-        return Ok(());
-    }
-    let zeros = vec![0u8; MIB as usize];
-    let mut pos = range.start;
-    while pos < range.end {
-        let n = (range.end - pos).min(MIB);
-        file.write_all_at(&zeros[..n as usize], pos)?;
-        pos += n;
-    }
-    Ok(())
-}
-
 /// A layer's data on its way from its slot to its place in the image.
 struct Region {
     spool: Arc<Spool>,
@@ -219,7 +201,7 @@ fn move_regions(file: &File, regions: &[Region], end: u64, slot_bytes: u64) -> i
         }
     }
     let size = file.metadata()?.len();
-    let extents = crate::store::chunking::data_extents(file, size)?;
+    let extents = fileio::data_extents(file, size)?;
     for (i, r) in regions.iter().enumerate().filter(|(_, r)| r.from != r.to) {
         let (start, stop) = (r.from, r.from + r.len);
         let step = r.from - r.to;
@@ -232,17 +214,17 @@ fn move_regions(file: &File, regions: &[Region], end: u64, slot_bytes: u64) -> i
         for e in extents.iter().filter(|e| e.end > start && e.start < stop) {
             let (mut at, until) = (e.start.max(start), e.end.min(stop));
             if stale && at > pos {
-                zero_range(file, pos - step..at - step)?;
+                punch_hole(file, pos - step..at - step)?;
             }
             pos = until;
             while at < until {
                 let n = (until - at).min(step);
-                crate::ext4::WriteAt::copy_from(file, file, at, n, at - step)?;
+                copy_range(file, at, file, at - step, n)?;
                 at += n;
             }
         }
         if stale && stop > pos {
-            zero_range(file, pos - step..stop - step)?;
+            punch_hole(file, pos - step..stop - step)?;
         }
     }
     file.set_len(end)
@@ -358,24 +340,14 @@ impl SpoolWriter {
         while pos < size {
             let want = (size - pos).min(buf.len() as u64) as usize;
             let chunk = &mut buf[..want];
-            read_full(data, chunk).map_err(SpoolError::Read)?;
+            data.read_exact(chunk).map_err(SpoolError::Read)?;
             // Write each stretch of nonzero blocks with one call.
-            let mut i = 0;
-            while i < want {
-                let block_end = |s: usize| (s + BLOCK_SIZE as usize).min(want);
-                if is_zero(&chunk[i..block_end(i)]) {
-                    i = block_end(i);
-                    continue;
+            for run in fileio::nonzero_runs(chunk, pos) {
+                if runs.is_empty() && size >= ALIGN_FILES_FROM {
+                    self.len = self.len.next_multiple_of(ALIGN_BYTES);
                 }
-                let start = i;
-                while i < want && !is_zero(&chunk[i..block_end(i)]) {
-                    i = block_end(i);
-                }
-                if runs.is_empty() && size >= MIB {
-                    self.len = self.len.next_multiple_of(MIB);
-                }
-                let first_block = (pos + start as u64) / BLOCK_SIZE;
-                let end_block = first_block + ((i - start) as u64).div_ceil(BLOCK_SIZE);
+                let first_block = (pos + run.start as u64) / BLOCK_SIZE;
+                let end_block = first_block + (run.len() as u64).div_ceil(BLOCK_SIZE);
                 // Data blocks go to the spool back to back, so a run that continues the
                 // previous one (across a buffer boundary) also continues it in the spool.
                 match runs.last_mut() {
@@ -389,7 +361,7 @@ impl SpoolWriter {
                         format!("the layer unpacks to more than {} GiB", self.spool.slot_bytes >> 30),
                     )));
                 }
-                self.spool.file.write_all_at(&chunk[start..i], base + self.len).map_err(SpoolError::Write)?;
+                self.spool.file.write_all_at(&chunk[run], base + self.len).map_err(SpoolError::Write)?;
                 self.len += stored;
                 self.spool.len.store(self.len, Ordering::Relaxed);
             }
@@ -403,20 +375,6 @@ impl SpoolWriter {
 pub(crate) enum SpoolError {
     Read(io::Error),
     Write(io::Error),
-}
-
-/// Fills `buf` or fails with `UnexpectedEof`.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -542,7 +500,7 @@ mod tests {
         let mut middle = vec![1u8; 1 << 20];
         for at in [4 << 20, 7 << 20] {
             file.read_exact_at(&mut middle, at).unwrap();
-            assert!(is_zero(&middle), "stale bytes at {at}");
+            assert!(fileio::is_zero(&middle), "stale bytes at {at}");
         }
         // Layers that would land on a slot still to be moved are refused.
         let fits = vec![(0, pattern(3 << 20, 1), true), (1, pattern(3 << 20, 2), true)];

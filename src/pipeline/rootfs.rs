@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use sha2::{Digest as _, Sha256};
@@ -11,8 +10,8 @@ use sha2::{Digest as _, Sha256};
 use super::{PipelineError, RootfsOptions};
 use crate::digest::{Digest, FileDigest};
 use crate::ext4::{self, SizeSpec};
+use crate::fileio::{self, data_extents};
 use crate::manifest::FORMAT_VERSION;
-use crate::store::chunking::data_extents;
 use crate::tree::{Content, FsTree, NodeKind, Timestamp};
 
 /// ext4 options for an image: the UUID and hash seed come from the layers' content digests
@@ -124,10 +123,7 @@ pub(super) fn write_rootfs<C: Content>(
     // it (fsync) before the output appears. Starting writeback of gigabytes blocks for a
     // while (the filesystem allocates the delayed blocks), so it happens on a thread.
     if let Ok(file) = file.try_clone() {
-        // SAFETY: sync_file_range on a descriptor the thread owns only schedules writeback.
-        std::thread::spawn(move || unsafe {
-            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
-        });
+        std::thread::spawn(move || fileio::start_writeback(&file));
     }
     Ok(summary)
 }

@@ -10,7 +10,7 @@
 //! (SIGKILL) leaves them under its pid, and the next run beside them sweeps them.
 
 use std::ffi::CString;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,7 @@ use std::sync::Mutex;
 
 use super::PipelineError;
 use crate::boot::{INITRD_FILE, KERNEL_FILE};
+use crate::fileio;
 use crate::manifest::{OutputManifest, MANIFEST_FILE, ROOTFS_FILE};
 
 /// The files diskc writes into an output directory.
@@ -131,7 +132,7 @@ impl Staging {
     pub fn commit(mut self, outdir: &Path) -> Result<(), PipelineError> {
         for entry in fs::read_dir(&self.path).map_err(io_error("reading", &self.path))? {
             let path = entry.map_err(io_error("reading", &self.path))?.path();
-            File::open(&path).and_then(|f| f.sync_all()).map_err(io_error("writing", &path))?;
+            fileio::sync_path(&path).map_err(io_error("writing", &path))?;
         }
         let swapped = match rename_exchange(&self.path, outdir) {
             Ok(()) => true,
@@ -145,9 +146,7 @@ impl Staging {
         };
         self.committed = true;
         if let Some(parent) = outdir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if let Ok(dir) = File::open(parent) {
-                let _ = dir.sync_all();
-            }
+            let _ = fileio::sync_path(parent);
         }
         if swapped {
             // The old output now sits at the staging path.

@@ -10,13 +10,13 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::spec::{self, ArchiveImage, Descriptor, IndexOrManifest, ParsedConfig, REF_NAME_ANNOTATION};
 use super::{LayerDescriptor, ResolvedImage, SourceError, SourceRef};
 use crate::digest::Digest;
+use crate::fileio::RangeReader;
 use crate::layer::{self, LayerExpect, LayerIndex, LayerJob, SpoolFile};
 
 /// Small documents (index, manifests, configs) larger than this are refused as corrupt, so a
@@ -310,28 +310,6 @@ struct ArchiveMembers {
     members: HashMap<String, (u64, u64)>,
 }
 
-/// Reads a byte range of a shared file with `pread`, so parallel readers need no seeking.
-struct RangeReader {
-    file: Arc<File>,
-    pos: u64,
-    end: u64,
-}
-
-impl Read for RangeReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = (self.end - self.pos).min(buf.len() as u64) as usize;
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = self.file.read_at(&mut buf[..want], self.pos)?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the archive ends inside a member"));
-        }
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
 /// `./a/b` and `a/b` are the same member.
 pub(crate) fn normalise_member(path: &[u8]) -> String {
     let text = String::from_utf8_lossy(path);
@@ -394,8 +372,7 @@ impl ArchiveMembers {
 impl Members for ArchiveMembers {
     fn open(&self, path: &str) -> io::Result<Option<(Box<dyn Read + Send>, u64)>> {
         Ok(self.members.get(path).map(|&(start, size)| {
-            let r: Box<dyn Read + Send> =
-                Box::new(RangeReader { file: self.file.clone(), pos: start, end: start + size });
+            let r: Box<dyn Read + Send> = Box::new(RangeReader::new(self.file.clone(), start..start + size));
             (r, size)
         }))
     }

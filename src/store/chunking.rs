@@ -12,13 +12,14 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::str::FromStr;
 
 use fastcdc::v2020::StreamCDC;
+
+use crate::fileio::RangeReader;
 
 /// How a store cuts files into chunks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,42 +84,6 @@ impl fmt::Display for Chunking {
     }
 }
 
-/// The byte ranges of `file` that hold data, found with `SEEK_DATA`/`SEEK_HOLE`. A file
-/// system without them reports the whole file as data, which is still correct, only slower.
-pub fn data_extents(file: &File, size: u64) -> io::Result<Vec<Range<u64>>> {
-    let fd = file.as_raw_fd();
-    let seek = |offset: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
-        // SAFETY: lseek on a file descriptor we own; it reads no memory of ours.
-        let at = unsafe { libc::lseek(fd, offset as libc::off_t, whence) };
-        if at >= 0 {
-            return Ok(Some(at as u64));
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            // ENXIO: no data at or after `offset`.
-            Some(libc::ENXIO) => Ok(None),
-            _ => Err(err),
-        }
-    };
-    let mut extents: Vec<Range<u64>> = Vec::new();
-    let mut at = 0;
-    while at < size {
-        let start = match seek(at, libc::SEEK_DATA) {
-            Ok(Some(start)) => start,
-            Ok(None) => break,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(std::iter::once(0..size).collect()),
-            Err(e) => return Err(e),
-        };
-        if start >= size {
-            break;
-        }
-        let end = seek(start, libc::SEEK_HOLE)?.unwrap_or(size).min(size);
-        extents.push(start..end);
-        at = end;
-    }
-    Ok(extents)
-}
-
 /// One fixed-size chunk: its range in the file and the parts of it that hold data (the rest
 /// is hole, filled with zeros without reading).
 #[derive(Debug, PartialEq, Eq)]
@@ -152,7 +117,7 @@ pub struct RawChunk {
     pub data: Vec<u8>,
 }
 
-/// Reads `file`'s data (at `extents`, from [`data_extents`]) as chunks, in file order,
+/// Reads `file`'s data (at `extents`, from [`crate::fileio::data_extents`]) as chunks, in file order,
 /// handing each to `sink`. Holes are never read; chunks made only of hole are not produced.
 pub fn read_chunks<E: From<io::Error>>(
     file: &File,
@@ -175,7 +140,7 @@ pub fn read_chunks<E: From<io::Error>>(
         }
         Chunking::Cdc(avg) => {
             for extent in extents {
-                let reader = ExtentReader { file, at: extent.start, end: extent.end };
+                let reader = RangeReader::new(file, extent.clone());
                 let cuts = StreamCDC::new(reader, (avg / 4) as usize, avg as usize, (avg * 4) as usize);
                 for piece in cuts {
                     let piece = piece.map_err(io::Error::from)?;
@@ -185,28 +150,6 @@ pub fn read_chunks<E: From<io::Error>>(
         }
     }
     Ok(())
-}
-
-/// Reads one extent of a file with positioned reads.
-struct ExtentReader<'a> {
-    file: &'a File,
-    at: u64,
-    end: u64,
-}
-
-impl Read for ExtentReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = (self.end - self.at).min(buf.len() as u64) as usize;
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = self.file.read_at(&mut buf[..want], self.at)?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being read"));
-        }
-        self.at += n as u64;
-        Ok(n)
-    }
 }
 
 #[cfg(test)]

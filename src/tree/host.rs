@@ -8,12 +8,10 @@
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
-use std::fs::File;
 use std::io;
 use std::ops::Range;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -24,6 +22,7 @@ use super::{
     TreeError, Xattrs, BLOCK_SIZE,
 };
 use crate::error::{Classify, ErrorClass};
+use crate::fileio::{data_extents, open_quietly};
 
 /// A regular file of the host directory; read when the image is written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,17 +37,6 @@ impl Content for HostFile {
 
     fn source_file(&self) -> Option<(&Path, u64)> {
         Some((&self.path, 0))
-    }
-}
-
-/// Opens for reading without updating the file's atime (O_NOATIME), so making an image does
-/// not change its source; falls back to a plain open where that is not permitted (files of
-/// other owners without CAP_FOWNER).
-pub fn open_quietly(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match File::options().read(true).custom_flags(libc::O_NOATIME).open(path) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
-        other => other,
     }
 }
 
@@ -278,7 +266,7 @@ fn data_blocks(path: &Path, size: u64) -> Result<Vec<Range<u64>>, HostError> {
     let ranges = if size <= SMALL_FILE {
         std::iter::once(0..size).collect()
     } else {
-        data_ranges(&file, size).map_err(io_err(path))?
+        data_extents(&file, size).map_err(io_err(path))?
     };
     for range in ranges {
         let start = range.start / BLOCK_SIZE * BLOCK_SIZE;
@@ -303,39 +291,10 @@ fn data_blocks(path: &Path, size: u64) -> Result<Vec<Range<u64>>, HostError> {
     Ok(runs)
 }
 
-/// Byte ranges that may hold data; the whole file where the filesystem cannot tell.
-fn data_ranges(file: &File, size: u64) -> io::Result<Vec<Range<u64>>> {
-    let fd = file.as_raw_fd();
-    let seek = |offset: u64, whence| {
-        // SAFETY: fd is an open descriptor owned by `file` for this call's duration.
-        let r = unsafe { libc::lseek(fd, offset as libc::off_t, whence) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r as u64)
-        }
-    };
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < size {
-        let start = match seek(at, libc::SEEK_DATA) {
-            Ok(s) => s,
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(std::iter::once(0..size).collect()),
-            Err(e) => return Err(e),
-        };
-        if start >= size {
-            break;
-        }
-        let end = seek(start, libc::SEEK_HOLE)?.min(size);
-        out.push(start..end);
-        at = end;
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::fs::File;
+
     use super::*;
 
     #[test]

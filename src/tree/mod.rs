@@ -19,8 +19,9 @@ pub mod sparse;
 /// ext4 and every filesystem we read limit a name to 255 bytes.
 pub const MAX_NAME_LEN: usize = 255;
 
-/// Files are described in units of this many bytes when it comes to holes.
-pub const BLOCK_SIZE: u64 = 4096;
+/// Files are described in units of this many bytes when it comes to holes: the image's
+/// block, so each data block of a file is one block of the image.
+pub use crate::layout::BLOCK_SIZE;
 
 /// Index of a node in its tree's arena.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

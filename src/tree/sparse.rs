@@ -3,6 +3,7 @@
 use std::ops::Range;
 
 use super::BLOCK_SIZE;
+use crate::fileio::is_zero;
 
 /// Runs of blocks of `bytes` that hold at least one nonzero byte.
 pub fn data_blocks_of(bytes: &[u8]) -> Vec<Range<u64>> {
@@ -55,17 +56,6 @@ impl DataBlockScanner {
         }
         self.runs
     }
-}
-
-/// Whether every byte is zero; compares word-sized pieces, which the compiler vectorizes.
-pub fn is_zero(bytes: &[u8]) -> bool {
-    let (prefix, words, suffix) = unsafe {
-        // SAFETY: any byte pattern is a valid u64; align_to only reinterprets the aligned middle.
-        bytes.align_to::<u64>()
-    };
-    prefix.iter().all(|&b| b == 0)
-        && words.iter().fold(0, |acc, &w| acc | w) == 0
-        && suffix.iter().all(|&b| b == 0)
 }
 
 #[cfg(test)]

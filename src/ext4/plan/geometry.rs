@@ -11,11 +11,8 @@ use super::super::group::DESC_SIZE;
 use super::super::inode::INODE_SIZE;
 use super::super::Ext4Error;
 
-pub const BLOCK_SIZE: u64 = 4096;
-/// File data starts at 1 MiB, whatever the image size (see the planner's module doc).
-pub const DATA_START_BYTES: u64 = 1 << 20;
-/// [`DATA_START_BYTES`] in blocks.
-pub const DATA_START: u64 = DATA_START_BYTES / BLOCK_SIZE;
+/// Where file data starts and the block size are the layout contract the spool shares.
+pub use crate::layout::{BLOCK_SIZE, DATA_START};
 
 /// One bitmap block holds a bit for each of this many blocks or inodes.
 const BITS_PER_BITMAP: u64 = BLOCK_SIZE * 8;
@@ -28,9 +25,9 @@ pub const INODES_PER_BLOCK: u64 = BLOCK_SIZE / INODE_SIZE as u64;
 const BLOCKS_PER_INODE: u64 = 4;
 
 /// Large files, the metadata area and automatic image sizes are aligned to 1 MiB.
-pub const ALIGN_BLOCKS: u64 = 256;
+pub use crate::layout::ALIGN as ALIGN_BLOCKS;
 /// Files of at least this many bytes start on an [`ALIGN_BLOCKS`] boundary.
-pub const ALIGN_FILES_FROM_BYTES: u64 = 1 << 20;
+pub use crate::layout::ALIGN_FILES_FROM as ALIGN_FILES_FROM_BYTES;
 
 /// ifork.rst: 2^32 logical blocks of 4 KiB, the largest ext4 file with extents.
 pub const MAX_FILE_SIZE: u64 = (1 << 32) * BLOCK_SIZE;

@@ -33,7 +33,7 @@ mod allocate;
 mod geometry;
 mod shape;
 
-pub use geometry::{Geometry, BLOCKS_PER_GROUP, BLOCK_SIZE, DATA_START_BYTES};
+pub use geometry::{Geometry, BLOCKS_PER_GROUP, BLOCK_SIZE};
 use geometry::{ALIGN_BLOCKS, DATA_START, INODES_PER_BLOCK};
 use shape::TreeShape;
 

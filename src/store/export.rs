@@ -1,0 +1,97 @@
+//! Reading images back: a manifest, checked against its id; chunks, checked against their
+//! digests; a whole stored file written out byte-identical and sparse.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use super::{ChunkRef, ImageId, ImageManifest, Store, StoreError, StoredFile};
+use crate::digest::Digest;
+use crate::fileio;
+
+impl Store {
+    /// The manifest of an image.
+    pub fn manifest(&self, id: &ImageId) -> Result<ImageManifest, StoreError> {
+        let path = self.manifest_path(id);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(id.to_string()))
+            }
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        };
+        parse_manifest(id, &bytes)
+    }
+
+    /// Writes the image's rootfs to `out`, byte-identical to what was stored and sparse:
+    /// holes and all-zero blocks are not written.
+    pub fn export_rootfs(&self, id: &ImageId, out: &Path) -> Result<(), StoreError> {
+        let manifest = self.manifest(id)?;
+        self.export_stored(&manifest.rootfs.file, out)
+    }
+
+    /// Writes one of the image's boot files (`kernel`, `initrd`) to `out`.
+    pub fn export_file(&self, id: &ImageId, name: &str, out: &Path) -> Result<(), StoreError> {
+        let manifest = self.manifest(id)?;
+        let file = manifest.files.get(name).ok_or_else(|| StoreError::NoSuchFile {
+            id: *id,
+            name: name.to_string(),
+            available: manifest.files.keys().cloned().collect(),
+        })?;
+        self.export_stored(file, out)
+    }
+
+    fn export_stored(&self, stored: &StoredFile, out: &Path) -> Result<(), StoreError> {
+        let _lock = self.shared_lock()?;
+        let file = File::create(out).map_err(StoreError::io(out))?;
+        file.set_len(stored.size).map_err(StoreError::io(out))?;
+        stored.chunks.par_iter().try_for_each(|chunk| {
+            let data = self.read_chunk(chunk)?;
+            fileio::write_sparse(&file, &data, chunk.offset).map_err(StoreError::io(out))
+        })
+    }
+
+    /// A chunk's bytes, checked against its digest.
+    fn read_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>, StoreError> {
+        let path = self.chunk_path(&chunk.digest);
+        let compressed = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::MissingChunk(chunk.digest))
+            }
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        };
+        let data = decode_chunk(&chunk.digest, &compressed)?;
+        if data.len() as u64 != chunk.size {
+            return Err(StoreError::CorruptChunk {
+                digest: chunk.digest,
+                reason: format!("holds {} bytes, the manifest says {}", data.len(), chunk.size),
+            });
+        }
+        Ok(data)
+    }
+}
+
+/// Decompresses a stored manifest, checks that it hashes to `id` and parses it.
+pub(super) fn parse_manifest(id: &ImageId, compressed: &[u8]) -> Result<ImageManifest, StoreError> {
+    let damaged = |reason: String| StoreError::CorruptManifest { id: id.to_string(), reason };
+    let bytes =
+        zstd::stream::decode_all(compressed).map_err(|e| damaged(format!("does not decompress: {e}")))?;
+    if Digest::of(&bytes) != id.0 {
+        return Err(damaged("its bytes do not hash to its id".into()));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))
+}
+
+/// Decompresses a chunk file and checks that the bytes hash to `digest`.
+pub(super) fn decode_chunk(digest: &Digest, compressed: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let damaged = |reason: String| StoreError::CorruptChunk { digest: *digest, reason };
+    let data =
+        zstd::stream::decode_all(compressed).map_err(|e| damaged(format!("does not decompress: {e}")))?;
+    if Digest::of(&data) != *digest {
+        return Err(damaged("its bytes hash to another digest".into()));
+    }
+    Ok(data)
+}

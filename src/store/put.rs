@@ -1,0 +1,200 @@
+//! Putting an image into the store: files cut into chunks, the new chunks compressed and
+//! written in parallel batches (one file-system flush per batch), then the manifest, once
+//! everything it references is durable.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+
+use rayon::prelude::*;
+
+use super::atomic::{persist_creating_dir, sweep_dead_temp_files, temp_prefix};
+use super::chunking::{self, RawChunk};
+use super::{
+    ChunkRef, ImageId, ImageManifest, ImageRecord, Store, StoreError, StoredFile, StoredRootfs, STORE_FORMAT,
+};
+use crate::digest::Digest;
+use crate::fileio::{self, is_zero};
+
+/// zstd level for chunks: level 3 compresses ext4 data about as well as higher levels at
+/// several times their speed, and decompression speed does not depend on it.
+const ZSTD_LEVEL: i32 = 3;
+/// Manifests are small and written once: a higher level is affordable.
+const MANIFEST_ZSTD_LEVEL: i32 = 9;
+/// Bytes of chunks read ahead of the parallel hash/compress stage.
+const BATCH_BYTES: usize = 32 << 20;
+
+/// How far a put has come, in bytes of file data (holes excluded) hashed and stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PutProgress {
+    pub done: u64,
+    pub total: u64,
+}
+
+impl Store {
+    /// Stores a rootfs image and boot files (`("kernel", path)`, `("initrd", path)`) and
+    /// returns the image id. Storing the same inputs again returns the same id.
+    pub fn put_image(
+        &self,
+        rootfs: &Path,
+        boot_files: &[(&str, &Path)],
+        record: ImageRecord,
+    ) -> Result<ImageId, StoreError> {
+        self.put_image_with_progress(rootfs, boot_files, record, &|_| {})
+    }
+
+    /// [`Store::put_image`], reporting progress after each batch of chunks.
+    pub fn put_image_with_progress(
+        &self,
+        rootfs: &Path,
+        boot_files: &[(&str, &Path)],
+        record: ImageRecord,
+        progress: &(dyn Fn(PutProgress) + Sync),
+    ) -> Result<ImageId, StoreError> {
+        let _lock = self.shared_lock()?;
+        sweep_dead_temp_files(&self.tmp_dir());
+        let mut inputs = Vec::new();
+        for (name, path) in
+            std::iter::once((None, rootfs)).chain(boot_files.iter().map(|(n, p)| (Some(*n), *p)))
+        {
+            let file = File::open(path).map_err(StoreError::io(path))?;
+            let size = file.metadata().map_err(StoreError::io(path))?.len();
+            let extents = fileio::data_extents(&file, size).map_err(StoreError::io(path))?;
+            inputs.push(Input { name, path, file, size, extents });
+        }
+        let total = inputs.iter().flat_map(|i| &i.extents).map(|r| r.end - r.start).sum();
+        let mut done = 0;
+        let mut rootfs_file = None;
+        let mut files = BTreeMap::new();
+        for input in &inputs {
+            let stored = self.store_file(input, &mut |bytes| {
+                done += bytes;
+                progress(PutProgress { done, total });
+            })?;
+            match input.name {
+                None => rootfs_file = Some(stored),
+                Some(name) => {
+                    files.insert(name.to_string(), stored);
+                }
+            }
+        }
+        // Every chunk, and its name, must be durable before a manifest can reference it; that
+        // includes chunks a concurrent put renamed into place and this one found present.
+        fileio::syncfs(&self.root).map_err(StoreError::io(&self.root))?;
+        let manifest = ImageManifest {
+            store_format: STORE_FORMAT,
+            rootfs: StoredRootfs {
+                uuid: record.uuid,
+                digest: record.rootfs_digest,
+                file: rootfs_file.expect("the rootfs is the first input"),
+            },
+            files,
+            boot: record.boot,
+            source: record.source,
+            config: record.config,
+            build: record.build,
+        };
+        let bytes = manifest.canonical_bytes();
+        let id = ImageId(Digest::of(&bytes));
+        let path = self.manifest_path(&id);
+        // An existing manifest has these very bytes (they hash to its name); keeping it keeps
+        // the image's creation time.
+        if !path.exists() {
+            // Compressed: a manifest lists every chunk, and half of each entry is hex.
+            let compressed =
+                zstd::bulk::compress(&bytes, MANIFEST_ZSTD_LEVEL).map_err(StoreError::io(&path))?;
+            self.write_atomic_durable(&path, &compressed)?;
+        }
+        Ok(id)
+    }
+
+    /// Cuts `file` into chunks, stores the ones not yet present (in parallel) and returns the
+    /// chunk list. One thread reads ahead while the pool hashes and compresses.
+    fn store_file(&self, input: &Input, progress: &mut dyn FnMut(u64)) -> Result<StoredFile, StoreError> {
+        let Input { path, file, size, extents, .. } = input;
+        let chunking = self.chunking;
+        let (send, receive) = sync_channel::<Vec<RawChunk>>(1);
+        let mut chunks = Vec::new();
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(move || {
+                let mut batch = Vec::new();
+                let mut bytes = 0;
+                let sent = chunking::read_chunks(file, *size, extents, chunking, |chunk: RawChunk| {
+                    bytes += chunk.data.len();
+                    batch.push(chunk);
+                    if bytes >= BATCH_BYTES {
+                        bytes = 0;
+                        // The receiver is gone only when storing failed; that error wins.
+                        send.send(std::mem::take(&mut batch)).map_err(|_| io::Error::other("put stopped"))?;
+                    }
+                    Ok::<(), io::Error>(())
+                });
+                sent.and_then(|()| send.send(batch).map_err(|_| io::Error::other("put stopped")))
+            });
+            let stored = (|| {
+                for batch in receive {
+                    let bytes: u64 = batch.iter().map(|c| c.data.len() as u64).sum();
+                    let results: Vec<(Option<ChunkRef>, Option<Pending>)> =
+                        batch.into_par_iter().map(|chunk| self.put_chunk(chunk)).collect::<Result<_, _>>()?;
+                    let mut pending = Vec::new();
+                    for (chunk, new) in results {
+                        chunks.extend(chunk);
+                        pending.extend(new);
+                    }
+                    if !pending.is_empty() {
+                        // One flush of the file system makes the whole batch durable: far
+                        // cheaper than an fsync per chunk, and a chunk is named only after it.
+                        fileio::syncfs(&self.root).map_err(StoreError::io(&self.root))?;
+                        for Pending { tmp, dest } in pending {
+                            persist_creating_dir(tmp, &dest)?;
+                        }
+                    }
+                    progress(bytes);
+                }
+                Ok::<(), StoreError>(())
+            })();
+            let read = reader.join().expect("the chunk reader does not panic");
+            stored?;
+            read.map_err(StoreError::io(path))
+        })?;
+        Ok(StoredFile { size: *size, chunking: chunking.to_string(), chunks })
+    }
+
+    /// Stores one chunk unless it is all zeros (recorded by its absence) or already present.
+    fn put_chunk(&self, chunk: RawChunk) -> Result<(Option<ChunkRef>, Option<Pending>), StoreError> {
+        if is_zero(&chunk.data) {
+            return Ok((None, None));
+        }
+        let digest = Digest::of(&chunk.data);
+        let dest = self.chunk_path(&digest);
+        let chunk_ref = ChunkRef { offset: chunk.offset, size: chunk.data.len() as u64, digest };
+        if dest.exists() {
+            return Ok((Some(chunk_ref), None));
+        }
+        let compressed = zstd::bulk::compress(&chunk.data, ZSTD_LEVEL).map_err(StoreError::io(&dest))?;
+        let tmp_dir = self.tmp_dir();
+        let mut tmp = tempfile::Builder::new()
+            .prefix(&temp_prefix("c"))
+            .tempfile_in(&tmp_dir)
+            .map_err(StoreError::io(&tmp_dir))?;
+        tmp.write_all(&compressed).map_err(StoreError::io(tmp.path()))?;
+        Ok((Some(chunk_ref), Some(Pending { tmp, dest })))
+    }
+}
+
+/// A file to put: its name among the boot files (none for the rootfs) and where its data is.
+struct Input<'a> {
+    name: Option<&'a str>,
+    path: &'a Path,
+    file: File,
+    size: u64,
+    extents: Vec<std::ops::Range<u64>>,
+}
+
+/// A new chunk in a temp file, waiting for its batch's sync before it is renamed into place.
+struct Pending {
+    tmp: tempfile::NamedTempFile,
+    dest: PathBuf,
+}
