@@ -235,6 +235,47 @@ pub fn open_quietly(path: &Path) -> io::Result<File> {
     }
 }
 
+/// The names in a directory (without `.` and `..`), listed without updating the directory's
+/// atime (O_NOATIME where permitted), so that reading a source tree does not change it.
+pub fn read_dir_quietly(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+    use std::os::unix::ffi::OsStrExt;
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+    let opened = File::options().read(true).custom_flags(flags | libc::O_NOATIME).open(dir);
+    let file = match opened {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            File::options().read(true).custom_flags(flags).open(dir)?
+        }
+        other => other?,
+    };
+    // SAFETY: fdopendir takes ownership of the descriptor on success (into_raw_fd hands it
+    // over); the stream is closed below, and each dirent is read before the next readdir.
+    unsafe {
+        use std::os::fd::IntoRawFd;
+        let fd = file.into_raw_fd();
+        let stream = libc::fdopendir(fd);
+        if stream.is_null() {
+            let err = io::Error::last_os_error();
+            libc::close(fd);
+            return Err(err);
+        }
+        let mut names = Vec::new();
+        let result = loop {
+            *libc::__errno_location() = 0;
+            let entry = libc::readdir64(stream);
+            if entry.is_null() {
+                let errno = *libc::__errno_location();
+                break if errno == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(errno)) };
+            }
+            let name = std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()).to_bytes();
+            if name != b"." && name != b".." {
+                names.push(std::ffi::OsStr::from_bytes(name).to_os_string());
+            }
+        };
+        libc::closedir(stream);
+        result.map(|()| names)
+    }
+}
+
 /// Reads one byte range of a file with positioned reads (`pread`), so that many readers of
 /// one shared file (`&File`, `Arc<File>`) need neither seeking nor a lock.
 pub struct RangeReader<F> {

@@ -22,7 +22,7 @@ use super::{
     TreeError, Xattrs, BLOCK_SIZE,
 };
 use crate::error::{Classify, ErrorClass};
-use crate::fileio::{data_extents, open_quietly};
+use crate::fileio::{data_extents, open_quietly, read_dir_quietly};
 
 /// A regular file of the host directory; read when the image is written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,18 +132,20 @@ struct Entry {
 
 /// The entries of a directory, in name order.
 fn list_dir(dir: &Path) -> Result<Vec<Entry>, HostError> {
-    let mut names: Vec<_> = std::fs::read_dir(dir)
-        .map_err(io_err(dir))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<Result<_, _>>()
-        .map_err(io_err(dir))?;
+    let mut names = read_dir_quietly(dir).map_err(io_err(dir))?;
     names.sort();
     names
         .into_iter()
         .map(|name| {
             let path = dir.join(&name);
-            let meta = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
-            let node = Node::new(kind_of(&path, &meta)?, metadata_of(&path, &meta)?);
+            let mut meta = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
+            let kind = kind_of(&path, &meta)?;
+            if meta.is_symlink() {
+                // Reading a link may set its atime (it cannot be read with O_NOATIME): its
+                // times are taken after the read, which a later read leaves as they are.
+                meta = std::fs::symlink_metadata(&path).map_err(io_err(&path))?;
+            }
+            let node = Node::new(kind, metadata_of(&path, &meta)?);
             Ok(Entry { path, node, dev: meta.dev(), ino: meta.ino(), nlink: meta.nlink() })
         })
         .collect()
