@@ -12,6 +12,7 @@ use diskc::error::{Classify, Error, ErrorKind};
 pub mod boot;
 pub mod build;
 pub mod convert;
+pub mod generate;
 pub mod listing;
 pub mod mkfs;
 pub mod output;
@@ -77,6 +78,10 @@ pub enum Command {
     Gc(store::GcArgs),
     /// Re-hash every chunk and report damaged images (exit 2 on damage).
     Verify(store::VerifyArgs),
+    /// Print a shell completion script: bash, zsh or fish.
+    Completion(generate::CompletionArgs),
+    /// Write manual pages (diskc.1, diskc-COMMAND.1) into a directory.
+    Man(generate::ManArgs),
     /// Store a rootfs file as an image (for tests and measurements).
     #[command(hide = true)]
     StorePut(store::StorePutArgs),
@@ -103,6 +108,8 @@ pub fn run(mut cli: Cli, rt: &Handle) -> Result<u8, Error> {
         Command::Prune(args) => store::prune(args, global),
         Command::Gc(args) => store::gc(args, global),
         Command::Verify(args) => store::verify(args, global),
+        Command::Completion(args) => generate::completion(args),
+        Command::Man(args) => generate::man(args, global),
         Command::StorePut(args) => store::store_put(args, global),
     }
 }
@@ -113,7 +120,7 @@ impl Command {
         match self {
             Command::Build(args) => Some(&mut args.output.store),
             Command::Convert(args) => Some(&mut args.output.store),
-            Command::Mkfs(_) => None,
+            Command::Mkfs(_) | Command::Completion(_) | Command::Man(_) => None,
             Command::Boot(args) => Some(&mut args.store),
             Command::Ls(args) => Some(&mut args.store),
             Command::Inspect(args) => Some(&mut args.store),
