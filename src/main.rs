@@ -13,11 +13,17 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(err) => {
             let usage = err.use_stderr();
-            let _ = err.print();
+            if usage && std::env::args().any(|a| a == "--json") {
+                let error = diskc::error::Error::usage(err.render().to_string().trim().to_string());
+                eprintln!("{}", cli::output::json_error(&error));
+            } else {
+                let _ = err.print();
+            }
             // clap's own exit code for usage errors is 2; ours is 1 (2 means bad input).
             return ExitCode::from(if usage { 1 } else { 0 });
         }
     };
+    let json = args.global.json;
     cli::init_logging(args.global.verbose);
     if !matches!(args.command, cli::Command::Boot(_)) {
         remove_unfinished_work_on_signals();
@@ -33,7 +39,11 @@ fn main() -> ExitCode {
     match cli::run(args, runtime.handle()) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("diskc: error: {err}");
+            if json {
+                eprintln!("{}", cli::output::json_error(&err));
+            } else {
+                eprintln!("diskc: error: {err}");
+            }
             ExitCode::from(err.kind().exit_code())
         }
     }

@@ -251,7 +251,7 @@ fn too_small_a_size_fails_with_bad_input_and_leaves_nothing() {
 }
 
 #[test]
-fn a_missing_source_is_a_usage_error_and_a_file_not_a_tar_bad_input() {
+fn a_missing_source_and_a_file_not_a_tar_are_bad_input() {
     let tmp = tempdir();
     let out = diskc()
         .arg("mkfs")
@@ -260,7 +260,7 @@ fn a_missing_source_is_a_usage_error_and_a_file_not_a_tar_bad_input() {
         .arg(tmp.path().join("x"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     let file = tmp.path().join("file");
     std::fs::write(&file, b"not a tar at all").unwrap();
     let out = diskc().arg("mkfs").arg(&file).arg("-o").arg(tmp.path().join("x")).output().unwrap();

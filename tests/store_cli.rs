@@ -60,6 +60,7 @@ fn store_commands_list_inspect_export_tag_and_remove() {
     let inspected = json_of(&common::run_ok(
         common::diskc().args(["inspect", "--json", "--store"]).arg(&store).arg("app:v1"),
     ));
+    let inspected = &inspected["images"][0];
     assert_eq!(inspected["id"], id.as_str());
     assert_eq!(inspected["manifest"]["rootfs"]["size"], 3_000_000);
     assert_eq!(inspected["manifest"]["files"]["kernel"]["size"], 19);
@@ -89,8 +90,9 @@ fn store_commands_list_inspect_export_tag_and_remove() {
 
     let removed =
         json_of(&common::run_ok(common::diskc().args(["rm", "--json", "--store"]).arg(&store).arg("app:v1")));
-    assert_eq!(removed["id"], id.as_str());
-    assert_eq!(removed["names"], serde_json::json!(["app:v1"]));
+    assert_eq!(removed["removed"][0]["id"], id.as_str());
+    assert_eq!(removed["removed"][0]["untagged"], serde_json::json!(["app:v1"]));
+    assert_eq!(removed["removed"][0]["deleted"], true);
     let gone = common::diskc().args(["inspect", "--store"]).arg(&store).arg(&id).output().unwrap();
     assert_eq!(gone.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&gone.stderr);

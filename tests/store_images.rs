@@ -277,8 +277,11 @@ fn rm_then_gc_frees_exactly_the_unshared_chunks() {
     assert!(!unshared.is_empty());
     assert_eq!(chunk_files(store.root()), kept.union(&dropped).cloned().collect());
 
-    let (removed, names) = store.rm("grown").unwrap();
-    assert_eq!((removed, names), (grown, vec!["grown".to_string()]));
+    let removed = store.rm("grown").unwrap();
+    assert_eq!(
+        (removed.id, removed.untagged, removed.deleted),
+        (grown, vec!["grown:latest".to_string()], true)
+    );
     assert_eq!(store.cache_get("key-of-grown").unwrap(), None);
     assert!(matches!(store.resolve("grown"), Err(StoreError::NotFound(_))));
     // Before gc nothing is freed: rm only drops the manifest and names.

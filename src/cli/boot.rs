@@ -32,7 +32,7 @@ pub struct BootArgs {
     /// Virtual CPUs.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub cpus: u32,
-    /// Kill the guest after S seconds (exit code 3).
+    /// Kill the guest after S seconds (exit code 3); 0 or none: no limit.
     #[arg(long, value_name = "S")]
     pub timeout: Option<u64>,
     /// Attach the root disk read-only and mount it so.
@@ -52,7 +52,11 @@ fn parse_memory(text: &str) -> Result<u32, UsageError> {
         _ => (text, 1),
     };
     let n: u32 = digits.parse().map_err(|_| bad())?;
-    n.checked_mul(factor).filter(|&m| m >= 64).ok_or_else(bad)
+    let mib = n.checked_mul(factor).ok_or_else(bad)?;
+    if mib < 64 {
+        return Err(UsageError(format!("--memory {text:?}: the guest needs at least 64 MiB")));
+    }
+    Ok(mib)
 }
 
 pub fn run(args: BootArgs) -> Result<u8, Error> {
@@ -85,7 +89,7 @@ pub fn run(args: BootArgs) -> Result<u8, Error> {
     let opts = RunOptions {
         memory_mib,
         cpus: args.cpus,
-        timeout: args.timeout.map(Duration::from_secs),
+        timeout: args.timeout.filter(|&s| s > 0).map(Duration::from_secs),
         read_only: args.read_only,
         cmd: (!args.cmd.is_empty()).then(|| args.cmd.into_iter().map(OsString::into_vec).collect()),
         ..RunOptions::default()

@@ -138,7 +138,7 @@ pub fn run(args: BuildArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Erro
     let mut extra = serde_json::Map::new();
     extra.insert("image_id".into(), built.image_id.clone().into());
     extra.insert("tags".into(), built.tags.clone().into());
-    print_result(&built.converted, global, extra);
+    print_result("build", &built.converted, global, extra);
     Ok(0)
 }
 

@@ -13,7 +13,7 @@ use diskc::pipeline::{self, ConvertPlan, Converted, HostKernel, OutputPlan, Prog
 use diskc::source::{SourceRef, DEFAULT_PLATFORM};
 
 use super::store::StoreArgs;
-use super::{parse_size, GlobalArgs, SizeArg};
+use super::{output, parse_size, GlobalArgs, SizeArg};
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
@@ -31,7 +31,7 @@ pub struct ConvertArgs {
     /// The image to convert (see below).
     pub source: String,
     /// Which image of a multi-platform index: os/arch[/variant].
-    #[arg(long, default_value = DEFAULT_PLATFORM)]
+    #[arg(long, default_value = DEFAULT_PLATFORM, value_parser = parse_platform)]
     pub platform: String,
     /// Name the stored image (repeatable).
     #[arg(short = 't', long = "tag", value_name = "NAME", conflicts_with = "no_store")]
@@ -103,8 +103,24 @@ pub fn run(args: ConvertArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Er
     let mut progress = ConvertProgress::new(global);
     let converted = pipeline::convert(&plan, rt, &mut |p| progress.show(p));
     progress.finish();
-    print_result(&converted?, global, serde_json::Map::new());
+    print_result("convert", &converted?, global, serde_json::Map::new());
     Ok(0)
+}
+
+/// `os/arch[/variant]`, each part lowercase letters, digits, `_` or `-`: a malformed platform
+/// is a usage error before any work starts.
+pub fn parse_platform(text: &str) -> Result<String, String> {
+    let parts: Vec<&str> = text.split('/').collect();
+    let part_ok = |p: &&str| {
+        !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b))
+    };
+    if (2..=3).contains(&parts.len()) && parts.iter().all(part_ok) {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not a platform: expected os/arch[/variant], e.g. linux/amd64 or linux/arm64/v8"
+        ))
+    }
 }
 
 /// A spinner line on stderr for the conversion, when it is a terminal.
@@ -145,13 +161,23 @@ impl ConvertProgress {
     }
 }
 
-/// One line for people, or one JSON object (with `extra` fields first) for machines.
+/// Said once, on stderr, when an image got no boot part.
+const NO_KERNEL: &str = "diskc: note: no kernel found (none given, none in the image): the image \
+will not be bootable. Add one with --kernel VMLINUZ --modules DIR, or DISKC_KERNEL and \
+DISKC_MODULES (scripts/fetch-kernel.sh prints them).";
+
+/// One line for people, or one JSON object (with `extra` fields) for machines; a note on
+/// stderr when the image cannot boot.
 pub fn print_result(
+    command: &str,
     converted: &Converted,
     global: &GlobalArgs,
     mut extra: serde_json::Map<String, serde_json::Value>,
 ) {
     let m = &converted.manifest;
+    if m.boot.is_none() && !global.quiet {
+        eprintln!("{NO_KERNEL}");
+    }
     if global.json {
         let fields = serde_json::json!({
             "id": m.id,
@@ -161,24 +187,24 @@ pub fn print_result(
             "source": m.source,
             "config": m.config,
             "boot": m.boot,
-            "timings": converted.timings,
+            "timings": output::rounded_timings(&converted.timings),
         });
         if let serde_json::Value::Object(fields) = fields {
             extra.extend(fields);
         }
-        println!("{}", serde_json::Value::Object(extra));
+        output::json(command, serde_json::Value::Object(extra));
     } else if global.quiet {
-        println!("{}", m.id.as_deref().unwrap_or(&m.rootfs.digest.to_string()));
+        output::line(m.id.as_deref().unwrap_or(&m.rootfs.digest.to_string()));
     } else {
         let id = m.id.as_deref().map(|id| format!("image {id}")).unwrap_or_else(|| "not stored".into());
         let outdir = converted.outdir.as_ref().map(|d| format!(" -> {}", d.display())).unwrap_or_default();
         let boot = if m.boot.is_some() { "bootable" } else { "no kernel" };
         let hit = if converted.cache_hit { ", from the cache" } else { "" };
-        println!(
+        output::line(format!(
             "{}{outdir}: {id} ({:.1} MiB rootfs, {boot}{hit}), {:.2}s",
             m.source.reference,
             m.rootfs.size as f64 / (1 << 20) as f64,
             converted.timings.total
-        );
+        ));
     }
 }

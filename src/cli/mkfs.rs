@@ -4,10 +4,14 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use diskc::error::Error;
+use diskc::error::{Error, UsageError};
 use diskc::pipeline::{self, MkfsPlan, MkfsSource};
 
-use super::{parse_size, GlobalArgs, SizeArg};
+use super::{output, parse_size, CliError, GlobalArgs, SizeArg};
+
+/// The smallest filesystem diskc lays out: its first MiB of metadata and a little room. The
+/// tree's own needs usually ask for more, and the error then says how much.
+const MIN_SIZE: u64 = (1 << 20) + (256 << 10);
 
 #[derive(Args, Debug)]
 pub struct MkfsArgs {
@@ -18,7 +22,7 @@ pub struct MkfsArgs {
     #[arg(short, long)]
     pub output: PathBuf,
     /// `auto` (the content plus headroom) or a size in bytes, with an optional K, M, G or T
-    /// suffix (powers of 1024).
+    /// suffix (powers of 1024); at least 1280K, rounded down to 4 KiB blocks.
     #[arg(long, default_value = "auto", value_parser = parse_size)]
     pub size: SizeArg,
     /// Leave out the jbd2 journal (for images only ever mounted read-only).
@@ -34,6 +38,18 @@ pub struct MkfsArgs {
 }
 
 pub fn run(args: MkfsArgs, global: &GlobalArgs) -> Result<u8, Error> {
+    if args.source.as_os_str() != "-" && !args.source.exists() {
+        return Err(CliError::MissingSource(args.source.clone()).into());
+    }
+    if let Some(size) = args.size.0 {
+        if size < MIN_SIZE {
+            return Err(UsageError(format!(
+                "--size {size}: too small: an image is at least {MIN_SIZE} bytes (1280K), and the \
+                 tree usually needs more; use --size auto to size it from the content"
+            ))
+            .into());
+        }
+    }
     let plan = MkfsPlan {
         source: MkfsSource::of(&args.source)?,
         output: args.output.clone(),
@@ -50,11 +66,11 @@ pub fn run(args: MkfsArgs, global: &GlobalArgs) -> Result<u8, Error> {
             "uuid": made.uuid,
             "inodes": summary.inodes_used,
             "blocks": summary.blocks_used,
-            "seconds": made.seconds,
+            "seconds": output::round_seconds(made.seconds),
         });
-        println!("{out}");
+        output::json("mkfs", out);
     } else if !global.quiet {
-        println!(
+        output::line(format!(
             "{}: {} bytes, {} inodes, {} of {} blocks used, uuid {}, {:.2}s",
             args.output.display(),
             summary.size_bytes,
@@ -63,7 +79,7 @@ pub fn run(args: MkfsArgs, global: &GlobalArgs) -> Result<u8, Error> {
             summary.size_bytes / u64::from(summary.block_size),
             made.uuid,
             made.seconds,
-        );
+        ));
     }
     Ok(0)
 }

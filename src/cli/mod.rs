@@ -1,15 +1,21 @@
 //! Command-line interface: one file per subcommand. Each turns its raw arguments into a
 //! validated plan for the library before any work starts.
 
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand};
 use tokio::runtime::Handle;
 
-use diskc::error::Error;
+use diskc::error::{Classify, Error, ErrorKind};
 
 pub mod boot;
 pub mod build;
 pub mod convert;
+pub mod generate;
+pub mod listing;
 pub mod mkfs;
+pub mod output;
 pub mod store;
 
 const EXIT_CODES: &str = "\
@@ -40,6 +46,10 @@ pub struct GlobalArgs {
     /// More logging on stderr (-v, -vv); RUST_LOG works too.
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// The store's directory, for every command that uses one (a subcommand's own --store
+    /// wins) [default: $DISKC_STORE, else $XDG_CACHE_HOME/diskc, else ~/.cache/diskc].
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -54,25 +64,36 @@ pub enum Command {
     Boot(boot::BootArgs),
     /// List the images in the store.
     Ls(store::LsArgs),
-    /// Print an image's manifest.
+    /// Show images: a summary, or with --json the full record.
     Inspect(store::InspectArgs),
     /// Write an image's rootfs (and optionally kernel and initrd) out of the store.
     Export(store::ExportArgs),
-    /// Give an image a name.
+    /// Give an image one or more names.
     Tag(store::TagArgs),
-    /// Remove an image and its names from the store (its chunks go at the next gc).
+    /// Remove names, and the images left without one (by id: the image and all its names).
     Rm(store::RmArgs),
+    /// Remove images without a name (--all: every image), then their unused chunks.
+    Prune(store::PruneArgs),
     /// Remove chunks no image references, and leftovers of interrupted writes.
     Gc(store::GcArgs),
     /// Re-hash every chunk and report damaged images (exit 2 on damage).
     Verify(store::VerifyArgs),
+    /// Print a shell completion script: bash, zsh or fish.
+    Completion(generate::CompletionArgs),
+    /// Write manual pages (diskc.1, diskc-COMMAND.1) into a directory.
+    Man(generate::ManArgs),
     /// Store a rootfs file as an image (for tests and measurements).
     #[command(hide = true)]
     StorePut(store::StorePutArgs),
 }
 
 /// Runs a parsed command on `rt`, the process's runtime; returns the process exit code.
-pub fn run(cli: Cli, rt: &Handle) -> Result<u8, Error> {
+pub fn run(mut cli: Cli, rt: &Handle) -> Result<u8, Error> {
+    if let Some(store) = cli.global.store.take() {
+        if let Some(args) = cli.command.store_args() {
+            args.store.get_or_insert(store);
+        }
+    }
     let global = &cli.global;
     match cli.command {
         Command::Build(args) => build::run(args, global, rt),
@@ -84,9 +105,56 @@ pub fn run(cli: Cli, rt: &Handle) -> Result<u8, Error> {
         Command::Export(args) => store::export(args, global),
         Command::Tag(args) => store::tag(args, global),
         Command::Rm(args) => store::rm(args, global),
+        Command::Prune(args) => store::prune(args, global),
         Command::Gc(args) => store::gc(args, global),
         Command::Verify(args) => store::verify(args, global),
+        Command::Completion(args) => generate::completion(args),
+        Command::Man(args) => generate::man(args, global),
         Command::StorePut(args) => store::store_put(args, global),
+    }
+}
+
+impl Command {
+    /// The command's own `--store`, where it has one: the global `--store` fills it in.
+    fn store_args(&mut self) -> Option<&mut store::StoreArgs> {
+        match self {
+            Command::Build(args) => Some(&mut args.output.store),
+            Command::Convert(args) => Some(&mut args.output.store),
+            Command::Mkfs(_) | Command::Completion(_) | Command::Man(_) => None,
+            Command::Boot(args) => Some(&mut args.store),
+            Command::Ls(args) => Some(&mut args.store),
+            Command::Inspect(args) => Some(&mut args.store),
+            Command::Export(args) => Some(&mut args.store),
+            Command::Tag(args) => Some(&mut args.store),
+            Command::Rm(args) => Some(&mut args.store),
+            Command::Prune(args) => Some(&mut args.store),
+            Command::Gc(args) => Some(&mut args.store),
+            Command::Verify(args) => Some(&mut args.store),
+            Command::StorePut(args) => Some(&mut args.store),
+        }
+    }
+}
+
+/// What the command line names that is not there, or not what it should be.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(
+        "no store at {0}: nothing has been stored there yet; check --store or DISKC_STORE \
+         (build or convert create a store)"
+    )]
+    NoStore(PathBuf),
+    #[error("the store at {0} is not a directory: give --store (or DISKC_STORE) a directory")]
+    StoreNotADirectory(PathBuf),
+    #[error("SOURCE {0} does not exist: give a directory, a tar file, or - for a tar on stdin")]
+    MissingSource(PathBuf),
+}
+
+impl Classify for CliError {
+    fn class(&self) -> ErrorKind {
+        match self {
+            CliError::NoStore(_) | CliError::MissingSource(_) => ErrorKind::BadInput,
+            CliError::StoreNotADirectory(_) => ErrorKind::Usage,
+        }
     }
 }
 
@@ -123,5 +191,15 @@ pub fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
+        .init();
+}
+
+/// Colour codes only for a person at a terminal: never into a pipe or a file, and never when
+/// `NO_COLOR` is set to anything non-empty (no-color.org).
+fn colour_on_stderr() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
 }

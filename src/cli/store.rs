@@ -1,16 +1,21 @@
-//! `diskc ls | inspect | export | tag | rm | gc | verify`: the commands over the image store,
-//! plus the hidden `diskc store-put` that stores a rootfs file directly (for tests that kill a
-//! put mid-way, and for measuring chunking strategies on real images).
+//! `diskc ls | inspect | export | tag | rm | prune | gc | verify`: the commands over the image
+//! store, plus the hidden `diskc store-put` that stores a rootfs file directly (for tests that
+//! kill a put mid-way, and for measuring chunking strategies on real images).
+//!
+//! Only `build`, `convert` and `store-put` create a store. The others read or change one that
+//! exists: a mistyped `--store` is an error naming the path, not a new empty store.
 
 use std::path::PathBuf;
 
 use clap::Args;
 use serde_json::json;
 
-use diskc::error::{Error, ResultExt};
-use diskc::store::{Chunking, ImageRecord, Store};
+use diskc::error::{Error, ResultExt, UsageError};
+use diskc::source::reference::with_default_tag;
+use diskc::store::{Chunking, ImageId, ImageRecord, Store};
 
-use super::GlobalArgs;
+use super::listing::{self, human_bytes, rfc3339, Filter, Format};
+use super::{output, CliError, GlobalArgs};
 
 /// Where the store lives; shared by every command that uses it.
 #[derive(Args, Clone, Debug)]
@@ -22,24 +27,58 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
+    fn root(&self) -> PathBuf {
+        self.store.clone().unwrap_or_else(Store::default_root)
+    }
+
+    /// Opens the store, creating it if absent (for the commands that put images in it).
     pub fn open(&self) -> Result<Store, Error> {
-        let root = self.store.clone().unwrap_or_else(Store::default_root);
+        let root = self.root();
+        if root.exists() && !root.is_dir() {
+            return Err(CliError::StoreNotADirectory(root).into());
+        }
         Store::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))
+    }
+
+    /// Opens a store that exists; never creates one.
+    pub fn open_existing(&self) -> Result<Store, Error> {
+        let root = self.root();
+        if !root.exists() {
+            return Err(CliError::NoStore(root).into());
+        }
+        self.open()
     }
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "\
+--format takes `table` (the default), `json`, or a comma-separated list of fields printed
+tab-separated without a header: id, short_id, names, size, stored_size, created.
+  diskc ls --format id,names
+--filter takes name=PATTERN (`*` matches anything; `app` means app:latest),
+since=DURATION (90s, 15m, 24h, 7d, 2w), since=IMAGE, dangling=true|false; repeat it or
+separate filters with commas.")]
 pub struct LsArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    /// Print image ids only, one per line.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// table, json, or a list of fields (see below).
+    #[arg(long, default_value = "table", value_parser = listing::parse_format)]
+    pub format: Format,
+    /// Show only the images that match (see below).
+    #[arg(long, value_name = "FILTER", value_parser = listing::parse_filter)]
+    pub filter: Vec<Vec<Filter>>,
 }
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Image id (an unambiguous prefix will do) or name.
-    pub image: String,
+    /// Image ids (an unambiguous prefix will do) or names; a name without a tag means :latest.
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -48,7 +87,7 @@ pub struct ExportArgs {
     pub store: StoreArgs,
     /// Image id (an unambiguous prefix will do) or name.
     pub image: String,
-    /// Where to write the rootfs (sparse, byte-identical to what was stored).
+    /// Where to write the rootfs: a file (sparse, byte-identical to what was stored).
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
     /// Also write the image's kernel here.
@@ -65,16 +104,31 @@ pub struct TagArgs {
     pub store: StoreArgs,
     /// Image id (an unambiguous prefix will do) or name.
     pub image: String,
-    /// The new name, such as `app:latest`.
-    pub name: String,
+    /// The new names, such as `app:v1` (`app` alone means app:latest).
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
 }
 
 #[derive(Args, Debug)]
 pub struct RmArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Image id (an unambiguous prefix will do) or name; the image goes with all its names.
-    pub image: String,
+    /// Names or ids. A name is removed alone, and the image with it when no name is left; an
+    /// id (or unambiguous prefix) removes the image with all its names.
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Remove every image, named or not (default: only images without a name).
+    #[arg(short, long)]
+    pub all: bool,
+    /// Only images stored longer ago than this: 90s, 15m, 24h, 7d, 2w.
+    #[arg(long, value_name = "DURATION", value_parser = listing::parse_duration)]
+    pub until: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -108,49 +162,110 @@ pub struct StorePutArgs {
 }
 
 pub fn ls(args: LsArgs, global: &GlobalArgs) -> Result<u8, Error> {
-    let images = args.store.open()?.ls()?;
-    if global.json {
-        let rows: Vec<_> = images
-            .iter()
-            .map(|i| {
-                json!({"id": i.id, "names": i.names, "size": i.size, "stored_size": i.stored_size,
-                       "created": rfc3339(i.created)})
-            })
-            .collect();
-        println!("{}", json!({ "images": rows }));
-        return Ok(0);
-    }
-    println!("{:<12}  {:<24}  {:>10}  {:>10}  CREATED", "ID", "NAME", "SIZE", "STORED");
-    for image in images {
-        let names = if image.names.is_empty() { "-".to_string() } else { image.names.join(",") };
-        println!(
-            "{:<12}  {:<24}  {:>10}  {:>10}  {}",
-            image.id.short(),
-            names,
-            human_bytes(image.size),
-            human_bytes(image.stored_size),
-            rfc3339(image.created)
-        );
-    }
+    let root = args.store.root();
+    // Nothing stored yet in the default place is an empty list; a --store that is not
+    // there is most likely a typo, and an error.
+    let images = if args.store.store.is_none() && !root.exists() {
+        Vec::new()
+    } else {
+        let store = args.store.open_existing()?;
+        let filters: Vec<Filter> = args.filter.into_iter().flatten().collect();
+        listing::apply(&store, store.ls()?, &filters)?
+    };
+    let format = if global.json { Format::Json } else { args.format };
+    listing::print(&images, &format, args.quiet);
     Ok(0)
 }
 
 pub fn inspect(args: InspectArgs, global: &GlobalArgs) -> Result<u8, Error> {
-    let store = args.store.open()?;
-    let id = store.resolve(&args.image)?;
-    let manifest = store.manifest(&id)?;
+    let store = args.store.open_existing()?;
+    let summaries = store.ls()?;
+    let mut records = Vec::new();
+    for reference in &args.images {
+        let id = store.resolve(reference)?;
+        let manifest = store.manifest(&id)?;
+        let summary = summaries.iter().find(|s| s.id == id);
+        records.push((id, manifest, summary));
+    }
     if global.json {
-        let names: Vec<String> =
-            store.names()?.into_iter().filter(|(_, n)| *n == id).map(|(name, _)| name).collect();
-        println!("{}", json!({"id": id, "names": names, "manifest": manifest}));
-    } else {
-        println!("{}", serde_json::to_string_pretty(&manifest).expect("a manifest serializes"));
+        let images: Vec<_> = records
+            .iter()
+            .map(|(id, manifest, summary)| {
+                json!({
+                    "id": id,
+                    "names": summary.map(|s| s.names.clone()).unwrap_or_default(),
+                    "created": summary.map(|s| rfc3339(s.created)),
+                    "stored_size": summary.map(|s| s.stored_size),
+                    "manifest": manifest,
+                })
+            })
+            .collect();
+        output::json("inspect", json!({ "images": images }));
+        return Ok(0);
+    }
+    for (i, (id, manifest, summary)) in records.iter().enumerate() {
+        if i > 0 {
+            output::line("");
+        }
+        inspect_summary(id, manifest, *summary);
     }
     Ok(0)
 }
 
+/// What a person wants to know of an image, one field a line.
+fn inspect_summary(
+    id: &ImageId,
+    manifest: &diskc::store::ImageManifest,
+    summary: Option<&diskc::store::ImageSummary>,
+) {
+    let list = |items: &[String]| if items.is_empty() { "-".to_string() } else { items.join(" ") };
+    output::line(format!("id:          {id}"));
+    output::line(format!("names:       {}", summary.map_or("-".into(), |s| list(&s.names))));
+    if let Some(s) = summary {
+        output::line(format!("created:     {}", rfc3339(s.created)));
+    }
+    if let Some(source) = &manifest.source {
+        output::line(format!("source:      {} ({})", source.reference, source.platform));
+        output::line(format!("layers:      {}", source.layers.len()));
+    }
+    let config = &manifest.config;
+    output::line(format!("entrypoint:  {}", list(&config.entrypoint)));
+    output::line(format!("cmd:         {}", list(&config.cmd)));
+    output::line(format!(
+        "workdir:     {}",
+        if config.working_dir.is_empty() { "/" } else { &config.working_dir }
+    ));
+    output::line(format!("user:        {}", if config.user.is_empty() { "root" } else { &config.user }));
+    output::line(format!("env:         {}", list(&config.env)));
+    let stored = summary.map(|s| format!(", {} stored", human_bytes(s.stored_size))).unwrap_or_default();
+    output::line(format!("rootfs:      {}{stored}", human_bytes(manifest.rootfs.file.size)));
+    output::line(format!("chunks:      {}", manifest.chunks().count()));
+    match &manifest.boot {
+        Some(boot) => {
+            output::line(format!("boot:        kernel {}, cmdline {:?}", boot.kernel_version, boot.cmdline))
+        }
+        None => output::line("boot:        none (not bootable; convert again with --kernel and --modules)"),
+    }
+}
+
 pub fn export(args: ExportArgs, global: &GlobalArgs) -> Result<u8, Error> {
-    let store = args.store.open()?;
+    if args.output.as_os_str() == "-" {
+        return Err(UsageError(
+            "-o -: the rootfs is written sparse and needs a file it can seek in; give a file path \
+             (-o rootfs.ext4)"
+                .into(),
+        )
+        .into());
+    }
+    if args.output.is_dir() {
+        return Err(UsageError(format!(
+            "-o {}: is a directory; give the rootfs file to write, e.g. -o {}",
+            args.output.display(),
+            args.output.join("rootfs.ext4").display()
+        ))
+        .into());
+    }
+    let store = args.store.open_existing()?;
     let id = store.resolve(&args.image)?;
     store
         .export_rootfs(&id, &args.output)
@@ -163,81 +278,136 @@ pub fn export(args: ExportArgs, global: &GlobalArgs) -> Result<u8, Error> {
         }
     }
     if global.json {
-        println!(
-            "{}",
-            json!({"id": id, "rootfs": args.output, "kernel": args.kernel_out, "initrd": args.initrd_out})
+        output::json(
+            "export",
+            json!({"id": id, "rootfs": args.output, "kernel": args.kernel_out, "initrd": args.initrd_out}),
         );
     } else if !global.quiet {
-        println!("exported {} to {}", id.short(), args.output.display());
+        output::line(format!("exported {} to {}", id.short(), args.output.display()));
     }
     Ok(0)
 }
 
 pub fn tag(args: TagArgs, global: &GlobalArgs) -> Result<u8, Error> {
-    let id = args.store.open()?.tag(&args.image, &args.name)?;
+    let store = args.store.open_existing()?;
+    let mut tagged = Vec::new();
+    for name in &args.names {
+        tagged.push((store.tag(&args.image, name)?, with_default_tag(name)));
+    }
     if global.json {
-        println!("{}", json!({"id": id, "name": args.name}));
+        let names: Vec<&String> = tagged.iter().map(|(_, name)| name).collect();
+        output::json("tag", json!({"id": tagged[0].0, "names": names}));
     } else if !global.quiet {
-        println!("{} {}", id.short(), args.name);
+        for (id, name) in &tagged {
+            output::line(format!("{} {name}", id.short()));
+        }
     }
     Ok(0)
 }
 
 pub fn rm(args: RmArgs, global: &GlobalArgs) -> Result<u8, Error> {
-    let (id, names) = args.store.open()?.rm(&args.image)?;
+    let store = args.store.open_existing()?;
+    let mut removed = Vec::new();
+    for image in &args.images {
+        let done = store.rm(image)?;
+        if !global.json && !global.quiet {
+            print_removed(&done);
+        }
+        removed.push(done);
+    }
     if global.json {
-        println!("{}", json!({"id": id, "names": names}));
+        output::json("rm", json!({ "removed": removed }));
+    }
+    Ok(0)
+}
+
+/// As `docker rmi` says it: the names untagged, then the image if it went.
+fn print_removed(removed: &diskc::store::Removed) {
+    for name in &removed.untagged {
+        output::line(format!("untagged: {name}"));
+    }
+    if removed.deleted {
+        output::line(format!("deleted: {}", removed.id));
+    }
+}
+
+/// Removes images without a name (`--all`: every image) stored longer ago than `--until`,
+/// then collects the chunks nothing uses any more.
+pub fn prune(args: PruneArgs, global: &GlobalArgs) -> Result<u8, Error> {
+    let store = args.store.open_existing()?;
+    let now = listing::now();
+    let mut removed = Vec::new();
+    for image in store.ls()? {
+        let old_enough = args.until.is_none_or(|until| image.created + until <= now);
+        if old_enough && (args.all || image.names.is_empty()) {
+            removed.push(store.rm(&image.id.to_string())?);
+        }
+    }
+    let report = store.gc()?;
+    if global.json {
+        output::json("prune", json!({ "removed": removed, "gc": report }));
     } else if !global.quiet {
-        println!("removed {}", id);
+        for done in &removed {
+            print_removed(done);
+        }
+        output::line(format!(
+            "removed {} images; freed {} in {} chunks",
+            removed.len(),
+            human_bytes(report.bytes_freed),
+            report.chunks_removed
+        ));
     }
     Ok(0)
 }
 
 pub fn gc(args: GcArgs, global: &GlobalArgs) -> Result<u8, Error> {
-    let report = args.store.open()?.gc()?;
+    let report = args.store.open_existing()?.gc()?;
     if global.json {
-        println!("{}", serde_json::to_string(&report).expect("a report serializes"));
+        output::json("gc", serde_json::to_value(&report).expect("a report serializes"));
     } else if !global.quiet {
-        println!(
+        output::line(format!(
             "removed {} chunks ({}), kept {}; removed {} temp files and {} stale names or cache entries",
             report.chunks_removed,
             human_bytes(report.bytes_freed),
             report.chunks_kept,
             report.temp_files_removed,
             report.stale_entries_removed
-        );
+        ));
     }
     Ok(0)
 }
 
 /// Exits 2 when anything is damaged.
 pub fn verify(args: VerifyArgs, global: &GlobalArgs) -> Result<u8, Error> {
-    let report = args.store.open()?.verify()?;
+    let report = args.store.open_existing()?.verify()?;
     let code = if report.is_clean() { 0 } else { 2 };
     if global.json {
-        println!("{}", json!({"clean": report.is_clean(), "report": report}));
+        output::json("verify", json!({"clean": report.is_clean(), "report": report}));
         return Ok(code);
     }
     for (chunk, problem) in &report.damaged_chunks {
-        println!("damaged chunk {chunk}: {problem}");
+        output::line(format!("damaged chunk {chunk}: {problem}"));
     }
     for image in &report.damaged_images {
         let names =
             if image.names.is_empty() { String::new() } else { format!(" ({})", image.names.join(", ")) };
         if image.manifest_damaged {
-            println!("damaged image {}{names}: its manifest is damaged", image.id);
+            output::line(format!("damaged image {}{names}: its manifest is damaged", image.id));
         } else {
-            println!(
+            output::line(format!(
                 "damaged image {}{names}: {} damaged and {} missing chunks",
                 image.id,
                 image.damaged_chunks.len(),
                 image.missing_chunks.len()
-            );
+            ));
         }
     }
     if !global.quiet {
         let verdict = if report.is_clean() { "clean" } else { "DAMAGED" };
-        println!("checked {} images and {} chunks: {verdict}", report.images_checked, report.chunks_checked);
+        output::line(format!(
+            "checked {} images and {} chunks: {verdict}",
+            report.images_checked, report.chunks_checked
+        ));
     }
     Ok(code)
 }
@@ -256,59 +426,9 @@ pub fn store_put(args: StorePutArgs, global: &GlobalArgs) -> Result<u8, Error> {
         .put_image(&args.rootfs, &boot, record)
         .with_context(|| format!("cannot store {}", args.rootfs.display()))?;
     if global.json {
-        println!("{}", json!({ "id": id }));
+        output::json("store-put", json!({ "id": id }));
     } else {
-        println!("{id}");
+        output::line(id);
     }
     Ok(0)
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-/// Seconds since the epoch as an RFC 3339 UTC time (days to civil date after H. Hinnant's
-/// published algorithm).
-fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_matches_known_instants() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-    }
-
-    #[test]
-    fn human_bytes_picks_a_unit() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
-    }
 }

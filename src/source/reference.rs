@@ -253,9 +253,34 @@ fn parse_daemon_name(rest: &str) -> Result<String, String> {
     })
 }
 
+/// The tag a name without one means, as in docker.
+pub const DEFAULT_TAG: &str = "latest";
+
+/// An image name as docker reads it: `hello` means `hello:latest`. A name that already has a
+/// tag (a `:` after its last `/`, so a registry port is not taken for one) or a digest stays
+/// as it is. The store, `tag`, `convert -t`, `build -t`, `rm`, `inspect` and `boot` all read
+/// names through this, so `hello` and `hello:latest` are one name everywhere.
+pub fn with_default_tag(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if name.is_empty() || last.contains(':') || name.contains('@') {
+        name.to_string()
+    } else {
+        format!("{name}:{DEFAULT_TAG}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_without_a_tag_means_latest() {
+        assert_eq!(with_default_tag("hello"), "hello:latest");
+        assert_eq!(with_default_tag("hello:1"), "hello:1");
+        assert_eq!(with_default_tag("localhost:5000/team/app"), "localhost:5000/team/app:latest");
+        assert_eq!(with_default_tag("localhost:5000/app:v2"), "localhost:5000/app:v2");
+        assert_eq!(with_default_tag("app@sha256:abc"), "app@sha256:abc");
+    }
 
     fn parse(s: &str) -> Result<SourceRef, InvalidSource> {
         s.parse()

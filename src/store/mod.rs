@@ -58,7 +58,7 @@ pub use chunking::Chunking;
 pub use gc::GcReport;
 pub use image::{ChunkRef, ImageId, ImageManifest, ImageRecord, StoredFile, StoredRootfs, STORE_FORMAT};
 use names::encode_name;
-pub use names::ImageSummary;
+pub use names::{ImageSummary, Removed};
 pub use put::PutProgress;
 pub use verify::{DamagedImage, VerifyReport};
 

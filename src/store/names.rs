@@ -1,5 +1,10 @@
 //! Which images the store holds and what they are called: ids, names, resolving what a user
 //! typed (a name or an id prefix), tagging, listing and removing.
+//!
+//! Names are read as docker reads them (`hello` is `hello:latest`, through
+//! [`with_default_tag`]), and removal works as `docker rmi`: removing a name removes the
+//! image only when it was the image's last name; removing by id removes the image and its
+//! names.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -10,6 +15,7 @@ use super::atomic::remove_if_present;
 use super::{ImageId, Store, StoreError};
 use crate::digest::Digest;
 use crate::fileio;
+use crate::source::reference::with_default_tag;
 
 /// One line of `diskc ls`.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -25,22 +31,21 @@ pub struct ImageSummary {
     pub created: u64,
 }
 
+/// What `rm` did: the names it removed, and whether the image went with them.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Removed {
+    pub id: ImageId,
+    pub untagged: Vec<String>,
+    /// The image itself was removed (its chunks go at the next gc).
+    pub deleted: bool,
+}
+
 impl Store {
     /// The image an unambiguous id prefix (optionally `sha256:`-prefixed) or a name refers to.
     /// A name wins over an id prefix that happens to spell it.
     pub fn resolve(&self, reference: &str) -> Result<ImageId, StoreError> {
-        if validate_name(reference).is_ok() {
-            let path = self.name_path(reference);
-            match fs::read_to_string(&path) {
-                Ok(text) => {
-                    return text.trim().parse::<ImageId>().map_err(|e| StoreError::CorruptManifest {
-                        id: reference.to_string(),
-                        reason: format!("name file {} holds {e}", path.display()),
-                    })
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError::Io { path, source: e }),
-            }
+        if let Some((_, id)) = self.resolve_name(reference)? {
+            return Ok(id);
         }
         let prefix = reference.strip_prefix("sha256:").unwrap_or(reference);
         if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
@@ -56,6 +61,34 @@ impl Store {
                 candidates: many.iter().map(|id| id.short()).collect(),
             }),
         }
+    }
+
+    /// The name `reference` spells (read with the default tag), and the image it points at;
+    /// `None` when no such name is in the store.
+    fn resolve_name(&self, reference: &str) -> Result<Option<(String, ImageId)>, StoreError> {
+        if validate_name(reference).is_err() {
+            return Ok(None);
+        }
+        // A name stored before names had a default tag is found as it was typed.
+        let mut spellings = vec![with_default_tag(reference)];
+        if spellings[0] != reference {
+            spellings.push(reference.to_string());
+        }
+        for name in spellings {
+            let path = self.name_path(&name);
+            match fs::read_to_string(&path) {
+                Ok(text) => {
+                    let id = text.trim().parse::<ImageId>().map_err(|e| StoreError::CorruptManifest {
+                        id: reference.to_string(),
+                        reason: format!("name file {} holds {e}", path.display()),
+                    })?;
+                    return Ok(Some((name, id)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::Io { path, source: e }),
+            }
+        }
+        Ok(None)
     }
 
     /// Every image id in the store, sorted.
@@ -102,25 +135,45 @@ impl Store {
         Ok(by_id)
     }
 
-    /// Points `name` at the image `reference` resolves to (moving it if it pointed
-    /// elsewhere).
+    /// Points `name` (read with the default tag) at the image `reference` resolves to
+    /// (moving it if it pointed elsewhere).
     pub fn tag(&self, reference: &str, name: &str) -> Result<ImageId, StoreError> {
         validate_name(name).map_err(|reason| StoreError::InvalidName { name: name.to_string(), reason })?;
+        let name = with_default_tag(name);
         let _lock = self.shared_lock()?;
         let id = self.resolve(reference)?;
-        self.write_atomic_durable(&self.name_path(name), format!("{id}\n").as_bytes())?;
+        self.write_atomic_durable(&self.name_path(&name), format!("{id}\n").as_bytes())?;
         Ok(id)
     }
 
-    /// Removes the image `reference` resolves to, with every name and cache entry pointing
-    /// at it. Its chunks stay until `gc`. Returns the id and the names removed.
-    pub fn rm(&self, reference: &str) -> Result<(ImageId, Vec<String>), StoreError> {
+    /// Removes what `reference` names, as `docker rmi` does: a name goes alone, and takes the
+    /// image with it when it was the image's last name; an id removes the image with every
+    /// name. Cache entries pointing at a removed image go too; its chunks stay until `gc`.
+    pub fn rm(&self, reference: &str) -> Result<Removed, StoreError> {
         let _lock = self.shared_lock()?;
-        let id = self.resolve(reference)?;
-        let names = self.names_by_id()?.remove(&id).unwrap_or_default();
-        for name in &names {
+        let names_of = |id: &ImageId| -> Result<Vec<String>, StoreError> {
+            Ok(self.names_by_id()?.remove(id).unwrap_or_default())
+        };
+        let (id, untagged) = match self.resolve_name(reference)? {
+            Some((name, id)) => (id, vec![name]),
+            None => {
+                let id = self.resolve(reference)?;
+                (id, names_of(&id)?)
+            }
+        };
+        for name in &untagged {
             remove_if_present(&self.name_path(name))?;
         }
+        if !names_of(&id)?.is_empty() {
+            return Ok(Removed { id, untagged, deleted: false });
+        }
+        self.delete_image(&id)?;
+        Ok(Removed { id, untagged, deleted: true })
+    }
+
+    /// Removes an image's manifest and the cache entries that point at it.
+    fn delete_image(&self, id: &ImageId) -> Result<(), StoreError> {
+        let id = *id;
         for (path, target) in self.cache_entries()? {
             if target == Some(id) {
                 remove_if_present(&path)?;
@@ -128,8 +181,7 @@ impl Store {
         }
         remove_if_present(&self.manifest_path(&id))?;
         let images = self.root.join("images");
-        fileio::sync_path(&images).map_err(StoreError::io(&images))?;
-        Ok((id, names))
+        fileio::sync_path(&images).map_err(StoreError::io(&images))
     }
 
     /// One summary per image, oldest first.
