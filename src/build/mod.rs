@@ -16,7 +16,7 @@
 
 mod context;
 mod daemon;
-pub mod dockerignore;
+pub(crate) mod dockerignore;
 mod failure;
 mod progress;
 

@@ -20,7 +20,7 @@ use crate::tree::{Content, FsTree, Timestamp};
 
 mod checksum;
 mod dir;
-pub mod disk;
+pub(crate) mod disk;
 mod emit;
 mod extent;
 mod group;

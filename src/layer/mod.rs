@@ -18,7 +18,7 @@ use crate::tree::{DeviceNumber, FileData, FsTree, Metadata, Timestamp};
 
 mod pax_sparse;
 mod relay;
-pub mod spool;
+pub(crate) mod spool;
 
 use relay::relay;
 

@@ -12,12 +12,12 @@ use crate::error::{Classify, ErrorClass};
 use crate::layer::LayerError;
 
 pub mod daemon;
-pub mod local;
-pub mod open;
+pub(crate) mod local;
+pub(crate) mod open;
 pub mod reference;
 pub mod registry;
-pub mod spec;
-pub mod stream;
+pub(crate) mod spec;
+pub(crate) mod stream;
 
 pub use local::{open_local, LocalImage};
 pub use open::{open, ImageSource};

@@ -79,12 +79,6 @@ pub struct Descriptor {
     pub annotations: BTreeMap<String, String>,
 }
 
-impl Descriptor {
-    pub fn is_index(&self) -> bool {
-        self.media_type == OCI_INDEX || self.media_type == DOCKER_MANIFEST_LIST
-    }
-}
-
 /// The first of an index's manifests built for `platform` (`os/arch[/variant]`).
 pub fn select_platform<'d>(manifests: &'d [Descriptor], platform: &str) -> Option<&'d Descriptor> {
     manifests.iter().find(|m| m.platform.as_ref().is_some_and(|p| p.matches(platform)))
@@ -94,8 +88,6 @@ pub fn select_platform<'d>(manifests: &'d [Descriptor], platform: &str) -> Optio
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Index {
-    #[serde(default)]
-    pub media_type: String,
     #[serde(deserialize_with = "null_default")]
     pub manifests: Vec<Descriptor>,
 }
@@ -104,8 +96,6 @@ pub struct Index {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
-    #[serde(default)]
-    pub media_type: String,
     pub config: Descriptor,
     #[serde(deserialize_with = "null_default")]
     pub layers: Vec<Descriptor>,

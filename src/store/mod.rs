@@ -42,7 +42,7 @@ mod cache;
 pub mod chunking;
 mod export;
 mod gc;
-pub mod image;
+pub(crate) mod image;
 mod lock;
 mod names;
 mod put;

@@ -13,8 +13,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 pub mod flatten;
-pub mod host;
-pub mod sparse;
+pub(crate) mod host;
+pub(crate) mod sparse;
 
 /// ext4 and every filesystem we read limit a name to 255 bytes.
 pub const MAX_NAME_LEN: usize = 255;
