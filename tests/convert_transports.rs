@@ -18,6 +18,32 @@ fn rootfs_digest(source: &str, outdir: &Path) -> String {
     json["rootfs"]["digest"].as_str().unwrap().to_string()
 }
 
+fn stored_id(source: &str, store: &Path) -> String {
+    let out = run_ok(diskc().args(["--json", "convert", source, "--store"]).arg(store));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    json["id"].as_str().unwrap().to_string()
+}
+
+/// Regression (issue 11): the id covered the source reference, and the cache answered with
+/// whichever transport stored the image first, so `docker-archive:` then `docker-daemon:`
+/// gave one id and the other order another.
+#[test]
+fn the_image_id_is_the_same_whichever_transport_stores_it_first() {
+    let image = build_fixture("changes");
+    let work = tempdir();
+    let archive = work.path().join("image.tar");
+    run_ok(Command::new(DOCKER).args(["save", "-o"]).arg(&archive).arg(&image));
+    let (archive, daemon) =
+        (format!("docker-archive:{}", archive.display()), format!("docker-daemon:{image}"));
+    let one = work.path().join("archive-first");
+    let ids_one = [stored_id(&archive, &one), stored_id(&daemon, &one)];
+    let other = work.path().join("daemon-first");
+    let ids_other = [stored_id(&daemon, &other), stored_id(&archive, &other)];
+    for id in ids_one.iter().chain(&ids_other) {
+        assert_eq!(id, &ids_one[0], "ids: {ids_one:?} then {ids_other:?}");
+    }
+}
+
 #[test]
 fn every_transport_gives_the_same_rootfs() {
     let image = build_fixture("changes");

@@ -79,10 +79,11 @@ pub(super) fn parse_manifest(id: &ImageId, compressed: &[u8]) -> Result<ImageMan
     let damaged = |reason: String| StoreError::CorruptManifest { id: id.to_string(), reason };
     let bytes =
         zstd::stream::decode_all(compressed).map_err(|e| damaged(format!("does not decompress: {e}")))?;
-    if Digest::of(&bytes) != id.0 {
-        return Err(damaged("its bytes do not hash to its id".into()));
+    let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
+    if manifest.id() != *id {
+        return Err(damaged("its content does not hash to its id".into()));
     }
-    serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))
+    Ok(manifest)
 }
 
 /// Decompresses a chunk file and checks that the bytes hash to `digest`.

@@ -1,9 +1,15 @@
 //! The image manifest the store keeps per image, its canonical bytes and the image id.
 //!
-//! The id is the sha256 of the canonical JSON (object keys sorted, no whitespace) of the
-//! manifest, so the same rootfs, boot files, source, config and build inputs give the same id
-//! on any machine. Nothing in it depends on the clock or on the store: names, cache entries
-//! and creation times live beside it, so tagging or re-storing never changes an id.
+//! The id is content, not history: the sha256 of the canonical JSON (object keys sorted, no
+//! whitespace) of what the image is — its rootfs, boot files, boot part and config. The same
+//! image therefore has the same id on any machine, whichever transport brought it and in
+//! whatever order. Where it came from (the source, the build inputs) is provenance, kept in
+//! the same record beside the identity but outside the id; the first store of an image
+//! keeps its provenance. Names, cache entries and creation times live beside the record, so
+//! tagging or re-storing never changes an id.
+//!
+//! Records of store format 1 (before provenance left the id) keep the id they were stored
+//! under: the digest of all their canonical bytes.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,8 +20,12 @@ use serde::{Deserialize, Serialize};
 use crate::digest::{Digest, FileDigest};
 use crate::manifest::{BootManifest, ImageConfig, SourceInfo};
 
-/// Version of the stored manifest's shape; part of every id.
-pub const STORE_FORMAT: u32 = 1;
+/// Version of the stored manifest's shape; part of every id. 2: source and build inputs are
+/// provenance, outside the id.
+pub const STORE_FORMAT: u32 = 2;
+
+/// The manifest's fields that are provenance, not identity (from store format 2).
+const PROVENANCE: [&str; 2] = ["source", "build"];
 
 /// An image's id: the digest of its canonical manifest. Printed as 64 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
@@ -134,8 +144,21 @@ impl ImageManifest {
         out
     }
 
+    /// The digest of what the image is: the canonical bytes of the manifest without its
+    /// provenance (for format-1 records, of the whole manifest).
     pub fn id(&self) -> ImageId {
-        ImageId(Digest::of(&self.canonical_bytes()))
+        if self.store_format < 2 {
+            return ImageId(Digest::of(&self.canonical_bytes()));
+        }
+        let mut value = serde_json::to_value(self).expect("a manifest always serializes");
+        if let serde_json::Value::Object(map) = &mut value {
+            for field in PROVENANCE {
+                map.remove(field);
+            }
+        }
+        let mut identity = Vec::new();
+        write_canonical(&value, &mut identity);
+        ImageId(Digest::of(&identity))
     }
 }
 
@@ -214,7 +237,30 @@ mod tests {
         let parsed: ImageManifest = serde_json::from_slice(&manifest.canonical_bytes()).unwrap();
         assert_eq!(parsed, manifest);
         assert_eq!(parsed.id(), manifest.id());
-        assert_eq!(manifest.id(), ImageId(Digest::of(&manifest.canonical_bytes())));
+        let legacy = ImageManifest { store_format: 1, ..manifest.clone() };
+        assert_eq!(legacy.id(), ImageId(Digest::of(&legacy.canonical_bytes())));
+    }
+
+    /// Regression (issue 11): the id covered the source reference, so one image had two ids
+    /// and the cache answered with whichever transport stored it first.
+    #[test]
+    fn the_id_is_content_and_provenance_stays_outside_it() {
+        let mut from_archive = sample();
+        from_archive.source = Some(crate::manifest::SourceInfo {
+            reference: "docker-archive:app.tar".into(),
+            manifest_digest: None,
+            config_digest: Digest::of(b"config"),
+            layers: vec![Digest::of(b"gzip layer")],
+            diff_ids: vec![Digest::of(b"layer")],
+            platform: "linux/amd64".into(),
+        });
+        let mut from_daemon = from_archive.clone();
+        from_daemon.source.as_mut().unwrap().reference = "docker-daemon:app:latest".into();
+        from_daemon.build.insert("target".into(), serde_json::json!("final"));
+        assert_eq!(from_archive.id(), from_daemon.id());
+        let mut other_rootfs = from_archive.clone();
+        other_rootfs.rootfs.uuid = "another".into();
+        assert_ne!(other_rootfs.id(), from_archive.id());
     }
 
     #[test]

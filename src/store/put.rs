@@ -97,10 +97,10 @@ impl Store {
             build: record.build,
         };
         let bytes = manifest.canonical_bytes();
-        let id = ImageId(Digest::of(&bytes));
+        let id = manifest.id();
         let path = self.manifest_path(&id);
-        // An existing manifest has these very bytes (they hash to its name); keeping it keeps
-        // the image's creation time.
+        // An existing manifest is this very image (its content hashes to its name); keeping
+        // it keeps the image's creation time and the provenance of its first store.
         if !path.exists() {
             // Compressed: a manifest lists every chunk, and half of each entry is hex.
             let compressed =
