@@ -45,12 +45,15 @@ mod gc;
 pub mod image;
 mod lock;
 mod names;
+mod pack;
+mod packs;
 mod put;
 mod verify;
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use crate::digest::Digest;
 use crate::error::{Classify, ErrorClass};
@@ -102,18 +105,27 @@ impl Classify for StoreError {
     }
 }
 
-/// An open store. Cheap to clone state: it is a path and the chunking choice.
-#[derive(Clone, Debug)]
+/// An open store: a path, the chunking choice and the chunk → pack index, loaded at first
+/// use and shared by clones.
+#[derive(Clone)]
 pub struct Store {
     root: PathBuf,
     chunking: Chunking,
+    packs: Arc<RwLock<packs::PackIndex>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).field("chunking", &self.chunking).finish()
+    }
 }
 
 impl Store {
     /// Opens the store at `root`, creating its layout if absent.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        let store = Store { root: root.to_path_buf(), chunking: Chunking::DEFAULT };
-        for dir in ["tmp", "chunks", "images", "names", "cache"] {
+        let store =
+            Store { root: root.to_path_buf(), chunking: Chunking::DEFAULT, packs: Default::default() };
+        for dir in ["tmp", "packs", "images", "names", "cache"] {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(StoreError::io(&path))?;
         }
