@@ -11,6 +11,7 @@ pub mod build;
 pub mod convert;
 pub mod mkfs;
 pub mod store;
+pub mod store_admin;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -66,6 +67,8 @@ pub enum Command {
     Gc(store::GcArgs),
     /// Re-hash every chunk and report damaged images (exit 2 on damage).
     Verify(store::VerifyArgs),
+    /// The store's upkeep: `diskc store migrate` moves a format-2 store into packs.
+    Store(store_admin::StoreAdminArgs),
     /// Store a rootfs file as an image (for tests and measurements).
     #[command(hide = true)]
     StorePut(store::StorePutArgs),
@@ -86,6 +89,7 @@ pub fn run(cli: Cli, rt: &Handle) -> Result<u8, Error> {
         Command::Rm(args) => store::rm(args, global),
         Command::Gc(args) => store::gc(args, global),
         Command::Verify(args) => store::verify(args, global),
+        Command::Store(args) => store_admin::run(args, global),
         Command::StorePut(args) => store::store_put(args, global),
     }
 }

@@ -1,40 +1,43 @@
 //! The content-addressed image store: every image's rootfs and boot files kept as
-//! zstd-compressed chunks named by their sha256, one small manifest per image, names and
-//! cache entries pointing at image ids. Images that share content share chunks, which is
-//! what lets a build farm keep thousands of images and a devbox boot one by id at once.
+//! zstd-compressed chunks named by their sha256, gathered in pack files, one small manifest
+//! per image, names and cache entries pointing at image ids. Images that share content share
+//! chunks, which is what lets a build farm keep thousands of images and a devbox boot one by
+//! id at once. `docs/store.md` describes the format and the reasons for it.
 //!
 //! Layout under the root (`--store DIR`, `DISKC_STORE`, `$XDG_CACHE_HOME/diskc`,
 //! `~/.cache/diskc`):
 //!
 //! ```text
-//! lock                 flock: writers share it, gc holds it alone
+//! lock                 flock: writers share it, gc and migrate hold it alone
 //! tmp/                 files being written; anything here when gc runs is stale
-//! chunks/ab/abcd…      one chunk: zstd frame of the bytes whose sha256 is the name
+//! packs/<name>.pack    zstd frames of many chunks, then their sorted index (see `pack`);
+//!                      <name> is the sha256 of that index
+//! chunks/ab/abcd…      format 2 (read, swept by gc, moved into packs by migrate): one chunk
 //! images/<id>.json.zst zstd frame of the canonical manifest; its sha256 is <id>
 //! names/<name>         an image id (name percent-encoded)
 //! cache/<sha256(key)>  an image id
 //! ```
 //!
-//! Crash safety: every file is written to `tmp/`, made durable and renamed into place. Chunks
-//! go in batches: a put writes a batch's new chunks to temp files, flushes the file system
-//! once (`syncfs`, instead of one fsync per chunk, which costs seconds per image), then renames
-//! them; it flushes again before it writes the manifest (temp, fsync, rename, fsync dir), so
-//! an image is visible only once everything it references is durable. A put killed at any
-//! point leaves only unreferenced chunks, which `gc` removes, and temp files named after its
-//! pid, which the next put (or `gc`) removes.
+//! Crash safety: every file is written to `tmp/`, made durable and renamed into place. A put
+//! appends new chunks to a temp pack; a full pack gets its index, one fsync and a rename;
+//! before the manifest is written (temp, fsync, rename, fsync dir) the `packs/` directory is
+//! fsynced, so an image is visible only once everything it references is durable. A put
+//! killed at any point leaves only unreferenced packs, which `gc` drops, and temp files
+//! named after its pid, which the next put (or `gc`) removes.
 //!
 //! Concurrency: puts, exports, removals and verification hold the lock shared; `gc` holds it
-//! exclusively, so it never sweeps a chunk a put has found present but not yet referenced
-//! from a published manifest. Two puts writing the same chunk rename identical bytes over
-//! each other, which is harmless.
+//! exclusively, so it never drops a pack holding a chunk a put has found present but not yet
+//! referenced from a published manifest. Two puts writing the same chunk store it twice
+//! (in two packs), which is harmless: the next gc keeps one copy.
 //!
 //! The code, by responsibility:
 //! - here: the [`Store`] type, opening, the paths under the root, [`StoreError`];
 //! - `lock`: the flock; `atomic`: temp files, durable renames, sweeping dead writers' files;
+//! - `pack`: the pack file format; `packs`: the chunk → pack index and the pack writer;
 //! - `put`: files into chunks and a manifest; `export`: manifests and chunks read back
 //!   and checked, files written out;
 //! - `names`: ids, names, resolve, tag, ls, rm; `cache`: the conversion cache;
-//! - `gc` and `verify`: the two sweeps over the whole store;
+//! - `gc` and `verify`: the two sweeps over the whole store; `migrate`: format 2 to packs;
 //! - [`chunking`]: where chunk boundaries fall; [`image`]: the manifest's types.
 
 mod atomic;
@@ -44,6 +47,7 @@ mod export;
 mod gc;
 pub mod image;
 mod lock;
+mod migrate;
 mod names;
 mod pack;
 mod packs;
@@ -60,6 +64,7 @@ use crate::error::{Classify, ErrorClass};
 pub use chunking::Chunking;
 pub use gc::GcReport;
 pub use image::{ChunkRef, ImageId, ImageManifest, ImageRecord, StoredFile, StoredRootfs, STORE_FORMAT};
+pub use migrate::MigrateReport;
 use names::encode_name;
 pub use names::ImageSummary;
 pub use put::PutProgress;
