@@ -38,7 +38,7 @@ fn frame_location(store: &Store, image: &Path, id: &ImageId, hex: &str) -> (Path
     let chunk = store.manifest(id).unwrap().chunks().find(|c| c.digest.hex() == hex).cloned().unwrap();
     let mut data = vec![0u8; chunk.size as usize];
     File::open(image).unwrap().read_exact_at(&mut data, chunk.offset).unwrap();
-    let frame = zstd::bulk::compress(&data, 3).unwrap();
+    let frame = zstd::bulk::compress(&data, 1).unwrap();
     for entry in fs::read_dir(store.root().join("packs")).unwrap() {
         let path = entry.unwrap().path();
         let bytes = fs::read(&path).unwrap();

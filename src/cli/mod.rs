@@ -12,6 +12,7 @@ pub mod convert;
 pub mod mkfs;
 pub mod store;
 pub mod store_admin;
+pub mod transfer;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -67,6 +68,10 @@ pub enum Command {
     Gc(store::GcArgs),
     /// Re-hash every chunk and report damaged images (exit 2 on damage).
     Verify(store::VerifyArgs),
+    /// Copy an image and its names to another store, sending only what it lacks.
+    Push(transfer::TransferArgs),
+    /// Copy an image from another store, fetching only what this store lacks.
+    Pull(transfer::TransferArgs),
     /// The store's upkeep: `diskc store migrate` moves a format-2 store into packs.
     Store(store_admin::StoreAdminArgs),
     /// Store a rootfs file as an image (for tests and measurements).
@@ -89,6 +94,8 @@ pub fn run(cli: Cli, rt: &Handle) -> Result<u8, Error> {
         Command::Rm(args) => store::rm(args, global),
         Command::Gc(args) => store::gc(args, global),
         Command::Verify(args) => store::verify(args, global),
+        Command::Push(args) => transfer::push(args, global, rt),
+        Command::Pull(args) => transfer::pull(args, global, rt),
         Command::Store(args) => store_admin::run(args, global),
         Command::StorePut(args) => store::store_put(args, global),
     }

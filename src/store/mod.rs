@@ -52,6 +52,8 @@ mod names;
 mod pack;
 mod packs;
 mod put;
+mod remote;
+mod transfer;
 mod verify;
 
 use std::fs;
@@ -68,6 +70,8 @@ pub use migrate::MigrateReport;
 use names::encode_name;
 pub use names::ImageSummary;
 pub use put::PutProgress;
+pub use remote::{is_remote, Remote};
+pub use transfer::{Transfer, TransferProgress};
 pub use verify::{DamagedImage, VerifyReport};
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +92,10 @@ pub enum StoreError {
     MissingChunk(Digest),
     #[error("image {id} has no file {name:?} (it has: {})", .available.join(", "))]
     NoSuchFile { id: ImageId, name: String, available: Vec<String> },
+    #[error("invalid remote store {url:?}: {reason}")]
+    InvalidRemote { url: String, reason: String },
+    #[error("remote store {url}: {source}")]
+    Remote { url: String, source: object_store::Error },
 }
 
 impl StoreError {
@@ -100,7 +108,11 @@ impl Classify for StoreError {
     fn class(&self) -> ErrorClass {
         match self {
             StoreError::Io { source, .. } => ErrorClass::of_io(source),
-            StoreError::Ambiguous { .. } | StoreError::InvalidName { .. } => ErrorClass::Usage,
+            StoreError::Ambiguous { .. }
+            | StoreError::InvalidName { .. }
+            | StoreError::InvalidRemote { .. } => ErrorClass::Usage,
+            StoreError::Remote { source: object_store::Error::NotFound { .. }, .. } => ErrorClass::BadInput,
+            StoreError::Remote { .. } => ErrorClass::Environment,
             StoreError::NotFound(_)
             | StoreError::CorruptManifest { .. }
             | StoreError::CorruptChunk { .. }

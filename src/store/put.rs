@@ -21,9 +21,10 @@ use super::{
 use crate::digest::Digest;
 use crate::fileio::{self, is_zero};
 
-/// zstd level for chunks: level 3 compresses ext4 data about as well as higher levels at
-/// several times their speed, and decompression speed does not depend on it.
-const ZSTD_LEVEL: i32 = 3;
+/// zstd level for chunks: level 1 stores ext4 data about 3 % larger than level 3 at about
+/// two thirds of its CPU time (measured on a 262 MiB Debian rootfs: 73 vs 71 MiB of packs,
+/// put 1.1 vs 1.45 s), and decompression speed does not depend on it.
+const ZSTD_LEVEL: i32 = 1;
 /// Manifests are small and written once: a higher level is affordable.
 const MANIFEST_ZSTD_LEVEL: i32 = 9;
 /// Bytes of chunks read ahead of the parallel hash/compress stage: enough work per batch to
