@@ -149,6 +149,14 @@ impl Remote {
         Ok(got)
     }
 
+    /// One byte range of the object at `rel`.
+    pub fn get_range(&self, rel: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        let key = self.key(rel);
+        let got = self.rt.block_on(self.objects.get_range(&key, range)).map_err(self.failed())?;
+        self.count(got.len());
+        Ok(got)
+    }
+
     /// Writes an object whole; readers see the old object or the new one, never a part.
     pub fn put(&self, rel: &str, bytes: Bytes) -> Result<(), StoreError> {
         let len = bytes.len();

@@ -206,13 +206,13 @@ impl Store {
                     let footer_at = size
                         .checked_sub(FOOTER_BYTES as u64)
                         .ok_or_else(|| damaged("remote pack is too short".into()))?;
-                    let footer = remote.get_ranges(&pack_key(&name), &[footer_at..size])?.remove(0);
+                    let footer = remote.get_range(&pack_key(&name), footer_at..size)?;
                     let parsed = pack::parse_footer(&footer, size)
                         .map_err(|e| damaged(format!("remote pack: {e}")))?;
                     let index = if parsed.entries == 0 {
                         Bytes::new()
                     } else {
-                        remote.get_ranges(&pack_key(&name), &[parsed.index_offset..footer_at])?.remove(0)
+                        remote.get_range(&pack_key(&name), parsed.index_offset..footer_at)?
                     };
                     let mut tail = index.to_vec();
                     tail.extend_from_slice(&footer);
