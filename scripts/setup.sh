@@ -10,7 +10,9 @@
 #   - a running Docker daemon (started in the background when `docker info` gets no answer);
 #   - loop devices (the tests mount images read-only through them);
 #   - the kernel the boot tests and the quick start boot (scripts/fetch-kernel.sh);
-#   - the local base images the examples and tests build FROM (scripts/make-base-images.sh).
+#   - the local base images the examples and tests build FROM (scripts/make-base-images.sh);
+#   - s3s-fs, a small S3 server the push/pull tests and scripts/bench-store.sh start on a
+#     loopback port (cargo install, pinned; kept in ~/.cargo/bin, skipped when present).
 #
 # It ends with a short summary and the time each phase took.
 #
@@ -263,6 +265,21 @@ do_base_images() {
   phase_end base-images "${BASE_IMAGES[*]}"
 }
 
+# s3s-fs 0.14.1 is the newest release that builds with the rustc this project pins as its
+# floor; the binary is kept where cargo installs it, so later runs find it and skip.
+S3S_FS_VERSION=0.14.1
+do_s3_server() {
+  phase_start s3-server
+  local bin="${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs"
+  if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$S3S_FS_VERSION"; then
+    phase_end s3-server "found $bin"
+    return
+  fi
+  cargo install --locked "s3s-fs@$S3S_FS_VERSION" --features binary >&2 \
+    || die "cargo install s3s-fs@$S3S_FS_VERSION failed"
+  phase_end s3-server "installed s3s-fs $S3S_FS_VERSION"
+}
+
 started=$(date +%s.%N)
 do_packages
 do_rust
@@ -270,6 +287,7 @@ do_docker
 do_loop
 do_kernel
 do_base_images
+do_s3_server
 total=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 
 {

@@ -52,6 +52,10 @@ fn every_command_prints_the_documented_json() {
     let id = put["id"].as_str().unwrap().to_string();
     outputs.push(("store-put", put));
     outputs.push(("tag", json(&store, &["tag", &id, "app"])));
+    let remote = format!("file://{}", dir.path().join("remote").display());
+    fs::create_dir(dir.path().join("remote")).unwrap();
+    outputs.push(("push", json(&store, &["push", "app", &remote])));
+    outputs.push(("pull", json(&dir.path().join("other"), &["pull", "app", &remote])));
     outputs.push(("ls", json(&store, &["ls"])));
     outputs.push(("inspect", json(&store, &["inspect", "app"])));
     outputs.push(("export", json(&store, &["export", "app", "-o", image.to_str().unwrap()])));

@@ -17,6 +17,8 @@ pub mod listing;
 pub mod mkfs;
 pub mod output;
 pub mod store;
+pub mod store_admin;
+pub mod transfer;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -82,6 +84,12 @@ pub enum Command {
     Completion(generate::CompletionArgs),
     /// Write manual pages (diskc.1, diskc-COMMAND.1) into a directory.
     Man(generate::ManArgs),
+    /// Copy an image and its names to another store, sending only what it lacks.
+    Push(transfer::TransferArgs),
+    /// Copy an image from another store, fetching only what this store lacks.
+    Pull(transfer::TransferArgs),
+    /// The store's upkeep: `diskc store migrate` moves a format-2 store into packs.
+    Store(store_admin::StoreAdminArgs),
     /// Store a rootfs file as an image (for tests and measurements).
     #[command(hide = true)]
     StorePut(store::StorePutArgs),
@@ -110,6 +118,9 @@ pub fn run(mut cli: Cli, rt: &Handle) -> Result<u8, Error> {
         Command::Verify(args) => store::verify(args, global),
         Command::Completion(args) => generate::completion(args),
         Command::Man(args) => generate::man(args, global),
+        Command::Push(args) => transfer::push(args, global, rt),
+        Command::Pull(args) => transfer::pull(args, global, rt),
+        Command::Store(args) => store_admin::run(args, global),
         Command::StorePut(args) => store::store_put(args, global),
     }
 }
@@ -130,6 +141,10 @@ impl Command {
             Command::Prune(args) => Some(&mut args.store),
             Command::Gc(args) => Some(&mut args.store),
             Command::Verify(args) => Some(&mut args.store),
+            Command::Push(args) | Command::Pull(args) => Some(&mut args.store),
+            Command::Store(args) => match &mut args.command {
+                store_admin::StoreAdminCommand::Migrate(migrate) => Some(&mut migrate.store),
+            },
             Command::StorePut(args) => Some(&mut args.store),
         }
     }

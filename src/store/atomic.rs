@@ -59,20 +59,6 @@ pub(super) fn sweep_dead_temp_files(tmp_dir: &Path) {
     }
 }
 
-/// Renames a temp file to `dest`, creating `dest`'s directory the first time a chunk lands in
-/// it (cheaper than a mkdir per chunk; the put's final flush makes the directory durable).
-pub(super) fn persist_creating_dir(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<(), StoreError> {
-    let failed = |e: tempfile::PersistError| StoreError::Io { path: dest.to_path_buf(), source: e.error };
-    let tmp = match tmp.persist(dest) {
-        Ok(_) => return Ok(()),
-        Err(e) if e.error.kind() == io::ErrorKind::NotFound => e.file,
-        Err(e) => return Err(failed(e)),
-    };
-    let dir = dest.parent().expect("chunk paths have a parent");
-    fs::create_dir_all(dir).map_err(StoreError::io(dir))?;
-    tmp.persist(dest).map(drop).map_err(failed)
-}
-
 /// Removes `path`; one that is already gone is not an error.
 pub(super) fn remove_if_present(path: &Path) -> Result<(), StoreError> {
     match fs::remove_file(path) {

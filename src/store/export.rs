@@ -45,6 +45,7 @@ impl Store {
 
     fn export_stored(&self, stored: &StoredFile, out: &Path) -> Result<(), StoreError> {
         let _lock = self.shared_lock()?;
+        self.refresh_packs()?;
         let file = File::create(out).map_err(StoreError::io(out))?;
         file.set_len(stored.size).map_err(StoreError::io(out))?;
         stored.chunks.par_iter().try_for_each(|chunk| {
@@ -54,15 +55,8 @@ impl Store {
     }
 
     /// A chunk's bytes, checked against its digest.
-    fn read_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>, StoreError> {
-        let path = self.chunk_path(&chunk.digest);
-        let compressed = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::MissingChunk(chunk.digest))
-            }
-            Err(e) => return Err(StoreError::Io { path, source: e }),
-        };
+    pub(super) fn read_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>, StoreError> {
+        let compressed = self.read_frame(&chunk.digest)?;
         let data = decode_chunk(&chunk.digest, &compressed)?;
         if data.len() as u64 != chunk.size {
             return Err(StoreError::CorruptChunk {

@@ -1,40 +1,43 @@
 //! The content-addressed image store: every image's rootfs and boot files kept as
-//! zstd-compressed chunks named by their sha256, one small manifest per image, names and
-//! cache entries pointing at image ids. Images that share content share chunks, which is
-//! what lets a build farm keep thousands of images and a devbox boot one by id at once.
+//! zstd-compressed chunks named by their sha256, gathered in pack files, one small manifest
+//! per image, names and cache entries pointing at image ids. Images that share content share
+//! chunks, which is what lets a build farm keep thousands of images and a devbox boot one by
+//! id at once. `docs/store.md` describes the format and the reasons for it.
 //!
 //! Layout under the root (`--store DIR`, `DISKC_STORE`, `$XDG_CACHE_HOME/diskc`,
 //! `~/.cache/diskc`):
 //!
 //! ```text
-//! lock                 flock: writers share it, gc holds it alone
+//! lock                 flock: writers share it, gc and migrate hold it alone
 //! tmp/                 files being written; anything here when gc runs is stale
-//! chunks/ab/abcd…      one chunk: zstd frame of the bytes whose sha256 is the name
+//! packs/<name>.pack    zstd frames of many chunks, then their sorted index (see `pack`);
+//!                      <name> is the sha256 of that index
+//! chunks/ab/abcd…      format 2 (read, swept by gc, moved into packs by migrate): one chunk
 //! images/<id>.json.zst zstd frame of the canonical manifest; its sha256 is <id>
 //! names/<name>         an image id (name percent-encoded)
 //! cache/<sha256(key)>  an image id
 //! ```
 //!
-//! Crash safety: every file is written to `tmp/`, made durable and renamed into place. Chunks
-//! go in batches: a put writes a batch's new chunks to temp files, flushes the file system
-//! once (`syncfs`, instead of one fsync per chunk, which costs seconds per image), then renames
-//! them; it flushes again before it writes the manifest (temp, fsync, rename, fsync dir), so
-//! an image is visible only once everything it references is durable. A put killed at any
-//! point leaves only unreferenced chunks, which `gc` removes, and temp files named after its
-//! pid, which the next put (or `gc`) removes.
+//! Crash safety: every file is written to `tmp/`, made durable and renamed into place. A put
+//! appends new chunks to a temp pack; a full pack gets its index, one fsync and a rename;
+//! before the manifest is written (temp, fsync, rename, fsync dir) the `packs/` directory is
+//! fsynced, so an image is visible only once everything it references is durable. A put
+//! killed at any point leaves only unreferenced packs, which `gc` drops, and temp files
+//! named after its pid, which the next put (or `gc`) removes.
 //!
 //! Concurrency: puts, exports, removals and verification hold the lock shared; `gc` holds it
-//! exclusively, so it never sweeps a chunk a put has found present but not yet referenced
-//! from a published manifest. Two puts writing the same chunk rename identical bytes over
-//! each other, which is harmless.
+//! exclusively, so it never drops a pack holding a chunk a put has found present but not yet
+//! referenced from a published manifest. Two puts writing the same chunk store it twice
+//! (in two packs), which is harmless: the next gc keeps one copy.
 //!
 //! The code, by responsibility:
 //! - here: the [`Store`] type, opening, the paths under the root, [`StoreError`];
 //! - `lock`: the flock; `atomic`: temp files, durable renames, sweeping dead writers' files;
+//! - `pack`: the pack file format; `packs`: the chunk → pack index and the pack writer;
 //! - `put`: files into chunks and a manifest; `export`: manifests and chunks read back
 //!   and checked, files written out;
 //! - `names`: ids, names, resolve, tag, ls, rm; `cache`: the conversion cache;
-//! - `gc` and `verify`: the two sweeps over the whole store;
+//! - `gc` and `verify`: the two sweeps over the whole store; `migrate`: format 2 to packs;
 //! - [`chunking`]: where chunk boundaries fall; [`image`]: the manifest's types.
 
 mod atomic;
@@ -44,22 +47,31 @@ mod export;
 mod gc;
 pub(crate) mod image;
 mod lock;
+mod migrate;
 mod names;
+mod pack;
+mod packs;
 mod put;
+mod remote;
+mod transfer;
 mod verify;
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use crate::digest::Digest;
 use crate::error::{Classify, ErrorClass};
 pub use chunking::Chunking;
 pub use gc::GcReport;
 pub use image::{ChunkRef, ImageId, ImageManifest, ImageRecord, StoredFile, StoredRootfs, STORE_FORMAT};
+pub use migrate::MigrateReport;
 use names::encode_name;
 pub use names::{ImageSummary, Removed};
 pub use put::PutProgress;
+pub use remote::{is_remote, Remote};
+pub use transfer::{Transfer, TransferProgress};
 pub use verify::{DamagedImage, VerifyReport};
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +92,10 @@ pub enum StoreError {
     MissingChunk(Digest),
     #[error("image {id} has no file {name:?} (it has: {})", .available.join(", "))]
     NoSuchFile { id: ImageId, name: String, available: Vec<String> },
+    #[error("invalid remote store {url:?}: {reason}")]
+    InvalidRemote { url: String, reason: String },
+    #[error("remote store {url}: {source}")]
+    Remote { url: String, source: object_store::Error },
 }
 
 impl StoreError {
@@ -92,7 +108,11 @@ impl Classify for StoreError {
     fn class(&self) -> ErrorClass {
         match self {
             StoreError::Io { source, .. } => ErrorClass::of_io(source),
-            StoreError::Ambiguous { .. } | StoreError::InvalidName { .. } => ErrorClass::Usage,
+            StoreError::Ambiguous { .. }
+            | StoreError::InvalidName { .. }
+            | StoreError::InvalidRemote { .. } => ErrorClass::Usage,
+            StoreError::Remote { source: object_store::Error::NotFound { .. }, .. } => ErrorClass::BadInput,
+            StoreError::Remote { .. } => ErrorClass::Environment,
             StoreError::NotFound(_)
             | StoreError::CorruptManifest { .. }
             | StoreError::CorruptChunk { .. }
@@ -102,18 +122,27 @@ impl Classify for StoreError {
     }
 }
 
-/// An open store. Cheap to clone state: it is a path and the chunking choice.
-#[derive(Clone, Debug)]
+/// An open store: a path, the chunking choice and the chunk → pack index, loaded at first
+/// use and shared by clones.
+#[derive(Clone)]
 pub struct Store {
     root: PathBuf,
     chunking: Chunking,
+    packs: Arc<RwLock<packs::PackIndex>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).field("chunking", &self.chunking).finish()
+    }
 }
 
 impl Store {
     /// Opens the store at `root`, creating its layout if absent.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        let store = Store { root: root.to_path_buf(), chunking: Chunking::DEFAULT };
-        for dir in ["tmp", "chunks", "images", "names", "cache"] {
+        let store =
+            Store { root: root.to_path_buf(), chunking: Chunking::DEFAULT, packs: Default::default() };
+        for dir in ["tmp", "packs", "images", "names", "cache"] {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(StoreError::io(&path))?;
         }

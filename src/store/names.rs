@@ -186,6 +186,7 @@ impl Store {
 
     /// One summary per image, oldest first.
     pub fn ls(&self) -> Result<Vec<ImageSummary>, StoreError> {
+        self.refresh_packs()?;
         let mut names = self.names_by_id()?;
         let mut out = Vec::new();
         for id in self.ids()? {
@@ -197,8 +198,7 @@ impl Store {
             };
             let manifest = self.manifest(&id)?;
             let digests: BTreeSet<Digest> = manifest.chunks().map(|c| c.digest).collect();
-            let chunk_bytes: u64 =
-                digests.iter().filter_map(|d| fs::metadata(self.chunk_path(d)).ok()).map(|m| m.len()).sum();
+            let chunk_bytes: u64 = digests.iter().filter_map(|d| self.stored_chunk_len(d)).sum();
             let created = meta
                 .modified()
                 .ok()

@@ -1,11 +1,15 @@
-//! Verification: every chunk and manifest re-hashed, damage reported by the images it hurts.
+//! Verification: every pack's index and every chunk and manifest re-hashed, damage reported
+//! by the images it hurts.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
 
 use rayon::prelude::*;
 
 use super::export::{decode_chunk, parse_manifest};
+use super::pack::PackEntry;
+use super::packs::read_pack_index;
 use super::{ImageId, ImageManifest, Store, StoreError};
 use crate::digest::Digest;
 
@@ -25,7 +29,8 @@ pub struct DamagedImage {
 pub struct VerifyReport {
     pub images_checked: u64,
     pub chunks_checked: u64,
-    /// Every chunk file whose bytes do not decompress to its name, with the problem.
+    /// Every stored chunk whose bytes do not decompress to its digest, with the problem;
+    /// a pack whose index is unreadable appears as `pack:<file name>`.
     pub damaged_chunks: BTreeMap<String, String>,
     pub damaged_images: Vec<DamagedImage>,
 }
@@ -34,6 +39,12 @@ impl VerifyReport {
     pub fn is_clean(&self) -> bool {
         self.damaged_chunks.is_empty() && self.damaged_images.is_empty()
     }
+}
+
+/// Where a chunk to check is: a frame in a pack, or a format-2 chunk file.
+enum Place {
+    Packed { pack: usize, entry: PackEntry },
+    Loose(std::path::PathBuf),
 }
 
 impl Store {
@@ -49,15 +60,52 @@ impl Store {
             let parsed = parse_manifest(&id, &bytes).map_err(|e| e.to_string());
             manifests.push((id, parsed));
         }
-        let chunk_files = self.chunk_files()?;
-        let damaged: BTreeMap<String, String> = chunk_files
+        let mut damaged: BTreeMap<String, String> = BTreeMap::new();
+        let mut packs = Vec::new();
+        let mut places: Vec<(Digest, Place)> = Vec::new();
+        for name in self.pack_names()? {
+            let path = self.pack_path(&name);
+            let file = File::open(&path).map_err(StoreError::io(&path))?;
+            match read_pack_index(&file) {
+                Ok((footer, entries)) if footer.name == name => {
+                    places.extend(
+                        entries
+                            .into_iter()
+                            .map(|entry| (entry.digest, Place::Packed { pack: packs.len(), entry })),
+                    );
+                    packs.push(file);
+                }
+                Ok(_) => {
+                    damaged.insert(
+                        format!("pack:{}.pack", name.hex()),
+                        "its index does not hash to its name".into(),
+                    );
+                }
+                Err(e) => {
+                    damaged.insert(format!("pack:{}.pack", name.hex()), e.to_string());
+                }
+            }
+        }
+        for (path, digest) in self.chunk_files()? {
+            match digest {
+                Some(digest) => places.push((digest, Place::Loose(path))),
+                None => {
+                    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    damaged.insert(name, "not a chunk name".into());
+                }
+            }
+        }
+        let problems: Vec<(String, String)> = places
             .par_iter()
-            .filter_map(|(path, digest)| {
-                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                let Some(digest) = digest else {
-                    return Some((name, "not a chunk name".to_string()));
+            .filter_map(|(digest, place)| {
+                let bytes = match place {
+                    Place::Packed { pack, entry } => {
+                        let mut frame = vec![0u8; entry.stored_len as usize];
+                        packs[*pack].read_exact_at(&mut frame, entry.offset).map(|()| frame)
+                    }
+                    Place::Loose(path) => fs::read(path),
                 };
-                let problem = match fs::read(path) {
+                let problem = match bytes {
                     Ok(bytes) => decode_chunk(digest, &bytes).err().map(|e| match e {
                         StoreError::CorruptChunk { reason, .. } => reason,
                         other => other.to_string(),
@@ -67,8 +115,12 @@ impl Store {
                 problem.map(|p| (digest.to_string(), p))
             })
             .collect();
-        report.chunks_checked = chunk_files.len() as u64;
-        let present: BTreeSet<Digest> = chunk_files.iter().filter_map(|(_, d)| *d).collect();
+        let bad: HashSet<String> = problems.iter().map(|(d, _)| d.clone()).collect();
+        damaged.extend(problems);
+        report.chunks_checked = places.len() as u64;
+        // A chunk stored twice with one copy damaged is reported damaged: which copy a reader
+        // is served depends on the order it loads packs in.
+        let present: BTreeSet<Digest> = places.iter().map(|(d, _)| *d).collect();
         let mut names = self.names_by_id()?;
         for (id, parsed) in manifests {
             report.images_checked += 1;
@@ -88,7 +140,7 @@ impl Store {
             };
             let digests: BTreeSet<Digest> = manifest.chunks().map(|c| c.digest).collect();
             let damaged_chunks: Vec<Digest> =
-                digests.iter().filter(|d| damaged.contains_key(&d.to_string())).copied().collect();
+                digests.iter().filter(|d| bad.contains(&d.to_string())).copied().collect();
             let missing_chunks: Vec<Digest> =
                 digests.iter().filter(|d| !present.contains(d)).copied().collect();
             if !damaged_chunks.is_empty() || !missing_chunks.is_empty() {
