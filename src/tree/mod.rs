@@ -34,6 +34,12 @@ pub struct Timestamp {
 }
 
 impl Timestamp {
+    /// The earliest and latest times ext4 stores, with its extra timestamp fields (the low
+    /// 32 bits of seconds signed, two epoch bits more): 1901-12-13T20:45:52Z and
+    /// 2446-05-10T22:38:55Z (Documentation/filesystems/ext4/inodes.rst, "Inode Timestamps").
+    pub const EXT4_MIN: Timestamp = Timestamp { sec: i32::MIN as i64, nsec: 0 };
+    pub const EXT4_MAX: Timestamp = Timestamp { sec: i32::MAX as i64 + (3 << 32), nsec: 999_999_999 };
+
     pub fn new(sec: i64, nsec: u32) -> Self {
         Timestamp { sec, nsec }
     }
@@ -56,6 +62,18 @@ pub struct Metadata {
 }
 
 impl Metadata {
+    /// Brings every time into what ext4 stores ([`Timestamp::EXT4_MIN`] to
+    /// [`Timestamp::EXT4_MAX`]); says whether one was outside, so the caller can warn once.
+    pub fn clamp_times(&mut self) -> bool {
+        let mut clamped = false;
+        for t in [&mut self.atime, &mut self.mtime, &mut self.ctime] {
+            let inside = (*t).clamp(Timestamp::EXT4_MIN, Timestamp::EXT4_MAX);
+            clamped |= inside != *t;
+            *t = inside;
+        }
+        clamped
+    }
+
     /// Owner root, the given permissions, every time at `time`, no xattrs.
     pub fn with_mode(mode: u16, time: Timestamp) -> Self {
         Metadata {
@@ -75,6 +93,13 @@ impl Metadata {
 pub struct DeviceNumber {
     pub major: u32,
     pub minor: u32,
+}
+
+impl DeviceNumber {
+    /// The kernel's dev_t has 12 bits of major and 20 of minor (include/linux/kdev_t.h,
+    /// `MINORBITS`), and so has ext4's encoding of it: larger numbers name other devices.
+    pub const MAX_MAJOR: u32 = (1 << 12) - 1;
+    pub const MAX_MINOR: u32 = (1 << 20) - 1;
 }
 
 /// Where a regular file's bytes come from.
