@@ -392,7 +392,7 @@ pub fn fs_time<C>(tree: &FsTree<C>) -> Timestamp {
     if let Some(sec) = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.trim().parse().ok()) {
         return Timestamp::new(sec, 0);
     }
-    let newest = tree.walk().into_iter().map(|(_, id)| tree.get(id).meta.mtime).max().unwrap_or_default();
+    let newest = tree.walk_ids().into_iter().map(|id| tree.get(id).meta.mtime).max().unwrap_or_default();
     Timestamp::new(newest.sec.max(0), 0)
 }
 

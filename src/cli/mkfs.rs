@@ -160,10 +160,11 @@ fn write<C: Content>(
 fn tree_digest<C>(tree: &FsTree<C>) -> [u8; 32] {
     let mut h = Sha256::new();
     let mut first_seen = std::collections::HashMap::new();
-    for (i, (path, id)) in tree.walk().into_iter().enumerate() {
+    let mut i = 0;
+    tree.visit(|path, id| {
         let node = tree.get(id);
         h.update((path.len() as u64).to_le_bytes());
-        h.update(&path);
+        h.update(path);
         h.update((*first_seen.entry(id).or_insert(i) as u64).to_le_bytes());
         let m = &node.meta;
         h.update(m.mode.to_le_bytes());
@@ -196,7 +197,8 @@ fn tree_digest<C>(tree: &FsTree<C>) -> [u8; 32] {
             NodeKind::Fifo => h.update(b"p"),
             NodeKind::Socket => h.update(b"s"),
         }
-    }
+        i += 1;
+    });
     h.finalize().into()
 }
 

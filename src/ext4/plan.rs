@@ -325,10 +325,8 @@ pub fn dir_entries<'t, C>(
 
 /// The path of a node, for error messages only (it walks the tree).
 pub fn path_of<C>(tree: &FsTree<C>, id: NodeId) -> String {
-    tree.walk()
-        .into_iter()
-        .find(|(_, n)| *n == id)
-        .map(|(p, _)| format!("/{}", String::from_utf8_lossy(&p)))
+    tree.path_of(id)
+        .map(|p| format!("/{}", String::from_utf8_lossy(&p)))
         .unwrap_or_else(|| format!("node {}", id.0))
 }
 
@@ -337,7 +335,7 @@ fn shape<C: Content>(
     hash_seed: &[u32; 4],
     data_in_place: bool,
 ) -> Result<Shapes, Ext4Error> {
-    let walk = tree.walk();
+    let walk = tree.walk_ids();
     let n = tree.arena_len();
     let mut ino_of = vec![0u32; n];
     let mut parent_of = vec![0u32; n];
@@ -352,7 +350,7 @@ fn shape<C: Content>(
         None => Role::LostFound,
     };
     let mut next = EXT4_FIRST_INO + 1;
-    for (_, id) in &walk {
+    for id in &walk {
         let slot = &mut ino_of[id.0 as usize];
         if *slot == 0 {
             *slot = next;
@@ -361,7 +359,7 @@ fn shape<C: Content>(
     }
     let max_ino = next - 1;
     parent_of[root.0 as usize] = ROOT_INO;
-    for (_, id) in &walk {
+    for id in &walk {
         if let Some(d) = tree.get(*id).as_dir() {
             for &child in d.entries.values() {
                 if tree.get(child).is_dir() {
@@ -376,7 +374,7 @@ fn shape<C: Content>(
     let mut meta_blocks = 0u64;
     let mut seen = vec![false; n];
     let mut by_ino: Vec<(u32, NodeId)> = Vec::with_capacity(max_ino as usize);
-    for (_, id) in &walk {
+    for id in &walk {
         if !std::mem::replace(&mut seen[id.0 as usize], true) {
             by_ino.push((ino_of[id.0 as usize], *id));
         }

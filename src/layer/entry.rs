@@ -39,6 +39,8 @@ pub(super) fn parse_tar<R: Read>(
     while let Some(entry) = tar.next_entry().map_err(|e| tar_error(e, blob))? {
         entries.push(layer_entry(&mut tar, entry, writer, &mut buf, blob)?);
     }
+    // The entries stay until the layers are merged: without the room grown for more.
+    entries.shrink_to_fit();
     // The end-of-archive blocks and the padding after them are part of the diff_id.
     io::copy(&mut hashed, &mut io::sink()).map_err(corrupt)?;
     Ok(ParsedTar { entries, digest: hashed.hasher.map(BackgroundHasher::finish), size: hashed.count })

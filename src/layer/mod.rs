@@ -248,8 +248,39 @@ fn decode<R: Read>(
 #[derive(Clone, Debug)]
 pub struct LayerJob {
     pub expect: LayerExpect,
-    /// The blob's size when known: larger layers start first.
+    /// The blob's size when known (its descriptor's): larger layers start first, and the
+    /// blob must be exactly this long. It is read no further than one byte past it, so a
+    /// blob that never ends is refused, not read forever.
     pub size: Option<u64>,
+}
+
+/// A blob that must be `size` bytes long: reading past that, or ending before it, fails.
+struct SizedBlob<R> {
+    inner: R,
+    size: u64,
+    read: u64,
+}
+
+impl<R: Read> Read for SizedBlob<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // One byte more than the size may come in: that byte shows the blob is too long.
+        let room = (self.size + 1).saturating_sub(self.read).min(buf.len() as u64) as usize;
+        let n = self.inner.read(&mut buf[..room])?;
+        self.read += n as u64;
+        if self.read > self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the blob is longer than the {} bytes its descriptor gives", self.size),
+            ));
+        }
+        if n == 0 && !buf.is_empty() && self.read < self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the blob ends after {} of the {} bytes its descriptor gives", self.read, self.size),
+            ));
+        }
+        Ok(n)
+    }
 }
 
 /// Reads many layers in parallel on rayon's pool (bounded by the cores), the largest first
@@ -272,7 +303,12 @@ where
                 let expect = &jobs[i].expect;
                 let name = || blob_name(expect, layer);
                 let result = match (open(i), spool.slot(layer)) {
-                    (Ok(blob), Ok(writer)) => index_layer(blob, expect, layer, writer),
+                    (Ok(blob), Ok(writer)) => match jobs[i].size {
+                        Some(size) => {
+                            index_layer(SizedBlob { inner: blob, size, read: 0 }, expect, layer, writer)
+                        }
+                        None => index_layer(blob, expect, layer, writer),
+                    },
                     (Err(source), _) => Err(LayerError::Read { blob: name(), source }),
                     (_, Err(source)) => Err(LayerError::Spool { blob: name(), source }),
                 };
