@@ -199,6 +199,9 @@ pub fn convert(plan: &ConvertPlan, progress: &mut dyn FnMut(Progress)) -> Result
 
     let tree = layer::flatten_layers(&layers)
         .map_err(|source| PipelineError::Flatten { input: plan.input.clone(), source })?;
+    // The tree holds what it needs of the layers (their spools among it); their entries, as
+    // many as the tree's nodes, need not stay for the ext4 writer.
+    drop(layers);
     progress(Progress::Flattened { entries: tree.arena_len() });
     timings.flatten = lap(started, &timings);
 
@@ -207,8 +210,7 @@ pub fn convert(plan: &ConvertPlan, progress: &mut dyn FnMut(Progress)) -> Result
         ext4::Options { data_in_place: true, ..ext4_options(&config.diff_ids, &plan.rootfs, fs_time(&tree)) };
     let summary = write_rootfs(&tree, &options, &file, &plan.input)?;
     let boot = boot_part(plan.kernel.as_ref(), &tree, &staging.path, &config.config)?;
-    drop(tree);
-    drop(layers); // the spools go with the last reference to them
+    drop(tree); // the spools go with the last reference to them
     let digest = digest_file(&rootfs_path)?;
     timings.rootfs = lap(started, &timings);
     progress(Progress::RootfsWritten { bytes: summary.size_bytes, seconds: timings.rootfs });
