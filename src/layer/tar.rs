@@ -16,7 +16,10 @@
 //!   followed by anything else is an error, not an end.
 //! - Numbers are octal, or GNU base-256 two's complement, negative values included.
 //! - GNU long names and link names (`L`, `K`), old GNU sparse members (`S`), PAX global
-//!   headers (parsed, then ignored, as Docker ignores them).
+//!   headers (parsed, then ignored, as Docker ignores them; Go reads one as an entry of its
+//!   own, so the extended header or long name before it applies to no entry).
+//! - Names as Go assembles them: a ustar prefix whatever the version field says, and the
+//!   prefix Go's writer before 1.8 put into GNU headers.
 //! - Memory stays bounded whatever the sizes claim: an extended header or long name is at
 //!   most [`MAX_META_HEADER`] bytes, a path at most [`PATH_MAX`] - 1 bytes, as the kernel
 //!   takes them.
@@ -214,8 +217,12 @@ impl<R: Read> TarReader<R> {
                     })?;
                     match typeflag {
                         // A global header applies to every later entry; Docker ignores it, so
-                        // do we, once it is known to be well formed.
-                        b'g' => drop(Pax::parse(&data).map_err(bad)?),
+                        // do we, once it is known to be well formed. Go returns it as an entry
+                        // of its own: the headers before it apply to nothing.
+                        b'g' => {
+                            Pax::parse(&data).map_err(bad)?;
+                            (pax, long_name, long_link) = (None, None, None);
+                        }
                         b'x' => pax = Some(Pax::parse(&data).map_err(bad)?),
                         b'L' => long_name = Some(until_nul(&data).to_vec()),
                         _ => long_link = Some(until_nul(&data).to_vec()),
@@ -232,11 +239,6 @@ impl<R: Read> TarReader<R> {
     /// The current entry's data (what is left of it).
     pub fn data(&mut self) -> EntryData<'_, R> {
         EntryData { reader: self }
-    }
-
-    /// The stream, positioned after the end of the archive once `next_entry` said `None`.
-    pub fn into_inner(self) -> R {
-        self.inner
     }
 
     /// Reads exactly one block, or nothing at the end of the stream.
@@ -297,15 +299,9 @@ impl<R: Read> TarReader<R> {
         let Meta { pax, long_name, long_link } = meta;
         let header_name = || -> Vec<u8> {
             let name = until_nul(&block[NAME]);
-            let prefix = match format {
-                Format::Ustar => until_nul(&block[PREFIX]),
-                Format::Star => until_nul(&block[STAR_PREFIX]),
-                Format::Gnu | Format::V7 => &[],
-            };
-            if prefix.is_empty() {
-                name.to_vec()
-            } else {
-                [prefix, b"/", name].concat()
+            match format.prefix(block) {
+                [] => name.to_vec(),
+                prefix => [prefix, b"/", name].concat(),
             }
         };
         // Go's order: the header, then PAX records, then GNU long names.
@@ -366,6 +362,13 @@ impl<R: Read> TarReader<R> {
             entry.link = link;
         }
         if typeflag == b'S' {
+            // star has a sparse form of its own under the same flag, laid out otherwise.
+            if format != Format::Gnu {
+                return Err(at_header(
+                    "type",
+                    "an old GNU sparse member in a header that is not GNU's".into(),
+                ));
+            }
             let real_size = unsigned(&block[GNU_REAL_SIZE]).map_err(|p| at_header("sparse real size", p))?;
             let segments = self.old_gnu_sparse_map(block).map_err(|e| match e {
                 TarError::Header { offset, problem } => {

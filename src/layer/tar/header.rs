@@ -24,13 +24,15 @@ pub(super) const STAR_PREFIX: Range<usize> = 345..476;
 pub(super) const STAR_TRAILER: Range<usize> = 508..512;
 /// Old GNU sparse: four (offset, numbytes) pairs of 12 bytes each, a continuation flag, the
 /// real size; each extension block holds 21 more pairs and its own flag.
+pub(super) const GNU_ATIME: Range<usize> = 345..357;
+pub(super) const GNU_CTIME: Range<usize> = 357..369;
 pub(super) const GNU_SPARSE: Range<usize> = 386..482;
 pub(super) const GNU_IS_EXTENDED: usize = 482;
 pub(super) const GNU_REAL_SIZE: Range<usize> = 483..495;
 pub(super) const GNU_EXT_SPARSE: Range<usize> = 0..504;
 pub(super) const GNU_EXT_IS_EXTENDED: usize = 504;
 
-/// The header formats, told apart by magic and version as Go tells them.
+/// The header formats, told apart by magic (and version, for GNU) as Go tells them.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Format {
     V7,
@@ -42,10 +44,31 @@ pub(super) enum Format {
 impl Format {
     pub(super) fn of(block: &[u8; BLOCK as usize]) -> Self {
         match (&block[MAGIC], &block[VERSION]) {
-            (b"ustar\0", b"00") if &block[STAR_TRAILER] == b"tar\0" => Format::Star,
-            (b"ustar\0", b"00") => Format::Ustar,
+            (b"ustar\0", _) if &block[STAR_TRAILER] == b"tar\0" => Format::Star,
+            (b"ustar\0", _) => Format::Ustar,
             (b"ustar ", b" \0") => Format::Gnu,
             _ => Format::V7,
+        }
+    }
+
+    /// The path prefix of the header, empty when there is none.
+    pub(super) fn prefix(self, block: &[u8; BLOCK as usize]) -> &[u8] {
+        match self {
+            Format::Ustar => until_nul(&block[PREFIX]),
+            Format::Star => until_nul(&block[STAR_PREFIX]),
+            // Go's writer before 1.8 put a ustar prefix into GNU headers, where atime and
+            // ctime are; Go (and so Docker) reads such a header's prefix when those fields
+            // are not numbers and the prefix is ASCII. So must we, to see the same name.
+            Format::Gnu => {
+                let not_a_time = |field: &[u8]| field[0] != 0 && numeric(field).is_err();
+                let prefix = until_nul(&block[PREFIX]);
+                if (not_a_time(&block[GNU_ATIME]) || not_a_time(&block[GNU_CTIME])) && prefix.is_ascii() {
+                    prefix
+                } else {
+                    &[]
+                }
+            }
+            Format::V7 => &[],
         }
     }
 }

@@ -64,8 +64,10 @@ impl Pax {
         if self.sparse("name").is_none() {
             return Err("GNU sparse member without GNU.sparse.name".into());
         }
+        // Go takes `GNU.sparse.size` first, as format 0.x named it.
         let real_size = self
-            .sparse("realsize")
+            .sparse("size")
+            .or_else(|| self.sparse("realsize"))
             .and_then(decimal)
             .ok_or("GNU sparse member without a valid GNU.sparse.realsize")?;
         Ok(SparseFile { real_size, map: Sparse::MapInData })
@@ -156,7 +158,8 @@ fn pax_record(data: &[u8]) -> Result<(Record<'_>, &[u8]), String> {
     if key.contains(&0) {
         return Err(format!("PAX key {:?} holds a NUL byte", shown(key)));
     }
-    if (key == PAX_PATH || key == PAX_LINKPATH) && value.contains(&0) {
+    // Names cannot hold a NUL: Go refuses one in these four.
+    if [PAX_PATH, PAX_LINKPATH, b"uname", b"gname"].contains(&key) && value.contains(&0) {
         return Err(format!("PAX {} {:?} holds a NUL byte", shown(key), shown(value)));
     }
     Ok((Record { key, value }, &data[len..]))

@@ -84,6 +84,20 @@ fn a_repeated_pax_key_takes_its_last_value() {
 }
 
 #[test]
+fn headers_before_a_global_header_apply_to_nothing() {
+    // Go reads the global header as an entry of its own, which the extended header and
+    // long name before it then belong to; Docker skips it, and so the next entry keeps its
+    // own name.
+    let tar = Tar::new()
+        .pax(&[(b"path", b"evil")])
+        .special(b'L', b"evil-too")
+        .special(b'g', &pax_record(b"comment", b"global"))
+        .file(b"benign", b"")
+        .finish();
+    assert_eq!(paths(&tar), ["benign"]);
+}
+
+#[test]
 fn an_empty_pax_value_leaves_the_header_field() {
     let tar = Tar::new()
         .pax(&[(b"path", b"pax-name"), (b"path", b""), (b"uid", b"")])
@@ -238,6 +252,19 @@ fn gnu_long_names_and_links_and_ustar_prefixes() {
     assert_eq!(entries[0].0.kind, Kind::HardLink);
     assert_eq!(entries[1].0.path, b"the/prefix/name");
     assert_eq!(entries[2].0.kind, Kind::Directory);
+}
+
+#[test]
+fn prefixes_are_read_where_go_reads_them() {
+    // The ustar magic without its version is still ustar to Go: the prefix counts.
+    let no_version =
+        Header::ustar(b"name", b'0', 0).set(rawtar::MAGIC, b"ustar\0\0\0").set(rawtar::PREFIX, b"pre");
+    // A GNU header from Go before 1.8: a prefix where the times would be.
+    let old_go = Header::gnu(b"name", b'0', 0).set(rawtar::PREFIX, b"old/go");
+    // A GNU header whose times are times: no prefix.
+    let gnu = Header::gnu(b"name", b'0', 0).octal(345..357, 5).octal(357..369, 5);
+    let tar = Tar::new().entry(no_version, b"").entry(old_go, b"").entry(gnu, b"").finish();
+    assert_eq!(paths(&tar), ["pre/name", "old/go/name", "name"]);
 }
 
 #[test]
