@@ -326,3 +326,97 @@ fn a_seekable_reader_skips_data_and_sees_a_cut_archive() {
     cut.next_entry().unwrap();
     assert!(matches!(cut.next_entry(), Err(TarError::Read(_))));
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One entry as the property tests write it.
+    #[derive(Clone, Debug)]
+    struct Written {
+        path: Vec<u8>,
+        kind: u8,
+        data: Vec<u8>,
+        uid: u32,
+        mtime: i64,
+        xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    }
+
+    fn written() -> impl Strategy<Value = Written> {
+        (
+            prop::collection::vec(1u8..=255, 1..300),
+            prop::sample::select(vec![b'0', b'5', b'2', b'6']),
+            prop::collection::vec(any::<u8>(), 0..1100),
+            any::<u32>(),
+            -(1i64 << 40)..(1i64 << 40),
+            prop::collection::btree_map(
+                "[a-z]{1,8}".prop_map(|n| format!("user.{n}").into_bytes()),
+                prop::collection::vec(any::<u8>(), 0..40),
+                0..4,
+            ),
+        )
+            .prop_map(|(path, kind, data, uid, mtime, xattrs)| Written {
+                path,
+                kind,
+                data,
+                uid,
+                mtime,
+                xattrs,
+            })
+    }
+
+    /// Every field in PAX records, so any name bytes and any number go through.
+    fn archive(entries: &[Written]) -> Vec<u8> {
+        let mut tar = Tar::new();
+        for e in entries {
+            let (uid, mtime) = (e.uid.to_string(), e.mtime.to_string());
+            let mut records: Vec<(&[u8], &[u8])> =
+                vec![(b"path", &e.path), (b"uid", uid.as_bytes()), (b"mtime", mtime.as_bytes())];
+            let keys: Vec<Vec<u8>> = e.xattrs.keys().map(|k| [&b"SCHILY.xattr."[..], k].concat()).collect();
+            records.extend(keys.iter().map(Vec::as_slice).zip(e.xattrs.values().map(Vec::as_slice)));
+            let data: &[u8] = if e.kind == b'0' { &e.data } else { b"" };
+            // Header-only types claim the data's size, which must not count.
+            let header = Header::ustar(b"ignored", e.kind, e.data.len() as u64).link(b"target");
+            tar = tar.pax(&records).entry(header, data);
+        }
+        tar.finish()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        #[test]
+        fn what_is_written_is_read(entries in prop::collection::vec(written(), 0..6)) {
+            let got = read_all(&archive(&entries)).unwrap();
+            prop_assert_eq!(got.len(), entries.len());
+            for ((e, data), w) in got.iter().zip(&entries) {
+                prop_assert_eq!(&e.path, &w.path);
+                prop_assert_eq!(e.kind, Kind::of(w.kind));
+                prop_assert_eq!((e.uid, e.mtime), (u64::from(w.uid), Timestamp::new(w.mtime, 0)));
+                prop_assert_eq!(&e.xattrs, &w.xattrs);
+                let want: &[u8] = if w.kind == b'0' { &w.data } else { b"" };
+                prop_assert_eq!(data.as_slice(), want);
+            }
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..3000)) {
+            let _ = read_all(&bytes);
+        }
+
+        #[test]
+        fn damaged_archives_never_panic(
+            entries in prop::collection::vec(written(), 1..4),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut bytes = archive(&entries);
+            for (at, byte) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+            }
+            let _ = read_all(&bytes);
+            let _ = read_all(&bytes[..cut.index(bytes.len())]);
+        }
+    }
+}
