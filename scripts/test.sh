@@ -11,6 +11,7 @@
 #
 # Environment: RUST_TEST_THREADS (default: the number of cores) sets how many tests of one
 # binary run at once; binaries run one after another. CARGO_TARGET_DIR is honoured.
+# DISKC_FUZZ_SECONDS (default 30) bounds each fuzz target, run when nightly has cargo-fuzz.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -86,6 +87,18 @@ if [ "$status" -eq 0 ]; then
   fi
 else
   record test 0.0 "not run: the build failed"
+fi
+
+# The fuzz targets, each for a bounded time, where a nightly toolchain with cargo-fuzz is at
+# hand (scripts/fuzz.sh); the property tests above cover the same parsers on stable.
+if [ "$status" -eq 0 ] && cargo +nightly fuzz --version >/dev/null 2>&1; then
+  t=$(now)
+  if scripts/fuzz.sh "${DISKC_FUZZ_SECONDS:-30}" >"$TARGET/fuzz-output.log" 2>&1; then
+    record fuzz "$(elapsed "$t")" "ok (log: $TARGET/fuzz-output.log)"
+  else
+    record fuzz "$(elapsed "$t")" "FAILED (log: $TARGET/fuzz-output.log)"
+    status=1
+  fi
 fi
 
 echo

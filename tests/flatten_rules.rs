@@ -98,6 +98,45 @@ fn aufs_metadata_names_are_ignored() {
 }
 
 #[test]
+fn aufs_link_and_metadata_directories_never_reach_the_tree() {
+    let layer = vec![
+        dir(".wh..wh.plnk"),
+        file(".wh..wh.plnk/1234.5678", "kept for links"),
+        dir(".wh..wh.orph/"),
+        file(".wh..wh.orph/x", ""),
+        file("a/sub/.wh..wh..opq/inner", ""),
+        file("a/.wh..wh.aufs", ""),
+        link("bin/tool", ".wh..wh.plnk/1234.5678"),
+        link("bin/tool2", "./.wh..wh.plnk/1234.5678"),
+    ];
+    let t = flat(&[base(), layer]).unwrap();
+    assert_eq!(paths(&t), ["a", "a/f", "a/sub", "a/sub/g", "bin", "bin/tool", "bin/tool2", "top"]);
+    // A link into the AUFS directory is a copy of the file kept there, as Docker makes it.
+    assert_eq!(text(&t, "bin/tool"), "kept for links");
+    assert_ne!(t.lookup(b"bin/tool"), t.lookup(b"bin/tool2"));
+    let missing = flat(&[vec![link("x", ".wh..wh.plnk/none")]]).unwrap_err();
+    assert!(matches!(missing, FlattenError::MissingLinkTarget { .. }), "{missing}");
+}
+
+#[test]
+fn symlinks_are_0777_whatever_the_layer_or_a_link_header_says() {
+    let mut odd = symlink("s", "target");
+    odd.meta.mode = 0o644;
+    let mut hard = link("s2", "s");
+    hard.meta = Metadata::with_mode(0o600, Timestamp::new(5, 0));
+    hard.meta.uid = 7;
+    let mut to_file = link("f2", "f");
+    to_file.meta = Metadata::with_mode(0o600, Timestamp::new(5, 0));
+    let t = flat(&[vec![odd, hard, file("f", "x"), to_file]]).unwrap();
+    let s = &t.get(t.lookup(b"s").unwrap()).meta;
+    assert_eq!((s.mode, s.uid, s.mtime), (0o777, 7, Timestamp::new(1_700_000_000, 0)));
+    assert_eq!(t.lookup(b"s"), t.lookup(b"s2"));
+    // A link header's mode and times do reach a file.
+    let f = &t.get(t.lookup(b"f").unwrap()).meta;
+    assert_eq!((f.mode, f.mtime), (0o600, Timestamp::new(5, 0)));
+}
+
+#[test]
 fn directory_over_directory_merges_with_the_upper_metadata() {
     let mut upper = dir("a");
     upper.meta = Metadata { uid: 7, gid: 8, ..meta(0o700) };

@@ -351,3 +351,19 @@ fn gnu_sparse_members_in_both_forms() {
         assert_eq!(f.data_block_count(), 2, "{format}");
     }
 }
+
+#[test]
+fn the_fuzz_seeds_are_valid_layers() {
+    let dir = common::tempdir();
+    let seeds = common::repo_root().join("fixtures/fuzz/layer");
+    let mut read = 0;
+    for seed in std::fs::read_dir(&seeds).unwrap() {
+        let path = seed.unwrap().path();
+        let blob = std::fs::read(&path).unwrap();
+        let layer = index_layer(&blob[..], &LayerExpect::default(), 0, common::spool(dir.path(), 0))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(!layer.entries.is_empty(), "{}", path.display());
+        read += 1;
+    }
+    assert_eq!(read, 18, "six tars, each plain, gzip and zstd");
+}

@@ -11,18 +11,22 @@
 use std::io::{self, BufReader, Read};
 use std::sync::{Arc, Mutex};
 
-use crate::digest::{BackgroundHasher, Digest, HashingReader};
+use crate::digest::{Digest, HashingReader};
 use crate::error::{Classify, ErrorClass};
-use crate::tree::flatten::{self, Entry, EntryKind, FlattenError, LayerChanges};
-use crate::tree::{DeviceNumber, FileData, FsTree, Metadata, Timestamp};
+use crate::tree::flatten::{self, Entry, FlattenError, LayerChanges};
+use crate::tree::FsTree;
 
+mod entry;
 mod pax_sparse;
 mod relay;
 pub(crate) mod spool;
+pub mod tar;
 
 use relay::relay;
 
-use spool::{Spool, SpoolError};
+pub use entry::MAX_FILE_SIZE;
+use entry::{parse_tar, ParsedTar};
+use spool::Spool;
 pub use spool::{SpoolFile, SpoolRef, SpoolWriter};
 
 /// What the manifest and config say a blob should be. A `None` digest is computed, not checked.
@@ -195,13 +199,6 @@ struct Decoded {
     compression: Compression,
 }
 
-struct ParsedTar {
-    entries: Vec<Entry<SpoolRef>>,
-    /// The tar stream's digest; `None` when it was not hashed (it is the blob itself).
-    digest: Option<Digest>,
-    size: u64,
-}
-
 /// Detects the compression, then parses the tar through it, then reads the blob to its end
 /// so that its digest covers every byte.
 fn decode<R: Read>(
@@ -247,236 +244,43 @@ fn decode<R: Read>(
     Ok(Decoded { tar, compression })
 }
 
-/// Parses the uncompressed tar stream `plain` to its end; with `hash`, hashes all of it.
-fn parse_tar<R: Read>(
-    plain: R,
-    hash: bool,
-    writer: &mut SpoolWriter,
-    name: &str,
-) -> Result<ParsedTar, LayerError> {
-    let corrupt = |source: io::Error| LayerError::Corrupt { blob: name.to_string(), source };
-    let mut hashed = CountingReader { inner: plain, hasher: hash.then(BackgroundHasher::new), count: 0 };
-    let mut entries = Vec::new();
-    {
-        let mut archive = tar::Archive::new(&mut hashed);
-        let mut buf = vec![0u8; COPY_BUFFER];
-        for item in archive.entries().map_err(corrupt)? {
-            let mut item = item.map_err(corrupt)?;
-            if let Some(entry) = read_entry(&mut item, writer, &mut buf, name)? {
-                entries.push(entry);
-            }
-        }
-    }
-    // The end-of-archive blocks and the padding after them are part of the diff_id.
-    io::copy(&mut hashed, &mut io::sink()).map_err(corrupt)?;
-    Ok(ParsedTar { entries, digest: hashed.hasher.map(BackgroundHasher::finish), size: hashed.count })
-}
-
-/// Counts what passes, and hashes it when asked.
-struct CountingReader<R> {
-    inner: R,
-    hasher: Option<BackgroundHasher>,
-    count: u64,
-}
-
-impl<R: Read> Read for CountingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(h) = &mut self.hasher {
-            h.update(&buf[..n]);
-        }
-        self.count += n as u64;
-        Ok(n)
-    }
-}
-
-/// PAX records this module reads besides those the tar crate applies (path, linkpath, size,
-/// uid, gid): sub-second times and extended attributes.
-#[derive(Default)]
-struct PaxExtras {
-    mtime: Option<Timestamp>,
-    atime: Option<Timestamp>,
-    ctime: Option<Timestamp>,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-    /// `GNU.sparse.*` records, by key without the prefix.
-    sparse: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-/// `GNU.sparse.KEY=value`: GNU tar's sparse files in PAX form.
-const PAX_SPARSE_PREFIX: &[u8] = b"GNU.sparse.";
-
-/// `SCHILY.xattr.NAME=value`, as GNU tar, bsdtar and Go's archive/tar write xattrs.
-const PAX_XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
-
-fn pax_extras<R: Read>(item: &mut tar::Entry<'_, R>) -> io::Result<PaxExtras> {
-    let mut extras = PaxExtras::default();
-    let Some(exts) = item.pax_extensions()? else { return Ok(extras) };
-    for ext in exts {
-        let ext = ext?;
-        let key = ext.key_bytes();
-        let value = ext.value_bytes();
-        match key {
-            b"mtime" => extras.mtime = parse_pax_time(value),
-            b"atime" => extras.atime = parse_pax_time(value),
-            b"ctime" => extras.ctime = parse_pax_time(value),
-            _ => {
-                if let Some(name) = key.strip_prefix(PAX_XATTR_PREFIX) {
-                    extras.xattrs.push((name.to_vec(), value.to_vec()));
-                } else if let Some(name) = key.strip_prefix(PAX_SPARSE_PREFIX) {
-                    extras.sparse.push((name.to_vec(), value.to_vec()));
-                }
-            }
-        }
-    }
-    Ok(extras)
-}
-
-/// A PAX time: decimal seconds, optionally negative, optionally with a fraction.
-fn parse_pax_time(value: &[u8]) -> Option<Timestamp> {
-    let text = std::str::from_utf8(value).ok()?;
-    let (negative, text) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
-    let sec: i64 = whole.parse().ok()?;
-    let mut nsec: u32 = 0;
-    if !frac.is_empty() {
-        let digits: String = frac.chars().take(9).collect();
-        if !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        nsec = format!("{digits:0<9}").parse().ok()?;
-    }
-    Some(if negative {
-        if nsec == 0 {
-            Timestamp::new(-sec, 0)
-        } else {
-            Timestamp::new(-sec - 1, 1_000_000_000 - nsec)
-        }
-    } else {
-        Timestamp::new(sec, nsec)
-    })
-}
-
-/// A numeric header field; an empty one (all NUL or spaces) reads as 0, as GNU tar and Go
-/// read it, where the tar crate refuses it.
-fn numeric<T: Default>(parsed: io::Result<T>, raw: &[u8]) -> io::Result<T> {
-    match parsed {
-        Err(_) if raw.iter().all(|&b| b == 0 || b == b' ') => Ok(T::default()),
-        other => other,
-    }
-}
-
-/// The real name and size of a GNU sparse 1.0 member, `None` for any other member; the
-/// 0.x PAX forms (long obsolete) are refused rather than misread.
-fn sparse_1_0(records: &[(Vec<u8>, Vec<u8>)]) -> Result<Option<(Vec<u8>, u64)>, String> {
-    if records.is_empty() {
-        return Ok(None);
-    }
-    let get = |k: &[u8]| records.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_slice());
-    if get(b"major") != Some(b"1") || get(b"minor") != Some(b"0") {
-        return Err("GNU sparse format 0.x is not supported (only 1.0)".into());
-    }
-    let name = get(b"name").ok_or("GNU sparse member without GNU.sparse.name")?;
-    let size = get(b"realsize")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.parse().ok())
-        .ok_or("GNU sparse member without a valid GNU.sparse.realsize")?;
-    Ok(Some((name.to_vec(), size)))
-}
-
-fn read_entry<R: Read>(
-    item: &mut tar::Entry<'_, R>,
-    writer: &mut SpoolWriter,
-    buf: &mut [u8],
-    blob: &str,
-) -> Result<Option<Entry<SpoolRef>>, LayerError> {
-    let mut path = item.path_bytes().into_owned();
-    let bad_at = |path: &[u8], problem: String| LayerError::BadEntry {
-        blob: blob.to_string(),
-        entry: String::from_utf8_lossy(path).into_owned(),
-        problem,
-    };
-    let extras = pax_extras(item).map_err(|e| bad_at(&path, format!("bad PAX header: {e}")))?;
-    let sparse = sparse_1_0(&extras.sparse).map_err(|problem| bad_at(&path, problem))?;
-    if let Some((name, _)) = &sparse {
-        path = name.clone();
-    }
-    let bad = |problem: String| bad_at(&path, problem);
-    let header = item.header();
-    let entry_type = header.entry_type();
-    if entry_type.is_pax_global_extensions() {
-        return Ok(None);
-    }
-    let old = header.as_old();
-    let mode = numeric(header.mode(), &old.mode).map_err(|e| bad(format!("bad mode: {e}")))?;
-    let uid = numeric(header.uid(), &old.uid).map_err(|e| bad(format!("bad uid: {e}")))?;
-    let gid = numeric(header.gid(), &old.gid).map_err(|e| bad(format!("bad gid: {e}")))?;
-    let uid = u32::try_from(uid).map_err(|_| bad(format!("uid {uid} does not fit 32 bits")))?;
-    let gid = u32::try_from(gid).map_err(|_| bad(format!("gid {gid} does not fit 32 bits")))?;
-    let mtime = match extras.mtime {
-        Some(t) => t,
-        None => {
-            let sec = numeric(header.mtime(), &old.mtime).map_err(|e| bad(format!("bad mtime: {e}")))?;
-            Timestamp::new(i64::try_from(sec).unwrap_or(i64::MAX), 0)
-        }
-    };
-    let meta = Metadata {
-        mode: (mode & 0o7777) as u16,
-        uid,
-        gid,
-        atime: extras.atime.unwrap_or(mtime),
-        mtime,
-        ctime: extras.ctime.unwrap_or(mtime),
-        xattrs: extras.xattrs.into_iter().collect(),
-    };
-    let link = || {
-        item.link_name_bytes().map(|l| l.into_owned()).ok_or_else(|| bad("link without a target".to_string()))
-    };
-    let device = || -> Result<DeviceNumber, LayerError> {
-        let major = header.device_major().map_err(|e| bad(format!("bad device major: {e}")))?;
-        let minor = header.device_minor().map_err(|e| bad(format!("bad device minor: {e}")))?;
-        Ok(DeviceNumber { major: major.unwrap_or(0), minor: minor.unwrap_or(0) })
-    };
-    let kind = match entry_type {
-        tar::EntryType::Directory => EntryKind::Directory,
-        tar::EntryType::Symlink => EntryKind::Symlink(link()?),
-        tar::EntryType::Link => EntryKind::HardLink(link()?),
-        tar::EntryType::Char => EntryKind::CharDevice(device()?),
-        tar::EntryType::Block => EntryKind::BlockDevice(device()?),
-        tar::EntryType::Fifo => EntryKind::Fifo,
-        tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-            let stored = item.size();
-            let copied = match sparse {
-                Some((_, real_size)) => pax_sparse::expand(&mut *item, stored, real_size)
-                    .map_err(SpoolError::Read)
-                    .and_then(|mut expanded| {
-                        writer.copy_file(&mut expanded, real_size, buf).map(|s| (s, real_size))
-                    }),
-                None => writer.copy_file(item, stored, buf).map(|s| (s, stored)),
-            };
-            let (spooled, size) = copied.map_err(|e| match e {
-                SpoolError::Read(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    bad(format!("data ends before its {stored} bytes"))
-                }
-                SpoolError::Read(e) if e.kind() == io::ErrorKind::InvalidData => bad(e.to_string()),
-                SpoolError::Read(source) => LayerError::Corrupt { blob: blob.to_string(), source },
-                SpoolError::Write(source) => LayerError::Spool { blob: blob.to_string(), source },
-            })?;
-            EntryKind::File(FileData { size, content: spooled.content, data_blocks: spooled.data_blocks })
-        }
-        other => return Err(bad(format!("unsupported tar entry type {:?}", other.as_byte() as char))),
-    };
-    Ok(Some(Entry { path, kind, meta }))
-}
-
 /// One layer to read with [`index_layers`].
 #[derive(Clone, Debug)]
 pub struct LayerJob {
     pub expect: LayerExpect,
-    /// The blob's size when known: larger layers start first.
+    /// The blob's size when known (its descriptor's): larger layers start first, and the
+    /// blob must be exactly this long. It is read no further than one byte past it, so a
+    /// blob that never ends is refused, not read forever.
     pub size: Option<u64>,
+}
+
+/// A blob that must be `size` bytes long: reading past that, or ending before it, fails.
+struct SizedBlob<R> {
+    inner: R,
+    size: u64,
+    read: u64,
+}
+
+impl<R: Read> Read for SizedBlob<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // One byte more than the size may come in: that byte shows the blob is too long.
+        let room = (self.size + 1).saturating_sub(self.read).min(buf.len() as u64) as usize;
+        let n = self.inner.read(&mut buf[..room])?;
+        self.read += n as u64;
+        if self.read > self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the blob is longer than the {} bytes its descriptor gives", self.size),
+            ));
+        }
+        if n == 0 && !buf.is_empty() && self.read < self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the blob ends after {} of the {} bytes its descriptor gives", self.read, self.size),
+            ));
+        }
+        Ok(n)
+    }
 }
 
 /// Reads many layers in parallel on rayon's pool (bounded by the cores), the largest first
@@ -499,7 +303,12 @@ where
                 let expect = &jobs[i].expect;
                 let name = || blob_name(expect, layer);
                 let result = match (open(i), spool.slot(layer)) {
-                    (Ok(blob), Ok(writer)) => index_layer(blob, expect, layer, writer),
+                    (Ok(blob), Ok(writer)) => match jobs[i].size {
+                        Some(size) => {
+                            index_layer(SizedBlob { inner: blob, size, read: 0 }, expect, layer, writer)
+                        }
+                        None => index_layer(blob, expect, layer, writer),
+                    },
                     (Err(source), _) => Err(LayerError::Read { blob: name(), source }),
                     (_, Err(source)) => Err(LayerError::Spool { blob: name(), source }),
                 };

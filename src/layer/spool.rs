@@ -333,12 +333,32 @@ impl SpoolWriter {
         size: u64,
         buf: &mut [u8],
     ) -> Result<Spooled, SpoolError> {
+        self.copy_sparse_file(data, size, std::slice::from_ref(&(0..size)), buf)
+    }
+
+    /// Copies a file of `size` bytes of which only `windows` (byte ranges starting on a
+    /// block, sorted, disjoint) may hold data, and `data` gives the windows' bytes back to
+    /// back. The rest of the file is holes, and costs nothing however large.
+    pub(crate) fn copy_sparse_file(
+        &mut self,
+        data: &mut impl Read,
+        size: u64,
+        windows: &[Range<u64>],
+        buf: &mut [u8],
+    ) -> Result<Spooled, SpoolError> {
         debug_assert!(buf.len() as u64 % BLOCK_SIZE == 0 && !buf.is_empty());
         let base = self.spool.base;
         let mut runs: Vec<SpoolRun> = Vec::new();
-        let mut pos = 0u64;
-        while pos < size {
-            let want = (size - pos).min(buf.len() as u64) as usize;
+        let mut windows = windows.iter();
+        let (mut pos, mut end) = (0u64, 0u64);
+        loop {
+            if pos == end {
+                let Some(window) = windows.next() else { break };
+                debug_assert!(window.start % BLOCK_SIZE == 0 && window.end <= size);
+                (pos, end) = (window.start, window.end);
+                continue;
+            }
+            let want = (end - pos).min(buf.len() as u64) as usize;
             let chunk = &mut buf[..want];
             data.read_exact(chunk).map_err(SpoolError::Read)?;
             // Write each stretch of nonzero blocks with one call.

@@ -97,6 +97,9 @@ fn run(
         .map_err(|source| PipelineError::Flatten { input: plan.input.clone(), source })?;
     progress(Progress::Flattened { entries: tree.arena_len() });
     timings.flatten = lap(started, &timings);
+    // The tree holds what it needs of the layers (their spools among it); their entries, as
+    // many as the tree's nodes, need not stay for the ext4 writer.
+    drop(layers);
 
     let file = spool.settle(tree.files().map(|f| &f.content)).map_err(|source| PipelineError::Io {
         what: "writing",
@@ -109,8 +112,7 @@ fn run(
     };
     let summary = write_rootfs(&tree, &options, &file, &plan.input)?;
     let boot = boot_part(output.kernel.as_ref(), &tree, &staging.path, &config.config)?;
-    drop(tree);
-    drop(layers); // the spools go with the last reference to them
+    drop(tree); // the spools go with the last reference to them
     let digest = digest_file(&rootfs_path)?;
     timings.rootfs = lap(started, &timings);
     progress(Progress::RootfsWritten { bytes: summary.size_bytes, seconds: timings.rootfs });

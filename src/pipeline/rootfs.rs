@@ -46,7 +46,7 @@ pub fn fs_time<C>(tree: &FsTree<C>, source_date_epoch: Option<i64>) -> Timestamp
     if let Some(sec) = source_date_epoch {
         return Timestamp::new(sec, 0);
     }
-    let newest = tree.walk().into_iter().map(|(_, id)| tree.get(id).meta.mtime).max().unwrap_or_default();
+    let newest = tree.walk_ids().into_iter().map(|id| tree.get(id).meta.mtime).max().unwrap_or_default();
     Timestamp::new(newest.sec.max(0), 0)
 }
 
@@ -69,10 +69,11 @@ pub(super) fn clamp_times<C>(tree: &mut FsTree<C>, epoch: i64) {
 pub(super) fn tree_seed<C>(tree: &FsTree<C>) -> [u8; 32] {
     let mut h = Sha256::new();
     let mut first_seen = std::collections::HashMap::new();
-    for (i, (path, id)) in tree.walk().into_iter().enumerate() {
+    let mut i = 0;
+    tree.visit(|path, id| {
         let node = tree.get(id);
         h.update((path.len() as u64).to_le_bytes());
-        h.update(&path);
+        h.update(path);
         h.update((*first_seen.entry(id).or_insert(i) as u64).to_le_bytes());
         let m = &node.meta;
         h.update(m.mode.to_le_bytes());
@@ -105,7 +106,8 @@ pub(super) fn tree_seed<C>(tree: &FsTree<C>) -> [u8; 32] {
             NodeKind::Fifo => h.update(b"p"),
             NodeKind::Socket => h.update(b"s"),
         }
-    }
+        i += 1;
+    });
     h.finalize().into()
 }
 

@@ -17,6 +17,7 @@ use super::spec::{self, ArchiveImage, Descriptor, IndexOrManifest, ParsedConfig,
 use super::{LayerDescriptor, ResolvedImage, SourceError, SourceRef};
 use crate::digest::Digest;
 use crate::fileio::RangeReader;
+use crate::layer::tar::{Kind, TarEntry, TarReader};
 use crate::layer::{self, LayerExpect, LayerIndex, LayerJob, SpoolFile};
 
 /// Small documents (index, manifests, configs) larger than this are refused as corrupt, so a
@@ -319,13 +320,12 @@ pub(crate) fn normalise_member(path: &[u8]) -> String {
 
 /// The member a symlink or hard-link entry at `path` points to; `None` for other entries.
 /// Hard link names are archive paths; symlinks are relative to their directory.
-pub(crate) fn member_link<R: Read>(entry: &tar::Entry<'_, R>, path: &str) -> Option<String> {
-    let kind = entry.header().entry_type();
-    if !(kind.is_symlink() || kind.is_hard_link()) {
-        return None;
+pub(crate) fn member_link(entry: &TarEntry, path: &str) -> Option<String> {
+    match entry.kind {
+        Kind::HardLink => Some(normalise_member(&entry.link)),
+        Kind::Symlink => Some(resolve_member_link(path, &entry.link)),
+        _ => None,
     }
-    let target = entry.link_name_bytes()?;
-    Some(if kind.is_hard_link() { normalise_member(&target) } else { resolve_member_link(path, &target) })
 }
 
 /// Where a symlink member in directory `dir` points, as a member path.
@@ -345,17 +345,16 @@ fn resolve_member_link(from: &str, target: &[u8]) -> String {
 }
 
 impl ArchiveMembers {
-    fn index(file: File) -> io::Result<Self> {
+    fn index(file: File) -> Result<Self, crate::layer::tar::TarError> {
         let file = Arc::new(file);
         let mut members = HashMap::new();
         let mut links = Vec::new();
-        let mut archive = tar::Archive::new(&*file);
-        for entry in archive.entries_with_seek()? {
-            let entry = entry?;
-            let path = normalise_member(&entry.path_bytes());
-            let kind = entry.header().entry_type();
-            if kind.is_file() {
-                members.insert(path, (entry.raw_file_position(), entry.size()));
+        let mut archive = TarReader::seekable(&*file);
+        while let Some(entry) = archive.next_entry()? {
+            let path = normalise_member(&entry.path);
+            // A sparse member's bytes are not where its data starts: it cannot be a blob.
+            if entry.kind == Kind::File && entry.sparse.is_none() {
+                members.insert(path, (entry.data_offset, entry.size));
             } else if let Some(to) = member_link(&entry, &path) {
                 links.push((path, to));
             }
@@ -458,8 +457,8 @@ impl LocalImage {
     /// Reads, verifies and indexes every layer, in parallel, spooling into `spool`.
     pub fn index_layers(&self, spool: &SpoolFile) -> Result<Vec<LayerIndex>, SourceError> {
         let mut jobs = Vec::with_capacity(self.layer_paths.len());
-        for (path, expect) in self.layer_paths.iter().zip(&self.expects) {
-            let size = match self.members.open(path) {
+        for ((path, expect), desc) in self.layer_paths.iter().zip(&self.expects).zip(&self.resolved.layers) {
+            let stored = match self.members.open(path) {
                 Ok(Some((_, size))) => size,
                 Ok(None) => {
                     return Err(SourceError::MissingBlob {
@@ -471,7 +470,9 @@ impl LocalImage {
                     return Err(SourceError::Io { input: self.input.clone(), path: path.clone(), source })
                 }
             };
-            jobs.push(LayerJob { expect: expect.clone(), size: Some(size) });
+            // The descriptor's size, when it gives one, is what the blob must be: a blob file
+            // that is something else (a device, a pipe) is read no further.
+            jobs.push(LayerJob { expect: expect.clone(), size: desc.size.or(Some(stored)) });
         }
         let open = |i: usize| -> io::Result<Box<dyn Read + Send>> {
             match self.members.open(&self.layer_paths[i])? {

@@ -17,6 +17,7 @@ use std::io::{self, Read};
 use super::local::{member_link, normalise_member, resolve_docker_archive, resolve_oci, Plan, MAX_DOCUMENT};
 use super::{ParsedConfig, ResolvedImage, SourceError};
 use crate::digest::Digest;
+use crate::layer::tar::{Kind, TarError, TarReader};
 use crate::layer::{index_layer, LayerError, LayerExpect, LayerIndex, SpoolFile};
 
 /// An image read from a stream: resolved, and its layers indexed, bottom first.
@@ -103,39 +104,34 @@ pub fn read_image_stream<R: Read>(
     spool: &SpoolFile,
     diff_ids: &[Digest],
 ) -> Result<StreamedImage, SourceError> {
-    let corrupt = |problem: String| SourceError::Corrupt { input: input.to_string(), problem };
     let mut slots = Slots::new(diff_ids);
     let mut docs: HashMap<String, Vec<u8>> = HashMap::new();
     let mut layers: HashMap<String, LayerIndex> = HashMap::new();
     let mut links: Vec<(String, String)> = Vec::new();
-    let mut archive = tar::Archive::new(stream);
-    let entries = archive.entries().map_err(|e| corrupt(format!("not a tar stream: {e}")))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| stream_error(input, e))?;
-        let path = normalise_member(&entry.path_bytes());
-        let kind = entry.header().entry_type();
-        if kind.is_symlink() || kind.is_hard_link() {
-            if let Some(to) = member_link(&entry, &path) {
-                links.push((path, to));
-            }
+    let mut archive = TarReader::new(stream);
+    while let Some(entry) = archive.next_entry().map_err(|e| tar_error(input, e))? {
+        let path = normalise_member(&entry.path);
+        if let Some(to) = member_link(&entry, &path) {
+            links.push((path, to));
             continue;
         }
-        if !kind.is_file() {
+        if entry.kind != Kind::File || entry.sparse.is_some() {
             continue;
         }
+        let mut data = archive.data();
         let mut head = Vec::with_capacity(TAR_BLOCK);
-        (&mut entry).take(TAR_BLOCK as u64).read_to_end(&mut head).map_err(|e| stream_error(input, e))?;
+        (&mut data).take(TAR_BLOCK as u64).read_to_end(&mut head).map_err(|e| stream_error(input, e))?;
         if looks_like_layer(&head) {
-            let blob = head.as_slice().chain(&mut entry);
+            let blob = head.as_slice().chain(data);
             let layer_err = |source| SourceError::Layer { input: format!("{input}: {path}"), source };
             let writer = spool
                 .slot(slots.for_layer(&path, &docs))
                 .map_err(|source| layer_err(LayerError::Spool { blob: path.clone(), source }))?;
             let index = index_layer(blob, &LayerExpect::default(), 0, writer).map_err(layer_err)?;
             layers.insert(path, index);
-        } else if entry.size() <= MAX_DOCUMENT {
+        } else if entry.size <= MAX_DOCUMENT {
             let mut bytes = head;
-            entry.read_to_end(&mut bytes).map_err(|e| stream_error(input, e))?;
+            data.read_to_end(&mut bytes).map_err(|e| stream_error(input, e))?;
             docs.insert(path, bytes);
         }
     }
@@ -160,6 +156,16 @@ pub fn read_image_stream<R: Read>(
     };
     let layers = match_layers(input, &plan, layers)?;
     Ok(StreamedImage { resolved: plan.resolved, config: plan.config, layers })
+}
+
+/// A failure of the outer tar: its bytes (see [`stream_error`]) or its structure.
+fn tar_error(input: &str, e: TarError) -> SourceError {
+    match e {
+        TarError::Read(source) => stream_error(input, source),
+        other => {
+            SourceError::Corrupt { input: input.to_string(), problem: format!("broken tar stream: {other}") }
+        }
+    }
 }
 
 /// A read failure of the stream: the stream's own (the daemon, the pipe) or a broken tar.
@@ -195,6 +201,15 @@ fn match_layers(
             },
         };
         let blob = path.clone();
+        if let Some(expected) = plan.resolved.layers[i].size.filter(|&s| s != index.compressed_size) {
+            return Err(SourceError::Corrupt {
+                input: input.to_string(),
+                problem: format!(
+                    "layer {path} is {} bytes, its descriptor gives {expected}",
+                    index.compressed_size
+                ),
+            });
+        }
         if let Some(expected) = expect.digest {
             if expected != index.digest {
                 return Err(layer_err(LayerError::DigestMismatch { blob, expected, actual: index.digest }));

@@ -7,13 +7,19 @@
 //! - `DIR/.wh.NAME` deletes `NAME` and everything below it, as lower layers left it.
 //! - `DIR/.wh..wh..opq` empties `DIR` of what lower layers put there; entries of the same
 //!   layer stay, wherever they come in the layer. So each layer applies its whiteouts first,
-//!   then its other entries in tar order. Other `.wh..wh.` names (AUFS bookkeeping) are ignored.
+//!   then its other entries in tar order.
+//! - Names under a `.wh..wh.` component (AUFS bookkeeping: `.wh..wh.plnk/`, `.wh..wh..opq/`)
+//!   are dropped with all below them, as Docker drops them. A hard link to a file of the
+//!   layer's `.wh..wh.plnk/` (where AUFS kept hard-linked files) becomes a copy of that file.
 //! - A directory over a directory merges: the entries stay, the metadata is the upper one's.
 //!   Anything else replaces what was at that path, a directory with all below it.
 //! - A later entry for the same path wins, as in Docker.
 //! - A hard link names a path of the tree as merged so far (lower layers and the earlier
 //!   entries of its own layer); the target must exist and not be a directory. Links share one
-//!   node, so a link whose partner a later layer deletes keeps the content.
+//!   node, so a link whose partner a later layer deletes keeps the content. Like Docker, a
+//!   link header gives the node its owner and xattrs, and its mode and times unless the node
+//!   is a symlink.
+//! - A symlink's mode is 0777, whatever the layer says: symlink(2) makes them so.
 //! - Missing parent directories are created (mode 0755, owner root, time 0), as Docker does.
 //! - The root directory is mode 0755, owner root, time 0, whatever a layer's `./` entry says:
 //!   Docker skips that entry too.
@@ -31,6 +37,7 @@
 //! reachable nodes, numbered breadth first in name order.
 
 use std::collections::{HashMap, VecDeque};
+use std::mem;
 
 use super::{DeviceNumber, Directory, FileData, FsTree, Metadata, Node, NodeId, NodeKind, Timestamp};
 
@@ -40,6 +47,10 @@ pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
 pub const OPAQUE_WHITEOUT: &[u8] = b".wh..wh..opq";
 /// The prefix of AUFS metadata names, which carry nothing for the merged tree.
 const WHITEOUT_META_PREFIX: &[u8] = b".wh..wh.";
+/// Where AUFS keeps the files hard links point to, at the top of a layer.
+const AUFS_LINK_DIR: &[u8] = b".wh..wh.plnk";
+/// What symlink(2) makes every symlink's mode.
+const SYMLINK_MODE: u16 = 0o777;
 /// Symlinks followed while resolving one name, as Linux's `MAXSYMLINKS`.
 pub const MAX_SYMLINK_FOLLOWS: u32 = 40;
 
@@ -98,10 +109,12 @@ impl crate::error::Classify for FlattenError {
 /// Merges `layers`, bottom first, into one tree. See the module doc for the rules.
 pub fn flatten<C: Clone>(layers: &[LayerChanges<'_, C>]) -> Result<FsTree<C>, FlattenError> {
     let mut tree = FsTree::new(Metadata::with_mode(0o755, Timestamp::default()));
+    // Most entries become a node: room for them at once, rather than doubling on the way.
+    tree.nodes.reserve(layers.iter().map(|l| l.entries.len()).sum());
     for layer in layers {
         apply_layer(&mut tree, layer)?;
     }
-    Ok(compact(&tree))
+    Ok(compact(tree))
 }
 
 fn lossy(bytes: &[u8]) -> String {
@@ -119,25 +132,71 @@ struct LayerApplier<'t, 'l, C> {
     layer: &'l str,
 }
 
+/// Whether an entry is AUFS bookkeeping: a component of its name, other than an opaque
+/// marker at its end, starts with `.wh..wh.`.
+fn is_aufs_meta(parts: &[Vec<u8>]) -> bool {
+    let last = parts.len().saturating_sub(1);
+    parts
+        .iter()
+        .enumerate()
+        .any(|(i, p)| p.starts_with(WHITEOUT_META_PREFIX) && !(i == last && p == OPAQUE_WHITEOUT))
+}
+
+/// The name of a file in the layer's AUFS link directory, when `parts` names one.
+fn aufs_link_name(parts: &[Vec<u8>]) -> Option<&[u8]> {
+    match parts {
+        [dir, name] if dir == AUFS_LINK_DIR => Some(name),
+        _ => None,
+    }
+}
+
 fn apply_layer<C: Clone>(tree: &mut FsTree<C>, layer: &LayerChanges<'_, C>) -> Result<(), FlattenError> {
     let mut applier = LayerApplier { tree, layer: layer.name };
-    let mut cleaned = Vec::with_capacity(layer.entries.len());
+    // Whiteouts first: they only ever act on what lower layers left. Names are cleaned once
+    // per pass rather than kept: for a layer of millions of entries that is the smaller cost.
     for entry in layer.entries {
         let parts = applier.clean(&entry.path)?;
-        cleaned.push(parts);
-    }
-    // Whiteouts first: they only ever act on what lower layers left.
-    for (entry, parts) in layer.entries.iter().zip(&cleaned) {
+        if is_aufs_meta(&parts) {
+            continue;
+        }
         if let Some((name, dir)) = parts.split_last() {
             if name.starts_with(WHITEOUT_PREFIX) {
                 applier.whiteout(entry, dir, name)?;
             }
         }
     }
-    for (entry, parts) in layer.entries.iter().zip(&cleaned) {
-        let is_whiteout = parts.last().is_some_and(|n| n.starts_with(WHITEOUT_PREFIX));
-        if !is_whiteout {
-            applier.add(entry, parts)?;
+    // The files AUFS kept for hard links, by name, as the layer has given them so far.
+    let mut aufs_links: HashMap<Vec<u8>, &Entry<C>> = HashMap::new();
+    for entry in layer.entries {
+        let parts = applier.clean(&entry.path)?;
+        if is_aufs_meta(&parts) {
+            if let (Some(name), EntryKind::File(_)) = (aufs_link_name(&parts), &entry.kind) {
+                aufs_links.insert(name.to_vec(), entry);
+            }
+            continue;
+        }
+        if parts.last().is_some_and(|n| n.starts_with(WHITEOUT_PREFIX)) {
+            continue;
+        }
+        match &entry.kind {
+            EntryKind::HardLink(target) => match aufs_link_name(&applier.clean(target)?) {
+                Some(name) => {
+                    let Some(kept) = aufs_links.get(name) else {
+                        let (layer, e) = applier.err_entry(&entry.path);
+                        return Err(FlattenError::MissingLinkTarget {
+                            layer,
+                            entry: e,
+                            target: lossy(target),
+                        });
+                    };
+                    // Docker copies the kept file to the link's name.
+                    let copy =
+                        Entry { path: entry.path.clone(), kind: kept.kind.clone(), meta: kept.meta.clone() };
+                    applier.add(&copy, &parts)?;
+                }
+                None => applier.add(entry, &parts)?,
+            },
+            _ => applier.add(entry, &parts)?,
         }
     }
     Ok(())
@@ -280,13 +339,18 @@ impl<C: Clone> LayerApplier<'_, '_, C> {
         }
         let node = match (&entry.kind, link_target) {
             (EntryKind::HardLink(_), Some(target)) => {
-                // Docker applies a link header's owner, mode and times to the shared inode.
-                let meta = &mut self.tree.get_mut(target).meta;
+                // Docker applies a link header's owner to the shared inode, and its mode and
+                // times unless the inode is a symlink (there is no lchmod).
+                let node = self.tree.get_mut(target);
+                let is_symlink = matches!(node.kind, NodeKind::Symlink(_));
+                let meta = &mut node.meta;
                 meta.uid = entry.meta.uid;
                 meta.gid = entry.meta.gid;
-                meta.mode = entry.meta.mode;
-                meta.mtime = entry.meta.mtime;
-                meta.atime = entry.meta.atime;
+                if !is_symlink {
+                    meta.mode = entry.meta.mode;
+                    meta.mtime = entry.meta.mtime;
+                    meta.atime = entry.meta.atime;
+                }
                 for (k, v) in &entry.meta.xattrs {
                     meta.xattrs.insert(k.clone(), v.clone());
                 }
@@ -302,7 +366,11 @@ impl<C: Clone> LayerApplier<'_, '_, C> {
                     EntryKind::Fifo => NodeKind::Fifo,
                     EntryKind::HardLink(_) => unreachable!("hard links resolved above"),
                 };
-                self.tree.add(Node::new(kind, entry.meta.clone()))
+                let mut meta = entry.meta.clone();
+                if matches!(kind, NodeKind::Symlink(_)) {
+                    meta.mode = SYMLINK_MODE;
+                }
+                self.tree.add(Node::new(kind, meta))
             }
         };
         self.tree.insert(parent, name, node).map_err(|_| {
@@ -338,35 +406,36 @@ impl<C: Clone> LayerApplier<'_, '_, C> {
     }
 }
 
-/// A copy of `tree` holding only what its root reaches, numbered breadth first in name
-/// order, so the numbering depends on the result and not on the history of the merge.
-fn compact<C: Clone>(tree: &FsTree<C>) -> FsTree<C> {
-    let mut out = FsTree::new(tree.get(FsTree::<C>::ROOT).meta.clone());
-    let mut new_ids: HashMap<NodeId, NodeId> = HashMap::new();
-    new_ids.insert(FsTree::<C>::ROOT, FsTree::<C>::ROOT);
-    let mut queue = VecDeque::from([FsTree::<C>::ROOT]);
-    while let Some(old_dir) = queue.pop_front() {
-        let new_dir = new_ids[&old_dir];
-        let Some(dir) = tree.get(old_dir).as_dir() else { continue };
-        for (name, &old) in &dir.entries {
-            let new = match new_ids.get(&old) {
-                Some(&n) => n,
-                None => {
-                    let node = tree.get(old);
-                    let kind = match &node.kind {
-                        NodeKind::Directory(_) => {
-                            queue.push_back(old);
-                            NodeKind::Directory(Directory::default())
-                        }
-                        other => other.clone(),
-                    };
-                    let n = out.add(Node::new(kind, node.meta.clone()));
-                    new_ids.insert(old, n);
-                    n
-                }
-            };
-            out.insert(new_dir, name, new).expect("names were validated when inserted");
+/// `tree` holding only what its root reaches, numbered breadth first in name order, so the
+/// numbering depends on the result and not on the history of the merge. Nodes move into
+/// their new places; nothing is copied.
+fn compact<C>(mut tree: FsTree<C>) -> FsTree<C> {
+    const UNSEEN: u32 = u32::MAX;
+    let mut new_ids = vec![UNSEEN; tree.nodes.len()];
+    // Old ids in their new order: a breadth-first queue that is also the result's order.
+    let mut order = vec![FsTree::<C>::ROOT];
+    new_ids[0] = 0;
+    let mut next = 0;
+    while let Some(&old) = order.get(next) {
+        next += 1;
+        let Some(dir) = tree.get(old).as_dir() else { continue };
+        for &child in dir.entries.values() {
+            if new_ids[child.0 as usize] == UNSEEN {
+                new_ids[child.0 as usize] = order.len() as u32;
+                order.push(child);
+            }
         }
     }
-    out
+    let mut nodes = Vec::with_capacity(order.len());
+    for old in order {
+        let moved = Node::new(NodeKind::Fifo, Metadata::default());
+        let mut node = mem::replace(&mut tree.nodes[old.0 as usize], moved);
+        if let NodeKind::Directory(d) = &mut node.kind {
+            for id in d.entries.values_mut() {
+                *id = NodeId(new_ids[id.0 as usize]);
+            }
+        }
+        nodes.push(node);
+    }
+    FsTree { nodes }
 }

@@ -35,6 +35,12 @@ pub struct Timestamp {
 }
 
 impl Timestamp {
+    /// The earliest and latest times ext4 stores, with its extra timestamp fields (the low
+    /// 32 bits of seconds signed, two epoch bits more): 1901-12-13T20:45:52Z and
+    /// 2446-05-10T22:38:55Z (Documentation/filesystems/ext4/inodes.rst, "Inode Timestamps").
+    pub const EXT4_MIN: Timestamp = Timestamp { sec: i32::MIN as i64, nsec: 0 };
+    pub const EXT4_MAX: Timestamp = Timestamp { sec: i32::MAX as i64 + (3 << 32), nsec: 999_999_999 };
+
     pub fn new(sec: i64, nsec: u32) -> Self {
         Timestamp { sec, nsec }
     }
@@ -57,6 +63,18 @@ pub struct Metadata {
 }
 
 impl Metadata {
+    /// Brings every time into what ext4 stores ([`Timestamp::EXT4_MIN`] to
+    /// [`Timestamp::EXT4_MAX`]); says whether one was outside, so the caller can warn once.
+    pub fn clamp_times(&mut self) -> bool {
+        let mut clamped = false;
+        for t in [&mut self.atime, &mut self.mtime, &mut self.ctime] {
+            let inside = (*t).clamp(Timestamp::EXT4_MIN, Timestamp::EXT4_MAX);
+            clamped |= inside != *t;
+            *t = inside;
+        }
+        clamped
+    }
+
     /// Owner root, the given permissions, every time at `time`, no xattrs.
     pub fn with_mode(mode: u16, time: Timestamp) -> Self {
         Metadata {
@@ -76,6 +94,13 @@ impl Metadata {
 pub struct DeviceNumber {
     pub major: u32,
     pub minor: u32,
+}
+
+impl DeviceNumber {
+    /// The kernel's dev_t has 12 bits of major and 20 of minor (include/linux/kdev_t.h,
+    /// `MINORBITS`), and so has ext4's encoding of it: larger numbers name other devices.
+    pub const MAX_MAJOR: u32 = (1 << 12) - 1;
+    pub const MAX_MINOR: u32 = (1 << 20) - 1;
 }
 
 /// Where a regular file's bytes come from.
@@ -284,32 +309,60 @@ impl<C> FsTree<C> {
         Some(at)
     }
 
-    /// Every reachable entry, depth first, entries in name order, the root first with an
-    /// empty path. A hard-linked node is visited once per name.
-    pub fn walk(&self) -> Vec<(Vec<u8>, NodeId)> {
-        let mut out = vec![(Vec::new(), Self::ROOT)];
-        let mut i = 0;
-        // Pre-order with sorted children: expand each directory right after itself.
-        while i < out.len() {
-            let (path, id) = out[i].clone();
-            if let Some(dir) = self.get(id).as_dir() {
-                let children: Vec<_> = dir
-                    .entries
-                    .iter()
-                    .map(|(name, &child)| {
-                        let mut p = path.clone();
-                        if !p.is_empty() {
-                            p.push(b'/');
-                        }
-                        p.extend_from_slice(name);
-                        (p, child)
-                    })
-                    .collect();
-                out.splice(i + 1..i + 1, children);
-            }
-            i += 1;
+    /// Calls `f` with every reachable entry's path and node, depth first, entries in name
+    /// order, the root first with an empty path; a hard-linked node once per name. One path
+    /// buffer serves the whole walk, so it costs the tree's size and its depth, never the
+    /// sum of its paths (which grows with the square of the depth).
+    pub fn visit(&self, mut f: impl FnMut(&[u8], NodeId)) {
+        let mut path = Vec::new();
+        f(&path, Self::ROOT);
+        // Each open directory: its entries still to visit, and its path's length.
+        let mut open = Vec::new();
+        if let Some(root) = self.get(Self::ROOT).as_dir() {
+            open.push((root.entries.iter(), 0));
         }
+        while let Some((entries, dir_len)) = open.last_mut() {
+            let Some((name, &child)) = entries.next() else {
+                open.pop();
+                continue;
+            };
+            let dir_len = *dir_len;
+            path.truncate(dir_len);
+            if dir_len > 0 {
+                path.push(b'/');
+            }
+            path.extend_from_slice(name);
+            f(&path, child);
+            if let Some(dir) = self.get(child).as_dir() {
+                open.push((dir.entries.iter(), path.len()));
+            }
+        }
+    }
+
+    /// The nodes [`visit`](Self::visit) meets, in its order, without their paths.
+    pub fn walk_ids(&self) -> Vec<NodeId> {
+        let mut out = Vec::with_capacity(self.nodes.len());
+        self.visit(|_, id| out.push(id));
         out
+    }
+
+    /// What [`visit`](Self::visit) meets, each path copied out: for tests and small trees,
+    /// since the paths together grow with the square of the tree's depth.
+    pub fn walk(&self) -> Vec<(Vec<u8>, NodeId)> {
+        let mut out = Vec::new();
+        self.visit(|path, id| out.push((path.to_vec(), id)));
+        out
+    }
+
+    /// The first path [`visit`](Self::visit) meets `id` at, for messages.
+    pub fn path_of(&self, id: NodeId) -> Option<Vec<u8>> {
+        let mut found = None;
+        self.visit(|path, n| {
+            if n == id && found.is_none() {
+                found = Some(path.to_vec());
+            }
+        });
+        found
     }
 
     /// Every reachable regular file, once however many names it has, in no particular order.
@@ -335,14 +388,13 @@ impl<C> FsTree<C> {
     /// 2 plus one per subdirectory. Unreachable nodes count 0.
     pub fn link_counts(&self) -> Vec<u32> {
         let mut counts = vec![0u32; self.nodes.len()];
-        for (path, id) in self.walk() {
+        for id in self.walk_ids() {
             match self.get(id).as_dir() {
                 Some(dir) => {
                     let subdirs = dir.entries.values().filter(|c| self.get(**c).is_dir()).count();
                     counts[id.0 as usize] = 2 + subdirs as u32;
                 }
-                None if !path.is_empty() => counts[id.0 as usize] += 1,
-                None => {}
+                None => counts[id.0 as usize] += 1,
             }
         }
         counts
@@ -404,6 +456,18 @@ mod tests {
         let t = sample();
         let paths: Vec<_> = t.walk().into_iter().map(|(p, _)| String::from_utf8(p).unwrap()).collect();
         assert_eq!(paths, ["", "bin", "etc", "etc/passwd", "passwd-link"]);
+    }
+
+    #[test]
+    fn visit_lends_each_path_as_walk_lists_it() {
+        let t = sample();
+        let mut seen = Vec::new();
+        t.visit(|path, id| seen.push((path.to_vec(), id)));
+        assert_eq!(seen, t.walk());
+        assert_eq!(t.walk_ids(), seen.iter().map(|(_, id)| *id).collect::<Vec<_>>());
+        let passwd = t.lookup(b"etc/passwd").unwrap();
+        assert_eq!(t.path_of(passwd), Some(b"etc/passwd".to_vec()), "the first of its names");
+        assert_eq!(t.path_of(NodeId(99)), None);
     }
 
     #[test]

@@ -198,10 +198,8 @@ fn plan_auto_size<C: Content>(
 
 /// The path of a node, for error messages only (it walks the tree).
 pub fn path_of<C>(tree: &FsTree<C>, id: NodeId) -> String {
-    tree.walk()
-        .into_iter()
-        .find(|(_, n)| *n == id)
-        .map(|(p, _)| format!("/{}", String::from_utf8_lossy(&p)))
+    tree.path_of(id)
+        .map(|p| format!("/{}", String::from_utf8_lossy(&p)))
         .unwrap_or_else(|| format!("node {}", id.0))
 }
 

@@ -83,7 +83,7 @@ pub(super) fn shape<C: Content>(
     hash_seed: &[u32; 4],
     data_in_place: bool,
 ) -> Result<TreeShape, Ext4Error> {
-    let walk: Vec<NodeId> = tree.walk().into_iter().map(|(_, id)| id).collect();
+    let walk: Vec<NodeId> = tree.walk_ids();
     let Numbering { ino_of, lost_found, max_ino } = number_inodes(tree, &walk)?;
     let parent_of = parent_inodes(tree, &walk, &ino_of);
     let shaper = Shaper {
