@@ -28,8 +28,8 @@ pub enum DockerError {
 }
 
 impl crate::error::Classify for DockerError {
-    fn class(&self) -> crate::error::ErrorClass {
-        crate::error::ErrorClass::Environment
+    fn error_kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Environment
     }
 }
 

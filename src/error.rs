@@ -45,14 +45,11 @@ impl ErrorKind {
 
 /// Implemented by each module's error enum: what kind of failure each variant is.
 pub trait Classify {
-    fn class(&self) -> ErrorKind;
+    fn error_kind(&self) -> ErrorKind;
 }
 
-/// The name modules used before [`Error`] existed; one rename away from gone.
-pub type ErrorClass = ErrorKind;
-
 impl Classify for std::io::Error {
-    fn class(&self) -> ErrorKind {
+    fn error_kind(&self) -> ErrorKind {
         ErrorKind::of_io(self)
     }
 }
@@ -63,7 +60,7 @@ impl Classify for std::io::Error {
 pub struct UsageError(pub String);
 
 impl Classify for UsageError {
-    fn class(&self) -> ErrorKind {
+    fn error_kind(&self) -> ErrorKind {
         ErrorKind::Usage
     }
 }
@@ -98,7 +95,7 @@ impl Error {
 
 impl<E: Classify + std::error::Error + Send + Sync + 'static> From<E> for Error {
     fn from(err: E) -> Self {
-        Error { kind: err.class(), chain: anyhow::Error::new(err) }
+        Error { kind: err.error_kind(), chain: anyhow::Error::new(err) }
     }
 }
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use diskc::error::{Classify, ErrorClass};
+use diskc::error::{Classify, ErrorKind};
 use diskc::source::daemon::{export_stream, resolve_daemon};
 
 #[test]
@@ -20,7 +20,7 @@ fn daemon_down_is_environment_error_with_start_hint() {
         export_stream(common::rt(), "diskc-test/busybox:latest").map(|_| ()).unwrap_err(),
     ];
     for err in errors {
-        assert_eq!(err.class(), ErrorClass::Environment, "{err}");
+        assert_eq!(err.error_kind(), ErrorKind::Environment, "{err}");
         let text = err.to_string();
         assert!(text.contains(&socket.display().to_string()), "{text}");
         assert!(text.contains("sudo dockerd") && text.contains("systemctl start docker"), "{text}");

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::Once;
 
 use diskc::digest::{Digest, HashingReader};
-use diskc::error::{Classify, ErrorClass};
+use diskc::error::{Classify, ErrorKind};
 use diskc::source::daemon::{export_stream, resolve_daemon, DaemonError};
 
 const IMAGE: &str = "diskc-test/remote-daemon:latest";
@@ -134,7 +134,7 @@ fn missing_image_is_bad_input_naming_it() {
     let export_err = export_stream(common::rt(), name).map(|_| ()).unwrap_err();
     for err in [resolve_err, export_err] {
         assert!(matches!(err, DaemonError::NotFound { .. }), "{err:?}");
-        assert_eq!(err.class(), ErrorClass::BadInput);
+        assert_eq!(err.error_kind(), ErrorKind::BadInput);
         assert!(err.to_string().contains(name), "{err}");
     }
 }

@@ -216,7 +216,7 @@ fn names_that_climb_out_of_the_root_are_rejected() {
         let e = flat(&[vec![file(bad, "evil")]]).unwrap_err();
         assert!(matches!(e, FlattenError::Escapes { .. }), "{bad}: {e}");
         assert!(e.to_string().contains(bad), "the error names the entry: {e}");
-        assert_eq!(diskc::error::Classify::class(&e), diskc::error::ErrorClass::BadInput);
+        assert_eq!(diskc::error::Classify::error_kind(&e), diskc::error::ErrorKind::BadInput);
     }
     let e = flat(&[base(), vec![link("x", "../../etc/passwd")]]).unwrap_err();
     assert!(matches!(e, FlattenError::Escapes { .. }), "{e}");

@@ -9,7 +9,7 @@ use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use diskc::error::{Classify, ErrorClass};
+use diskc::error::{Classify, ErrorKind};
 use diskc::layer::{index_layer, index_layers, LayerError, LayerExpect, LayerIndex, LayerJob};
 use diskc::tree::flatten::EntryKind;
 use diskc::tree::{DeviceNumber, Timestamp};
@@ -28,7 +28,7 @@ fn paths(layer: &LayerIndex) -> Vec<String> {
 fn refused(tar: &[u8], needle: &str) -> String {
     let e = index(tar).err().unwrap_or_else(|| panic!("read without error, expected {needle:?}"));
     let text = e.to_string();
-    assert_eq!(e.class(), ErrorClass::BadInput, "{text}");
+    assert_eq!(e.error_kind(), ErrorKind::BadInput, "{text}");
     assert!(text.contains(needle), "{needle:?} not in: {text}");
     text
 }
@@ -235,7 +235,7 @@ fn a_blob_longer_than_its_descriptor_says_is_cut_off() {
     let tar2 = tar.clone();
     let open = move |_| Ok(Box::new(io::Cursor::new(tar2.clone()).chain(Endless)) as Box<dyn Read + Send>);
     let e = within(Duration::from_secs(10), move || index_layers(&[job], open, &spool).err().unwrap());
-    assert_eq!(e.class(), ErrorClass::BadInput, "{e}");
+    assert_eq!(e.error_kind(), ErrorKind::BadInput, "{e}");
     assert!(e.to_string().contains(&size.to_string()), "{e}");
     // Shorter than it says is as wrong.
     let job = LayerJob { expect: LayerExpect::default(), size: Some(size + 1) };

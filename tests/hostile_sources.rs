@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use diskc::digest::Digest;
-use diskc::error::{Classify, ErrorClass};
+use diskc::error::{Classify, ErrorKind};
 use diskc::source::{open_local, read_image_stream, SourceRef, DEFAULT_PLATFORM};
 use serde_json::json;
 
@@ -48,10 +48,15 @@ fn an_oci_layout_blob_that_never_ends_is_refused() {
     let spool_dir = dir.path().to_path_buf();
     std::thread::spawn(move || {
         let image = open_local(&source, DEFAULT_PLATFORM).unwrap();
-        tx.send(image.index_layers(&common::spool_file(&spool_dir)).err().map(|e| (e.to_string(), e.class())))
+        tx.send(
+            image
+                .index_layers(&common::spool_file(&spool_dir))
+                .err()
+                .map(|e| (e.to_string(), e.error_kind())),
+        )
     });
     let (e, class) = rx.recv_timeout(Duration::from_secs(10)).expect("refused in time").expect("an error");
-    assert_eq!(class, ErrorClass::BadInput, "{e}");
+    assert_eq!(class, ErrorKind::BadInput, "{e}");
     assert!(e.contains(&format!("{} bytes", tar.len())), "{e}");
 }
 
@@ -83,7 +88,7 @@ fn a_streamed_layer_of_another_size_than_its_descriptor_is_refused() {
     let spool = common::spool_file(dir.path());
     let e =
         read_image_stream(&stream.finish()[..], "stream", None, DEFAULT_PLATFORM, &spool, &[]).unwrap_err();
-    assert_eq!(e.class(), ErrorClass::BadInput, "{e}");
+    assert_eq!(e.error_kind(), ErrorKind::BadInput, "{e}");
     assert!(e.to_string().contains(&format!("its descriptor gives {}", tar.len() - 1)), "{e}");
     // ... and in place.
     let source: SourceRef = format!("oci:{}", dir.path().display()).parse().unwrap();

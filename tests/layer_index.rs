@@ -7,7 +7,7 @@ mod common;
 use std::io::{self, Read, Write};
 
 use diskc::digest::Digest;
-use diskc::error::{Classify, ErrorClass};
+use diskc::error::{Classify, ErrorKind};
 use diskc::layer::{index_layer, index_layers, Compression, LayerError, LayerExpect, LayerIndex, LayerJob};
 use diskc::tree::flatten::EntryKind;
 use diskc::tree::{Content, BLOCK_SIZE};
@@ -161,7 +161,7 @@ fn digest_and_diff_id_mismatches_name_the_blob() {
     wrong.diff_id = Some(Digest::of(b"other"));
     let e = index_layer(&blob[..], &wrong, 0, common::spool(dir.path(), 0)).err().unwrap();
     assert!(matches!(e, LayerError::DiffIdMismatch { .. }), "{e}");
-    assert_eq!(e.class(), ErrorClass::BadInput);
+    assert_eq!(e.error_kind(), ErrorKind::BadInput);
 }
 
 #[test]
@@ -182,7 +182,7 @@ fn flipped_and_truncated_blobs_are_errors() {
             let e = index_layer(&bad[..], &exp, 0, common::spool(dir.path(), 0))
                 .err()
                 .unwrap_or_else(|| panic!("{what} blob read without error"));
-            assert_eq!(e.class(), ErrorClass::BadInput, "{what}: {e}");
+            assert_eq!(e.error_kind(), ErrorKind::BadInput, "{what}: {e}");
             assert!(e.to_string().contains(&name), "{what}: the error names the blob: {e}");
         }
     }
@@ -224,13 +224,13 @@ fn a_failing_reader_is_an_environment_error() {
             .err()
             .unwrap();
     assert!(matches!(e, LayerError::Read { .. }), "{e}");
-    assert_eq!(e.class(), ErrorClass::Environment);
+    assert_eq!(e.error_kind(), ErrorKind::Environment);
     // A spool file that cannot be written (opened read-only).
     let read_only = std::fs::File::open(common::tempdir().path()).unwrap();
     let writer = diskc::layer::SpoolFile::new(read_only).slot(0).unwrap();
     let e = index_layer(&tar[..], &LayerExpect::default(), 0, writer).err().unwrap();
     assert!(matches!(e, LayerError::Spool { .. }), "{e}");
-    assert_eq!(e.class(), ErrorClass::Environment);
+    assert_eq!(e.error_kind(), ErrorKind::Environment);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use base64::Engine as _;
 use diskc::digest::HashingReader;
-use diskc::error::{Classify, ErrorClass};
+use diskc::error::{Classify, ErrorKind};
 use diskc::source::registry::{Registry, RegistryError, RegistryOptions};
 use diskc::source::DEFAULT_PLATFORM;
 use registry_support::{
@@ -58,7 +58,7 @@ fn basic_auth_uses_credentials_from_docker_login() {
     for config in [empty.path().join("absent.json"), wrong] {
         let err = client(&reference, &config).resolve(DEFAULT_PLATFORM).unwrap_err();
         assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err:?}");
-        assert_eq!(err.class(), ErrorClass::Environment);
+        assert_eq!(err.error_kind(), ErrorKind::Environment);
         assert!(err.to_string().contains(&reg.host()), "{err}");
     }
 }
@@ -84,6 +84,6 @@ fn bearer_token_is_fetched_with_credentials_and_reused() {
     let wrong = write_config(dir.path(), &host, USER, "wrong");
     let err = client(&reference, &wrong).resolve(DEFAULT_PLATFORM).unwrap_err();
     assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err:?}");
-    assert_eq!(err.class(), ErrorClass::Environment);
+    assert_eq!(err.error_kind(), ErrorKind::Environment);
     assert!(err.to_string().contains(&host), "{err}");
 }

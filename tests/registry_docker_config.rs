@@ -6,7 +6,7 @@ mod common;
 mod registry_support;
 
 use diskc::digest::Digest;
-use diskc::error::{Classify, ErrorClass};
+use diskc::error::{Classify, ErrorKind};
 use diskc::source::registry::{Registry, RegistryOptions};
 use diskc::source::DEFAULT_PLATFORM;
 use registry_support::{build_app_image, docker_login, docker_push, TestRegistry};
@@ -27,7 +27,7 @@ fn credentials_come_from_docker_config_env() {
         .unwrap()
         .resolve(DEFAULT_PLATFORM)
         .unwrap_err();
-    assert_eq!(err.class(), ErrorClass::Environment, "{err}");
+    assert_eq!(err.error_kind(), ErrorKind::Environment, "{err}");
     assert!(
         err.to_string().contains(&not_logged_in.path().join("config.json").display().to_string()),
         "{err}"

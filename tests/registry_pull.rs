@@ -10,7 +10,7 @@ mod registry_support;
 use std::io::Read;
 
 use diskc::digest::{Digest, HashingReader};
-use diskc::error::{Classify, ErrorClass};
+use diskc::error::{Classify, ErrorKind};
 use diskc::source::registry::{Registry, RegistryError, RegistryOptions};
 use diskc::source::LayerDescriptor;
 use diskc::source::DEFAULT_PLATFORM;
@@ -97,14 +97,14 @@ fn unknown_tag_and_repository_are_bad_input() {
     ] {
         let err = registry(&reference).resolve(DEFAULT_PLATFORM).unwrap_err();
         assert!(matches!(err, RegistryError::NotFound { .. }), "{reference}: {err:?}");
-        assert_eq!(err.class(), ErrorClass::BadInput, "{reference}");
+        assert_eq!(err.error_kind(), ErrorKind::BadInput, "{reference}");
         assert!(err.to_string().contains(&reference), "{err}");
     }
 
     let client = registry(&format!("docker://{}/diskc/app:v1", reg.host()));
     let absent = LayerDescriptor { digest: Digest::of(b"absent"), media_type: String::new(), size: None };
     let err = client.open_blob(&absent).map(|_| ()).unwrap_err();
-    assert_eq!(err.class(), ErrorClass::BadInput);
+    assert_eq!(err.error_kind(), ErrorKind::BadInput);
     assert!(err.to_string().contains(&absent.digest.to_string()), "{err}");
 }
 
@@ -114,7 +114,7 @@ fn registry_down_is_environment_error_naming_host_and_port() {
     let err =
         registry(&format!("docker://127.0.0.1:{port}/diskc/app:v1")).resolve(DEFAULT_PLATFORM).unwrap_err();
     assert!(matches!(err, RegistryError::Unreachable { .. }), "{err:?}");
-    assert_eq!(err.class(), ErrorClass::Environment);
+    assert_eq!(err.error_kind(), ErrorKind::Environment);
     assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
 }
 
@@ -245,7 +245,7 @@ fn multi_platform_index_resolves_by_platform() {
     assert_eq!(by_digest.resolve("linux/arm64/v8").unwrap(), arm);
 
     let err = client.resolve("linux/s390x").unwrap_err();
-    assert_eq!(err.class(), ErrorClass::BadInput);
+    assert_eq!(err.error_kind(), ErrorKind::BadInput);
     let text = err.to_string();
     assert!(
         text.contains("linux/s390x") && text.contains("linux/arm64/v8") && text.contains("linux/amd64"),
@@ -266,7 +266,7 @@ fn plain_http_beyond_loopback_needs_insecure() {
     // HTTPS by default: the plain-HTTP registry cannot answer a TLS handshake.
     let err = Registry::new(reference.clone(), &anonymous()).unwrap().resolve(DEFAULT_PLATFORM).unwrap_err();
     assert!(matches!(err, RegistryError::Unreachable { .. }), "{err:?}");
-    assert_eq!(err.class(), ErrorClass::Environment);
+    assert_eq!(err.error_kind(), ErrorKind::Environment);
 
     let insecure = RegistryOptions { insecure: true, ..anonymous() };
     let resolved = Registry::new(reference, &insecure).unwrap().resolve(DEFAULT_PLATFORM).unwrap();
@@ -311,5 +311,5 @@ fn registry_blobs_feed_the_parallel_layer_indexer() {
     // A blob the registry does not have reaches the layer stage as bad input.
     let absent = LayerDescriptor { digest: Digest::of(b"absent"), media_type: String::new(), size: None };
     let io_err = std::io::Error::from(client.open_blob(&absent).map(|_| ()).unwrap_err());
-    assert_eq!(ErrorClass::of_io(&io_err), ErrorClass::BadInput);
+    assert_eq!(ErrorKind::of_io(&io_err), ErrorKind::BadInput);
 }

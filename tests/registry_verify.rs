@@ -6,7 +6,7 @@
 mod common;
 mod registry_support;
 
-use diskc::error::{Classify, ErrorClass};
+use diskc::error::{Classify, ErrorKind};
 use diskc::source::registry::{Registry, RegistryError, RegistryOptions};
 use diskc::source::DEFAULT_PLATFORM;
 use registry_support::{build_app_image, docker_inspect, docker_push, Behaviour, FrontProxy, TestRegistry};
@@ -32,7 +32,7 @@ fn altered_manifest_or_config_is_rejected() {
     let manifest = FrontProxy::start(backend.port, Behaviour::Tamper { manifests: true, blob: None });
     let err = resolve(&manifest.host()).unwrap_err();
     assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err:?}");
-    assert_eq!(err.class(), ErrorClass::BadInput);
+    assert_eq!(err.error_kind(), ErrorKind::BadInput);
     assert!(err.to_string().contains("manifest v1") && err.to_string().contains(&pushed), "{err}");
 
     let config = FrontProxy::start(
@@ -41,6 +41,6 @@ fn altered_manifest_or_config_is_rejected() {
     );
     let err = resolve(&config.host()).unwrap_err();
     assert!(matches!(err, RegistryError::DigestMismatch { .. }), "{err:?}");
-    assert_eq!(err.class(), ErrorClass::BadInput);
+    assert_eq!(err.error_kind(), ErrorKind::BadInput);
     assert!(err.to_string().contains(&format!("config {config_digest}")), "{err}");
 }

@@ -23,7 +23,7 @@ use common::images::{
 };
 use common::{ensure_base_images, run_ok, tempdir, DOCKER};
 use diskc::digest::Digest;
-use diskc::error::{Classify, ErrorClass};
+use diskc::error::{Classify, ErrorKind};
 use diskc::layer::{flatten_layers, index_layer, LayerExpect, SpoolRef};
 use diskc::source::{open_local, read_image_stream, SourceRef, DEFAULT_PLATFORM};
 use diskc::tree::{Content, FsTree, NodeKind};
@@ -356,19 +356,19 @@ fn broken_layouts_fail_with_one_clear_error() {
     flipped[mid] ^= 0x01;
     std::fs::write(blob(target), &flipped).unwrap();
     let e = layers_error(&source, spool);
-    assert_eq!(e.class(), ErrorClass::BadInput, "{e}");
+    assert_eq!(e.error_kind(), ErrorKind::BadInput, "{e}");
     assert!(e.to_string().contains(&target.to_string()), "the error names the blob: {e}");
 
     // Truncated.
     std::fs::write(blob(target), &original[..original.len() * 2 / 3]).unwrap();
     let e = layers_error(&source, spool);
-    assert_eq!(e.class(), ErrorClass::BadInput, "{e}");
+    assert_eq!(e.error_kind(), ErrorKind::BadInput, "{e}");
     assert!(e.to_string().contains(&target.to_string()), "the error names the blob: {e}");
 
     // Absent.
     std::fs::remove_file(blob(target)).unwrap();
     let e = layers_error(&source, spool);
-    assert_eq!(e.class(), ErrorClass::BadInput, "{e}");
+    assert_eq!(e.error_kind(), ErrorKind::BadInput, "{e}");
     assert!(e.to_string().contains(&target.hex()) && e.to_string().contains("not there"), "{e}");
 
     // The directory or archive itself absent.
@@ -377,7 +377,7 @@ fn broken_layouts_fail_with_one_clear_error() {
         format!("docker-archive:{}/nope.tar", dir.path().display()),
     ] {
         let e = layers_error(&missing, spool);
-        assert_eq!(e.class(), ErrorClass::BadInput, "{e}");
+        assert_eq!(e.error_kind(), ErrorKind::BadInput, "{e}");
         assert!(e.to_string().contains("nope"), "{e}");
     }
 }
@@ -389,7 +389,7 @@ fn an_image_that_does_not_exist_in_an_archive() {
     let archive = dir.path().join("image.tar");
     run_ok(Command::new(DOCKER).args(["save", "-o"]).arg(&archive).arg(&image));
     let e = layers_error(&format!("docker-archive:{}:no/such:image", archive.display()), dir.path());
-    assert_eq!(e.class(), ErrorClass::BadInput);
+    assert_eq!(e.error_kind(), ErrorKind::BadInput);
     assert!(e.to_string().contains("no/such:image"), "{e}");
     // A truncated save stream is an error too, not a partial image.
     let bytes = std::fs::read(&archive).unwrap();
@@ -397,7 +397,7 @@ fn an_image_that_does_not_exist_in_an_archive() {
     let e =
         read_image_stream(cut, "cut stream", None, DEFAULT_PLATFORM, &common::spool_file(dir.path()), &[])
             .expect_err("a cut stream fails");
-    assert_eq!(e.class(), ErrorClass::BadInput, "{e}");
+    assert_eq!(e.error_kind(), ErrorKind::BadInput, "{e}");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 
 use diskc::digest::Digest;
-use diskc::error::{Classify, ErrorClass};
+use diskc::error::{Classify, ErrorKind};
 use diskc::layer::flatten_layers;
 use diskc::source::{open_local, read_image_stream, SourceError, SourceRef, DEFAULT_PLATFORM};
 use diskc::tree::flatten::FlattenError;
@@ -112,7 +112,7 @@ fn a_multi_platform_index_is_resolved_by_platform() {
         assert_eq!(text_at(&tree, "arch"), arch);
     }
     let e = open_local(&oci(dir.path(), Some("app")), "linux/s390x").err().unwrap();
-    assert_eq!(e.class(), ErrorClass::BadInput);
+    assert_eq!(e.error_kind(), ErrorKind::BadInput);
     assert!(e.to_string().contains("linux/s390x") && e.to_string().contains("linux/arm64"), "{e}");
     let e = open_local(&oci(dir.path(), Some("other")), DEFAULT_PLATFORM).err().unwrap();
     assert!(e.to_string().contains("\"other\""), "{e}");
@@ -128,7 +128,7 @@ fn a_layer_holding_dotdot_etc_passwd_is_rejected() {
     let layers = image.index_layers(&common::spool_file(dir.path())).unwrap();
     let e = flatten_layers(&layers).err().unwrap();
     assert!(matches!(e, FlattenError::Escapes { .. }), "{e}");
-    assert_eq!(e.class(), ErrorClass::BadInput);
+    assert_eq!(e.error_kind(), ErrorKind::BadInput);
     let msg = e.to_string();
     assert!(
         msg.contains("../../etc/passwd") && msg.contains(&Digest::of(&gzip(&hostile)).to_string()),
@@ -156,7 +156,7 @@ fn broken_manifests_name_what_is_wrong() {
     let e = open_local(&oci(dir.path(), None), DEFAULT_PLATFORM).err().unwrap();
     assert!(matches!(e, SourceError::MissingBlob { .. }), "{e}");
     assert!(e.to_string().contains(&config_digest.to_string()), "{e}");
-    assert_eq!(e.class(), ErrorClass::BadInput);
+    assert_eq!(e.error_kind(), ErrorKind::BadInput);
     std::fs::write(&config_path, &config).unwrap();
 
     // The manifest altered: its digest no longer matches.
@@ -170,7 +170,7 @@ fn broken_manifests_name_what_is_wrong() {
     std::fs::create_dir(&empty).unwrap();
     let e = open_local(&oci(&empty, None), DEFAULT_PLATFORM).err().unwrap();
     assert!(e.to_string().contains("index.json"), "{e}");
-    assert_eq!(e.class(), ErrorClass::BadInput);
+    assert_eq!(e.error_kind(), ErrorKind::BadInput);
 }
 
 /// Tars a directory with the given members first and the rest after, as a stream producer.
@@ -304,5 +304,5 @@ fn a_legacy_docker_archive_as_stream_and_as_file() {
     .unwrap();
     assert!(matches!(e, SourceError::MissingBlob { .. }), "{e}");
     assert!(e.to_string().contains("again/layer.tar"), "{e}");
-    assert_eq!(e.class(), ErrorClass::BadInput);
+    assert_eq!(e.error_kind(), ErrorKind::BadInput);
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use diskc::digest::Digest;
-use diskc::error::{Classify, ErrorClass};
+use diskc::error::{Classify, ErrorKind};
 use diskc::fileio::data_extents;
 use diskc::store::{ImageId, ImageRecord, Store, StoreError};
 
@@ -253,7 +253,7 @@ fn id_prefixes_and_names_resolve_and_ambiguity_is_an_error() {
         .expect("pigeonhole");
     let err = store.resolve(&a.hex()[..1]).unwrap_err();
     assert!(matches!(err, StoreError::Ambiguous { .. }), "{err}");
-    assert_eq!(err.class(), ErrorClass::Usage);
+    assert_eq!(err.error_kind(), ErrorKind::Usage);
     assert!(err.to_string().contains(&a.short()) && err.to_string().contains(&b.short()), "{err}");
     for id in &ids {
         assert_eq!(store.resolve(&id.short()).unwrap(), *id);
@@ -261,7 +261,7 @@ fn id_prefixes_and_names_resolve_and_ambiguity_is_an_error() {
     }
     let missing = store.resolve("app:latest").unwrap_err();
     assert!(matches!(missing, StoreError::NotFound(_)), "{missing}");
-    assert_eq!(missing.class(), ErrorClass::BadInput);
+    assert_eq!(missing.error_kind(), ErrorKind::BadInput);
 
     assert_eq!(store.tag(&a.short(), "app:latest").unwrap(), a);
     assert_eq!(store.resolve("app:latest").unwrap(), a);
@@ -270,7 +270,7 @@ fn id_prefixes_and_names_resolve_and_ambiguity_is_an_error() {
     assert_eq!(store.resolve("app:latest").unwrap(), b);
     assert!(store.ids().unwrap().contains(&a) && store.ids().unwrap().contains(&b));
     let bad = store.tag(&a.hex(), "has space").unwrap_err();
-    assert_eq!(bad.class(), ErrorClass::Usage);
+    assert_eq!(bad.error_kind(), ErrorKind::Usage);
     let listed = store.ls().unwrap();
     assert_eq!(listed.len(), 17);
     assert_eq!(listed.iter().find(|s| s.id == b).unwrap().names, vec!["app:latest".to_string()]);

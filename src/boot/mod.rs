@@ -14,7 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
-use crate::error::{Classify, ErrorClass};
+use crate::error::{Classify, ErrorKind};
 use crate::manifest::{BootFile, BootManifest, ImageConfig, MANIFEST_FILE, ROOTFS_FILE};
 use crate::store::{ImageId, Store, StoreError};
 
@@ -76,21 +76,21 @@ pub enum BootError {
 }
 
 impl Classify for BootError {
-    fn class(&self) -> ErrorClass {
+    fn error_kind(&self) -> ErrorKind {
         match self {
-            BootError::Read(_, e) => ErrorClass::of_io(e),
+            BootError::Read(_, e) => ErrorKind::of_io(e),
             BootError::BadKernel(..)
             | BootError::Modules(..)
             | BootError::BadOutdir(..)
-            | BootError::NotBootable(_) => ErrorClass::BadInput,
-            BootError::Store(e) => e.class(),
-            BootError::Cmdline(_) => ErrorClass::Usage,
+            | BootError::NotBootable(_) => ErrorKind::BadInput,
+            BootError::Store(e) => e.error_kind(),
+            BootError::Cmdline(_) => ErrorKind::Usage,
             BootError::Write(..)
             | BootError::InitMissing(_)
             | BootError::QemuMissing(_)
             | BootError::Qemu(_)
             | BootError::NoExitStatus
-            | BootError::Timeout(_) => ErrorClass::Environment,
+            | BootError::Timeout(_) => ErrorKind::Environment,
         }
     }
 }
@@ -235,9 +235,9 @@ mod tests {
         let no_boot = outdir_with(r#"{"rootfs": {"file": "rootfs.ext4"}}"#);
         let err = BootSpec::from_outdir(no_boot.path()).unwrap_err();
         assert!(err.to_string().contains("no boot part"), "{err}");
-        assert_eq!(err.class(), ErrorClass::BadInput);
+        assert_eq!(err.error_kind(), ErrorKind::BadInput);
         let escape = outdir_with(&format!(r#"{{"rootfs": {{"file": "../../etc/shadow"}}, "boot": {BOOT}}}"#));
-        assert_eq!(BootSpec::from_outdir(escape.path()).unwrap_err().class(), ErrorClass::BadInput);
+        assert_eq!(BootSpec::from_outdir(escape.path()).unwrap_err().error_kind(), ErrorKind::BadInput);
     }
 
     /// A store holding one image with the given boot files (name, bytes), and its id.
@@ -287,9 +287,9 @@ mod tests {
         let err = BootSpec::from_store(&store, &id.to_string(), dir.path()).unwrap_err();
         assert!(matches!(err, BootError::NotBootable(i) if i == id), "{err}");
         assert!(err.to_string().contains("convert it with a kernel"), "{err}");
-        assert_eq!(err.class(), ErrorClass::BadInput);
+        assert_eq!(err.error_kind(), ErrorKind::BadInput);
         let missing = BootSpec::from_store(&store, "no-such-image", dir.path()).unwrap_err();
         assert!(matches!(missing, BootError::Store(StoreError::NotFound(_))), "{missing}");
-        assert_eq!(missing.class(), ErrorClass::BadInput);
+        assert_eq!(missing.error_kind(), ErrorKind::BadInput);
     }
 }

@@ -326,7 +326,7 @@ mod tests {
 
     #[test]
     fn a_missing_qemu_is_an_environment_error_naming_the_package() {
-        use crate::error::{Classify, ErrorClass};
+        use crate::error::{Classify, ErrorKind};
         let dir = tempfile::tempdir().unwrap();
         let file = |name: &str| {
             let p = dir.path().join(name);
@@ -347,6 +347,6 @@ mod tests {
         let err = run(&spec, &opts, &mut Vec::new()).unwrap_err();
         assert!(matches!(err, BootError::QemuMissing(_)), "{err}");
         assert!(err.to_string().contains("qemu-system-x86"));
-        assert_eq!(err.class(), ErrorClass::Environment);
+        assert_eq!(err.error_kind(), ErrorKind::Environment);
     }
 }

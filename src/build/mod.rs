@@ -33,7 +33,7 @@ use futures_util::StreamExt;
 use sha2::{Digest as _, Sha256};
 use tokio::runtime::Handle;
 
-use crate::error::{Classify, ErrorClass};
+use crate::error::{Classify, ErrorKind};
 
 pub use context::{write_context, ContextError, ContextSpec};
 use failure::FailureContext;
@@ -176,7 +176,7 @@ fn last_output(lines: &[String]) -> String {
 }
 
 impl Classify for BuildError {
-    fn class(&self) -> ErrorClass {
+    fn error_kind(&self) -> ErrorKind {
         match self {
             BuildError::ContextNotADirectory(_)
             | BuildError::Context { .. }
@@ -185,12 +185,12 @@ impl Classify for BuildError {
             | BuildError::RunFailed { .. }
             | BuildError::MissingBaseImage { .. }
             | BuildError::Failed { .. }
-            | BuildError::Refused { .. } => ErrorClass::BadInput,
+            | BuildError::Refused { .. } => ErrorKind::BadInput,
             BuildError::Connect(_)
             | BuildError::NoBuildKit { .. }
             | BuildError::Daemon(_)
             | BuildError::NoImageId
-            | BuildError::Tag { .. } => ErrorClass::Environment,
+            | BuildError::Tag { .. } => ErrorKind::Environment,
         }
     }
 }

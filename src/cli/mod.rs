@@ -165,7 +165,7 @@ pub enum CliError {
 }
 
 impl Classify for CliError {
-    fn class(&self) -> ErrorKind {
+    fn error_kind(&self) -> ErrorKind {
         match self {
             CliError::NoStore(_) | CliError::MissingSource(_) => ErrorKind::BadInput,
             CliError::StoreNotADirectory(_) => ErrorKind::Usage,

@@ -15,7 +15,7 @@ use std::io;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::error::{Classify, ErrorClass};
+use crate::error::{Classify, ErrorKind};
 use crate::tree::{Content, FsTree, Timestamp};
 
 mod checksum;
@@ -119,11 +119,11 @@ pub enum Ext4Error {
 }
 
 impl Classify for Ext4Error {
-    fn class(&self) -> ErrorClass {
+    fn error_kind(&self) -> ErrorKind {
         match self {
-            Ext4Error::Read { source, .. } | Ext4Error::Copy { source, .. } => ErrorClass::of_io(source),
-            Ext4Error::Write(_) => ErrorClass::Environment,
-            _ => ErrorClass::BadInput,
+            Ext4Error::Read { source, .. } | Ext4Error::Copy { source, .. } => ErrorKind::of_io(source),
+            Ext4Error::Write(_) => ErrorKind::Environment,
+            _ => ErrorKind::BadInput,
         }
     }
 }

@@ -12,7 +12,7 @@ use std::io::{self, BufReader, Read};
 use std::sync::{Arc, Mutex};
 
 use crate::digest::{Digest, HashingReader};
-use crate::error::{Classify, ErrorClass};
+use crate::error::{Classify, ErrorKind};
 use crate::tree::flatten::{self, Entry, FlattenError, LayerChanges};
 use crate::tree::FsTree;
 
@@ -102,14 +102,14 @@ pub enum LayerError {
 }
 
 impl Classify for LayerError {
-    fn class(&self) -> ErrorClass {
+    fn error_kind(&self) -> ErrorKind {
         match self {
-            LayerError::Read { source, .. } => ErrorClass::of_io(source),
+            LayerError::Read { source, .. } => ErrorKind::of_io(source),
             LayerError::Spool { source, .. } if source.kind() == io::ErrorKind::InvalidInput => {
-                ErrorClass::BadInput
+                ErrorKind::BadInput
             }
-            LayerError::Spool { .. } => ErrorClass::Environment,
-            _ => ErrorClass::BadInput,
+            LayerError::Spool { .. } => ErrorKind::Environment,
+            _ => ErrorKind::BadInput,
         }
     }
 }

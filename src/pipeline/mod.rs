@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::boot::BootError;
 use crate::build::BuildEvent;
-use crate::error::{Classify, ErrorClass};
+use crate::error::{Classify, ErrorKind};
 use crate::ext4;
 use crate::source::{SourceError, SourceRef};
 use crate::store::{Store, StoreError};
@@ -159,18 +159,18 @@ pub enum PipelineError {
 }
 
 impl Classify for PipelineError {
-    fn class(&self) -> ErrorClass {
+    fn error_kind(&self) -> ErrorKind {
         match self {
-            PipelineError::Source(e) => e.class(),
-            PipelineError::Flatten { source, .. } => source.class(),
-            PipelineError::Ext4 { source, .. } => source.class(),
-            PipelineError::Boot(e) => e.class(),
-            PipelineError::Store(e) => e.class(),
+            PipelineError::Source(e) => e.error_kind(),
+            PipelineError::Flatten { source, .. } => source.error_kind(),
+            PipelineError::Ext4 { source, .. } => source.error_kind(),
+            PipelineError::Boot(e) => e.error_kind(),
+            PipelineError::Store(e) => e.error_kind(),
             PipelineError::Io { source, .. } => match source.kind() {
-                io::ErrorKind::NotFound => ErrorClass::BadInput,
-                _ => ErrorClass::Environment,
+                io::ErrorKind::NotFound => ErrorKind::BadInput,
+                _ => ErrorKind::Environment,
             },
-            PipelineError::OutputExists(_) | PipelineError::Plan(_) => ErrorClass::Usage,
+            PipelineError::OutputExists(_) | PipelineError::Plan(_) => ErrorKind::Usage,
         }
     }
 }

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::digest::Digest;
 use crate::docker::{self, DockerError};
-use crate::error::{Classify, ErrorClass};
+use crate::error::{Classify, ErrorKind};
 use crate::manifest::ImageConfig;
 
 /// Chunks in flight between the Engine and the reader: hyper yields chunks of at most a few
@@ -57,11 +57,11 @@ pub enum DaemonError {
 }
 
 impl Classify for DaemonError {
-    fn class(&self) -> ErrorClass {
+    fn error_kind(&self) -> ErrorKind {
         match self {
-            DaemonError::Daemon(e) => e.class(),
-            DaemonError::NotFound { .. } | DaemonError::BadInspect { .. } => ErrorClass::BadInput,
-            DaemonError::Api { .. } | DaemonError::Stopped { .. } => ErrorClass::Environment,
+            DaemonError::Daemon(e) => e.error_kind(),
+            DaemonError::NotFound { .. } | DaemonError::BadInspect { .. } => ErrorKind::BadInput,
+            DaemonError::Api { .. } | DaemonError::Stopped { .. } => ErrorKind::Environment,
         }
     }
 }
@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn inspect_without_id_is_bad_input() {
         let err = daemon_image("x", bollard::models::ImageInspect::default()).unwrap_err();
-        assert_eq!(err.class(), ErrorClass::BadInput);
+        assert_eq!(err.error_kind(), ErrorKind::BadInput);
         assert!(err.to_string().contains("image x"), "{err}");
     }
 }

@@ -8,7 +8,7 @@
 //! can only be read once and in order, is handled by [`stream`].
 
 use crate::digest::Digest;
-use crate::error::{Classify, ErrorClass};
+use crate::error::{Classify, ErrorKind};
 use crate::layer::LayerError;
 
 pub mod daemon;
@@ -76,17 +76,17 @@ pub enum SourceError {
 }
 
 impl Classify for SourceError {
-    fn class(&self) -> ErrorClass {
+    fn error_kind(&self) -> ErrorKind {
         match self {
-            SourceError::Invalid(e) => e.class(),
-            SourceError::Io { source, .. } => ErrorClass::of_io(source),
-            SourceError::Layer { source, .. } => source.class(),
-            SourceError::Daemon(e) => e.class(),
-            SourceError::Registry(e) => e.class(),
+            SourceError::Invalid(e) => e.error_kind(),
+            SourceError::Io { source, .. } => ErrorKind::of_io(source),
+            SourceError::Layer { source, .. } => source.error_kind(),
+            SourceError::Daemon(e) => e.error_kind(),
+            SourceError::Registry(e) => e.error_kind(),
             SourceError::NotFound { .. }
             | SourceError::Corrupt { .. }
             | SourceError::MissingBlob { .. }
-            | SourceError::NoImage { .. } => ErrorClass::BadInput,
+            | SourceError::NoImage { .. } => ErrorKind::BadInput,
         }
     }
 }

@@ -76,8 +76,8 @@ pub struct InvalidSource {
 }
 
 impl crate::error::Classify for InvalidSource {
-    fn class(&self) -> crate::error::ErrorClass {
-        crate::error::ErrorClass::Usage
+    fn error_kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Usage
     }
 }
 
@@ -344,7 +344,7 @@ mod tests {
     fn unknown_transport_is_a_usage_error() {
         use crate::error::Classify;
         let e = parse("dir:/x").unwrap_err();
-        assert_eq!(e.class(), crate::error::ErrorClass::Usage);
+        assert_eq!(e.error_kind(), crate::error::ErrorKind::Usage);
         assert!(e.to_string().contains("unknown transport"), "{e}");
         assert!(parse("plainname").is_err());
     }

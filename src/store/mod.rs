@@ -62,7 +62,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use crate::digest::Digest;
-use crate::error::{Classify, ErrorClass};
+use crate::error::{Classify, ErrorKind};
 pub use chunking::Chunking;
 pub use gc::GcReport;
 pub use image::{ChunkRef, ImageId, ImageManifest, ImageRecord, StoredFile, StoredRootfs, STORE_FORMAT};
@@ -105,19 +105,19 @@ impl StoreError {
 }
 
 impl Classify for StoreError {
-    fn class(&self) -> ErrorClass {
+    fn error_kind(&self) -> ErrorKind {
         match self {
-            StoreError::Io { source, .. } => ErrorClass::of_io(source),
+            StoreError::Io { source, .. } => ErrorKind::of_io(source),
             StoreError::Ambiguous { .. }
             | StoreError::InvalidName { .. }
-            | StoreError::InvalidRemote { .. } => ErrorClass::Usage,
-            StoreError::Remote { source: object_store::Error::NotFound { .. }, .. } => ErrorClass::BadInput,
-            StoreError::Remote { .. } => ErrorClass::Environment,
+            | StoreError::InvalidRemote { .. } => ErrorKind::Usage,
+            StoreError::Remote { source: object_store::Error::NotFound { .. }, .. } => ErrorKind::BadInput,
+            StoreError::Remote { .. } => ErrorKind::Environment,
             StoreError::NotFound(_)
             | StoreError::CorruptManifest { .. }
             | StoreError::CorruptChunk { .. }
             | StoreError::MissingChunk(_)
-            | StoreError::NoSuchFile { .. } => ErrorClass::BadInput,
+            | StoreError::NoSuchFile { .. } => ErrorKind::BadInput,
         }
     }
 }

@@ -101,8 +101,8 @@ pub enum FlattenError {
 }
 
 impl crate::error::Classify for FlattenError {
-    fn class(&self) -> crate::error::ErrorClass {
-        crate::error::ErrorClass::BadInput
+    fn error_kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::BadInput
     }
 }
 

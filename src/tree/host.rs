@@ -21,7 +21,7 @@ use super::{
     Content, DeviceNumber, Directory, FileData, FsTree, Metadata, Node, NodeId, NodeKind, Timestamp,
     TreeError, Xattrs, BLOCK_SIZE,
 };
-use crate::error::{Classify, ErrorClass};
+use crate::error::{Classify, ErrorKind};
 use crate::fileio::{data_extents, open_quietly, read_dir_quietly};
 
 /// A regular file of the host directory; read when the image is written.
@@ -51,10 +51,10 @@ pub enum HostError {
 }
 
 impl Classify for HostError {
-    fn class(&self) -> ErrorClass {
+    fn error_kind(&self) -> ErrorKind {
         match self {
-            HostError::Io { source, .. } => ErrorClass::of_io(source),
-            _ => ErrorClass::BadInput,
+            HostError::Io { source, .. } => ErrorKind::of_io(source),
+            _ => ErrorKind::BadInput,
         }
     }
 }

@@ -20,7 +20,7 @@
 use std::path::PathBuf;
 
 use crate::digest::Digest;
-use crate::error::{Classify, ErrorClass};
+use crate::error::{Classify, ErrorKind};
 use crate::source::spec::{self, Descriptor, IndexOrManifest, Manifest};
 use crate::source::{LayerDescriptor, RegistryRef, RegistryTag, ResolvedImage};
 
@@ -77,11 +77,11 @@ pub enum RegistryError {
 }
 
 impl Classify for RegistryError {
-    fn class(&self) -> ErrorClass {
+    fn error_kind(&self) -> ErrorKind {
         use RegistryError::*;
         match self {
             Unreachable { .. } | Status { .. } | Unauthorized { .. } | Auth { .. } | Credentials { .. } => {
-                ErrorClass::Environment
+                ErrorKind::Environment
             }
             NotFound { .. }
             | DigestMismatch { .. }
@@ -89,18 +89,18 @@ impl Classify for RegistryError {
             | TooLarge { .. }
             | BadManifest { .. }
             | Unsupported { .. }
-            | NoPlatform { .. } => ErrorClass::BadInput,
+            | NoPlatform { .. } => ErrorKind::BadInput,
         }
     }
 }
 
 /// For the layer stage, which opens blobs through `io::Result`: the kind carries the class
-/// across (`ErrorClass::of_io` reads bad input from `InvalidData`), the message the rest.
+/// across (`ErrorKind::of_io` reads bad input from `InvalidData`), the message the rest.
 impl From<RegistryError> for std::io::Error {
     fn from(e: RegistryError) -> Self {
-        let kind = match e.class() {
-            ErrorClass::BadInput => std::io::ErrorKind::InvalidData,
-            ErrorClass::Usage | ErrorClass::Environment => std::io::ErrorKind::Other,
+        let kind = match e.error_kind() {
+            ErrorKind::BadInput => std::io::ErrorKind::InvalidData,
+            ErrorKind::Usage | ErrorKind::Environment => std::io::ErrorKind::Other,
         };
         std::io::Error::new(kind, e)
     }
