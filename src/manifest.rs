@@ -1,6 +1,14 @@
 //! The values that travel between stages and end up in `OUTDIR/manifest.json` and in the
 //! store: the image's run configuration, where the image came from, the rootfs, and the
 //! boot part. Field names are stable: machines read this file.
+//!
+//! One word for each kind of record, throughout the code:
+//! - *manifest*: an OCI or Docker image manifest, as a source serves it (`source::spec`);
+//! - *description*: what diskc says of an image it made, [`ImageDescription`], written as
+//!   `OUTDIR/manifest.json` (the file keeps its name);
+//! - *stored image*: the store's record of an image, its files as chunks plus its
+//!   description's parts ([`crate::store::StoredImage`]), whose content is the image id;
+//! - *boot part*: what a VM monitor needs to boot it, [`BootPart`].
 
 use std::collections::BTreeMap;
 
@@ -90,7 +98,7 @@ pub struct BootFile {
 
 /// Everything a VM monitor needs to boot the image.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BootManifest {
+pub struct BootPart {
     pub kernel: BootFile,
     /// The kernel's release string, e.g. `6.1.0-27-cloud-amd64`.
     pub kernel_version: String,
@@ -101,7 +109,7 @@ pub struct BootManifest {
 
 /// `OUTDIR/manifest.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutputManifest {
+pub struct ImageDescription {
     pub diskc_version: String,
     pub format_version: u32,
     /// The store's image id, when the image was stored.
@@ -111,5 +119,5 @@ pub struct OutputManifest {
     pub config: ImageConfig,
     pub rootfs: RootfsInfo,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub boot: Option<BootManifest>,
+    pub boot: Option<BootPart>,
 }

@@ -35,7 +35,7 @@ fn chunk_files(root: &Path) -> BTreeSet<String> {
 /// Where a chunk's zstd frame sits among the store's packs: the frame is level-3 zstd of the
 /// chunk's bytes, found by its bytes.
 fn frame_location(store: &Store, image: &Path, id: &ImageId, hex: &str) -> (PathBuf, u64, u64) {
-    let chunk = store.manifest(id).unwrap().chunks().find(|c| c.digest.hex() == hex).cloned().unwrap();
+    let chunk = store.image(id).unwrap().chunks().find(|c| c.digest.hex() == hex).cloned().unwrap();
     let mut data = vec![0u8; chunk.size as usize];
     File::open(image).unwrap().read_exact_at(&mut data, chunk.offset).unwrap();
     let frame = zstd::bulk::compress(&data, 1).unwrap();
@@ -50,7 +50,7 @@ fn frame_location(store: &Store, image: &Path, id: &ImageId, hex: &str) -> (Path
 }
 
 fn chunk_set(store: &Store, id: &ImageId) -> BTreeSet<String> {
-    store.manifest(id).unwrap().chunks().map(|c| c.digest.hex()).collect()
+    store.image(id).unwrap().chunks().map(|c| c.digest.hex()).collect()
 }
 
 fn put(store: &Store, path: &Path) -> ImageId {

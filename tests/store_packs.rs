@@ -28,7 +28,7 @@ fn exported(store: &Store, id: &ImageId, out: &Path) -> Vec<u8> {
 /// Rewrites a store's packs as format 2 does it: one zstd file per chunk under chunks/.
 fn unpack_to_format_2(store: &Store, id: &ImageId, image: &Path) {
     let file = File::open(image).unwrap();
-    for chunk in store.manifest(id).unwrap().chunks() {
+    for chunk in store.image(id).unwrap().chunks() {
         let mut data = vec![0u8; chunk.size as usize];
         file.read_exact_at(&mut data, chunk.offset).unwrap();
         let hex = chunk.digest.hex();

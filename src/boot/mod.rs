@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
 use crate::error::{Classify, ErrorKind};
-use crate::manifest::{BootFile, BootManifest, ImageConfig, MANIFEST_FILE, ROOTFS_FILE};
+use crate::manifest::{BootFile, BootPart, ImageConfig, MANIFEST_FILE, ROOTFS_FILE};
 use crate::store::{ImageId, Store, StoreError};
 
 use serde::Deserialize;
@@ -35,7 +35,7 @@ pub use qemu::{run, BootSpec, RunOptions};
 pub const KERNEL_FILE: &str = "vmlinuz";
 pub const INITRD_FILE: &str = "initrd.img";
 
-/// Names of the boot files in the store (`ImageManifest::files`), by role.
+/// Names of the boot files in the store (`StoredImage::files`), by role.
 pub const STORE_KERNEL: &str = "kernel";
 pub const STORE_INITRD: &str = "initrd";
 
@@ -115,11 +115,7 @@ pub fn locate_init() -> Result<PathBuf, BootError> {
 
 /// Writes `OUTDIR/vmlinuz` and `OUTDIR/initrd.img` for an image with `config`, booting
 /// `kernel`, and returns the boot manifest describing them.
-pub fn prepare(
-    outdir: &Path,
-    kernel: &KernelSource,
-    config: &ImageConfig,
-) -> Result<BootManifest, BootError> {
+pub fn prepare(outdir: &Path, kernel: &KernelSource, config: &ImageConfig) -> Result<BootPart, BootError> {
     let init_path = locate_init()?;
     let init = std::fs::read(&init_path).map_err(|e| BootError::Read(init_path.clone(), e))?;
     let entries = initrd::plan(&init, config, kernel)?;
@@ -128,7 +124,7 @@ pub fn prepare(
 
     let kernel_file = write_boot_file(outdir, KERNEL_FILE, &kernel.image)?;
     let initrd_file = write_boot_file(outdir, INITRD_FILE, &initrd_bytes)?;
-    Ok(BootManifest {
+    Ok(BootPart {
         kernel: kernel_file,
         kernel_version: kernel.version.clone(),
         initrd: initrd_file,
@@ -145,9 +141,9 @@ fn write_boot_file(outdir: &Path, name: &str, bytes: &[u8]) -> Result<BootFile, 
 /// The parts of `OUTDIR/manifest.json` a boot needs; the rest is not read, so a manifest
 /// from any stage that wrote the rootfs and the boot part works.
 #[derive(Deserialize)]
-struct OutdirManifest {
+struct OutdirDescription {
     rootfs: OutdirRootfs,
-    boot: Option<BootManifest>,
+    boot: Option<BootPart>,
 }
 
 #[derive(Deserialize)]
@@ -160,7 +156,7 @@ impl BootSpec {
     pub fn from_outdir(outdir: &Path) -> Result<BootSpec, BootError> {
         let path = outdir.join(MANIFEST_FILE);
         let bytes = std::fs::read(&path).map_err(|e| BootError::Read(path.clone(), e))?;
-        let manifest: OutdirManifest =
+        let manifest: OutdirDescription =
             serde_json::from_slice(&bytes).map_err(|e| BootError::BadOutdir(path.clone(), e.to_string()))?;
         let boot = manifest.boot.ok_or_else(|| {
             BootError::BadOutdir(
@@ -193,7 +189,7 @@ impl BootSpec {
     /// boot from the store pays for one export; `dir` is the caller's to remove afterwards.
     pub fn from_store(store: &Store, reference: &str, dir: &Path) -> Result<BootSpec, BootError> {
         let id = store.resolve(reference)?;
-        let boot = store.manifest(&id)?.boot.ok_or(BootError::NotBootable(id))?;
+        let boot = store.image(&id)?.boot.ok_or(BootError::NotBootable(id))?;
         let spec = BootSpec {
             kernel: dir.join(KERNEL_FILE),
             initrd: dir.join(INITRD_FILE),
@@ -241,10 +237,7 @@ mod tests {
     }
 
     /// A store holding one image with the given boot files (name, bytes), and its id.
-    fn store_with(
-        boot: Option<BootManifest>,
-        files: &[(&str, &[u8])],
-    ) -> (tempfile::TempDir, Store, ImageId) {
+    fn store_with(boot: Option<BootPart>, files: &[(&str, &[u8])]) -> (tempfile::TempDir, Store, ImageId) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store")).unwrap();
         let rootfs = dir.path().join("rootfs.in");
@@ -263,7 +256,7 @@ mod tests {
         (dir, store, id)
     }
 
-    fn boot_manifest() -> BootManifest {
+    fn boot_manifest() -> BootPart {
         serde_json::from_str(BOOT).unwrap()
     }
 

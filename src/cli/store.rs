@@ -183,7 +183,7 @@ pub fn inspect(args: InspectArgs, global: &GlobalArgs) -> Result<u8, Error> {
     let mut records = Vec::new();
     for reference in &args.images {
         let id = store.resolve(reference)?;
-        let manifest = store.manifest(&id)?;
+        let manifest = store.image(&id)?;
         let summary = summaries.iter().find(|s| s.id == id);
         records.push((id, manifest, summary));
     }
@@ -215,7 +215,7 @@ pub fn inspect(args: InspectArgs, global: &GlobalArgs) -> Result<u8, Error> {
 /// What a person wants to know of an image, one field a line.
 fn inspect_summary(
     id: &ImageId,
-    manifest: &diskc::store::ImageManifest,
+    manifest: &diskc::store::StoredImage,
     summary: Option<&diskc::store::ImageSummary>,
 ) {
     let list = |items: &[String]| if items.is_empty() { "-".to_string() } else { items.join(" ") };

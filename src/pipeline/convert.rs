@@ -18,7 +18,7 @@ use crate::error::{Error, ResultExt};
 use crate::ext4;
 use crate::layer;
 use crate::manifest::{
-    BootManifest, ImageConfig, OutputManifest, RootfsInfo, SourceInfo, FORMAT_VERSION, ROOTFS_FILE,
+    BootPart, ImageConfig, ImageDescription, RootfsInfo, SourceInfo, FORMAT_VERSION, ROOTFS_FILE,
 };
 use crate::source;
 use crate::store::{ImageId, ImageRecord, Store, StoreError};
@@ -27,7 +27,7 @@ use crate::tree::FsTree;
 /// The result of a conversion.
 #[derive(Clone, Debug)]
 pub struct Converted {
-    pub manifest: OutputManifest,
+    pub manifest: ImageDescription,
     pub outdir: Option<PathBuf>,
     /// The store answered without reading a layer.
     pub cache_hit: bool,
@@ -117,7 +117,7 @@ fn run(
     timings.rootfs = lap(started, &timings);
     progress(Progress::RootfsWritten { bytes: summary.size_bytes, seconds: timings.rootfs });
 
-    let mut manifest = OutputManifest {
+    let mut manifest = ImageDescription {
         diskc_version: env!("CARGO_PKG_VERSION").to_string(),
         format_version: FORMAT_VERSION,
         id: None,
@@ -160,7 +160,7 @@ fn boot_part<C: crate::tree::Content>(
     tree: &FsTree<C>,
     dir: &Path,
     config: &ImageConfig,
-) -> Result<Option<BootManifest>, PipelineError> {
+) -> Result<Option<BootPart>, PipelineError> {
     let kernel = match kernel {
         Some(k) => KernelSource::from_host(&k.kernel, &k.modules)?,
         None => match KernelSource::from_tree(tree)? {
@@ -175,7 +175,7 @@ fn boot_part<C: crate::tree::Content>(
 fn keep(
     store: &Store,
     staged: &Path,
-    manifest: &OutputManifest,
+    manifest: &ImageDescription,
     plan: &ConvertPlan,
 ) -> Result<ImageId, StoreError> {
     let rootfs = staged.join(ROOTFS_FILE);
@@ -205,9 +205,9 @@ fn name_image(store: &Store, id: &ImageId, names: &[String]) -> Result<(), Store
 }
 
 /// A cache hit: the stored image's manifest, and its files in the outdir when asked for.
-fn from_store(store: &Store, id: &ImageId, plan: &ConvertPlan) -> Result<OutputManifest, PipelineError> {
-    let stored = store.manifest(id)?;
-    let mut manifest = OutputManifest {
+fn from_store(store: &Store, id: &ImageId, plan: &ConvertPlan) -> Result<ImageDescription, PipelineError> {
+    let stored = store.image(id)?;
+    let mut manifest = ImageDescription {
         diskc_version: env!("CARGO_PKG_VERSION").to_string(),
         format_version: FORMAT_VERSION,
         id: Some(id.to_string()),

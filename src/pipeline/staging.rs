@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use super::PipelineError;
 use crate::boot::{INITRD_FILE, KERNEL_FILE};
 use crate::fileio;
-use crate::manifest::{OutputManifest, MANIFEST_FILE, ROOTFS_FILE};
+use crate::manifest::{ImageDescription, MANIFEST_FILE, ROOTFS_FILE};
 
 /// The files diskc writes into an output directory.
 const OUTPUT_FILES: [&str; 4] = [ROOTFS_FILE, MANIFEST_FILE, KERNEL_FILE, INITRD_FILE];
@@ -83,11 +83,11 @@ pub(super) fn check_outdir(outdir: &Path) -> Result<(), PipelineError> {
 }
 
 fn is_our_manifest(path: &Path) -> bool {
-    fs::read(path).is_ok_and(|bytes| serde_json::from_slice::<OutputManifest>(&bytes).is_ok())
+    fs::read(path).is_ok_and(|bytes| serde_json::from_slice::<ImageDescription>(&bytes).is_ok())
 }
 
 /// Writes `OUTDIR/manifest.json` (into the staging directory `dir`).
-pub(super) fn write_manifest(dir: &Path, manifest: &OutputManifest) -> Result<(), PipelineError> {
+pub(super) fn write_manifest(dir: &Path, manifest: &ImageDescription) -> Result<(), PipelineError> {
     let path = dir.join(MANIFEST_FILE);
     let mut bytes = serde_json::to_vec_pretty(manifest).expect("manifest serializes");
     bytes.push(b'\n');

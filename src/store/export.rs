@@ -7,13 +7,13 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::{ChunkRef, ImageId, ImageManifest, Store, StoreError, StoredFile};
+use super::{ChunkRef, ImageId, Store, StoreError, StoredFile, StoredImage};
 use crate::digest::Digest;
 use crate::fileio;
 
 impl Store {
     /// The manifest of an image.
-    pub fn manifest(&self, id: &ImageId) -> Result<ImageManifest, StoreError> {
+    pub fn image(&self, id: &ImageId) -> Result<StoredImage, StoreError> {
         let path = self.manifest_path(id);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
@@ -28,13 +28,13 @@ impl Store {
     /// Writes the image's rootfs to `out`, byte-identical to what was stored and sparse:
     /// holes and all-zero blocks are not written.
     pub fn export_rootfs(&self, id: &ImageId, out: &Path) -> Result<(), StoreError> {
-        let manifest = self.manifest(id)?;
+        let manifest = self.image(id)?;
         self.export_stored(&manifest.rootfs.file, out)
     }
 
     /// Writes one of the image's boot files (`kernel`, `initrd`) to `out`.
     pub fn export_file(&self, id: &ImageId, name: &str, out: &Path) -> Result<(), StoreError> {
-        let manifest = self.manifest(id)?;
+        let manifest = self.image(id)?;
         let file = manifest.files.get(name).ok_or_else(|| StoreError::NoSuchFile {
             id: *id,
             name: name.to_string(),
@@ -69,11 +69,11 @@ impl Store {
 }
 
 /// Decompresses a stored manifest, checks that it hashes to `id` and parses it.
-pub(super) fn parse_manifest(id: &ImageId, compressed: &[u8]) -> Result<ImageManifest, StoreError> {
+pub(super) fn parse_manifest(id: &ImageId, compressed: &[u8]) -> Result<StoredImage, StoreError> {
     let damaged = |reason: String| StoreError::CorruptManifest { id: id.to_string(), reason };
     let bytes =
         zstd::stream::decode_all(compressed).map_err(|e| damaged(format!("does not decompress: {e}")))?;
-    let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
+    let manifest: StoredImage = serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
     if manifest.id() != *id {
         return Err(damaged("its content does not hash to its id".into()));
     }

@@ -69,7 +69,7 @@ impl Store {
         let mut live: HashSet<Digest> = HashSet::new();
         let ids = self.ids()?;
         for id in &ids {
-            live.extend(self.manifest(id)?.chunks().map(|c| c.digest));
+            live.extend(self.image(id)?.chunks().map(|c| c.digest));
         }
         self.sweep_packs(&live, &mut report)?;
         for (path, digest) in self.chunk_files()? {

@@ -18,7 +18,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, FileDigest};
-use crate::manifest::{BootManifest, ImageConfig, SourceInfo};
+use crate::manifest::{BootPart, ImageConfig, SourceInfo};
 
 /// Version of the stored manifest's shape; part of every id. 2: source and build inputs are
 /// provenance, outside the id.
@@ -107,7 +107,7 @@ pub struct ImageRecord {
     pub uuid: String,
     /// The rootfs image's digest, when the caller computed it.
     pub rootfs_digest: Option<FileDigest>,
-    pub boot: Option<BootManifest>,
+    pub boot: Option<BootPart>,
     pub source: Option<SourceInfo>,
     pub config: ImageConfig,
     /// The build inputs (Dockerfile digest, build args, options...), free-form.
@@ -116,13 +116,13 @@ pub struct ImageRecord {
 
 /// The manifest stored per image; its canonical bytes define the id.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageManifest {
+pub struct StoredImage {
     pub store_format: u32,
     pub rootfs: StoredRootfs,
     /// Boot files (`kernel`, `initrd`) by name, stored as chunks like the rootfs.
     pub files: BTreeMap<String, StoredFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boot: Option<BootManifest>,
+    pub boot: Option<BootPart>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceInfo>,
     pub config: ImageConfig,
@@ -130,7 +130,7 @@ pub struct ImageManifest {
     pub build: BTreeMap<String, serde_json::Value>,
 }
 
-impl ImageManifest {
+impl StoredImage {
     /// Every chunk the image needs, rootfs first.
     pub fn chunks(&self) -> impl Iterator<Item = &ChunkRef> {
         self.rootfs.file.chunks.iter().chain(self.files.values().flat_map(|f| f.chunks.iter()))
@@ -199,8 +199,8 @@ fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
-    fn sample() -> ImageManifest {
-        ImageManifest {
+    fn sample() -> StoredImage {
+        StoredImage {
             store_format: STORE_FORMAT,
             rootfs: StoredRootfs {
                 uuid: "0f0e0d0c-0b0a-0908-0706-050403020100".into(),
@@ -234,10 +234,10 @@ mod tests {
     #[test]
     fn id_round_trips_through_the_stored_bytes() {
         let manifest = sample();
-        let parsed: ImageManifest = serde_json::from_slice(&manifest.canonical_bytes()).unwrap();
+        let parsed: StoredImage = serde_json::from_slice(&manifest.canonical_bytes()).unwrap();
         assert_eq!(parsed, manifest);
         assert_eq!(parsed.id(), manifest.id());
-        let legacy = ImageManifest { store_format: 1, ..manifest.clone() };
+        let legacy = StoredImage { store_format: 1, ..manifest.clone() };
         assert_eq!(legacy.id(), ImageId(Digest::of(&legacy.canonical_bytes())));
     }
 

@@ -65,7 +65,7 @@ use crate::digest::Digest;
 use crate::error::{Classify, ErrorKind};
 pub use chunking::Chunking;
 pub use gc::GcReport;
-pub use image::{ChunkRef, ImageId, ImageManifest, ImageRecord, StoredFile, StoredRootfs, STORE_FORMAT};
+pub use image::{ChunkRef, ImageId, ImageRecord, StoredFile, StoredImage, StoredRootfs, STORE_FORMAT};
 pub use migrate::MigrateReport;
 use names::encode_name;
 pub use names::{ImageSummary, Removed};

@@ -196,7 +196,7 @@ impl Store {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(StoreError::Io { path, source: e }),
             };
-            let manifest = self.manifest(&id)?;
+            let manifest = self.image(&id)?;
             let digests: BTreeSet<Digest> = manifest.chunks().map(|c| c.digest).collect();
             let chunk_bytes: u64 = digests.iter().filter_map(|d| self.stored_chunk_len(d)).sum();
             let created = meta

@@ -16,7 +16,7 @@ use super::atomic::sweep_dead_temp_files;
 use super::chunking::{self, RawChunk};
 use super::packs::PackWriter;
 use super::{
-    ChunkRef, ImageId, ImageManifest, ImageRecord, Store, StoreError, StoredFile, StoredRootfs, STORE_FORMAT,
+    ChunkRef, ImageId, ImageRecord, Store, StoreError, StoredFile, StoredImage, StoredRootfs, STORE_FORMAT,
 };
 use crate::digest::Digest;
 use crate::fileio::{self, is_zero};
@@ -99,7 +99,7 @@ impl Store {
         // Every pack, and its name, must be durable before a manifest can reference it; that
         // includes packs a concurrent put published and this one found chunks in.
         self.sync_packs_dir()?;
-        let manifest = ImageManifest {
+        let manifest = StoredImage {
             store_format: STORE_FORMAT,
             rootfs: StoredRootfs {
                 uuid: record.uuid,

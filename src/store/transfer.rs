@@ -116,7 +116,7 @@ impl Store {
         {
             let _lock = self.shared_lock()?;
             self.refresh_packs()?;
-            let complete = self.manifest(&id).is_ok_and(|m| m.chunks().all(|c| self.has_chunk(&c.digest)));
+            let complete = self.image(&id).is_ok_and(|m| m.chunks().all(|c| self.has_chunk(&c.digest)));
             if !complete {
                 let key = manifest_key(&id);
                 let bytes = remote

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::export::{decode_chunk, parse_manifest};
 use super::pack::PackEntry;
 use super::packs::read_pack_index;
-use super::{ImageId, ImageManifest, Store, StoreError};
+use super::{ImageId, Store, StoreError, StoredImage};
 use crate::digest::Digest;
 
 /// A damaged image found by `verify`.
@@ -53,7 +53,7 @@ impl Store {
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         let _lock = self.shared_lock()?;
         let mut report = VerifyReport::default();
-        let mut manifests: Vec<(ImageId, Result<ImageManifest, String>)> = Vec::new();
+        let mut manifests: Vec<(ImageId, Result<StoredImage, String>)> = Vec::new();
         for id in self.ids()? {
             let path = self.manifest_path(&id);
             let bytes = fs::read(&path).map_err(StoreError::io(&path))?;
