@@ -1,7 +1,7 @@
 //! The layout contract: where file data lies in a diskc ext4 image.
 //!
 //! Two parts of the pipeline put file data into the image file, and they must agree to the
-//! byte. The spool ([`crate::layer::spool`]) writes each layer's data into the image file
+//! byte. The spool (`layer::spool`) writes each layer's data into the image file
 //! while the layer streams, before the layout is planned; the ext4 planner then keeps that
 //! data where it is and lays the metadata out around it. When data is not spooled in place
 //! (a host directory, a tar stream), the planner places it itself, by the same rules. Both

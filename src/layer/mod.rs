@@ -3,7 +3,7 @@
 //! A blob is read once, as a stream: its bytes are hashed (the manifest's digest), the
 //! compression is found by its magic bytes and undone (gzip, zstd or none), the tar stream
 //! is hashed again (the config's diff_id) and parsed, and each file's data blocks go to the
-//! layer's spool (see [`spool`]). Nothing waits for a whole blob and nothing holds one in
+//! layer's spool (see `layer::spool`). Nothing waits for a whole blob and nothing holds one in
 //! memory. The entries are not interpreted here (whiteouts, links, `..` are the business of
 //! [`crate::tree::flatten`]); this module only reads bytes it does not trust and reports the
 //! blob and the entry when they are wrong.

@@ -5,7 +5,7 @@
 //! descriptors; enough for a cache key) and the layers indexed by [`crate::layer`]. Local
 //! files are read in place: an archive is indexed once for where its members are, then its
 //! layers are read in parallel straight from the archive file. A `docker save` stream, which
-//! can only be read once and in order, is handled by [`stream`].
+//! can only be read once and in order, is handled by `source::stream`.
 
 use crate::digest::Digest;
 use crate::error::{Classify, ErrorKind};

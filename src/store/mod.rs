@@ -38,7 +38,7 @@
 //!   and checked, files written out;
 //! - `names`: ids, names, resolve, tag, ls, rm; `cache`: the conversion cache;
 //! - `gc` and `verify`: the two sweeps over the whole store; `migrate`: format 2 to packs;
-//! - [`chunking`]: where chunk boundaries fall; [`image`]: the manifest's types.
+//! - [`chunking`]: where chunk boundaries fall; `image`: the stored image's types.
 
 mod atomic;
 mod cache;

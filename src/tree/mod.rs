@@ -108,23 +108,24 @@ pub trait Content: Send + Sync {
     /// Fills all of `buf` with the file's bytes starting at `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
 
-    /// The image layer these bytes came from (0 = the bottom layer). The ext4 writer places
-    /// the data of lower layers first, so images that share a base share their leading blocks.
+    /// The image layer these bytes came from (0 = the bottom layer). The layout contract
+    /// ([`crate::layout`]) puts the data of lower layers first, so images that share a base
+    /// share their leading blocks.
     fn layer(&self) -> u32 {
         0
     }
 
     /// A file on disk that holds these bytes, starting at the given offset, when there is
-    /// one: the ext4 writer then copies them inside the kernel (copy_file_range) instead of
-    /// through a buffer.
+    /// one: whoever writes the bytes out can then copy them inside the kernel
+    /// (copy_file_range) instead of through a buffer.
     fn source_file(&self) -> Option<(&std::path::Path, u64)> {
         None
     }
 
-    /// Where the data already lies in the image being written, when it was put there before
-    /// the layout was planned (a layer spooled into the image file, see
-    /// [`crate::layer::spool`]): the first image block of each run of `data_blocks`. Only a
-    /// writer told so (`ext4::Options::data_in_place`) relies on it.
+    /// Where the data already lies in the image being written, by the layout contract's rules
+    /// for placed data ([`crate::layout`]), when it was put there before the layout was
+    /// planned (a layer spooled into the image file): the first image block of each run of
+    /// `data_blocks`. Only a writer told so relies on it.
     fn placed(&self) -> Option<Vec<u64>> {
         None
     }

@@ -1,6 +1,6 @@
 //! The `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]` source: an image in a registry that speaks
 //! the OCI distribution API (v2), read with a small blocking HTTP client. The reference is
-//! parsed by [`crate::source::reference`], the JSON documents by [`crate::source::spec`].
+//! parsed by [`crate::source::reference`], the JSON documents by `source::spec`.
 //!
 //! [`Registry::resolve`] fetches the manifest (Docker schema 2 or OCI; a Docker manifest
 //! list or OCI index is resolved to one platform first) and the config, and verifies both
