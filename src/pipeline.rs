@@ -316,6 +316,8 @@ fn cache_key(plan: &ConvertPlan, config_digest: Digest) -> Result<String, Pipeli
         "config": config_digest,
         "rootfs": plan.rootfs,
         "kernel": kernel,
+        // Without diskc-init no initrd is made, and nothing depends on it.
+        "initrd": boot::initrd_key().ok(),
         "build": plan.build,
     });
     Ok(Digest::of(key.to_string().as_bytes()).to_string())
