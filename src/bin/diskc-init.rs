@@ -31,16 +31,13 @@ use std::time::{Duration, Instant};
 
 use diskc::boot::cmdline::BootArgs;
 use diskc::boot::guest::{
-    net, RunConfig, ERROR_PREFIX, GATEWAY, GUEST_ADDRESS, NETWORK_PREFIX_LEN, PORT_RUN, PORT_STATUS,
-    PORT_STDERR, PORT_STDIN, PORT_STDOUT,
+    self, net, RunConfig, DEFAULT_PATH, ERROR_PREFIX, GATEWAY, GUEST_ADDRESS, NETWORK_PREFIX_LEN, PORT_RUN,
+    PORT_STATUS, PORT_STDERR, PORT_STDIN, PORT_STDOUT,
 };
 use diskc::boot::initrd::{CONFIG_PATH, MODULES_LIST_PATH, NEW_ROOT, VOLUME_MODULES_LIST_PATH};
 use diskc::boot::passwd::{self, Identity};
 use diskc::boot::qemu::EXIT_STATUS_PREFIX;
 use diskc::manifest::ImageConfig;
-
-/// Docker's PATH for images that set none.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// How long a device (a disk, a port, the NIC) may take to appear after its driver loaded.
 const DEVICE_WAIT: Duration = Duration::from_secs(10);
@@ -445,19 +442,7 @@ impl Program {
         )
         .map_err(|e| e.to_string())?;
 
-        let mut env: Vec<String> = effective.env;
-        let has = |env: &[String], key: &str| {
-            env.iter().any(|kv| kv.split_once('=').is_some_and(|(k, _)| k == key))
-        };
-        if !has(&env, "PATH") {
-            env.insert(0, format!("PATH={DEFAULT_PATH}"));
-        }
-        if !has(&env, "HOSTNAME") {
-            env.push(format!("HOSTNAME={}", run.hostname));
-        }
-        if !has(&env, "HOME") {
-            env.push(format!("HOME={}", identity.home));
-        }
+        let env = guest::program_env(&effective.env, &run.hostname, &identity.home);
         let path_var =
             env.iter().rev().find_map(|kv| kv.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH).to_string();
 

@@ -36,6 +36,9 @@ pub const ERROR_PREFIX: &str = "diskc-init: error: ";
 /// The guest's hostname unless `diskc boot --hostname` says otherwise.
 pub const DEFAULT_HOSTNAME: &str = "diskc";
 
+/// Docker's PATH for images that set none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// QEMU's user-mode network (`-netdev user`) fixes these: the guest's address in
 /// 10.0.2.0/24, the host (and gateway) at .2, the DNS forwarder at .3 (QEMU's
 /// documentation of `-netdev user`, options `net`, `host` and `dns`).
@@ -87,7 +90,7 @@ pub struct RunConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Effective {
     pub argv: Vec<Vec<u8>>,
-    /// `KEY=value`, image ENV first, overrides replacing a key in place.
+    /// `KEY=value`: the overrides, then the image's ENV of the keys they leave alone.
     pub env: Vec<String>,
     /// Empty means `/`.
     pub workdir: String,
@@ -98,7 +101,8 @@ pub struct Effective {
 impl RunConfig {
     /// Applies the overrides as Docker does: a non-empty `--entrypoint` drops the image's
     /// CMD (only the given command follows it); `--entrypoint ""` clears the ENTRYPOINT and
-    /// keeps CMD; `-e KEY=value` replaces KEY where the image's ENV sets it, else appends.
+    /// keeps CMD; the `-e` entries come first and the image's ENV of other keys after them
+    /// (the order `env` shows in a container).
     pub fn apply(&self, image: &ImageConfig) -> Effective {
         let bytes = |v: &[String]| v.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
         let entrypoint = self.entrypoint.as_deref().unwrap_or(&image.entrypoint);
@@ -109,14 +113,8 @@ impl RunConfig {
         };
         let mut argv = bytes(entrypoint);
         argv.extend(cmd);
-        let mut env = image.env.clone();
-        for kv in &self.env {
-            let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
-            match env.iter_mut().find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key) {
-                Some(slot) => slot.clone_from(kv),
-                None => env.push(kv.clone()),
-            }
-        }
+        let mut env = self.env.clone();
+        env.extend(image.env.iter().filter(|e| !self.env.iter().any(|u| env_key(u) == env_key(e))).cloned());
         Effective {
             argv,
             env,
@@ -124,6 +122,27 @@ impl RunConfig {
             user: self.user.clone().unwrap_or_else(|| image.user.clone()),
         }
     }
+}
+
+fn env_key(entry: &str) -> &str {
+    entry.split_once('=').map_or(entry, |(k, _)| k)
+}
+
+/// The program's environment, composed as Docker composes a container's: its default PATH
+/// and HOSTNAME first, each entry of `env` replacing the value of its key in place or
+/// appended, and HOME (the user's) when none of them set it.
+pub fn program_env(env: &[String], hostname: &str, home: &str) -> Vec<String> {
+    let mut out = vec![format!("PATH={DEFAULT_PATH}"), format!("HOSTNAME={hostname}")];
+    for entry in env {
+        match out.iter_mut().find(|e| env_key(e) == env_key(entry)) {
+            Some(slot) => slot.clone_from(entry),
+            None => out.push(entry.clone()),
+        }
+    }
+    if !out.iter().any(|e| env_key(e) == "HOME") {
+        out.push(format!("HOME={home}"));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -167,9 +186,16 @@ mod tests {
     }
 
     #[test]
-    fn env_overrides_replace_in_place_and_append() {
-        let run = RunConfig { env: vec!["B=3".into(), "C=4".into(), "A=".into()], ..Default::default() };
-        assert_eq!(run.apply(&image()).env, ["A=", "B=3", "C=4"]);
+    fn env_overrides_come_first_and_compose_as_docker_does() {
+        let run = RunConfig { env: vec!["C=4".into(), "B=3".into(), "C=5".into()], ..Default::default() };
+        let env = run.apply(&image()).env;
+        assert_eq!(env, ["C=4", "B=3", "C=5", "A=1"]);
+        assert_eq!(
+            program_env(&env, "box", "/root"),
+            [&format!("PATH={DEFAULT_PATH}"), "HOSTNAME=box", "C=5", "B=3", "A=1", "HOME=/root"]
+        );
+        let own = program_env(&["PATH=/bin".into(), "HOME=/h".into(), "HOSTNAME=x".into()], "box", "/root");
+        assert_eq!(own, ["PATH=/bin", "HOSTNAME=x", "HOME=/h"]);
     }
 
     #[test]
