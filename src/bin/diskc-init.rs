@@ -118,7 +118,9 @@ fn boot(status_port: &mut Option<File>) -> Result<i32> {
         let nic = net::wait_for_nic(DEVICE_WAIT).map_err(|e| format!("the network: {e}"))?;
         net::configure(&nic, GUEST_ADDRESS, NETWORK_PREFIX_LEN, GATEWAY)
             .map_err(|e| format!("configuring {nic}: {e}"))?;
-        provide_resolv_conf(args.read_only);
+        if let Err(e) = net::provide_resolv_conf(args.read_only) {
+            eprintln!("diskc-init: warning: no resolv.conf for the network: {e}");
+        }
     }
     if let Some(device) = &run.modules_device {
         mount_modules(device, args.read_only)?;
@@ -357,39 +359,6 @@ fn set_hostname(name: &str) -> Result<()> {
         return Err(format!("setting the hostname {name:?}: {}", last_os_error()));
     }
     Ok(())
-}
-
-/// `/etc/resolv.conf` naming QEMU's DNS forwarder, when the image's names no nameserver:
-/// over an existing file a bind mount from /run, which leaves the image alone even when the
-/// root is writable; a missing one is created on a writable root, or where a dangling link
-/// into /run points. Failing that, name resolution is left as the image has it.
-fn provide_resolv_conf(read_only: bool) {
-    let path = Path::new("/etc/resolv.conf");
-    if net::image_has_resolver(path) {
-        return;
-    }
-    let ours = Path::new("/run/diskc/resolv.conf");
-    let written =
-        std::fs::create_dir_all("/run/diskc").and_then(|()| std::fs::write(ours, net::resolv_conf()));
-    let result = match (written, std::fs::read_link(path)) {
-        (Err(e), _) => Err(format!("writing {}: {e}", ours.display())),
-        (Ok(()), _) if path.is_file() => {
-            mount("/run/diskc/resolv.conf", "/etc/resolv.conf", "", libc::MS_BIND, "")
-        }
-        (Ok(()), Ok(target)) if target.starts_with("/run/") => {
-            std::fs::create_dir_all(target.parent().unwrap_or(Path::new("/run")))
-                .and_then(|()| std::fs::copy(ours, &target).map(drop))
-                .map_err(|e| format!("writing {}: {e}", target.display()))
-        }
-        (Ok(()), _) if !read_only && Path::new("/etc").is_dir() => {
-            let _ = std::fs::remove_file(path);
-            std::fs::write(path, net::resolv_conf()).map_err(|e| format!("writing {}: {e}", path.display()))
-        }
-        (Ok(()), _) => Err("the read-only image has no /etc/resolv.conf to cover".into()),
-    };
-    if let Err(e) = result {
-        eprintln!("diskc-init: warning: no resolv.conf for the network: {e}");
-    }
 }
 
 /// Mounts the modules disk at /lib/modules/<release>, where modprobe looks. The mount point

@@ -16,7 +16,7 @@ use super::fileserver::FileServers;
 use super::guest::{RunConfig, DEFAULT_HOSTNAME};
 use super::options::{self, OptionError, Protocol, Publish, Volume};
 use super::qemu::{kvm_works, Machine, MODULES_DEVICE, QEMU_BINARY};
-use super::run::{self, Ended, Streams};
+use super::run::{self, Ended, SignalGuard, Streams};
 use super::scratch::{self, Scratch};
 use super::{modules_disk, BootError, BootSpec};
 
@@ -170,6 +170,8 @@ fn free_port(ip: Ipv4Addr, protocol: Protocol) -> std::io::Result<u16> {
 /// Runs `plan`, with the image found in (and the modules disk kept under) `store`; the
 /// program's stdio on `streams`, `-p`/`-P` mappings the boot chose on `streams.stderr`.
 pub fn boot(store: &Store, plan: &BootPlan, streams: Streams) -> Result<Ended, BootError> {
+    // From here on a signal stops the boot in order: what it made is removed.
+    let signals = SignalGuard::install();
     let tmp = std::env::temp_dir();
     for dir in scratch::sweep(&tmp) {
         tracing::info!(dir = %dir.display(), "removed what a killed boot left");
@@ -219,7 +221,7 @@ pub fn boot(store: &Store, plan: &BootPlan, streams: Streams) -> Result<Ended, B
         volumes: &servers.sockets,
         ports: &[],
     };
-    run::run(machine, &run, &plan.qemu, plan.timeout, streams)
+    run::run(machine, &run, &plan.qemu, plan.timeout, streams, &signals)
 }
 
 #[cfg(test)]

@@ -63,8 +63,17 @@ impl Ended {
             Ended::TimedOut(t) => {
                 Some(format!("the guest did not finish within {} s; the VM was killed", t.as_secs()))
             }
-            Ended::Stopped(sig) => Some(format!("stopped by signal {sig}; the VM was killed")),
+            Ended::Stopped(sig) => Some(format!("stopped by {}; the VM was killed", signal_name(sig))),
         }
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    match sig {
+        libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        other => format!("signal {other}"),
     }
 }
 
@@ -108,13 +117,14 @@ extern "C" fn record_signal(sig: libc::c_int) {
     CAUGHT.store(sig, Ordering::SeqCst);
 }
 
-/// SIGINT, SIGTERM and SIGHUP recorded instead of ending the process, while it lives.
-struct SignalGuard {
+/// SIGINT, SIGTERM and SIGHUP recorded instead of ending the process, while it lives, so
+/// that a boot stopped by one still removes what it made.
+pub struct SignalGuard {
     previous: Vec<(libc::c_int, libc::sigaction)>,
 }
 
 impl SignalGuard {
-    fn install() -> SignalGuard {
+    pub fn install() -> SignalGuard {
         CAUGHT.store(0, Ordering::SeqCst);
         let mut previous = Vec::new();
         for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
@@ -134,7 +144,8 @@ impl SignalGuard {
         SignalGuard { previous }
     }
 
-    fn caught(&self) -> Option<i32> {
+    /// The last signal caught since [`SignalGuard::install`].
+    pub fn caught(&self) -> Option<i32> {
         Some(CAUGHT.load(Ordering::SeqCst)).filter(|&s| s != 0)
     }
 }
@@ -201,13 +212,15 @@ fn spawn_input(config: Vec<u8>, mut run_port: UnixStream, stdin: Option<(Box<dyn
     });
 }
 
-/// Boots `machine` running `run`, with the guest's stdio on `streams`.
+/// Boots `machine` running `run`, with the guest's stdio on `streams`; a signal `signals`
+/// catches stops it.
 pub fn run(
     machine: Machine,
     run: &RunConfig,
     qemu: &Path,
     timeout: Option<Duration>,
     streams: Streams,
+    signals: &SignalGuard,
 ) -> Result<Ended, BootError> {
     let socket_error = |e: io::Error| BootError::Qemu(format!("cannot make a socket pair: {e}"));
     let mut names = vec![PORT_RUN, PORT_STATUS, PORT_STDOUT, PORT_STDERR];
@@ -232,7 +245,9 @@ pub fn run(
     let mut cmd = Command::new(qemu);
     cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     tie_to_parent(&mut cmd, ports.iter().map(|(_, fd)| *fd).collect());
-    let signals = SignalGuard::install();
+    if let Some(sig) = signals.caught() {
+        return Ok(Ended::Stopped(sig));
+    }
     let mut child = cmd.spawn().map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => BootError::QemuMissing(qemu.display().to_string()),
         _ => BootError::Qemu(format!("cannot start {}: {e}", qemu.display())),
@@ -302,7 +317,6 @@ pub fn run(
     }
     let _ = console.finish(streams.stderr);
     let exit = child.wait().map_err(|e| BootError::Qemu(format!("waiting for qemu: {e}")))?;
-    drop(signals);
     if let Some(e) = output_error {
         return Err(BootError::Output(e));
     }
@@ -416,7 +430,8 @@ mod tests {
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let streams = Streams { stdout: &mut out, stderr: &mut err, stdin: None };
         let qemu = Path::new("/nonexistent/qemu-system-x86_64");
-        let e = run(machine, &RunConfig::default(), qemu, None, streams).unwrap_err();
+        let e =
+            run(machine, &RunConfig::default(), qemu, None, streams, &SignalGuard::install()).unwrap_err();
         assert!(matches!(e, BootError::QemuMissing(_)), "{e}");
         assert!(e.to_string().contains("qemu-system-x86"));
         assert_eq!(e.class(), ErrorClass::Environment);
@@ -429,5 +444,6 @@ mod tests {
         assert_eq!(Ended::Stopped(libc::SIGTERM).exit_code(), 143);
         assert!(Ended::TimedOut(Duration::from_secs(5)).message().unwrap().contains("within 5 s"));
         assert_eq!(Ended::Exited(0).message(), None);
+        assert_eq!(Ended::Stopped(libc::SIGINT).message().unwrap(), "stopped by SIGINT; the VM was killed");
     }
 }

@@ -1,7 +1,7 @@
 //! The guest side of networking, run by `diskc-init`: bring interfaces up, give the NIC of
 //! QEMU's user-mode network its fixed address and default route (the same result as DHCP
-//! from QEMU, without waiting for it), and decide whether the image's `/etc/resolv.conf`
-//! can be used. The ioctls are the ones `ifconfig` and `route` use (netdevice(7),
+//! from QEMU, without waiting for it), and give the guest a resolv.conf when the image has
+//! none that names a nameserver. The ioctls are the ones `ifconfig` and `route` use (netdevice(7),
 //! `include/uapi/linux/route.h`), which need no netlink code.
 
 use std::io;
@@ -134,19 +134,58 @@ pub fn wait_for_nic(limit: Duration) -> io::Result<String> {
 }
 
 /// `/etc/resolv.conf` for QEMU's DNS forwarder.
-pub fn resolv_conf() -> String {
+fn resolv_conf() -> String {
     format!("nameserver {}\n", super::NAMESERVER)
 }
 
 /// Whether a resolv.conf names a nameserver; one that does not (missing, empty, a dangling
 /// link) is replaced by [`resolv_conf`].
-pub fn names_a_nameserver(text: &str) -> bool {
+fn names_a_nameserver(text: &str) -> bool {
     text.lines().any(|l| l.split_ascii_whitespace().next() == Some("nameserver"))
 }
 
-/// Whether the image's resolv.conf at `path` is usable as it is.
-pub fn image_has_resolver(path: &Path) -> bool {
-    std::fs::read_to_string(path).is_ok_and(|text| names_a_nameserver(&text))
+/// Gives the guest an `/etc/resolv.conf` naming QEMU's DNS forwarder when the image's names
+/// no nameserver: over an existing file a bind mount from /run, which leaves the image alone
+/// even when the root is writable; a missing one is created on a writable root, or where a
+/// dangling link into /run points. Otherwise name resolution stays as the image has it, and
+/// the error says why.
+pub fn provide_resolv_conf(read_only: bool) -> Result<(), String> {
+    let path = Path::new("/etc/resolv.conf");
+    if std::fs::read_to_string(path).is_ok_and(|text| names_a_nameserver(&text)) {
+        return Ok(());
+    }
+    let ours = Path::new("/run/diskc/resolv.conf");
+    std::fs::create_dir_all("/run/diskc")
+        .and_then(|()| std::fs::write(ours, resolv_conf()))
+        .map_err(|e| format!("writing {}: {e}", ours.display()))?;
+    if path.is_file() {
+        return bind_mount(ours, path).map_err(|e| format!("mounting over {}: {e}", path.display()));
+    }
+    match std::fs::read_link(path) {
+        Ok(target) if target.starts_with("/run/") => {
+            std::fs::create_dir_all(target.parent().unwrap_or(Path::new("/run")))
+                .and_then(|()| std::fs::copy(ours, &target).map(drop))
+                .map_err(|e| format!("writing {}: {e}", target.display()))
+        }
+        _ if !read_only && Path::new("/etc").is_dir() => {
+            let _ = std::fs::remove_file(path);
+            std::fs::write(path, resolv_conf()).map_err(|e| format!("writing {}: {e}", path.display()))
+        }
+        _ => Err("the read-only image has no /etc/resolv.conf to cover".into()),
+    }
+}
+
+fn bind_mount(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (from, to) = (c(from)?, c(to)?);
+    // SAFETY: NUL-terminated paths that outlive the call; a bind mount takes no type or data.
+    let rc =
+        unsafe { libc::mount(from.as_ptr(), to.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
