@@ -130,7 +130,9 @@ pub fn qemu_args(m: &Machine) -> Result<Vec<OsString>, BootError> {
         // No option ROM: the firmware does not network-boot.
         push(&mut args, &["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0,romfile="]);
     }
-    push(&mut args, &["-device", "virtio-serial-pci,id=ports"]);
+    // The guest sets up two virtqueues per possible port when it probes the device: allow
+    // the few that are used (numbered from 1) rather than QEMU's default of 31.
+    push(&mut args, &["-device", "virtio-serial-pci,id=ports,max_ports=8"]);
     for (n, (name, fd)) in m.ports.iter().enumerate() {
         push(&mut args, &["-chardev", &format!("socket,id=port{n},fd={fd}")]);
         push(&mut args, &["-device", &format!("virtserialport,bus=ports.0,chardev=port{n},name={name}")]);
