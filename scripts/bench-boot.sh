@@ -5,9 +5,13 @@
 # store (id, prefix or name; its boot then includes exporting it from the store). The guest
 # runs `echo first-line` instead of the image's CMD so that only booting is measured.
 #
+# Each image boots with the network (the default) and with `--net none`, in alternation so
+# that a change in the machine's load affects both alike; the last column is what the
+# network adds to the first line (difference of the medians).
+#
 #   scripts/bench-boot.sh [-n RUNS] IMAGE...
 #
-# Prints one line per IMAGE: the median and the fastest run of both figures, in seconds.
+# Prints two lines per IMAGE: the median and the fastest run of both figures, in seconds.
 set -euo pipefail
 
 DISKC=${DISKC:-$(dirname "$0")/../target/release/diskc}
@@ -21,19 +25,32 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 min() { sort -n | head -1; }
 secs() { awk '{printf "%.2f", $1/1e9}'; }
 
-printf '%-40s %8s %8s %8s %8s\n' image first-med first-min exit-med exit-min
-for dir in "$@"; do
-  firsts=(); exits=()
+# One boot of $1 with the options after it; sets $first and $end (ns since $start).
+boot_once() {
+  local image=$1; shift
+  local start line
+  start=$(now); first=""
+  while IFS= read -r line; do
+    if [ -z "$first" ] && [ "$line" = first-line ]; then first=$(($(now) - start)); fi
+  done < <("$DISKC" boot "$image" --timeout 300 "$@" -- echo first-line)
+  end=$(($(now) - start))
+  [ -n "$first" ] || { echo "bench-boot: $image: no output from the guest" >&2; exit 1; }
+}
+
+printf '%-34s %-9s %9s %9s %9s %9s %9s\n' image net first-med first-min exit-med exit-min net-adds
+for image in "$@"; do
+  user_first=(); user_exit=(); none_first=(); none_exit=()
   for _ in $(seq "$RUNS"); do
-    start=$(now); first=""
-    while IFS= read -r line; do
-      if [ -z "$first" ] && [ "$line" = first-line ]; then first=$(now); fi
-    done < <("$DISKC" boot "$dir" --timeout 300 -- echo first-line)
-    end=$(now)
-    [ -n "$first" ] || { echo "bench-boot: $dir: no output from the guest" >&2; exit 1; }
-    firsts+=($((first - start))); exits+=($((end - start)))
+    boot_once "$image"; user_first+=("$first"); user_exit+=("$end")
+    boot_once "$image" --net none; none_first+=("$first"); none_exit+=("$end")
   done
-  printf '%-40s %8s %8s %8s %8s\n' "$(basename "$dir")" \
-    "$(printf '%s\n' "${firsts[@]}" | median | secs)" "$(printf '%s\n' "${firsts[@]}" | min | secs)" \
-    "$(printf '%s\n' "${exits[@]}" | median | secs)" "$(printf '%s\n' "${exits[@]}" | min | secs)"
+  name=$(basename "$image")
+  user_med=$(printf '%s\n' "${user_first[@]}" | median)
+  none_med=$(printf '%s\n' "${none_first[@]}" | median)
+  printf '%-34s %-9s %9s %9s %9s %9s %9s\n' "$name" user "$(echo "$user_med" | secs)" \
+    "$(printf '%s\n' "${user_first[@]}" | min | secs)" "$(printf '%s\n' "${user_exit[@]}" | median | secs)" \
+    "$(printf '%s\n' "${user_exit[@]}" | min | secs)" "$(echo $((user_med - none_med)) | secs)"
+  printf '%-34s %-9s %9s %9s %9s %9s\n' "$name" none "$(echo "$none_med" | secs)" \
+    "$(printf '%s\n' "${none_first[@]}" | min | secs)" "$(printf '%s\n' "${none_exit[@]}" | median | secs)" \
+    "$(printf '%s\n' "${none_exit[@]}" | min | secs)"
 done

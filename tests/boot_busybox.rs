@@ -1,6 +1,6 @@
 //! Boots busybox-based images under QEMU (TCG here) with `diskc boot` and checks, from the
-//! guest console, that the image's program ran as Docker would have run it, and that
-//! `diskc boot` reports how it ended.
+//! program's output, that the image's program ran as Docker would have run it, that stdin
+//! reaches it, and that `diskc boot` reports how it ended.
 
 mod boot_support;
 mod common;
@@ -53,7 +53,17 @@ fn runs_cmd_with_env_workdir_and_user() {
         "{}",
         console(&out)
     );
-    assert!(console(&out).ends_with("diskc-init: exit status 0\n"), "{}", console(&out));
+    // Only the program's output is on stdout; its stderr is apart.
+    assert_eq!(
+        console(&out),
+        "uid=1000 gid=1000\npwd=/srv/app\ngreeting=hello from diskc\nhome=/\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = app_image().boot(&["--", "sh", "-c", "echo out; echo err >&2"]);
+    assert_exit(&out, 0);
+    assert_eq!(console(&out), "out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).lines().any(|l| l == "err"), "{out:?}");
 }
 
 #[test]
@@ -113,10 +123,36 @@ fn read_only_root_refuses_writes() {
 }
 
 #[test]
-fn timeout_kills_a_hung_guest() {
-    let out = base_image().boot(&["--timeout", "1", "--", "sleep", "1000"]);
-    assert_exit(&out, 3);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("did not finish within 1 s"));
+fn timeout_kills_a_hung_guest_and_exits_124() {
+    let out = base_image().boot(&["--timeout", "5", "--", "sleep", "60"]);
+    assert_exit(&out, 124);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("diskc: the guest did not finish within 5 s; the VM was killed"), "{stderr}");
+}
+
+#[test]
+fn stdin_reaches_the_program_and_its_end_too() {
+    use std::io::Write;
+    let mut child = boot_command(&base_image().outdir, &["-i", "--", "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(console(&out), "hello\n");
+}
+
+/// Regression: the exit status was read from the console, so a program could fake it and
+/// lose the output after its fake line.
+#[test]
+fn a_faked_status_line_neither_ends_the_boot_nor_sets_the_status() {
+    let script = "echo 'diskc-init: exit status 0'; echo after; exit 5";
+    let out = base_image().boot(&["--", "sh", "-c", script]);
+    assert_exit(&out, 5);
+    assert_eq!(console(&out), "diskc-init: exit status 0\nafter\n");
 }
 
 #[test]

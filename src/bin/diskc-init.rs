@@ -2,76 +2,140 @@
 //! generates. It does what a container runtime would have done before starting the image's
 //! program, then stands in for the VM's lifetime:
 //!
-//! 1. mounts /proc, /sys and /dev, loads the modules listed in the initrd, waits for the
-//!    root disk and mounts it (read-only when the command line says `ro`);
-//! 2. switches root into it (frees the initramfs, moves the mounts, `chroot`), mounts
-//!    /dev/pts, /dev/shm, /run and /tmp, sets the hostname and brings up `lo`;
-//! 3. runs ENTRYPOINT + CMD (or the command given on the kernel command line) with the
-//!    image's ENV, in its WORKDIR, as its USER, on the console;
-//! 4. reaps every orphan while it runs and forwards SIGTERM/SIGINT to it; when it exits,
-//!    syncs, prints `diskc-init: exit status N` and powers the VM off.
+//! 1. mounts /proc, /sys and /dev, loads the modules listed in the initrd, opens the
+//!    virtio-serial ports of `diskc::boot::guest` and reads this boot's settings from one;
+//! 2. waits for the root disk, mounts it (read-only when the command line says `ro`) and
+//!    switches root into it (frees the initramfs, moves the mounts, `chroot`);
+//! 3. mounts /dev/pts, /dev/shm, /run, /tmp and cgroup2, sets the hostname, brings up `lo`
+//!    and the NIC of QEMU's user-mode network (with a resolv.conf when the image has none),
+//!    mounts the kernel's modules disk at `/lib/modules/<release>` and the host directories;
+//! 4. runs ENTRYPOINT + CMD with the boot's overrides applied, with the image's ENV, in its
+//!    WORKDIR, as its USER, with stdin, stdout and stderr on their ports;
+//! 5. reaps every orphan while it runs and forwards SIGTERM/SIGINT to it; when it exits,
+//!    syncs, writes `diskc-init: exit status N` on the status port and powers the VM off.
 //!
-//! A failure before the program starts prints `diskc-init: error: ...` and powers off
-//! without a status line, which `diskc boot` reports as an environment failure. The
-//! protocol is documented in docs/boot.md. It is a static binary (see build.rs) that uses
-//! only std, libc and the parsing shared with the host side in `diskc::boot`.
+//! A failure before the program starts writes `diskc-init: error: ...` on the status port
+//! (and the console) instead. The protocol is documented in docs/boot.md. It is a static
+//! binary (see build.rs) that uses only std, libc and the code shared with the host side in
+//! `diskc::boot`.
 
-use std::ffi::{CString, OsStr};
-use std::io::Write;
+use std::collections::BTreeMap;
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use diskc::boot::cmdline::{BootArgs, EXIT_STATUS_PREFIX};
-use diskc::boot::initrd::{CONFIG_PATH, MODULES_LIST_PATH, NEW_ROOT};
+use diskc::boot::cmdline::BootArgs;
+use diskc::boot::guest::{
+    self, net, RunConfig, DEFAULT_PATH, ERROR_PREFIX, GATEWAY, GUEST_ADDRESS, NETWORK_PREFIX_LEN, PORT_RUN,
+    PORT_STATUS, PORT_STDERR, PORT_STDIN, PORT_STDOUT,
+};
+use diskc::boot::initrd::{CONFIG_PATH, MODULES_LIST_PATH, NEW_ROOT, VOLUME_MODULES_LIST_PATH};
 use diskc::boot::passwd::{self, Identity};
+use diskc::boot::qemu::EXIT_STATUS_PREFIX;
 use diskc::manifest::ImageConfig;
 
-/// Docker's PATH for images that set none.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// How long the root disk may take to appear after its driver loaded.
-const ROOT_WAIT: Duration = Duration::from_secs(10);
+/// How long a device (a disk, a port, the NIC) may take to appear after its driver loaded.
+const DEVICE_WAIT: Duration = Duration::from_secs(10);
 
 type Result<T> = std::result::Result<T, String>;
 
 fn main() {
-    let outcome = boot();
+    let mut status_port: Option<File> = None;
+    let outcome = boot(&mut status_port);
     // SAFETY: sync has no arguments and cannot fail.
     unsafe { libc::sync() };
-    match outcome {
-        Ok(status) => println!("{EXIT_STATUS_PREFIX}{status}"),
-        Err(message) => eprintln!("diskc-init: error: {message}"),
+    let line = match outcome {
+        Ok(status) => format!("{EXIT_STATUS_PREFIX}{status}\n"),
+        Err(message) => {
+            eprintln!("diskc-init: error: {message}");
+            format!("{ERROR_PREFIX}{message}\n")
+        }
+    };
+    if let Some(port) = status_port.as_mut() {
+        let _ = port.write_all(line.as_bytes());
     }
-    let _ = std::io::stdout().flush();
     power_off();
 }
 
-/// Everything up to the program's exit; returns its exit status.
-fn boot() -> Result<i32> {
+/// The program's stdio in the guest.
+struct Stdio {
+    stdin: File,
+    stdout: File,
+    stderr: File,
+}
+
+/// Everything up to the program's exit; returns its exit status. The status port is handed
+/// back through `status_port` as soon as it is open, so that even a later failure reaches
+/// the host.
+fn boot(status_port: &mut Option<File>) -> Result<i32> {
     mount("proc", "/proc", "proc", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, "")?;
     mount("sysfs", "/sys", "sysfs", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, "")?;
     mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755")?;
 
     let cmdline =
         std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("reading /proc/cmdline: {e}"))?;
-    let args = BootArgs::parse(&cmdline).map_err(|e| e.to_string())?;
+    let args = BootArgs::parse(&cmdline);
     let config_bytes = std::fs::read(CONFIG_PATH).map_err(|e| format!("reading {CONFIG_PATH}: {e}"))?;
     let config: ImageConfig =
         serde_json::from_slice(&config_bytes).map_err(|e| format!("{CONFIG_PATH}: {e}"))?;
+    load_modules(MODULES_LIST_PATH)?;
 
-    load_modules()?;
+    let ports = wait_for_ports(&[PORT_STATUS, PORT_RUN, PORT_STDOUT, PORT_STDERR])?;
+    *status_port = Some(open_port(&ports, PORT_STATUS, Access::Write)?);
+    let mut run_port = open_port(&ports, PORT_RUN, Access::ReadWrite)?;
+    let run = read_run_config(&mut run_port)?;
+    let stdin = if run.stdin {
+        let port = open_port(&wait_for_ports(&[PORT_STDIN])?, PORT_STDIN, Access::Read)?;
+        wait_until("the host side of stdin", || host_connected(&port).then_some(()))?;
+        port
+    } else {
+        File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?
+    };
+    run_port.write_all(b"\n").map_err(|e| format!("answering the host: {e}"))?;
+    drop(run_port);
+    let stdio = Stdio {
+        stdin,
+        stdout: open_port(&ports, PORT_STDOUT, Access::Write)?,
+        stderr: open_port(&ports, PORT_STDERR, Access::Write)?,
+    };
+    if !run.volumes.is_empty() {
+        load_modules(VOLUME_MODULES_LIST_PATH)?;
+    }
+
     wait_for(&args.root)?;
     let ro = if args.read_only { libc::MS_RDONLY } else { 0 };
     mount(&args.root, NEW_ROOT, "ext4", ro, "")?;
     switch_root(args.read_only)?;
     mount_runtime_filesystems(args.read_only);
-    set_hostname(&args.hostname)?;
-    bring_up_loopback()?;
+    set_hostname(&run.hostname)?;
+    net::bring_up("lo").map_err(|e| format!("bringing up lo: {e}"))?;
+    if run.network {
+        let nic = net::wait_for_nic(DEVICE_WAIT).map_err(|e| format!("the network: {e}"))?;
+        net::configure(&nic, GUEST_ADDRESS, NETWORK_PREFIX_LEN, GATEWAY)
+            .map_err(|e| format!("configuring {nic}: {e}"))?;
+        if let Err(e) = net::provide_resolv_conf(args.read_only) {
+            eprintln!("diskc-init: warning: no resolv.conf for the network: {e}");
+        }
+    }
+    if let Some(device) = &run.modules_device {
+        mount_modules(device, args.read_only)?;
+    }
+    for volume in &run.volumes {
+        if !Path::new(&volume.target).is_dir() {
+            std::fs::create_dir_all(&volume.target)
+                .map_err(|e| format!("creating the mount point {}: {e}", volume.target))?;
+        }
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | if volume.read_only { libc::MS_RDONLY } else { 0 };
+        mount(&volume.tag, &volume.target, "virtiofs", flags, "")?;
+    }
 
-    let program = Program::new(&config, &args)?;
-    program.run()
+    let program = Program::new(&config, &run)?;
+    program.run(&stdio)
 }
 
 fn cstr(s: impl AsRef<OsStr>) -> Result<CString> {
@@ -103,13 +167,11 @@ fn move_mount(from: &str, to: &str) -> Result<()> {
     Ok(())
 }
 
-/// Loads the initrd's modules in the listed order (dependencies first).
-fn load_modules() -> Result<()> {
-    let list = std::fs::read_to_string(MODULES_LIST_PATH)
-        .map_err(|e| format!("reading {MODULES_LIST_PATH}: {e}"))?;
-    for path in list.lines().filter(|l| !l.is_empty()) {
-        let file = std::fs::File::open(path).map_err(|e| format!("opening module {path}: {e}"))?;
-        use std::os::fd::AsRawFd;
+/// Loads the initrd's modules listed in `list`, in order (dependencies first).
+fn load_modules(list: &str) -> Result<()> {
+    let text = std::fs::read_to_string(list).map_err(|e| format!("reading {list}: {e}"))?;
+    for path in text.lines().filter(|l| !l.is_empty()) {
+        let file = File::open(path).map_err(|e| format!("opening module {path}: {e}"))?;
         // SAFETY: finit_module reads the module from an open fd; the parameter string is a
         // static empty C string.
         let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), c"".as_ptr(), 0) };
@@ -123,16 +185,86 @@ fn load_modules() -> Result<()> {
     Ok(())
 }
 
-/// devtmpfs creates the disk's node once its driver has probed it.
-fn wait_for(device: &str) -> Result<()> {
+/// Polls `ready` until it gives a value or [`DEVICE_WAIT`] has passed.
+fn wait_until<T>(what: &str, mut ready: impl FnMut() -> Option<T>) -> Result<T> {
     let start = Instant::now();
-    while !Path::new(device).exists() {
-        if start.elapsed() > ROOT_WAIT {
-            return Err(format!("root disk {device} did not appear within {} s", ROOT_WAIT.as_secs()));
+    loop {
+        if let Some(value) = ready() {
+            return Ok(value);
+        }
+        if start.elapsed() > DEVICE_WAIT {
+            return Err(format!("{what} did not appear within {} s", DEVICE_WAIT.as_secs()));
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    Ok(())
+}
+
+/// The device nodes of the named virtio-serial ports, once the driver has registered all
+/// of them (`/sys/class/virtio-ports/vportNpM/name`) and devtmpfs has made their nodes.
+fn wait_for_ports(names: &[&str]) -> Result<BTreeMap<String, PathBuf>> {
+    wait_until(&format!("the virtio-serial ports {names:?}"), || {
+        let mut found = BTreeMap::new();
+        for entry in std::fs::read_dir("/sys/class/virtio-ports").ok()?.flatten() {
+            let Ok(name) = std::fs::read_to_string(entry.path().join("name")) else { continue };
+            let node = Path::new("/dev").join(entry.file_name());
+            if names.contains(&name.trim()) && node.exists() {
+                found.insert(name.trim().to_string(), node);
+            }
+        }
+        (found.len() == names.len()).then_some(found)
+    })
+}
+
+enum Access {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+/// Opens a port close-on-exec: the program gets only the ones the init hands it, and the
+/// kernel lets one opener at a time hold a port, so it can never open the status port.
+fn open_port(ports: &BTreeMap<String, PathBuf>, name: &str, access: Access) -> Result<File> {
+    let path = &ports[name];
+    let (read, write) = match access {
+        Access::Read => (true, false),
+        Access::Write => (false, true),
+        Access::ReadWrite => (true, true),
+    };
+    File::options()
+        .read(read)
+        .write(write)
+        .open(path)
+        .map_err(|e| format!("opening the port {name} ({}): {e}", path.display()))
+}
+
+/// Whether the host end of a port is connected: until it is, reads return end of file at
+/// once, and poll says POLLHUP.
+fn host_connected(port: &File) -> bool {
+    let mut fd = libc::pollfd { fd: port.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd; a zero timeout only samples the state.
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    n >= 0 && (fd.revents & libc::POLLHUP == 0 || fd.revents & libc::POLLIN != 0)
+}
+
+/// The host's one line of JSON on the run port.
+fn read_run_config(port: &mut File) -> Result<RunConfig> {
+    let mut line = Vec::new();
+    let mut buf = [0u8; 4096];
+    wait_until("the run settings from the host", || {
+        if host_connected(port) {
+            match port.read(&mut buf) {
+                Ok(n) => line.extend_from_slice(&buf[..n]),
+                Err(e) => eprintln!("diskc-init: warning: reading the run settings: {e}"),
+            }
+        }
+        line.ends_with(b"\n").then_some(())
+    })?;
+    serde_json::from_slice(&line).map_err(|e| format!("the run settings from the host: {e}"))
+}
+
+/// devtmpfs creates the disk's node once its driver has probed it.
+fn wait_for(device: &str) -> Result<()> {
+    wait_until(&format!("the disk {device}"), || Path::new(device).exists().then_some(()))
 }
 
 /// Makes the mounted root disk `/`, as switch_root does: the initramfs cannot be unmounted,
@@ -188,10 +320,15 @@ fn mount_runtime_filesystems(read_only: bool) {
         ("shm", "/dev/shm", "tmpfs", nosuid_nodev, "mode=1777"),
         ("tmpfs", "/run", "tmpfs", nosuid_nodev, "mode=0755"),
         ("tmpfs", "/tmp", "tmpfs", nosuid_nodev, "mode=1777"),
+        // sysfs provides the mount point whenever the kernel has cgroups.
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid_nodev | libc::MS_NOEXEC, ""),
     ];
     for (source, target, fstype, flags, data) in mounts {
-        // /dev is a devtmpfs, writable even when the root is not.
-        if !Path::new(target).is_dir() && (!read_only || target.starts_with("/dev/")) {
+        // /dev is a devtmpfs, writable even when the root is not; sysfs makes its own.
+        if !Path::new(target).is_dir()
+            && (!read_only || target.starts_with("/dev/"))
+            && !target.starts_with("/sys/")
+        {
             let _ = std::fs::create_dir(target);
         }
         if !Path::new(target).is_dir() {
@@ -224,78 +361,57 @@ fn set_hostname(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Sets IFF_UP on `lo`, as the network namespace setup of a container runtime does.
-fn bring_up_loopback() -> Result<()> {
-    // SAFETY: plain socket creation; the fd is closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(format!("socket for configuring lo: {}", last_os_error()));
-    }
-    // SAFETY: ifreq is plain old data; all zeros is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the `ifreq` we pass, which lives
-    // across both calls; ifru_flags is the union member these requests use.
-    let result = unsafe {
-        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) != 0 {
-            Err(last_os_error())
-        } else {
-            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) != 0 {
-                Err(last_os_error())
-            } else {
-                Ok(())
-            }
-        }
+/// Mounts the modules disk at `/lib/modules/<release>`, where modprobe looks. The mount point
+/// is created on a writable root; on a read-only one a tmpfs over /lib/modules makes room.
+fn mount_modules(device: &str, read_only: bool) -> Result<()> {
+    wait_for(device)?;
+    // SAFETY: utsname is plain data, filled in by uname.
+    let release = unsafe {
+        let mut uts: libc::utsname = std::mem::zeroed();
+        libc::uname(&mut uts);
+        CStr::from_ptr(uts.release.as_ptr()).to_string_lossy().into_owned()
     };
-    // SAFETY: `fd` is ours and no longer used.
-    unsafe { libc::close(fd) };
-    result.map_err(|e| format!("bringing up lo: {e}"))
+    let target = format!("/lib/modules/{release}");
+    if !Path::new(&target).is_dir() {
+        if read_only {
+            if !Path::new("/lib/modules").is_dir() {
+                eprintln!("diskc-init: warning: the read-only image has no /lib/modules: the kernel's modules are not mounted");
+                return Ok(());
+            }
+            mount("tmpfs", "/lib/modules", "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=0755")?;
+        }
+        std::fs::create_dir_all(&target).map_err(|e| format!("creating {target}: {e}"))?;
+    }
+    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount(device, &target, "ext4", flags, "")
 }
 
 /// The image's program, resolved inside the new root and ready to exec.
 struct Program {
     argv: Vec<CString>,
     env: Vec<CString>,
-    /// Where to look for argv[0]: itself when it has a `/`, else each PATH entry.
+    /// Where to look for `argv[0]`: itself when it has a `/`, else each PATH entry.
     candidates: Vec<CString>,
     workdir: CString,
     identity: Identity,
 }
 
 impl Program {
-    fn new(config: &ImageConfig, args: &BootArgs) -> Result<Program> {
-        let mut argv: Vec<Vec<u8>> = config.entrypoint.iter().map(|s| s.as_bytes().to_vec()).collect();
-        match &args.cmd {
-            Some(cmd) => argv.extend(cmd.iter().cloned()),
-            None => argv.extend(config.cmd.iter().map(|s| s.as_bytes().to_vec())),
-        }
+    fn new(config: &ImageConfig, run: &RunConfig) -> Result<Program> {
+        let effective = run.apply(config);
+        let argv = effective.argv;
         if argv.is_empty() {
             return Err("the image has no ENTRYPOINT or CMD and no command was given".to_string());
         }
         let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
         let identity = passwd::resolve_user(
-            &config.user,
+            &effective.user,
             &passwd::parse_passwd(&read("/etc/passwd")),
             &passwd::parse_group(&read("/etc/group")),
         )
         .map_err(|e| e.to_string())?;
 
-        let mut env: Vec<String> = config.env.clone();
-        let has = |env: &[String], key: &str| {
-            env.iter().any(|kv| kv.split_once('=').is_some_and(|(k, _)| k == key))
-        };
-        if !has(&env, "PATH") {
-            env.insert(0, format!("PATH={DEFAULT_PATH}"));
-        }
-        if !has(&env, "HOSTNAME") {
-            env.push(format!("HOSTNAME={}", args.hostname));
-        }
-        if !has(&env, "HOME") {
-            env.push(format!("HOME={}", identity.home));
-        }
+        let env = guest::program_env(&effective.env, &run.hostname, &identity.home);
         let path_var =
             env.iter().rev().find_map(|kv| kv.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH).to_string();
 
@@ -310,7 +426,7 @@ impl Program {
                 .collect()
         };
 
-        let workdir = if config.working_dir.is_empty() { "/" } else { &config.working_dir };
+        let workdir = if effective.workdir.is_empty() { "/" } else { &effective.workdir };
         // Docker creates a missing WORKDIR; a read-only root cannot.
         if !Path::new(workdir).is_dir() {
             std::fs::create_dir_all(workdir).map_err(|e| format!("creating WORKDIR {workdir}: {e}"))?;
@@ -324,8 +440,8 @@ impl Program {
         })
     }
 
-    /// Starts the program and supervises it until it exits; returns its status.
-    fn run(&self) -> Result<i32> {
+    /// Starts the program with `stdio` and supervises it until it exits; returns its status.
+    fn run(&self, stdio: &Stdio) -> Result<i32> {
         // SAFETY: sigset operations on a local set; sigprocmask changes only our mask.
         let (watched, previous) = unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
@@ -343,13 +459,15 @@ impl Program {
             return Err(format!("fork: {}", last_os_error()));
         }
         if pid == 0 {
-            self.exec_in_child(&previous);
+            let fds = [stdio.stdin.as_raw_fd(), stdio.stdout.as_raw_fd(), stdio.stderr.as_raw_fd()];
+            self.exec_in_child(&previous, fds);
         }
         supervise(pid, &watched)
     }
 
-    /// In the forked child: become the image's user in its WORKDIR and exec. Never returns.
-    fn exec_in_child(&self, mask: &libc::sigset_t) -> ! {
+    /// In the forked child: take `stdio` as fds 0, 1 and 2, become the image's user in its
+    /// WORKDIR and exec. Never returns.
+    fn exec_in_child(&self, mask: &libc::sigset_t, stdio: [RawFd; 3]) -> ! {
         let fail = |what: &str, code: i32| -> ! {
             eprintln!("diskc-init: {what}: {}", last_os_error());
             // SAFETY: _exit ends the child without running the parent's atexit handlers.
@@ -364,6 +482,12 @@ impl Program {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
             libc::setsid();
+            // dup2 clears close-on-exec on the copies; the originals go at exec.
+            for (target, fd) in stdio.into_iter().enumerate() {
+                if libc::dup2(fd, target as RawFd) < 0 {
+                    fail("dup2", 126);
+                }
+            }
             if libc::chdir(self.workdir.as_ptr()) != 0 {
                 fail(&format!("cannot enter WORKDIR {:?}", self.workdir), 126);
             }

@@ -20,6 +20,8 @@ use super::BootError;
 pub const CONFIG_PATH: &str = "/diskc/config.json";
 /// Module paths (absolute in the initramfs), one a line, in load order.
 pub const MODULES_LIST_PATH: &str = "/diskc/modules.load";
+/// The same for the modules a boot with host directories loads next (may be empty).
+pub const VOLUME_MODULES_LIST_PATH: &str = "/diskc/modules.volumes";
 /// The directory the root disk is mounted on before the init switches into it.
 pub const NEW_ROOT: &str = "/newroot";
 
@@ -50,22 +52,28 @@ pub fn plan(init: &[u8], config: &ImageConfig, kernel: &KernelSource) -> Result<
             ))
         }
     };
-    let order = modules::resolve(&dep, &builtin, modules::WANTED)
-        .map_err(|e| BootError::Modules(kernel.modules.describe(), e.to_string()))?;
+    let resolve = |wanted, loaded: &[String]| {
+        modules::resolve(&dep, &builtin, wanted, loaded)
+            .map_err(|e| BootError::Modules(kernel.modules.describe(), e.to_string()))
+    };
+    let order = resolve(modules::WANTED, &[])?;
+    let volume_order = resolve(modules::VOLUME_WANTED, &order)?;
 
     let mut files: Vec<(String, u32, Vec<u8>)> = Vec::new();
-    let mut load_list = String::new();
-    for rel in &order {
-        let bytes = uncompressed_module(rel, read_modules_file(rel)?)
-            .map_err(|e| BootError::Modules(kernel.modules.describe(), e))?;
-        let plain = rel.split_once(".ko").map_or(rel.clone(), |(stem, _)| format!("{stem}.ko"));
-        let path = format!("lib/modules/{}/{plain}", kernel.version);
-        load_list.push_str(&format!("/{path}\n"));
-        files.push((path, S_IFREG | 0o644, bytes));
+    for (list_path, modules) in [(MODULES_LIST_PATH, &order), (VOLUME_MODULES_LIST_PATH, &volume_order)] {
+        let mut load_list = String::new();
+        for rel in modules {
+            let bytes = uncompressed_module(rel, read_modules_file(rel)?)
+                .map_err(|e| BootError::Modules(kernel.modules.describe(), e))?;
+            let plain = rel.split_once(".ko").map_or(rel.clone(), |(stem, _)| format!("{stem}.ko"));
+            let path = format!("lib/modules/{}/{plain}", kernel.version);
+            load_list.push_str(&format!("/{path}\n"));
+            files.push((path, S_IFREG | 0o644, bytes));
+        }
+        files.push((list_path[1..].to_string(), S_IFREG | 0o644, load_list.into_bytes()));
     }
     let config_json = serde_json::to_vec_pretty(config).expect("an ImageConfig always serializes");
     files.push((CONFIG_PATH[1..].to_string(), S_IFREG | 0o644, config_json));
-    files.push((MODULES_LIST_PATH[1..].to_string(), S_IFREG | 0o644, load_list.into_bytes()));
     files.push(("init".to_string(), S_IFREG | 0o755, init.to_vec()));
     for dir in ["dev", "proc", "sys", &NEW_ROOT[1..]] {
         files.push((dir.to_string(), S_IFDIR | 0o755, Vec::new()));
@@ -138,7 +146,15 @@ mod tests {
 
     fn kernel() -> KernelSource<'static> {
         let mut m = BTreeMap::new();
-        m.insert("modules.dep", b"kernel/virtio.ko:\nkernel/virtio_pci.ko: kernel/virtio.ko\nkernel/virtio_blk.ko: kernel/virtio.ko\n".to_vec());
+        m.insert(
+            "modules.dep",
+            b"kernel/virtio.ko:\nkernel/virtio_pci.ko: kernel/virtio.ko\nkernel/virtio_blk.ko: kernel/virtio.ko\n\
+              kernel/virtio_console.ko: kernel/virtio.ko\nkernel/fuse.ko:\nkernel/virtiofs.ko: kernel/fuse.ko kernel/virtio.ko\n"
+                .to_vec(),
+        );
+        m.insert("kernel/virtio_console.ko", b"CONSOLE".to_vec());
+        m.insert("kernel/fuse.ko", b"FUSE".to_vec());
+        m.insert("kernel/virtiofs.ko", b"VIRTIOFS".to_vec());
         m.insert("kernel/virtio_pci.ko", b"PCI".to_vec());
         m.insert("modules.builtin", b"kernel/ext4.ko\n".to_vec());
         m.insert("kernel/virtio.ko", b"VIRTIO".to_vec());
@@ -167,7 +183,12 @@ mod tests {
         assert_eq!(
             String::from_utf8_lossy(&list.data),
             "/lib/modules/6.1.0-test/kernel/virtio.ko\n/lib/modules/6.1.0-test/kernel/virtio_pci.ko\n\
-             /lib/modules/6.1.0-test/kernel/virtio_blk.ko\n"
+             /lib/modules/6.1.0-test/kernel/virtio_blk.ko\n/lib/modules/6.1.0-test/kernel/virtio_console.ko\n"
+        );
+        let volumes = entries.iter().find(|e| e.name == "diskc/modules.volumes").unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&volumes.data),
+            "/lib/modules/6.1.0-test/kernel/fuse.ko\n/lib/modules/6.1.0-test/kernel/virtiofs.ko\n"
         );
         let config_back: ImageConfig =
             serde_json::from_slice(&entries.iter().find(|e| e.name == "diskc/config.json").unwrap().data)

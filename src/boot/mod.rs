@@ -3,12 +3,19 @@
 //! manifest — and runs it under QEMU.
 //!
 //! - [`kernel`]: where the kernel and its modules come from (host files or the image).
-//! - [`modules`]: which modules the root disk needs, through `modules.dep`.
+//! - [`modules`]: which modules the initrd carries, through `modules.dep`.
 //! - [`cpio`], [`initrd`]: the initrd (`/init` = `diskc-init`, modules, image config).
-//! - [`cmdline`], [`passwd`]: shared with `diskc-init`, the guest side (`src/bin/diskc-init.rs`).
-//! - [`qemu`]: the runner behind `diskc boot`.
+//! - [`cmdline`], [`passwd`], [`guest`]: shared with `diskc-init`, the guest side
+//!   (`src/bin/diskc-init.rs`): the kernel command line, USER resolution, and the per-boot
+//!   settings and channels.
+//! - [`plan`]: `diskc boot` as a validated plan, and the one function that runs it;
+//!   [`options`] parses its `docker run` flags.
+//! - [`qemu`], [`run`]: QEMU's command line, and the VM as a child process.
+//! - [`modules_disk`]: the kernel's whole modules tree as a disk for the guest.
+//! - [`fileserver`]: host directories served to the guest (virtiofs).
+//! - [`scratch`]: a boot's private temporary directory.
 //!
-//! The guest protocol (console, the exit-status line, command-line keys) is in docs/boot.md.
+//! The guest protocol (ports, command-line keys, exit status) is in docs/boot.md.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -22,14 +29,22 @@ use serde::Deserialize;
 
 pub mod cmdline;
 pub mod cpio;
+pub mod fileserver;
+pub mod guest;
 pub mod initrd;
 pub mod kernel;
 pub mod modules;
+pub mod modules_disk;
+pub mod options;
 pub mod passwd;
+pub mod plan;
 pub mod qemu;
+pub mod run;
+pub mod scratch;
 
 pub use kernel::{HostModules, KernelSource, ModuleSource, TreeModules};
-pub use qemu::{run, BootSpec, RunOptions};
+pub use plan::{boot, BootPlan, BootRequest, Target};
+pub use run::{Ended, Streams};
 
 /// File names of the boot files in OUTDIR.
 pub const KERNEL_FILE: &str = "vmlinuz";
@@ -56,19 +71,22 @@ pub enum BootError {
     InitMissing(String),
     #[error(transparent)]
     Cmdline(#[from] cmdline::CmdlineError),
+    #[error(transparent)]
+    Option(#[from] options::OptionError),
     #[error("{0} not found: install the qemu-system-x86 package")]
     QemuMissing(String),
     #[error("qemu failed: {0}")]
     Qemu(String),
-    #[error(
-        "the guest stopped without reporting an exit status (no `{}N` line on its console)",
-        cmdline::EXIT_STATUS_PREFIX
-    )]
+    #[error("host directories (-v): {0}")]
+    Volume(String),
+    #[error("the guest's init failed: {0}")]
+    Guest(String),
+    #[error("the guest stopped without reporting an exit status (an image made by an older diskc? convert it again)")]
     NoExitStatus,
+    #[error("writing the guest's output: {0}")]
+    Output(#[source] io::Error),
     #[error("{0}: {1}")]
     BadOutdir(PathBuf, String),
-    #[error("the guest did not finish within {0} s and was killed")]
-    Timeout(u64),
     #[error("image {0} has no boot part: convert it with a kernel (--kernel/--modules, or DISKC_KERNEL/DISKC_MODULES)")]
     NotBootable(ImageId),
     #[error(transparent)]
@@ -84,13 +102,15 @@ impl Classify for BootError {
             | BootError::BadOutdir(..)
             | BootError::NotBootable(_) => ErrorKind::BadInput,
             BootError::Store(e) => e.error_kind(),
-            BootError::Cmdline(_) => ErrorKind::Usage,
+            BootError::Cmdline(_) | BootError::Option(_) => ErrorKind::Usage,
             BootError::Write(..)
             | BootError::InitMissing(_)
             | BootError::QemuMissing(_)
             | BootError::Qemu(_)
+            | BootError::Volume(_)
+            | BootError::Guest(_)
             | BootError::NoExitStatus
-            | BootError::Timeout(_) => ErrorKind::Environment,
+            | BootError::Output(_) => ErrorKind::Environment,
         }
     }
 }
@@ -111,6 +131,32 @@ pub fn locate_init() -> Result<PathBuf, BootError> {
             candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
         )
     })
+}
+
+/// What an initrd made now depends on besides the image config and the kernel: the init
+/// binary and the modules the initrd carries. A cached conversion made by another diskc-init
+/// would boot a guest that does not speak this host's protocol, so conversion caches key on
+/// this too.
+pub fn initrd_key() -> Result<Digest, BootError> {
+    let init_path = locate_init()?;
+    let init = std::fs::read(&init_path).map_err(|e| BootError::Read(init_path, e))?;
+    let names = |w: &[modules::Wanted]| w.iter().map(|w| w.name).collect::<Vec<_>>().join(",");
+    let mut key = Digest::of(&init).to_string().into_bytes();
+    key.extend(format!(" {} {}", names(modules::WANTED), names(modules::VOLUME_WANTED)).bytes());
+    Ok(Digest::of(&key))
+}
+
+/// The files of a prepared image, the manifest's command line, and what a boot needs to
+/// know about the image: the kernel (for its modules disk) and the image config (`-P`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootSpec {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub rootfs: PathBuf,
+    pub cmdline: String,
+    pub kernel_version: String,
+    pub kernel_digest: Digest,
+    pub config: ImageConfig,
 }
 
 /// Writes `OUTDIR/vmlinuz` and `OUTDIR/initrd.img` for an image with `config`, booting
@@ -144,6 +190,8 @@ fn write_boot_file(outdir: &Path, name: &str, bytes: &[u8]) -> Result<BootFile, 
 struct OutdirDescription {
     rootfs: OutdirRootfs,
     boot: Option<BootPart>,
+    #[serde(default)]
+    config: ImageConfig,
 }
 
 #[derive(Deserialize)]
@@ -179,6 +227,9 @@ impl BootSpec {
             initrd: inside(&boot.initrd.file)?,
             rootfs: inside(&manifest.rootfs.file)?,
             cmdline: boot.cmdline,
+            kernel_version: boot.kernel_version,
+            kernel_digest: boot.kernel.digest,
+            config: manifest.config,
         })
     }
 }
@@ -189,12 +240,16 @@ impl BootSpec {
     /// boot from the store pays for one export; `dir` is the caller's to remove afterwards.
     pub fn from_store(store: &Store, reference: &str, dir: &Path) -> Result<BootSpec, BootError> {
         let id = store.resolve(reference)?;
-        let boot = store.image(&id)?.boot.ok_or(BootError::NotBootable(id))?;
+        let manifest = store.image(&id)?;
+        let boot = manifest.boot.ok_or(BootError::NotBootable(id))?;
         let spec = BootSpec {
             kernel: dir.join(KERNEL_FILE),
             initrd: dir.join(INITRD_FILE),
             rootfs: dir.join(ROOTFS_FILE),
             cmdline: boot.cmdline,
+            kernel_version: boot.kernel_version,
+            kernel_digest: boot.kernel.digest,
+            config: manifest.config,
         };
         store.export_file(&id, STORE_KERNEL, &spec.kernel)?;
         store.export_file(&id, STORE_INITRD, &spec.initrd)?;

@@ -15,14 +15,22 @@ pub struct Wanted {
     pub required: bool,
 }
 
-/// What the initrd loads: the virtio transport of the machine diskc boots (PCI), the disk,
-/// the root filesystem and the checksum its metadata uses (`metadata_csum`).
+/// What the initrd loads at every boot: the virtio transport of the machine diskc boots
+/// (PCI), the disk, the root filesystem and the checksum its metadata uses
+/// (`metadata_csum`), the virtio-serial ports that carry the program's stdio and exit
+/// status, and the NIC (a kernel without it boots without network).
 pub const WANTED: &[Wanted] = &[
     Wanted { name: "virtio_pci", required: true },
     Wanted { name: "virtio_blk", required: true },
     Wanted { name: "crc32c_generic", required: false },
     Wanted { name: "ext4", required: true },
+    Wanted { name: "virtio_console", required: true },
+    Wanted { name: "virtio_net", required: false },
 ];
+
+/// What the initrd carries for host directories (`diskc boot -v`), loaded only by a boot
+/// that mounts one: virtiofs and FUSE under it.
+pub const VOLUME_WANTED: &[Wanted] = &[Wanted { name: "virtiofs", required: false }];
 
 /// `modules.dep`: each module's path (relative to `lib/modules/<version>`) and the paths
 /// of everything it needs, in the order `modprobe` lists them (the last one loads first).
@@ -65,11 +73,12 @@ pub fn parse_builtin(text: &str) -> BTreeSet<String> {
 pub struct MissingModule(pub String);
 
 /// The module paths to load, in load order: each wanted module after its dependencies,
-/// every path once. Built-in modules need nothing.
+/// every path once, none of those `loaded` already holds. Built-in modules need nothing.
 pub fn resolve(
     dep: &ModulesDep,
     builtin: &BTreeSet<String>,
     wanted: &[Wanted],
+    loaded: &[String],
 ) -> Result<Vec<String>, MissingModule> {
     let mut order: Vec<String> = Vec::new();
     for w in wanted {
@@ -84,7 +93,7 @@ pub fn resolve(
         };
         // modules.dep lists the whole closure with the deepest dependency last.
         for p in deps.iter().rev().chain(std::iter::once(path)) {
-            if !order.contains(p) {
+            if !order.contains(p) && !loaded.contains(p) {
                 order.push(p.clone());
             }
         }
@@ -102,13 +111,19 @@ kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_legacy_dev
 kernel/drivers/virtio/virtio_pci_legacy_dev.ko:\n\
 kernel/drivers/virtio/virtio_pci_modern_dev.ko:\n\
 kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
-kernel/crypto/crc32c-intel.ko.xz:\n";
+kernel/crypto/crc32c-intel.ko.xz:\n\
+kernel/drivers/char/virtio_console.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
+kernel/net/core/failover.ko:\n\
+kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko\n\
+kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
+kernel/fs/fuse/fuse.ko:\n\
+kernel/fs/fuse/virtiofs.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko kernel/fs/fuse/fuse.ko\n";
 
     #[test]
     fn resolves_dependencies_first_each_once() {
         let dep = ModulesDep::parse(DEP).unwrap();
         let builtin = parse_builtin("kernel/fs/ext4/ext4.ko\nkernel/crypto/crc32c_generic.ko\n");
-        let order = resolve(&dep, &builtin, WANTED).unwrap();
+        let order = resolve(&dep, &builtin, WANTED, &[]).unwrap();
         let names: Vec<String> = order.iter().map(|p| module_name(p)).collect();
         assert_eq!(
             names,
@@ -118,17 +133,25 @@ kernel/crypto/crc32c-intel.ko.xz:\n";
                 "virtio_pci_modern_dev",
                 "virtio_pci_legacy_dev",
                 "virtio_pci",
-                "virtio_blk"
+                "virtio_blk",
+                "virtio_console",
+                "failover",
+                "net_failover",
+                "virtio_net"
             ]
         );
+        // The volume modules come after, without what the boot set has loaded already.
+        let volumes = resolve(&dep, &builtin, VOLUME_WANTED, &order).unwrap();
+        let names: Vec<String> = volumes.iter().map(|p| module_name(p)).collect();
+        assert_eq!(names, ["fuse", "virtiofs"]);
     }
 
     #[test]
     fn a_required_module_must_exist() {
         let dep = ModulesDep::parse(DEP).unwrap();
-        assert_eq!(resolve(&dep, &BTreeSet::new(), WANTED), Err(MissingModule("ext4".into())));
+        assert_eq!(resolve(&dep, &BTreeSet::new(), WANTED, &[]), Err(MissingModule("ext4".into())));
         let no_pci = ModulesDep::parse("kernel/drivers/block/virtio_blk.ko:\n").unwrap();
-        assert_eq!(resolve(&no_pci, &BTreeSet::new(), WANTED), Err(MissingModule("virtio_pci".into())));
+        assert_eq!(resolve(&no_pci, &BTreeSet::new(), WANTED, &[]), Err(MissingModule("virtio_pci".into())));
         assert!(ModulesDep::parse("no colon here\n").is_err());
     }
 

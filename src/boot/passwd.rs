@@ -73,10 +73,11 @@ pub fn parse_group(text: &str) -> Vec<GroupEntry> {
         .collect()
 }
 
-/// Resolves a USER value (`""`, `name`, `uid`, `name:group`, `uid:gid`, ...) as runc does:
-/// a name must exist in passwd; a number need not (then gid 0 and HOME `/`); the group
-/// part, by name or number, overrides the passwd gid; supplementary groups are the groups
-/// that list the user's name as a member.
+/// Resolves a USER value (`""`, `name`, `uid`, `name:group`, `uid:gid`, ...) as Docker does
+/// (through runc's user lookup): a name must exist in passwd; a number need not (then gid 0
+/// and HOME `/`); the group part, by name or number, overrides the passwd gid; the
+/// supplementary groups are the primary group and, without a group part, the groups that
+/// list the user's name as a member.
 pub fn resolve_user(
     spec: &str,
     passwd: &[PasswdEntry],
@@ -107,9 +108,12 @@ pub fn resolve_user(
         };
     }
     let mut supplementary: Vec<u32> = match entry {
-        Some(e) => groups.iter().filter(|g| g.members.contains(&e.name)).map(|g| g.gid).collect(),
-        None => Vec::new(),
+        Some(e) if group_part.is_none() => {
+            groups.iter().filter(|g| g.members.contains(&e.name)).map(|g| g.gid).collect()
+        }
+        _ => Vec::new(),
     };
+    supplementary.push(gid);
     supplementary.sort_unstable();
     supplementary.dedup();
     let home = entry.map(|e| e.home.clone()).filter(|h| !h.is_empty()).unwrap_or_else(|| "/".to_string());
@@ -141,22 +145,23 @@ mod tests {
 
     #[test]
     fn resolves_names_numbers_and_groups() {
-        assert_eq!(resolve("").unwrap(), Identity { uid: 0, gid: 0, groups: vec![], home: "/root".into() });
+        assert_eq!(resolve("").unwrap(), Identity { uid: 0, gid: 0, groups: vec![0], home: "/root".into() });
         assert_eq!(
             resolve("app").unwrap(),
-            Identity { uid: 1000, gid: 1000, groups: vec![10, 29], home: "/home/app".into() }
+            Identity { uid: 1000, gid: 1000, groups: vec![10, 29, 1000], home: "/home/app".into() }
         );
         assert_eq!(resolve("1000:wheel").unwrap().gid, 10);
+        // A group part replaces the memberships, as with runc's explicit form.
         assert_eq!(
             resolve("svc:5").unwrap(),
-            Identity { uid: 999, gid: 5, groups: vec![10], home: "/srv".into() }
+            Identity { uid: 999, gid: 5, groups: vec![5], home: "/srv".into() }
         );
-        // A uid without a passwd entry is fine: no groups, HOME is /.
+        // A uid without a passwd entry is fine: only its group, HOME is /.
         assert_eq!(
             resolve("4242").unwrap(),
-            Identity { uid: 4242, gid: 0, groups: vec![], home: "/".into() }
+            Identity { uid: 4242, gid: 0, groups: vec![0], home: "/".into() }
         );
-        assert_eq!(resolve("4242:4343").unwrap().gid, 4343);
+        assert_eq!(resolve("4242:4343").unwrap().groups, [4343]);
     }
 
     #[test]

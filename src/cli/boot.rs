@@ -1,19 +1,15 @@
-//! `diskc boot ID|NAME|OUTDIR [-- CMD...]`: runs a built image under QEMU with the guest
-//! console on stdout, and exits with the guest program's exit status.
-//!
-//! A directory is an OUTDIR of `diskc build`/`convert`, booted in place. Anything else names
-//! an image in the store; its rootfs, kernel and initrd are exported into a private
-//! temporary directory (under `$TMPDIR`, removed after the boot) because QEMU needs files.
+//! `diskc boot ID|NAME|OUTDIR [OPTIONS] [-- CMD...]`: runs a built image under QEMU as
+//! `docker run` would run it, with the program's stdout and stderr on ours, and exits with
+//! its exit status. The options become a checked plan in the library (`diskc::boot::plan`),
+//! which one call runs.
 
 use std::ffi::OsString;
-use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 
-use diskc::boot::{BootError, BootSpec, RunOptions};
-use diskc::error::{Error, ResultExt, UsageError};
+use diskc::boot::{BootError, BootPlan, BootRequest, Streams};
+use diskc::error::Error;
 use diskc::store::StoreError;
 
 use super::store::StoreArgs;
@@ -32,83 +28,132 @@ pub struct BootArgs {
     /// Virtual CPUs.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub cpus: u32,
-    /// Kill the guest after S seconds (exit code 3); 0 or none: no limit.
+    /// Kill the guest after S seconds and exit 124, as timeout(1) does.
     #[arg(long, value_name = "S")]
     pub timeout: Option<u64>,
     /// Attach the root disk read-only and mount it so.
     #[arg(long)]
     pub read_only: bool,
+    /// The guest's network: `user` (QEMU's user-mode network: 10.0.2.15, the host at
+    /// 10.0.2.2) or `none`.
+    #[arg(long, default_value = "user", value_name = "user|none")]
+    pub net: String,
+    /// Publish a guest port on the host: [HOSTIP:][HOSTPORT:]GUESTPORT[/tcp|/udp].
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    pub publish: Vec<String>,
+    /// Publish every port the image EXPOSEs on a free host port (the mapping goes to stderr).
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
+    /// Mount a host directory: HOSTDIR:GUESTDIR[:ro] (virtiofs; needs root).
+    #[arg(short = 'v', long = "volume", value_name = "HOSTDIR:GUESTDIR[:ro]")]
+    pub volume: Vec<String>,
+    /// More logging on stderr (--verbose, or `diskc -v boot`): `-v` is `--volume` here, as
+    /// for `docker run`. Having the global flag's id keeps clap from adding its `-v`.
+    #[arg(id = "verbose", long = "verbose", action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Set an environment variable: KEY=VALUE, or KEY to pass this one's value.
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file (KEY=VALUE lines; # comments).
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Replace the image's ENTRYPOINT ("" for none); the image's CMD is then dropped.
+    #[arg(long, value_name = "PROGRAM")]
+    pub entrypoint: Option<String>,
+    /// The program's working directory (created when missing).
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Run as USER[:GROUP] (names or numbers, resolved in the image).
+    #[arg(short = 'u', long = "user", value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+    /// The guest's hostname.
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Pass stdin to the program; its end is the program's end of file.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// The boot kernel's lib/modules/<version> directory, made into the guest's modules disk
+    /// the first time (kept in the store).
+    #[arg(long, env = "DISKC_MODULES", value_name = "DIR")]
+    pub modules: Option<PathBuf>,
     /// Replaces the image's CMD for this boot (the ENTRYPOINT stays).
     #[arg(last = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
 }
 
-/// MiB from `256`, `256M` or `2G`.
-fn parse_memory(text: &str) -> Result<u32, UsageError> {
-    let bad = || UsageError(format!("--memory {text:?}: expected MiB, e.g. 256, 256M or 2G"));
-    let (digits, factor) = match text.as_bytes().last() {
-        Some(b'M' | b'm') => (&text[..text.len() - 1], 1),
-        Some(b'G' | b'g') => (&text[..text.len() - 1], 1024),
-        _ => (text, 1),
-    };
-    let n: u32 = digits.parse().map_err(|_| bad())?;
-    let mib = n.checked_mul(factor).ok_or_else(bad)?;
-    if mib < 64 {
-        return Err(UsageError(format!("--memory {text:?}: the guest needs at least 64 MiB")));
-    }
-    Ok(mib)
-}
-
 pub fn run(args: BootArgs) -> Result<u8, Error> {
-    let memory_mib = parse_memory(&args.memory)?;
-    if args.cpus == 0 {
-        return Err(UsageError("--cpus must be at least 1".into()).into());
-    }
-    let outdir = PathBuf::from(&args.image);
-    // `_exported` lives until the boot has ended: a stored image's files are in it.
-    let (spec, _exported) = if outdir.is_dir() {
-        (BootSpec::from_outdir(&outdir)?, None)
-    } else {
-        let store = args.store.open()?;
-        let dir = tempfile::Builder::new()
-            .prefix("diskc-boot-")
-            .tempdir()
-            .context("cannot create a temporary directory for the image's files")?;
-        let spec = BootSpec::from_store(&store, &args.image, dir.path()).map_err(|e| {
-            let root = store.root().display();
-            let context = match &e {
-                BootError::Store(StoreError::NotFound(_)) => {
-                    format!("{:?} is neither a directory nor an image in the store at {root}", args.image)
-                }
-                _ => format!("booting {} from the store at {root}", args.image),
-            };
-            Error::from(e).context(context)
-        })?;
-        (spec, Some(dir))
-    };
-    let opts = RunOptions {
-        memory_mib,
+    let image = args.image.clone();
+    let plan = BootPlan::new(BootRequest {
+        image: args.image,
+        memory: args.memory,
         cpus: args.cpus,
-        timeout: args.timeout.filter(|&s| s > 0).map(Duration::from_secs),
+        timeout_s: args.timeout,
         read_only: args.read_only,
-        cmd: (!args.cmd.is_empty()).then(|| args.cmd.into_iter().map(OsString::into_vec).collect()),
-        ..RunOptions::default()
+        net: args.net,
+        publish: args.publish,
+        publish_all: args.publish_all,
+        volumes: args.volume,
+        env: args.env,
+        env_files: args.env_file,
+        entrypoint: args.entrypoint,
+        workdir: args.workdir,
+        user: args.user,
+        hostname: args.hostname,
+        interactive: args.interactive,
+        modules: args.modules,
+        cmd: args.cmd,
+    })?;
+    let store = args.store.open()?;
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr();
+    let streams = Streams {
+        stdout: &mut stdout,
+        stderr: &mut stderr,
+        stdin: plan.interactive.then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
     };
-    let status = diskc::boot::run(&spec, &opts, &mut std::io::stdout().lock())
-        .with_context(|| format!("booting {}", args.image))?;
-    Ok(u8::try_from(status).unwrap_or(255))
+    let ended = diskc::boot::boot(&store, &plan, streams).map_err(|e| {
+        let context = match &e {
+            BootError::Store(StoreError::NotFound(_)) => format!(
+                "{image:?} is neither a directory nor an image in the store at {}",
+                store.root().display()
+            ),
+            _ => format!("booting {image}"),
+        };
+        Error::from(e).context(context)
+    })?;
+    if let Some(message) = ended.message() {
+        eprintln!("diskc: {message}");
+    }
+    Ok(ended.exit_code())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use clap::Parser;
+
+    use super::super::{Cli, Command};
+
+    fn parse(args: &[&str]) -> (Cli, super::BootArgs) {
+        let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let Command::Boot(boot) = Cli::try_parse_from(args).unwrap().command else { panic!("not boot") };
+        (cli, boot)
+    }
 
     #[test]
-    fn memory_sizes() {
-        assert_eq!(parse_memory("256").unwrap(), 256);
-        assert_eq!(parse_memory("512M").unwrap(), 512);
-        assert_eq!(parse_memory("2G").unwrap(), 2048);
-        assert!(parse_memory("32").is_err());
-        assert!(parse_memory("lots").is_err());
+    fn docker_run_flags_parse_and_v_is_a_volume() {
+        let (cli, b) = parse(&[
+            "diskc", "boot", "img", "-e", "A=1", "-p", "8080:80", "-v", "/h:/g:ro", "-w", "/w", "-u", "1:2",
+            "-i", "--", "sh", "-c", "x",
+        ]);
+        assert_eq!(
+            (b.env, b.publish, b.volume),
+            (vec!["A=1".into()], vec!["8080:80".into()], vec!["/h:/g:ro".into()])
+        );
+        assert_eq!((b.workdir.as_deref(), b.user.as_deref(), b.interactive), (Some("/w"), Some("1:2"), true));
+        assert_eq!(b.cmd, ["sh", "-c", "x"]);
+        assert_eq!(cli.global.verbose, 0);
+        // Logging stays reachable: before the subcommand, or spelled out after it.
+        assert_eq!(parse(&["diskc", "-v", "boot", "img"]).0.global.verbose, 1);
+        assert_eq!(parse(&["diskc", "boot", "img", "--verbose", "--verbose"]).0.global.verbose, 2);
     }
 }

@@ -8,7 +8,7 @@ use crate::digest::Digest;
 use crate::manifest::FORMAT_VERSION;
 
 /// The image (its config digest names its layers too), diskc's formats, the options, the
-/// kernel and the build inputs.
+/// kernel, the initrd's makings (the guest init and its modules) and the build inputs.
 pub(super) fn cache_key(plan: &ConvertPlan, config_digest: Digest) -> Result<String, PipelineError> {
     let output = &plan.output;
     let kernel = match &output.kernel {
@@ -28,6 +28,8 @@ pub(super) fn cache_key(plan: &ConvertPlan, config_digest: Digest) -> Result<Str
         "config": config_digest,
         "rootfs": output.rootfs,
         "kernel": kernel,
+        // Without diskc-init no initrd is made, and nothing depends on it.
+        "initrd": crate::boot::initrd_key().ok(),
         "build": output.build_inputs,
     });
     Ok(Digest::of(key.to_string().as_bytes()).to_string())

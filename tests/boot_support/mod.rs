@@ -120,24 +120,31 @@ impl Bootable {
 }
 
 /// `diskc boot TARGET ARGS...` (an OUTDIR, or an image in the test store), bounded by
-/// [`BOOT_TIMEOUT_S`] unless `args` sets its own `--timeout`.
-pub fn boot(target: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Output {
-    let mut cmd = diskc();
+/// [`BOOT_TIMEOUT_S`] unless `args` sets its own `--timeout`, with the fetched kernel's
+/// modules directory (the guest's modules disk is made from it once per test store).
+pub fn boot_command(target: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
+    let mut cmd = diskc_with_kernel();
     cmd.arg("boot").arg(target);
     if !args.contains(&"--timeout") {
         cmd.args(["--timeout", BOOT_TIMEOUT_S]);
     }
     cmd.args(args);
-    cmd.output().unwrap()
+    cmd
 }
 
-/// The console lines, without the kernel's and the init's own.
+/// `diskc boot TARGET ARGS...` run to its end, with its output.
+pub fn boot(target: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Output {
+    boot_command(target, args).output().unwrap()
+}
+
+/// The guest program's stdout (nothing else is on diskc's stdout), line by line.
 pub fn program_lines(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !is_kernel_message(l) && !l.starts_with("diskc-init:"))
-        .map(str::to_string)
-        .collect()
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// `docker run --rm ARGS...` with Debian's client, for comparing with `diskc boot`.
+pub fn docker_run(args: &[&str]) -> Output {
+    Command::new(DOCKER).args(["run", "--rm"]).args(args).output().expect("docker runs")
 }
 
 /// Panics with the whole console unless `diskc boot` exited with `code`.
@@ -150,12 +157,4 @@ pub fn assert_exit(out: &Output, code: i32) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// `[    1.234567] ...`: a kernel log line (panics and warnings print despite `quiet`).
-fn is_kernel_message(line: &str) -> bool {
-    line.strip_prefix('[').and_then(|rest| rest.split_once(']')).is_some_and(|(stamp, _)| {
-        let stamp = stamp.trim_start();
-        !stamp.is_empty() && stamp.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-    })
 }
