@@ -84,14 +84,18 @@ fn bad(flag: &'static str, value: &str, reason: &str) -> OptionError {
 
 /// MiB from `256`, `256M` or `2G`; at least 64.
 pub fn parse_memory(text: &str) -> Result<u32, OptionError> {
-    let err = || bad("--memory", text, "expected MiB of at least 64, e.g. 256, 256M or 2G");
+    let err = || bad("--memory", text, "expected MiB, e.g. 256, 256M or 2G");
     let (digits, factor) = match text.as_bytes().last() {
         Some(b'M' | b'm') => (&text[..text.len() - 1], 1),
         Some(b'G' | b'g') => (&text[..text.len() - 1], 1024),
         _ => (text, 1),
     };
     let n: u32 = digits.parse().map_err(|_| err())?;
-    n.checked_mul(factor).filter(|&m| m >= 64).ok_or_else(err)
+    let mib = n.checked_mul(factor).ok_or_else(err)?;
+    if mib < 64 {
+        return Err(bad("--memory", text, "the guest needs at least 64 MiB"));
+    }
+    Ok(mib)
 }
 
 impl BootPlan {
@@ -134,7 +138,8 @@ impl BootPlan {
             target,
             memory_mib,
             cpus: req.cpus,
-            timeout: req.timeout_s.map(Duration::from_secs),
+            // 0, like none, is no limit (a guest killed at once helps nobody).
+            timeout: req.timeout_s.filter(|&s| s > 0).map(Duration::from_secs),
             read_only: req.read_only,
             network,
             publish,

@@ -28,7 +28,7 @@ pub struct BootArgs {
     /// Virtual CPUs.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub cpus: u32,
-    /// Kill the guest after S seconds and exit 124, as timeout(1) does.
+    /// Kill the guest after S seconds and exit 124, as timeout(1) does; 0 or none: no limit.
     #[arg(long, value_name = "S")]
     pub timeout: Option<u64>,
     /// Attach the root disk read-only and mount it so.
