@@ -277,25 +277,29 @@ pub fn run(
     loop {
         match rx.recv_timeout(TICK) {
             Ok((source, bytes)) => {
-                let written = match source {
-                    Source::Stdout => streams.stdout.write_all(&bytes).and_then(|()| streams.stdout.flush()),
-                    Source::Stderr => streams.stderr.write_all(&bytes).and_then(|()| streams.stderr.flush()),
-                    Source::Console => console.push(&bytes, streams.stderr),
-                    Source::Status => {
-                        status.extend_from_slice(&bytes);
-                        Ok(())
+                // Output nobody reads any more ends the boot when it is the program's stdout
+                // (as a pipeline's writer ends); a closed stderr only loses diagnostics.
+                match source {
+                    Source::Stdout => {
+                        if let Err(e) = streams.stdout.write_all(&bytes).and_then(|()| streams.stdout.flush())
+                        {
+                            if output_error.is_none() && stop.is_none() {
+                                let _ = child.kill();
+                            }
+                            output_error.get_or_insert(e);
+                        }
                     }
+                    Source::Stderr => {
+                        let _ = streams.stderr.write_all(&bytes).and_then(|()| streams.stderr.flush());
+                    }
+                    Source::Console => {
+                        let _ = console.push(&bytes, streams.stderr);
+                    }
+                    Source::Status => status.extend_from_slice(&bytes),
                     Source::QemuStderr => {
                         let room = QEMU_STDERR_LIMIT.saturating_sub(qemu_stderr.len());
                         qemu_stderr.extend_from_slice(&bytes[..bytes.len().min(room)]);
-                        Ok(())
                     }
-                };
-                if let Err(e) = written {
-                    if output_error.is_none() && stop.is_none() {
-                        let _ = child.kill();
-                    }
-                    output_error.get_or_insert(e);
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
