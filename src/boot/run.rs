@@ -77,10 +77,13 @@ fn signal_name(sig: i32) -> String {
     }
 }
 
-/// Where the guest program's stdio goes, and its stdin (`None`: /dev/null in the guest).
+/// Where the guest program's output goes, and what it reads.
 pub struct Streams<'a> {
     pub stdout: &'a mut dyn Write,
+    /// The program's stderr, the serial console and `-p` mappings.
     pub stderr: &'a mut dyn Write,
+    /// Sent on the stdin port when `RunConfig::stdin` asks for one (else the program's stdin
+    /// is /dev/null); its end is the program's end of file.
     pub stdin: Option<Box<dyn Read + Send>>,
 }
 
@@ -262,7 +265,8 @@ pub fn run(
     spawn_reader(Source::Status, next(), events.clone());
     spawn_reader(Source::Stdout, next(), events.clone());
     spawn_reader(Source::Stderr, next(), events.clone());
-    let stdin = if run.stdin { streams.stdin.map(|input| (input, next())) } else { None };
+    // A stdin port with nothing to send still gets its end of file, after the answer.
+    let stdin = run.stdin.then(|| (streams.stdin.unwrap_or_else(|| Box::new(io::empty())), next()));
     spawn_input(config, run_port, stdin);
     spawn_reader(Source::Console, child.stdout.take().expect("piped"), events.clone());
     spawn_reader(Source::QemuStderr, child.stderr.take().expect("piped"), events.clone());
