@@ -5,9 +5,10 @@
 # store (id, prefix or name; its boot then includes exporting it from the store). The guest
 # runs `echo first-line` instead of the image's CMD so that only booting is measured.
 #
-# Each image boots with the network (the default) and with `--net none`, in alternation so
-# that a change in the machine's load affects both alike; the last column is what the
-# network adds to the first line (difference of the medians).
+# Each image boots with the network (the default) and with `--net none`, in alternation and
+# in turns of which goes first (ABBA), so that a change in the machine's load and whatever
+# one boot leaves the next affect both alike; the last column is what the network adds to
+# the first line (difference of the medians).
 #
 #   scripts/bench-boot.sh [-n RUNS] IMAGE...
 #
@@ -40,9 +41,14 @@ boot_once() {
 printf '%-34s %-9s %9s %9s %9s %9s %9s\n' image net first-med first-min exit-med exit-min net-adds
 for image in "$@"; do
   user_first=(); user_exit=(); none_first=(); none_exit=()
-  for _ in $(seq "$RUNS"); do
-    boot_once "$image"; user_first+=("$first"); user_exit+=("$end")
-    boot_once "$image" --net none; none_first+=("$first"); none_exit+=("$end")
+  for run in $(seq "$RUNS"); do
+    if [ $((run % 2)) = 1 ]; then
+      boot_once "$image"; user_first+=("$first"); user_exit+=("$end")
+      boot_once "$image" --net none; none_first+=("$first"); none_exit+=("$end")
+    else
+      boot_once "$image" --net none; none_first+=("$first"); none_exit+=("$end")
+      boot_once "$image"; user_first+=("$first"); user_exit+=("$end")
+    fi
   done
   name=$(basename "$image")
   user_med=$(printf '%s\n' "${user_first[@]}" | median)

@@ -12,7 +12,7 @@ use boot_support::*;
 const IMAGE: &str = "diskc-test/boot-debian-app:latest";
 
 const DOCKERFILE: &str = r#"FROM diskc-test/debian:bookworm
-RUN apt-get update && apt-get install -y --no-install-recommends kmod && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends kmod && apt-get clean && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 1234 --groups audio,video alice
 RUN printf '%s\n' '#!/bin/bash' 'set -eu' \
       'echo "user=$(whoami) uid=$(id -u) gid=$(id -g) groups=$(id -G)"' \

@@ -113,6 +113,7 @@ fn boot(status_port: &mut Option<File>) -> Result<i32> {
     switch_root(args.read_only)?;
     mount_runtime_filesystems(args.read_only);
     set_hostname(&run.hostname)?;
+    net::disable_ipv6();
     net::bring_up("lo").map_err(|e| format!("bringing up lo: {e}"))?;
     if run.network {
         let nic = net::wait_for_nic(DEVICE_WAIT).map_err(|e| format!("the network: {e}"))?;

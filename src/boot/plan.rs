@@ -204,7 +204,7 @@ pub fn boot(store: &Store, plan: &BootPlan, streams: Streams) -> Result<Ended, B
             let ip = p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
             p.host_port = free_port(ip, p.protocol)
                 .map_err(|e| BootError::Qemu(format!("cannot find a free port on {ip}: {e}")))?;
-            writeln!(streams.stderr, "diskc: published {}", p.describe()).map_err(BootError::Output)?;
+            let _ = writeln!(streams.stderr, "diskc: published {}", p.describe());
         }
     }
     let servers = FileServers::start(&plan.volumes, scratch.path())?;

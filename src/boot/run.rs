@@ -77,10 +77,13 @@ fn signal_name(sig: i32) -> String {
     }
 }
 
-/// Where the guest program's stdio goes, and its stdin (`None`: /dev/null in the guest).
+/// Where the guest program's output goes, and what it reads.
 pub struct Streams<'a> {
     pub stdout: &'a mut dyn Write,
+    /// The program's stderr, the serial console and `-p` mappings.
     pub stderr: &'a mut dyn Write,
+    /// Sent on the stdin port when `RunConfig::stdin` asks for one (else the program's stdin
+    /// is /dev/null); its end is the program's end of file.
     pub stdin: Option<Box<dyn Read + Send>>,
 }
 
@@ -262,7 +265,8 @@ pub fn run(
     spawn_reader(Source::Status, next(), events.clone());
     spawn_reader(Source::Stdout, next(), events.clone());
     spawn_reader(Source::Stderr, next(), events.clone());
-    let stdin = if run.stdin { streams.stdin.map(|input| (input, next())) } else { None };
+    // A stdin port with nothing to send still gets its end of file, after the answer.
+    let stdin = run.stdin.then(|| (streams.stdin.unwrap_or_else(|| Box::new(io::empty())), next()));
     spawn_input(config, run_port, stdin);
     spawn_reader(Source::Console, child.stdout.take().expect("piped"), events.clone());
     spawn_reader(Source::QemuStderr, child.stderr.take().expect("piped"), events.clone());
@@ -277,25 +281,29 @@ pub fn run(
     loop {
         match rx.recv_timeout(TICK) {
             Ok((source, bytes)) => {
-                let written = match source {
-                    Source::Stdout => streams.stdout.write_all(&bytes).and_then(|()| streams.stdout.flush()),
-                    Source::Stderr => streams.stderr.write_all(&bytes).and_then(|()| streams.stderr.flush()),
-                    Source::Console => console.push(&bytes, streams.stderr),
-                    Source::Status => {
-                        status.extend_from_slice(&bytes);
-                        Ok(())
+                // Output nobody reads any more ends the boot when it is the program's stdout
+                // (as a pipeline's writer ends); a closed stderr only loses diagnostics.
+                match source {
+                    Source::Stdout => {
+                        if let Err(e) = streams.stdout.write_all(&bytes).and_then(|()| streams.stdout.flush())
+                        {
+                            if output_error.is_none() && stop.is_none() {
+                                let _ = child.kill();
+                            }
+                            output_error.get_or_insert(e);
+                        }
                     }
+                    Source::Stderr => {
+                        let _ = streams.stderr.write_all(&bytes).and_then(|()| streams.stderr.flush());
+                    }
+                    Source::Console => {
+                        let _ = console.push(&bytes, streams.stderr);
+                    }
+                    Source::Status => status.extend_from_slice(&bytes),
                     Source::QemuStderr => {
                         let room = QEMU_STDERR_LIMIT.saturating_sub(qemu_stderr.len());
                         qemu_stderr.extend_from_slice(&bytes[..bytes.len().min(room)]);
-                        Ok(())
                     }
-                };
-                if let Err(e) = written {
-                    if output_error.is_none() && stop.is_none() {
-                        let _ = child.kill();
-                    }
-                    output_error.get_or_insert(e);
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}

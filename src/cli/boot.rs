@@ -47,8 +47,9 @@ pub struct BootArgs {
     /// Mount a host directory: HOSTDIR:GUESTDIR[:ro] (virtiofs; needs root).
     #[arg(short = 'v', long = "volume", value_name = "HOSTDIR:GUESTDIR[:ro]")]
     pub volume: Vec<String>,
-    /// More logging on stderr (--verbose, or `diskc -v boot`): `-v` is `--volume` here, as
-    /// for `docker run`. Having the global flag's id keeps clap from adding its `-v`.
+    /// More logging on stderr (or `diskc -v boot`: here `-v` is --volume, as for `docker run`).
+    // Having the global flag's id keeps clap from adding its `-v` to this subcommand; the
+    // count still reaches the global flag.
     #[arg(id = "verbose", long = "verbose", action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Set an environment variable: KEY=VALUE, or KEY to pass this one's value.

@@ -70,6 +70,16 @@ fn ioctl(fd: &OwnedFd, request: libc::c_ulong, req: &mut libc::ifreq) -> io::Res
     Ok(())
 }
 
+/// Turns IPv6 off on every interface, present and future, before any is up, as Docker does
+/// in a container on a network without IPv6 (`net.ipv6.conf.{all,default}.disable_ipv6`);
+/// it also spares the guest the addresses, duplicate detection and router solicitations
+/// an interface coming up would start. A kernel without IPv6 has nothing to turn off.
+pub fn disable_ipv6() {
+    for scope in ["all", "default"] {
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{scope}/disable_ipv6"), "1");
+    }
+}
+
 /// Sets IFF_UP (as a container runtime does for `lo`).
 pub fn bring_up(name: &str) -> io::Result<()> {
     let fd = socket()?;
