@@ -235,6 +235,27 @@ pub fn open_quietly(path: &Path) -> io::Result<File> {
     }
 }
 
+/// A path as the C string a system call takes; a path holding a NUL is invalid input.
+pub fn c_path(path: &Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// Exchanges two paths atomically (both must exist): `renameat2(RENAME_EXCHANGE)`.
+pub fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
+    let (a, b) = (c_path(a)?, c_path(b)?);
+    // SAFETY: both are valid NUL-terminated paths, relative to the working directory.
+    let rc = unsafe {
+        libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// The names in a directory (without `.` and `..`), listed without updating the directory's
 /// atime (O_NOATIME where permitted), so that reading a source tree does not change it.
 pub fn read_dir_quietly(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {

@@ -14,7 +14,6 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
@@ -83,7 +82,7 @@ fn make(dir: &Path, kernel_digest: &Digest, path: &Path) -> Result<(), BootError
 
 /// A file in `dir` without a name (`O_TMPFILE`), readable by QEMU once linked.
 fn unnamed_file(dir: &Path) -> io::Result<File> {
-    let c_dir = CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let c_dir = crate::fileio::c_path(dir)?;
     // SAFETY: a NUL-terminated path; the returned fd is owned by the File below.
     let fd = unsafe { libc::open(c_dir.as_ptr(), libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, 0o644) };
     if fd < 0 {
@@ -96,7 +95,7 @@ fn unnamed_file(dir: &Path) -> io::Result<File> {
 /// Gives an `O_TMPFILE` file its name; `AlreadyExists` if another boot was first.
 fn link_into_place(file: &File, path: &Path) -> io::Result<()> {
     let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).expect("no NUL");
-    let to = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let to = crate::fileio::c_path(path)?;
     // SAFETY: NUL-terminated paths that outlive the call.
     let rc = unsafe {
         libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW)

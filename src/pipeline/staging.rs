@@ -9,10 +9,8 @@
 //! through [`remove_unfinished`], which the process's signal handler calls; a killed one
 //! (SIGKILL) leaves them under its pid, and the next run beside them sweeps them.
 
-use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -66,8 +64,7 @@ pub(super) fn check_outdir(outdir: &Path) -> Result<(), PipelineError> {
                 let entry = entry.map_err(io_error("reading", outdir))?;
                 names.push(entry.file_name());
             }
-            let only_ours =
-                names.iter().all(|n| OUTPUT_FILES.iter().any(|ours| n.as_bytes() == ours.as_bytes()));
+            let only_ours = names.iter().all(|n| n.to_str().is_some_and(|n| OUTPUT_FILES.contains(&n)));
             if names.is_empty() || (only_ours && is_our_manifest(&outdir.join(MANIFEST_FILE))) {
                 Ok(())
             } else {
@@ -134,7 +131,7 @@ impl Staging {
             let path = entry.map_err(io_error("reading", &self.path))?.path();
             fileio::sync_path(&path).map_err(io_error("writing", &path))?;
         }
-        let swapped = match rename_exchange(&self.path, outdir) {
+        let swapped = match fileio::rename_exchange(&self.path, outdir) {
             Ok(()) => true,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::rename(&self.path, outdir).map_err(io_error("renaming into", outdir))?;
@@ -153,23 +150,6 @@ impl Staging {
             let _ = fs::remove_dir_all(&self.path);
         }
         Ok(())
-    }
-}
-
-/// Exchanges two paths atomically (both must exist): `renameat2(RENAME_EXCHANGE)`.
-fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
-    let c = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
-    };
-    let (a, b) = (c(a)?, c(b)?);
-    // SAFETY: both are valid NUL-terminated paths, relative to the working directory.
-    let rc = unsafe {
-        libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE)
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 

@@ -186,9 +186,7 @@ pub fn provide_resolv_conf(read_only: bool) -> Result<(), String> {
 }
 
 fn bind_mount(from: &Path, to: &Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
-    let (from, to) = (c(from)?, c(to)?);
+    let (from, to) = (crate::fileio::c_path(from)?, crate::fileio::c_path(to)?);
     // SAFETY: NUL-terminated paths that outlive the call; a bind mount takes no type or data.
     let rc =
         unsafe { libc::mount(from.as_ptr(), to.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) };
