@@ -75,6 +75,20 @@ fn family(dir: &Path) -> Family {
     Family { base, grown, added: added.len() as u64 }
 }
 
+/// Every data extent of `export` lies inside a data extent of `input`: a hole in the input
+/// is a hole in the export.
+fn assert_holes_stay_holes(input: &Path, export: &Path) {
+    let size = fs::metadata(input).unwrap().len();
+    let input_data = data_extents(&File::open(input).unwrap(), size).unwrap();
+    let export_data = data_extents(&File::open(export).unwrap(), size).unwrap();
+    for extent in &export_data {
+        assert!(
+            input_data.iter().any(|o| o.start <= extent.start && extent.end <= o.end),
+            "export has data at {extent:?} where the input has a hole ({input_data:?})"
+        );
+    }
+}
+
 #[test]
 fn export_is_byte_identical_and_holes_stay_holes() {
     let dir = common::tempdir();
@@ -96,25 +110,11 @@ fn export_is_byte_identical_and_holes_stay_holes() {
     store.export_rootfs(&id, &out).unwrap();
 
     assert_eq!(fs::read(&out).unwrap(), fs::read(&image).unwrap(), "export differs from the input");
-    // Until writeback, ext4 counts blocks it reserves for delayed allocation in st_blocks:
-    // compare allocations once both files are on disk (the input was synced when written).
-    File::open(&out).unwrap().sync_all().unwrap();
-    let (orig, back) = (fs::metadata(&image).unwrap(), fs::metadata(&out).unwrap());
-    assert_eq!(back.len(), size);
-    assert!(
-        back.blocks() <= orig.blocks(),
-        "export allocates {} blocks, input {}",
-        back.blocks(),
-        orig.blocks()
-    );
-    let orig_data = data_extents(&File::open(&image).unwrap(), size).unwrap();
-    let back_data = data_extents(&File::open(&out).unwrap(), size).unwrap();
-    for extent in &back_data {
-        assert!(
-            orig_data.iter().any(|o| o.start <= extent.start && extent.end <= o.end),
-            "export has data at {extent:?} where the input has a hole ({orig_data:?})"
-        );
-    }
+    // Holes are compared by the data extents the file system reports, not by st_blocks:
+    // st_blocks also counts extent-tree blocks, and how many a file needs depends on how the
+    // allocator happened to place it (CI saw one block more for an export with the same data).
+    assert_eq!(fs::metadata(&out).unwrap().len(), size);
+    assert_holes_stay_holes(&image, &out);
     // Only data was stored: 13 MiB of half-compressible data, not 64 MiB.
     assert!(store_bytes(store.root()) < 10 * MIB, "store holds {} bytes", store_bytes(store.root()));
 }
@@ -135,7 +135,7 @@ fn ext4_image_made_by_mkfs_round_trips_and_stays_clean() {
     let out = dir.path().join("export.ext4");
     store.export_rootfs(&id, &out).unwrap();
     assert_eq!(fs::read(&out).unwrap(), fs::read(&image).unwrap());
-    assert!(fs::metadata(&out).unwrap().blocks() <= fs::metadata(&image).unwrap().blocks());
+    assert_holes_stay_holes(&image, &out);
     common::assert_fsck_clean(&out);
 }
 
