@@ -12,7 +12,7 @@ use crate::digest::{Digest, FileDigest};
 use crate::ext4::{self, SizeSpec};
 use crate::fileio::{self, data_extents};
 use crate::manifest::FORMAT_VERSION;
-use crate::tree::{Content, FsTree, NodeKind, Timestamp};
+use crate::tree::{Content, FsTree, NodeId, NodeKind, Timestamp};
 
 /// ext4 options for an image: the UUID and hash seed come from the layers' content digests
 /// and the options, so the same layers give the same filesystem through any transport.
@@ -64,51 +64,73 @@ pub(super) fn clamp_times<C>(tree: &mut FsTree<C>, epoch: i64) {
 }
 
 /// The seed for a filesystem made from a tree alone (mkfs): a digest of the tree's listing
-/// (paths, kinds, modes, owners, sizes, times, targets, device numbers, xattrs, hard-link
+/// (names, kinds, modes, owners, sizes, times, targets, device numbers, xattrs, hard-link
 /// identity). File contents are left out so the seed costs no extra read of the data.
 pub(super) fn tree_seed<C>(tree: &FsTree<C>) -> [u8; 32] {
     let mut h = Sha256::new();
+    tree_listing(tree, |bytes| h.update(bytes));
+    h.finalize().into()
+}
+
+/// Feeds `out` the listing [`tree_seed`] hashes. Each entry is named by its depth and its own
+/// name, in the walk's order (depth first, names sorted), never by its full path: that
+/// sequence tells the tree apart just as well, and costs the tree's size where full paths
+/// cost the square of its depth.
+fn tree_listing<C>(tree: &FsTree<C>, mut out: impl FnMut(&[u8])) {
     let mut first_seen = std::collections::HashMap::new();
-    let mut i = 0;
-    tree.visit(|path, id| {
+    let mut entry = |depth: usize, name: &[u8], id: NodeId| {
         let node = tree.get(id);
-        h.update((path.len() as u64).to_le_bytes());
-        h.update(path);
-        h.update((*first_seen.entry(id).or_insert(i) as u64).to_le_bytes());
+        let index = first_seen.len();
+        out(&(depth as u64).to_le_bytes());
+        out(&(name.len() as u64).to_le_bytes());
+        out(name);
+        out(&(*first_seen.entry(id).or_insert(index) as u64).to_le_bytes());
         let m = &node.meta;
-        h.update(m.mode.to_le_bytes());
-        h.update(m.uid.to_le_bytes());
-        h.update(m.gid.to_le_bytes());
-        h.update(m.mtime.sec.to_le_bytes());
-        h.update(m.mtime.nsec.to_le_bytes());
+        out(&m.mode.to_le_bytes());
+        out(&m.uid.to_le_bytes());
+        out(&m.gid.to_le_bytes());
+        out(&m.mtime.sec.to_le_bytes());
+        out(&m.mtime.nsec.to_le_bytes());
         for (k, v) in &m.xattrs {
-            h.update((k.len() as u64).to_le_bytes());
-            h.update(k);
-            h.update((v.len() as u64).to_le_bytes());
-            h.update(v);
+            out(&(k.len() as u64).to_le_bytes());
+            out(k);
+            out(&(v.len() as u64).to_le_bytes());
+            out(v);
         }
         match &node.kind {
-            NodeKind::Directory(_) => h.update(b"d"),
+            NodeKind::Directory(_) => out(b"d"),
             NodeKind::File(f) => {
-                h.update(b"f");
-                h.update(f.size.to_le_bytes());
+                out(b"f");
+                out(&f.size.to_le_bytes());
             }
             NodeKind::Symlink(t) => {
-                h.update(b"l");
-                h.update((t.len() as u64).to_le_bytes());
-                h.update(t);
+                out(b"l");
+                out(&(t.len() as u64).to_le_bytes());
+                out(t);
             }
             NodeKind::CharDevice(d) | NodeKind::BlockDevice(d) => {
-                h.update(if matches!(node.kind, NodeKind::CharDevice(_)) { b"c" } else { b"b" });
-                h.update(d.major.to_le_bytes());
-                h.update(d.minor.to_le_bytes());
+                out(if matches!(node.kind, NodeKind::CharDevice(_)) { b"c" } else { b"b" });
+                out(&d.major.to_le_bytes());
+                out(&d.minor.to_le_bytes());
             }
-            NodeKind::Fifo => h.update(b"p"),
-            NodeKind::Socket => h.update(b"s"),
+            NodeKind::Fifo => out(b"p"),
+            NodeKind::Socket => out(b"s"),
         }
-        i += 1;
-    });
-    h.finalize().into()
+    };
+    entry(0, b"", FsTree::<C>::ROOT);
+    // The open directories' remaining entries; the stack's height is the depth.
+    let mut open: Vec<_> =
+        tree.get(FsTree::<C>::ROOT).as_dir().map(|d| d.entries.iter()).into_iter().collect();
+    while let Some(entries) = open.last_mut() {
+        let Some((name, &child)) = entries.next() else {
+            open.pop();
+            continue;
+        };
+        entry(open.len(), name, child);
+        if let Some(dir) = tree.get(child).as_dir() {
+            open.push(dir.entries.iter());
+        }
+    }
 }
 
 /// Writes `tree` (made from `input`) as ext4 into `file`; the caller stages the file, so a
@@ -175,6 +197,54 @@ mod tests {
     use std::os::unix::fs::FileExt;
 
     use super::*;
+
+    use crate::tree::{Directory, Metadata, Node};
+
+    fn add(tree: &mut FsTree<Vec<u8>>, dir: NodeId, name: &[u8], kind: NodeKind<Vec<u8>>) -> NodeId {
+        let id = tree.add(Node::new(kind, Metadata::with_mode(0o755, Timestamp::new(1, 0))));
+        tree.insert(dir, name, id).unwrap();
+        id
+    }
+
+    fn dir() -> NodeKind<Vec<u8>> {
+        NodeKind::Directory(Directory::default())
+    }
+
+    /// Regression: the seed hashed every entry's full path, quadratic in the tree's depth
+    /// (a chain of 20 000 directories hashed a GB).
+    #[test]
+    fn tree_seed_costs_the_tree_size_not_the_paths() {
+        let mut tree = FsTree::new(Metadata::default());
+        let mut at = FsTree::<Vec<u8>>::ROOT;
+        for _ in 0..20_000 {
+            at = add(&mut tree, at, b"dddd", dir());
+        }
+        let mut hashed = 0;
+        tree_listing(&tree, |bytes| hashed += bytes.len());
+        assert!(hashed < 100 * tree.arena_len(), "{hashed} bytes for {} nodes", tree.arena_len());
+    }
+
+    #[test]
+    fn tree_seed_tells_apart_trees_with_the_same_names_in_other_places() {
+        let root = FsTree::<Vec<u8>>::ROOT;
+        let shapes = |c_in_a: bool, link: bool| {
+            let mut tree = FsTree::new(Metadata::default());
+            let a = add(&mut tree, root, b"a", dir());
+            let b = add(&mut tree, a, b"b", NodeKind::Fifo);
+            let c_dir = if c_in_a { a } else { root };
+            if link {
+                tree.insert(c_dir, b"c", b).unwrap();
+            } else {
+                add(&mut tree, c_dir, b"c", NodeKind::Fifo);
+            }
+            tree_seed(&tree)
+        };
+        let seeds = [shapes(false, false), shapes(true, false), shapes(false, true), shapes(true, true)];
+        for (i, s) in seeds.iter().enumerate() {
+            assert!(!seeds[i + 1..].contains(s), "seed {i} repeats");
+        }
+        assert_eq!(shapes(true, true), shapes(true, true), "deterministic");
+    }
 
     #[test]
     fn digest_of_sparse_file_equals_digest_of_its_bytes() {
