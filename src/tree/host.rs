@@ -1,6 +1,8 @@
 //! Reading a host directory into a tree, as `diskc mkfs DIR` does: owners, modes, device
 //! numbers, hard links (by device and inode number), xattrs of every namespace and
-//! nanosecond times are kept as they are on disk.
+//! nanosecond times are kept as they are on disk, but for times ext4 cannot store (before
+//! 1901-12-13 or after 2446-05-10, which tmpfs, XFS or btrfs can hold): those are clamped to
+//! its range, with one warning per tree naming the first such file.
 //!
 //! File bytes stay on disk ([`HostFile`] names the file); which blocks hold data is found up
 //! front, in parallel: the filesystem's own holes (SEEK_DATA/SEEK_HOLE), then a scan of the
@@ -76,12 +78,15 @@ pub fn read_tree(root: &Path) -> Result<FsTree<HostFile>, HostError> {
     // parallel; the tree is then built from the results in order, so it does not depend on
     // which thread finished first.
     let mut level = vec![(root.to_path_buf(), FsTree::<HostFile>::ROOT)];
+    let mut clamped = ClampedTimes::default();
+    clamped.note(root, &mut tree.get_mut(FsTree::<HostFile>::ROOT).meta);
     while !level.is_empty() {
         let listed: Vec<Result<Vec<Entry>, HostError>> =
             level.par_iter().map(|(path, _)| list_dir(path)).collect();
         let mut next = Vec::new();
         for ((_, dir_id), entries) in level.iter().zip(listed) {
-            for e in entries? {
+            for mut e in entries? {
+                clamped.note(&e.path, &mut e.node.meta);
                 let key = (e.dev, e.ino);
                 let id = match links.get(&key) {
                     Some(&id) if !e.node.is_dir() => id,
@@ -106,6 +111,7 @@ pub fn read_tree(root: &Path) -> Result<FsTree<HostFile>, HostError> {
         }
         level = next;
     }
+    clamped.warn();
     let runs: Vec<Result<Vec<Range<u64>>, HostError>> = files
         .par_iter()
         .map(|&id| match &tree.get(id).kind {
@@ -119,6 +125,34 @@ pub fn read_tree(root: &Path) -> Result<FsTree<HostFile>, HostError> {
         }
     }
     Ok(tree)
+}
+
+/// The times of a tree that ext4 cannot store: clamped into its range as they are met, and
+/// one warning at the end naming the first file and how many there were.
+#[derive(Default)]
+struct ClampedTimes {
+    first: Option<PathBuf>,
+    count: u64,
+}
+
+impl ClampedTimes {
+    fn note(&mut self, path: &Path, meta: &mut Metadata) {
+        if meta.clamp_times() {
+            self.first.get_or_insert_with(|| path.to_path_buf());
+            self.count += 1;
+        }
+    }
+
+    fn warn(self) {
+        if let Some(first) = self.first {
+            tracing::warn!(
+                "{}: a time outside what ext4 stores (1901-12-13 to 2446-05-10), clamped to it ({} file{} in all)",
+                first.display(),
+                self.count,
+                if self.count == 1 { "" } else { "s" }
+            );
+        }
+    }
 }
 
 /// One directory entry, examined: its node and what hard-link detection needs.
@@ -296,6 +330,8 @@ fn data_blocks(path: &Path, size: u64) -> Result<Vec<Range<u64>>, HostError> {
 #[cfg(test)]
 mod tests {
     use std::fs::File;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, SystemTime};
 
     use super::*;
 
@@ -316,5 +352,50 @@ mod tests {
         let NodeKind::File(h) = &t.get(t.lookup(b"holey").unwrap()).kind else { panic!("file") };
         assert_eq!(h.data_blocks, vec![5..6]);
         assert_eq!(h.size, 5 * BLOCK_SIZE + 1);
+    }
+
+    /// Collects what tracing prints.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Regression: times ext4 cannot store were clamped silently (by the inode writer). tmpfs
+    /// holds any time, so the tree is made there.
+    #[test]
+    fn times_ext4_cannot_store_are_clamped_with_one_warning() {
+        let dir = tempfile::tempdir_in("/dev/shm").expect("a directory on tmpfs (/dev/shm)");
+        let d = dir.path();
+        let year = Duration::from_secs(365 * 86_400);
+        for (name, time) in [
+            ("early", SystemTime::UNIX_EPOCH - 100 * year),
+            ("late", SystemTime::UNIX_EPOCH + 600 * year),
+            ("ordinary", SystemTime::UNIX_EPOCH + 50 * year),
+        ] {
+            let f = File::create(d.join(name)).unwrap();
+            f.set_times(std::fs::FileTimes::new().set_accessed(time).set_modified(time)).unwrap();
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber =
+            tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+        let tree = tracing::subscriber::with_default(subscriber, || read_tree(d)).unwrap();
+        let meta = |name: &[u8]| tree.get(tree.lookup(name).unwrap()).meta.clone();
+        assert_eq!((meta(b"early").mtime, meta(b"early").atime), (Timestamp::EXT4_MIN, Timestamp::EXT4_MIN));
+        assert_eq!((meta(b"late").mtime, meta(b"late").atime), (Timestamp::EXT4_MAX, Timestamp::EXT4_MAX));
+        assert_eq!(meta(b"ordinary").mtime.sec, (50 * year).as_secs() as i64);
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(log.matches("WARN").count(), 1, "{log}");
+        let first = d.join("early").display().to_string();
+        assert!(log.contains(&first) && log.contains("clamped") && log.contains("2 files"), "{log}");
     }
 }
