@@ -2,11 +2,16 @@
 """Writes the seed corpora of the fuzz targets into fixtures/fuzz/: small tars in every
 form the layer reader knows (ustar, GNU long names, PAX records with newlines and NULs,
 global headers, both GNU sparse forms, devices, links), and for `layer` the same as gzip
-and zstd blobs. Run it again only to change the seeds; they are committed."""
+and zstd blobs; the JSON documents of an image (`oci_json`); image references
+(`reference`); and for the targets that decode their input as a stream of choices
+(`layer_merge`, `ext4_write`) a few fixed pseudo-random inputs. Run it again only to change
+the seeds; they are committed."""
 
 import gzip
 import io
+import json
 import os
+import random
 import subprocess
 import tarfile
 import tempfile
@@ -68,7 +73,52 @@ def seeds():
             yield f"sparse-{fmt}.tar", tar
 
 
+def digest(c):
+    return "sha256:" + c * 64
+
+
+def json_seeds():
+    platform = {"os": "linux", "architecture": "arm", "variant": "v7"}
+    yield "index.json", {"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest("a"), "size": 7,
+         "platform": platform, "annotations": {"org.opencontainers.image.ref.name": "latest"}},
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest("b"), "size": 9,
+         "platform": {"os": "linux", "architecture": "amd64"}, "annotations": None}]}
+    yield "manifest.json", {"schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": digest("c"), "size": 10},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": digest("1"), "size": 20}]}
+    yield "config.json", {"architecture": "amd64", "os": "linux", "config": {
+        "Env": ["PATH=/bin"], "Cmd": None, "Entrypoint": ["/bin/sh", "-c"], "WorkingDir": "/w",
+        "User": "1000:1000", "Labels": {"a": "b"}, "ExposedPorts": {"80/tcp": {}}, "StopSignal": "SIGTERM"},
+        "rootfs": {"type": "layers", "diff_ids": [digest("d")]}, "history": []}
+    yield "archive-manifest.json", [{"Config": "c.json", "RepoTags": ["busybox:latest"],
+                                     "Layers": ["l/layer.tar", "blobs/sha256/" + "e" * 64]}]
+
+
+REFERENCES = [
+    "docker://busybox", "docker://localhost:5000/a/b:v1.2", "docker://ghcr.io/o/r@" + digest("f"),
+    "docker-daemon:debian:bookworm", "docker-daemon:" + digest("0"), "docker-daemon:my.host/x/y@" + digest("9"),
+    "oci:dir:ref", "oci-archive:/tmp/image.tar", "docker-archive:save.tar:busybox:1", "sha256:" + "ab" * 32,
+]
+
+
 def main():
+    for target, docs in (("oci_json", json_seeds()),):
+        os.makedirs(os.path.join(ROOT, target), exist_ok=True)
+        for name, doc in docs:
+            with open(os.path.join(ROOT, target, name), "w") as f:
+                json.dump(doc, f)
+    os.makedirs(os.path.join(ROOT, "reference"), exist_ok=True)
+    for i, ref in enumerate(REFERENCES):
+        with open(os.path.join(ROOT, "reference", f"ref-{i}"), "w") as f:
+            f.write(ref)
+    for target in ("layer_merge", "ext4_write"):
+        os.makedirs(os.path.join(ROOT, target), exist_ok=True)
+        for i, size in enumerate((16, 64, 256, 1024)):
+            with open(os.path.join(ROOT, target, f"random-{size}"), "wb") as f:
+                f.write(random.Random(f"{target}-{i}").randbytes(size))
+
     for target in ("tar_reader", "layer"):
         os.makedirs(os.path.join(ROOT, target), exist_ok=True)
     for name, tar in seeds():

@@ -4,6 +4,10 @@
 
 mod common;
 
+#[path = "../fuzz/checks/mod.rs"]
+#[allow(dead_code)]
+mod checks;
+
 use std::path::Path;
 
 use diskc::ext4::{write_image, Options, SizeSpec};
@@ -30,60 +34,11 @@ fn small_options(journal: bool) -> Options {
     }
 }
 
-fn abs(path: &[u8]) -> Vec<u8> {
-    let mut p = b"/".to_vec();
-    p.extend_from_slice(path);
-    p
-}
-
-/// Every reachable node of `tree` as ext4-view sees it in the image: kind, permissions,
-/// owners, mtime, size, bytes, targets; directory listings equal (lost+found aside).
+/// Every reachable node of `tree` as ext4-view sees it in the image (the ext4_write fuzz
+/// target's comparison).
 fn assert_image_holds(tree: &Tree, image: &Path) {
     let fs = ext4_view::Ext4::load_from_path(image).expect("ext4-view loads the image");
-    for (path, id) in tree.walk() {
-        let node = tree.get(id);
-        let p = abs(&path);
-        let shown = String::from_utf8_lossy(&p).into_owned();
-        let meta = fs.symlink_metadata(p.as_slice()).unwrap_or_else(|e| panic!("{shown}: {e}"));
-        assert_eq!(meta.mode(), node.meta.mode, "{shown}: mode");
-        assert_eq!((meta.uid(), meta.gid()), (node.meta.uid, node.meta.gid), "{shown}: owner");
-        let mtime = meta.modified();
-        assert_eq!(
-            (mtime.seconds(), mtime.nanoseconds()),
-            (node.meta.mtime.sec, node.meta.mtime.nsec),
-            "{shown}: mtime"
-        );
-        use ext4_view::FileType as T;
-        match &node.kind {
-            NodeKind::Directory(d) => {
-                assert_eq!(meta.file_type(), T::Directory, "{shown}");
-                let mut names: Vec<Vec<u8>> = fs
-                    .read_dir(p.as_slice())
-                    .unwrap()
-                    .map(|e| e.unwrap().file_name().as_ref().to_vec())
-                    .filter(|n| n != b"." && n != b"..")
-                    .filter(|n| !(path.is_empty() && n == b"lost+found"))
-                    .collect();
-                names.sort();
-                let want: Vec<Vec<u8>> = d.entries.keys().cloned().collect();
-                assert_eq!(names, want, "{shown}: entries");
-            }
-            NodeKind::File(f) => {
-                assert_eq!(meta.file_type(), T::Regular, "{shown}");
-                assert_eq!(meta.len(), f.size, "{shown}: size");
-                assert!(fs.read(p.as_slice()).unwrap() == f.content, "{shown}: content");
-            }
-            NodeKind::Symlink(t) => {
-                assert_eq!(meta.file_type(), T::Symlink, "{shown}");
-                let got = fs.read_link(p.as_slice()).unwrap();
-                assert_eq!(got.as_ref(), t.as_slice(), "{shown}: target");
-            }
-            NodeKind::CharDevice(_) => assert_eq!(meta.file_type(), T::CharacterDevice, "{shown}"),
-            NodeKind::BlockDevice(_) => assert_eq!(meta.file_type(), T::BlockDevice, "{shown}"),
-            NodeKind::Fifo => assert_eq!(meta.file_type(), T::Fifo, "{shown}"),
-            NodeKind::Socket => assert_eq!(meta.file_type(), T::Socket, "{shown}"),
-        }
-    }
+    checks::ext4_write::assert_image_holds(tree, &fs);
 }
 
 #[derive(Clone, Debug)]

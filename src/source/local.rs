@@ -13,7 +13,7 @@ use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::spec::{self, ArchiveImage, Descriptor, IndexOrManifest, ParsedConfig, REF_NAME_ANNOTATION};
+use super::spec::{self, Descriptor, IndexOrManifest, ParsedConfig, REF_NAME_ANNOTATION};
 use super::{LayerDescriptor, ResolvedImage, SourceError, SourceRef};
 use crate::digest::Digest;
 use crate::fileio::RangeReader;
@@ -195,8 +195,8 @@ pub(crate) fn resolve_docker_archive(
         input: input.to_string(),
         problem: "no manifest.json: not a docker-archive".into(),
     })?;
-    let images: Vec<ArchiveImage> =
-        serde_json::from_slice(&bytes).map_err(|e| corrupt(input, format!("invalid manifest.json: {e}")))?;
+    let images = spec::parse_archive_manifest(&bytes)
+        .map_err(|e| corrupt(input, format!("invalid manifest.json: {e}")))?;
     let image = match reference {
         Some(r) => {
             let with_tag = if r.rsplit('/').next().is_some_and(|last| last.contains(':')) {

@@ -16,7 +16,7 @@ pub(crate) mod local;
 pub(crate) mod open;
 pub mod reference;
 pub mod registry;
-pub(crate) mod spec;
+pub mod spec;
 pub(crate) mod stream;
 
 pub use local::{open_local, LocalImage};

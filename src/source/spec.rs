@@ -134,6 +134,11 @@ pub struct ArchiveImage {
     pub layers: Vec<String>,
 }
 
+/// Reads a `docker save` archive's `manifest.json`: one entry per image.
+pub fn parse_archive_manifest(bytes: &[u8]) -> serde_json::Result<Vec<ArchiveImage>> {
+    serde_json::from_slice(bytes)
+}
+
 /// What diskc takes from an image config.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParsedConfig {
