@@ -12,7 +12,9 @@
 #   - the kernel the boot tests and the quick start boot (scripts/fetch-kernel.sh);
 #   - the local base images the examples and tests build FROM (scripts/make-base-images.sh);
 #   - s3s-fs, a small S3 server the push/pull tests and scripts/bench-store.sh start on a
-#     loopback port (cargo install, pinned; kept in ~/.cargo/bin, skipped when present).
+#     loopback port (cargo install, pinned; kept in ~/.cargo/bin, skipped when present);
+#   - cargo-fuzz, when a nightly toolchain is installed, so scripts/test.sh runs the fuzz
+#     targets (cargo install, pinned, kept in ~/.cargo/bin, skipped when present).
 #
 # It ends with a short summary and the time each phase took.
 #
@@ -280,6 +282,25 @@ do_s3_server() {
   phase_end s3-server "installed s3s-fs $S3S_FS_VERSION"
 }
 
+# cargo-fuzz drives the fuzz targets (fuzz/), which need nightly's sanitizers; without a
+# nightly toolchain there is nothing for it to drive, and scripts/test.sh says so.
+CARGO_FUZZ_VERSION=0.13.2
+do_cargo_fuzz() {
+  phase_start cargo-fuzz
+  if ! cargo +nightly --version >/dev/null 2>&1; then
+    phase_end cargo-fuzz "skipped: no nightly toolchain"
+    return
+  fi
+  local bin="${CARGO_HOME:-$HOME/.cargo}/bin/cargo-fuzz"
+  if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+    phase_end cargo-fuzz "found $bin"
+    return
+  fi
+  cargo install --locked "cargo-fuzz@$CARGO_FUZZ_VERSION" >&2 \
+    || die "cargo install cargo-fuzz@$CARGO_FUZZ_VERSION failed"
+  phase_end cargo-fuzz "installed cargo-fuzz $CARGO_FUZZ_VERSION"
+}
+
 started=$(date +%s.%N)
 do_packages
 do_rust
@@ -288,6 +309,7 @@ do_loop
 do_kernel
 do_base_images
 do_s3_server
+do_cargo_fuzz
 total=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 
 {

@@ -27,7 +27,8 @@ pub fn check(data: &[u8]) {
         .collect();
     let flattened = flatten(&changes).map(|t| listing_of_tree(&t));
     let mut model = Model::new();
-    let modelled = layers.iter().try_for_each(|l| model.apply(l)).map(|()| model.listing());
+    let modelled =
+        layers.iter().try_for_each(|l| model.apply(l)).map(|()| model.listing()).map_err(|Refused(why)| why);
     match (flattened, modelled) {
         (Ok(got), Ok(want)) => {
             if got != want {
@@ -143,7 +144,7 @@ struct Inode {
     meta: Metadata,
 }
 
-/// Why the model refused a layer; only that it did is compared.
+/// Why the model refused a layer, for the message; only that it did is compared.
 #[derive(Debug)]
 struct Refused(&'static str);
 
