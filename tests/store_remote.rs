@@ -338,14 +338,16 @@ fn verify_of_a_remote_store_names_the_damaged_image() {
     assert!(!damaged[0]["damaged_chunks"].as_array().unwrap().is_empty(), "{report}");
 }
 
-/// A chain of images, each sharing half its data with the one before: pushing image i+1
-/// relies on the pack the push of image i added, which removing image i leaves dead.
+/// A chain of images, each sharing 2 MiB with the one before and holding 4 MiB of its own:
+/// pushing image i+1 relies on the pack the push of image i added, which removing image i
+/// leaves mostly dead (gc copies the shared part out and condemns it).
 fn chain(dir: &Path, len: usize) -> Vec<PathBuf> {
     let segments: Vec<Vec<u8>> = (0..=len).map(|i| bytes(100 + i as u64, 2 * MIB as usize)).collect();
     (0..len)
         .map(|i| {
             let path = dir.join(format!("chain{i}.img"));
-            sparse_file(&path, 16 * MIB, &[(0, &segments[i]), (4 * MIB, &segments[i + 1])]);
+            let own = bytes(200 + i as u64, 4 * MIB as usize);
+            sparse_file(&path, 16 * MIB, &[(0, &segments[i]), (4 * MIB, &segments[i + 1]), (8 * MIB, &own)]);
             path
         })
         .collect()
