@@ -394,7 +394,10 @@ fn gc_of_a_remote_store_beside_pushes_loses_nothing() {
     });
     let (runs, condemned, removed) = gc_runs;
     assert!(runs >= 2 && pushed == ids.len());
-    assert!(condemned > 0 && removed > 0, "gc condemned {condemned} and removed {removed} packs in {runs} runs");
+    assert!(
+        condemned > 0 && removed > 0,
+        "gc condemned {condemned} and removed {removed} packs in {runs} runs"
+    );
     let verified = json_ok(at_remote(&s3, &dir.path().join("verify")).args(["verify", "--json"]));
     assert_eq!(verified["clean"], true, "{verified}");
     for (i, (id, image)) in ids.iter().zip(&images).enumerate() {

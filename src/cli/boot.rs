@@ -114,10 +114,9 @@ pub fn run(args: BootArgs, rt: &tokio::runtime::Handle) -> Result<u8, Error> {
     };
     let ended = diskc::boot::boot(&store, &plan, streams).map_err(|e| {
         let context = match &e {
-            BootError::Store(StoreError::NotFound(_)) => format!(
-                "{image:?} is neither a directory nor an image in the store at {}",
-                store.location()
-            ),
+            BootError::Store(StoreError::NotFound(_)) => {
+                format!("{image:?} is neither a directory nor an image in the store at {}", store.location())
+            }
             _ => format!("booting {image}"),
         };
         Error::from(e).context(context)

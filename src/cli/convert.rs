@@ -74,8 +74,7 @@ impl OutputArgs {
     pub fn plan(&self, names: Vec<String>) -> OutputPlan {
         OutputPlan {
             outdir: self.output.clone(),
-            store: (!self.no_store)
-                .then(|| self.store.location()),
+            store: (!self.no_store).then(|| self.store.location()),
             rootfs: RootfsOptions {
                 size: self.size.0,
                 journal: !self.no_journal,

@@ -185,8 +185,8 @@ pub struct StorePutArgs {
 pub fn ls(args: LsArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
     // Nothing stored yet in the default place is an empty list; a --store that is not
     // there is most likely a typo, and an error.
-    let unused_default =
-        args.store.store.is_none() && matches!(args.store.location(), StoreLocation::Dir(root) if !root.exists());
+    let unused_default = args.store.store.is_none()
+        && matches!(args.store.location(), StoreLocation::Dir(root) if !root.exists());
     let images = if unused_default {
         Vec::new()
     } else {

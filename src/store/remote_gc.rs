@@ -108,8 +108,11 @@ impl Store {
         let mut rewrite = PackBuilder::new(Vec::new());
         let mut rewritten = Vec::new();
         for (state, name, entries, size) in packs {
-            let needed: Vec<PackEntry> =
-                entries.iter().filter(|e| live.contains(&e.digest) && !kept.contains(&e.digest)).copied().collect();
+            let needed: Vec<PackEntry> = entries
+                .iter()
+                .filter(|e| live.contains(&e.digest) && !kept.contains(&e.digest))
+                .copied()
+                .collect();
             kept.extend(needed.iter().map(|e| e.digest));
             report.chunks_kept += needed.len() as u64;
             let frame_bytes = size.saturating_sub((FOOTER_BYTES + entries.len() * ENTRY_BYTES) as u64);

@@ -228,13 +228,19 @@ impl Store {
 
     /// Every chunk in the remote's packs, with where it is. Indexes come from the local
     /// cache when present, else from two ranged reads of the pack (footer, index).
-    pub(super) fn remote_chunks(&self, remote: &Remote, condemned: Condemned) -> Result<RemoteChunks, StoreError> {
+    pub(super) fn remote_chunks(
+        &self,
+        remote: &Remote,
+        condemned: Condemned,
+    ) -> Result<RemoteChunks, StoreError> {
         // Markers first: a pack condemned after this listing is seen by the caller's next
         // look (push looks again after its manifest).
         let marked: HashSet<Digest> =
             remote.list(CONDEMNED_DIR)?.iter().filter_map(|l| pack_name(&l.name)).collect();
         let mut packs = remote.list("packs")?;
-        packs.retain(|l| condemned == Condemned::Last || pack_name(&l.name).is_some_and(|n| !marked.contains(&n)));
+        packs.retain(|l| {
+            condemned == Condemned::Last || pack_name(&l.name).is_some_and(|n| !marked.contains(&n))
+        });
         // Condemned packs last, so that a chunk is served from a pack that stays.
         packs.sort_by_key(|l| pack_name(&l.name).is_some_and(|n| marked.contains(&n)));
         let mut out = RemoteChunks::new();
@@ -289,7 +295,11 @@ impl Store {
 
     /// Uploads a pack built in memory and remembers its index, so the next push or pull
     /// does not fetch it back.
-    pub(super) fn upload_pack(&self, remote: &Remote, builder: PackBuilder<Vec<u8>>) -> Result<(), StoreError> {
+    pub(super) fn upload_pack(
+        &self,
+        remote: &Remote,
+        builder: PackBuilder<Vec<u8>>,
+    ) -> Result<(), StoreError> {
         let (bytes, name, _) = builder.finish().map_err(StoreError::io(&self.tmp_dir()))?;
         let index_at = bytes.len() - FOOTER_BYTES;
         let footer =
@@ -350,7 +360,10 @@ pub(super) fn pack_key(name: &Digest) -> String {
 
 /// The image `reference` names in the remote: a full id, a name, or an unambiguous id
 /// prefix. Returns the name too when it was one.
-pub(super) fn resolve_remote(reference: &str, remote: &Remote) -> Result<(ImageId, Option<String>), StoreError> {
+pub(super) fn resolve_remote(
+    reference: &str,
+    remote: &Remote,
+) -> Result<(ImageId, Option<String>), StoreError> {
     if let Ok(id) = reference.parse::<ImageId>() {
         return Ok((id, None));
     }

@@ -131,7 +131,8 @@ impl Store {
                     return Ok(fetched);
                 }
                 // A pack gc removed since the listing (its chunks live on elsewhere).
-                Err(StoreError::Remote { source: object_store::Error::NotFound { .. }, .. }) if attempt == 0 => {}
+                Err(StoreError::Remote { source: object_store::Error::NotFound { .. }, .. })
+                    if attempt == 0 => {}
                 Err(e) => return Err(e),
             }
         }
@@ -291,13 +292,22 @@ impl Store {
     }
 
     /// The upstream's conversion-cache entry for `key`, if its image is still there.
-    pub(super) fn upstream_cache_get(&self, remote: &Remote, key: &str) -> Result<Option<ImageId>, StoreError> {
+    pub(super) fn upstream_cache_get(
+        &self,
+        remote: &Remote,
+        key: &str,
+    ) -> Result<Option<ImageId>, StoreError> {
         let Some(text) = remote.get(&cache_key(key))? else { return Ok(None) };
         let Ok(id) = String::from_utf8_lossy(&text).trim().parse::<ImageId>() else { return Ok(None) };
         Ok(remote.exists(&manifest_key(&id))?.then_some(id))
     }
 
-    pub(super) fn upstream_cache_put(&self, remote: &Remote, key: &str, id: &ImageId) -> Result<(), StoreError> {
+    pub(super) fn upstream_cache_put(
+        &self,
+        remote: &Remote,
+        key: &str,
+        id: &ImageId,
+    ) -> Result<(), StoreError> {
         remote.put(&cache_key(key), Bytes::from(format!("{id}\n")))
     }
 }

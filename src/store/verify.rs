@@ -156,7 +156,8 @@ pub(super) fn judge_images(
             }
         };
         let digests: BTreeSet<Digest> = manifest.chunks().map(|c| c.digest).collect();
-        let damaged_chunks: Vec<Digest> = digests.iter().filter(|d| bad.contains(&d.to_string())).copied().collect();
+        let damaged_chunks: Vec<Digest> =
+            digests.iter().filter(|d| bad.contains(&d.to_string())).copied().collect();
         let missing_chunks: Vec<Digest> = digests.iter().filter(|d| !present.contains(d)).copied().collect();
         if !damaged_chunks.is_empty() || !missing_chunks.is_empty() {
             report.damaged_images.push(DamagedImage {
