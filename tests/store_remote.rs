@@ -237,3 +237,183 @@ fn push_and_pull_killed_at_random_points_leave_both_stores_valid() {
         assert!(kills >= 1, "seed {seed}: no {verb} was killed mid-way");
     }
 }
+
+/// A diskc command against the remote store itself (`--store URL`), cached in `cache`.
+fn at_remote(s3: &S3Server, cache: &Path) -> Command {
+    let mut cmd = s3.diskc(cache);
+    cmd.env_remove("DISKC_STORE").env("XDG_CACHE_HOME", cache).args(["--store", &s3.url()]);
+    cmd
+}
+
+fn packs_in(store: &Path) -> usize {
+    fs::read_dir(store.join("packs")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn every_command_works_on_a_remote_store_through_the_local_cache() {
+    let s3 = S3Server::start();
+    let dir = common::tempdir();
+    let (base, variant, _) = family(dir.path());
+    let cache = dir.path().join("cache");
+    let local = cache.join("diskc");
+
+    // Written into the remote store: it lands locally, then on the remote.
+    let base_id = json_ok(at_remote(&s3, &cache).args(["store-put", "--json"]).arg(&base))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    common::run_ok(at_remote(&s3, &cache).args(["tag", &base_id, "team/base"]));
+
+    // Another machine, with an empty cache, sees it by name.
+    let other = dir.path().join("other");
+    let listed = json_ok(at_remote(&s3, &other).args(["ls", "--json"]));
+    let images = listed["images"].as_array().unwrap();
+    assert_eq!(images.len(), 1, "{listed}");
+    assert_eq!(images[0]["id"], base_id.as_str());
+    assert_eq!(images[0]["names"][0], "team/base:latest");
+    let inspected = json_ok(at_remote(&s3, &other).args(["inspect", "--json", "team/base"]));
+    assert_eq!(inspected["images"][0]["id"], base_id.as_str());
+    assert_eq!(packs_in(&other.join("diskc")), 0, "ls and inspect fetched chunks");
+
+    // export fetches the chunks once; the second export reads the cache only.
+    let out = dir.path().join("out.img");
+    common::run_ok(at_remote(&s3, &other).args(["export", "team/base", "-o"]).arg(&out));
+    assert_eq!(fs::read(&out).unwrap(), fs::read(&base).unwrap());
+    let packs = packs_in(&other.join("diskc"));
+    assert!(packs > 0);
+    common::run_ok(at_remote(&s3, &other).args(["export", &base_id[..12], "-o"]).arg(&out));
+    assert_eq!(packs_in(&other.join("diskc")), packs, "a second export fetched again");
+    // The cached chunks are not images of the local store.
+    let local_ls = json_ok(s3.diskc(&other.join("diskc")).args(["ls", "--json"]));
+    assert_eq!(local_ls["images"].as_array().unwrap().len(), 0, "{local_ls}");
+
+    // A variant put through another cache reaches the first machine too.
+    let variant_id = json_ok(at_remote(&s3, &other).args(["store-put", "--json"]).arg(&variant))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = packs_in(&local);
+    common::run_ok(at_remote(&s3, &cache).args(["export", &variant_id, "-o"]).arg(&out));
+    assert_eq!(fs::read(&out).unwrap(), fs::read(&variant).unwrap());
+    assert_eq!(packs_in(&local), before + 1, "the variant's new chunks come as one pack");
+
+    let verified = json_ok(at_remote(&s3, &cache).args(["verify", "--json"]));
+    assert_eq!(verified["clean"], true, "{verified}");
+    assert_eq!(verified["report"]["images_checked"], 2);
+
+    // rm by name removes the image on the remote; the other one stays whole.
+    let removed = json_ok(at_remote(&s3, &cache).args(["rm", "--json", "team/base"]));
+    assert_eq!(removed["removed"][0]["deleted"], true, "{removed}");
+    let listed = json_ok(at_remote(&s3, &other).args(["ls", "--json"]));
+    assert_eq!(listed["images"].as_array().unwrap().len(), 1, "{listed}");
+    let gone = at_remote(&s3, &other).args(["export", "team/base", "-o"]).arg(&out).output().unwrap();
+    assert_eq!(gone.status.code(), Some(2), "{}", String::from_utf8_lossy(&gone.stderr));
+}
+
+#[test]
+fn verify_of_a_remote_store_names_the_damaged_image() {
+    let s3 = S3Server::start();
+    let dir = common::tempdir();
+    let (base, variant, _) = family(dir.path());
+    let cache = dir.path().join("cache");
+    let base_id = put(&s3, &cache.join("diskc"), &base);
+    common::run_ok(s3.diskc(&cache.join("diskc")).args(["tag", &base_id, "team/base"]));
+    transfer(&s3, &cache.join("diskc"), "push", "team/base");
+    let variant_id = put(&s3, &cache.join("diskc"), &variant);
+    transfer(&s3, &cache.join("diskc"), "push", &variant_id);
+    // The pack holding only the variant's own chunks (pushed second) is damaged on the server.
+    let packs_dir = s3._root.path().join(BUCKET).join("team/packs");
+    let mut packs: Vec<_> = fs::read_dir(&packs_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    packs.sort_by_key(|p| fs::metadata(p).unwrap().modified().unwrap());
+    let mut bytes = fs::read(packs.last().unwrap()).unwrap();
+    bytes[100] ^= 0xff;
+    fs::write(packs.last().unwrap(), bytes).unwrap();
+
+    let out = at_remote(&s3, &cache).args(["verify", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let damaged = report["report"]["damaged_images"].as_array().unwrap();
+    assert_eq!(damaged.len(), 1, "{report}");
+    assert_eq!(damaged[0]["id"], variant_id.as_str());
+    assert!(!damaged[0]["damaged_chunks"].as_array().unwrap().is_empty(), "{report}");
+}
+
+/// A chain of images, each sharing 2 MiB with the one before and holding 4 MiB of its own:
+/// pushing image i+1 relies on the pack the push of image i added, which removing image i
+/// leaves mostly dead (gc copies the shared part out and condemns it).
+fn chain(dir: &Path, len: usize) -> Vec<PathBuf> {
+    let segments: Vec<Vec<u8>> = (0..=len).map(|i| bytes(100 + i as u64, 2 * MIB as usize)).collect();
+    (0..len)
+        .map(|i| {
+            let path = dir.join(format!("chain{i}.img"));
+            let own = bytes(200 + i as u64, 4 * MIB as usize);
+            sparse_file(&path, 16 * MIB, &[(0, &segments[i]), (4 * MIB, &segments[i + 1]), (8 * MIB, &own)]);
+            path
+        })
+        .collect()
+}
+
+#[test]
+fn gc_of_a_remote_store_beside_pushes_loses_nothing() {
+    let s3 = S3Server::start();
+    let dir = common::tempdir();
+    let images = chain(dir.path(), 8);
+    let here = dir.path().join("here");
+    let ids: Vec<String> = images.iter().map(|image| put(&s3, &here, image)).collect();
+    let gc_cache = dir.path().join("gc");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (gc_runs, pushed) = std::thread::scope(|scope| {
+        let gc = scope.spawn(|| {
+            let (mut runs, mut condemned, mut removed) = (0, 0, 0);
+            // Grace 0: every pack is old enough to condemn and every marker to act on, the
+            // hardest case for the pushes beside it.
+            // Three more runs once the pushes are done: the first rescues packs a push came to
+            // rely on and condemns the dead ones, the second condemns the dead part of those
+            // rescued and removes the rest, the third removes what is left.
+            let mut quiet_runs = 0;
+            while quiet_runs < 3 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    quiet_runs += 1;
+                }
+                let report = json_ok(at_remote(&s3, &gc_cache).args(["gc", "--json", "--grace", "0s"]));
+                condemned += report["packs_condemned"].as_u64().unwrap();
+                removed += report["packs_removed"].as_u64().unwrap();
+                runs += 1;
+            }
+            (runs, condemned, removed)
+        });
+        for (i, id) in ids.iter().enumerate() {
+            transfer(&s3, &here, "push", id);
+            // Odd images go at once: the pack their push added turns dead while the next
+            // push, which shares those chunks, relies on it.
+            if i % 2 == 1 && i + 1 < ids.len() {
+                common::run_ok(at_remote(&s3, &gc_cache).args(["rm", id]));
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        (gc.join().unwrap(), ids.len())
+    });
+    let (runs, condemned, removed) = gc_runs;
+    assert!(runs >= 2 && pushed == ids.len());
+    assert!(
+        condemned > 0 && removed > 0,
+        "gc condemned {condemned} and removed {removed} packs in {runs} runs"
+    );
+    let verified = json_ok(at_remote(&s3, &dir.path().join("verify")).args(["verify", "--json"]));
+    assert_eq!(verified["clean"], true, "{verified}");
+    for (i, (id, image)) in ids.iter().zip(&images).enumerate() {
+        let kept = i % 2 == 0 || i + 1 == ids.len();
+        if !kept {
+            continue;
+        }
+        let fresh = dir.path().join(format!("fresh{i}"));
+        transfer(&s3, &fresh, "pull", id);
+        let out = dir.path().join("out.img");
+        assert!(exported(&s3, &fresh, id, &out) == fs::read(image).unwrap(), "image {i} differs after gc");
+        assert_verify_clean(&s3, &fresh, &format!("image {i}"));
+    }
+    // Given time, gc leaves only live packs: every condemned one went.
+    let condemned = s3._root.path().join(BUCKET).join("team/condemned");
+    let left = fs::read_dir(&condemned).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "condemned packs left after three quiet gc runs");
+}

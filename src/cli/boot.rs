@@ -82,7 +82,7 @@ pub struct BootArgs {
     pub cmd: Vec<OsString>,
 }
 
-pub fn run(args: BootArgs) -> Result<u8, Error> {
+pub fn run(args: BootArgs, rt: &tokio::runtime::Handle) -> Result<u8, Error> {
     let image = args.image.clone();
     let plan = BootPlan::new(BootRequest {
         image: args.image,
@@ -104,7 +104,7 @@ pub fn run(args: BootArgs) -> Result<u8, Error> {
         modules: args.modules,
         cmd: args.cmd,
     })?;
-    let store = args.store.open()?;
+    let store = args.store.open(rt)?;
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr();
     let streams = Streams {
@@ -114,10 +114,9 @@ pub fn run(args: BootArgs) -> Result<u8, Error> {
     };
     let ended = diskc::boot::boot(&store, &plan, streams).map_err(|e| {
         let context = match &e {
-            BootError::Store(StoreError::NotFound(_)) => format!(
-                "{image:?} is neither a directory nor an image in the store at {}",
-                store.root().display()
-            ),
+            BootError::Store(StoreError::NotFound(_)) => {
+                format!("{image:?} is neither a directory nor an image in the store at {}", store.location())
+            }
             _ => format!("booting {image}"),
         };
         Error::from(e).context(context)

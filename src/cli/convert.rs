@@ -74,8 +74,7 @@ impl OutputArgs {
     pub fn plan(&self, names: Vec<String>) -> OutputPlan {
         OutputPlan {
             outdir: self.output.clone(),
-            store: (!self.no_store)
-                .then(|| self.store.store.clone().unwrap_or_else(OutputPlan::default_store)),
+            store: (!self.no_store).then(|| self.store.location()),
             rootfs: RootfsOptions {
                 size: self.size.0,
                 journal: !self.no_journal,

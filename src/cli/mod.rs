@@ -48,9 +48,10 @@ pub struct GlobalArgs {
     /// More logging on stderr (-v, -vv); RUST_LOG works too.
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// The store's directory, for every command that uses one (a subcommand's own --store
-    /// wins) [default: $DISKC_STORE, else $XDG_CACHE_HOME/diskc, else ~/.cache/diskc].
-    #[arg(long, value_name = "DIR")]
+    /// The store, for every command that uses one (a subcommand's own --store wins): a
+    /// directory, or s3://BUCKET[/PREFIX] or file:///PATH, read and written through the local
+    /// store [default: $DISKC_STORE, else $XDG_CACHE_HOME/diskc, else ~/.cache/diskc].
+    #[arg(long, value_name = "DIR|URL")]
     pub store: Option<PathBuf>,
 }
 
@@ -107,21 +108,21 @@ pub fn run(mut cli: Cli, rt: &Handle) -> Result<u8, Error> {
         Command::Build(args) => build::run(args, global, rt),
         Command::Convert(args) => convert::run(args, global, rt),
         Command::Mkfs(args) => mkfs::run(args, global),
-        Command::Boot(args) => boot::run(args),
-        Command::Ls(args) => store::ls(args, global),
-        Command::Inspect(args) => store::inspect(args, global),
-        Command::Export(args) => store::export(args, global),
-        Command::Tag(args) => store::tag(args, global),
-        Command::Rm(args) => store::rm(args, global),
-        Command::Prune(args) => store::prune(args, global),
-        Command::Gc(args) => store::gc(args, global),
-        Command::Verify(args) => store::verify(args, global),
+        Command::Boot(args) => boot::run(args, rt),
+        Command::Ls(args) => store::ls(args, global, rt),
+        Command::Inspect(args) => store::inspect(args, global, rt),
+        Command::Export(args) => store::export(args, global, rt),
+        Command::Tag(args) => store::tag(args, global, rt),
+        Command::Rm(args) => store::rm(args, global, rt),
+        Command::Prune(args) => store::prune(args, global, rt),
+        Command::Gc(args) => store::gc(args, global, rt),
+        Command::Verify(args) => store::verify(args, global, rt),
         Command::Completion(args) => generate::completion(args),
         Command::Man(args) => generate::man(args, global),
         Command::Push(args) => transfer::push(args, global, rt),
         Command::Pull(args) => transfer::pull(args, global, rt),
-        Command::Store(args) => store_admin::run(args, global),
-        Command::StorePut(args) => store::store_put(args, global),
+        Command::Store(args) => store_admin::run(args, global, rt),
+        Command::StorePut(args) => store::store_put(args, global, rt),
     }
 }
 

@@ -6,13 +6,15 @@
 //! exists: a mistyped `--store` is an error naming the path, not a new empty store.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use serde_json::json;
 
 use diskc::error::{Error, ResultExt, UsageError};
 use diskc::source::reference::with_default_tag;
-use diskc::store::{Chunking, ImageId, ImageRecord, Store};
+use diskc::store::{Chunking, ImageId, ImageRecord, Store, StoreLocation};
+use tokio::runtime::Handle;
 
 use super::listing::{self, human_bytes, rfc3339, Filter, Format};
 use super::{output, CliError, GlobalArgs};
@@ -20,33 +22,40 @@ use super::{output, CliError, GlobalArgs};
 /// Where the store lives; shared by every command that uses it.
 #[derive(Args, Clone, Debug)]
 pub struct StoreArgs {
-    /// The store's directory [default: $DISKC_STORE, else $XDG_CACHE_HOME/diskc, else
-    /// ~/.cache/diskc].
-    #[arg(long, value_name = "DIR")]
+    /// The store: a directory, or a remote store read and written through the local one,
+    /// s3://BUCKET[/PREFIX] (configured by AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP) or file:///PATH [default:
+    /// $DISKC_STORE, else $XDG_CACHE_HOME/diskc, else ~/.cache/diskc].
+    #[arg(long, value_name = "DIR|URL")]
     pub store: Option<PathBuf>,
 }
 
 impl StoreArgs {
-    fn root(&self) -> PathBuf {
-        self.store.clone().unwrap_or_else(Store::default_root)
+    /// The store named by --store, else by the environment.
+    pub fn location(&self) -> StoreLocation {
+        self.store.clone().map_or_else(StoreLocation::from_env, StoreLocation::from)
     }
 
     /// Opens the store, creating it if absent (for the commands that put images in it).
-    pub fn open(&self) -> Result<Store, Error> {
-        let root = self.root();
-        if root.exists() && !root.is_dir() {
-            return Err(CliError::StoreNotADirectory(root).into());
+    pub fn open(&self, rt: &Handle) -> Result<Store, Error> {
+        let location = self.location();
+        if let StoreLocation::Dir(root) = &location {
+            if root.exists() && !root.is_dir() {
+                return Err(CliError::StoreNotADirectory(root.clone()).into());
+            }
         }
-        Store::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))
+        location.open(rt).with_context(|| format!("cannot open the store at {location}"))
     }
 
-    /// Opens a store that exists; never creates one.
-    pub fn open_existing(&self) -> Result<Store, Error> {
-        let root = self.root();
-        if !root.exists() {
-            return Err(CliError::NoStore(root).into());
+    /// Opens a store that exists; never creates one. A remote store always exists (an
+    /// empty one holds no images).
+    pub fn open_existing(&self, rt: &Handle) -> Result<Store, Error> {
+        if let StoreLocation::Dir(root) = self.location() {
+            if !root.exists() {
+                return Err(CliError::NoStore(root).into());
+            }
         }
-        self.open()
+        self.open(rt)
     }
 }
 
@@ -129,12 +138,24 @@ pub struct PruneArgs {
     /// Only images stored longer ago than this: 90s, 15m, 24h, 7d, 2w.
     #[arg(long, value_name = "DURATION", value_parser = listing::parse_duration)]
     pub until: Option<u64>,
+    /// On a remote store: spare packs, names and cache entries younger than this, and
+    /// remove a condemned pack only this long after condemning it (pushes running beside gc
+    /// must finish within it): 90s, 15m, 24h, 7d, 2w. A local store has its lock and needs
+    /// no grace.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = listing::parse_duration)]
+    pub grace: u64,
 }
 
 #[derive(Args, Debug)]
 pub struct GcArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    /// On a remote store: spare packs, names and cache entries younger than this, and
+    /// remove a condemned pack only this long after condemning it (pushes running beside gc
+    /// must finish within it): 90s, 15m, 24h, 7d, 2w. A local store has its lock and needs
+    /// no grace.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = listing::parse_duration)]
+    pub grace: u64,
 }
 
 #[derive(Args, Debug)]
@@ -161,14 +182,15 @@ pub struct StorePutArgs {
     pub chunking: Chunking,
 }
 
-pub fn ls(args: LsArgs, global: &GlobalArgs) -> Result<u8, Error> {
-    let root = args.store.root();
+pub fn ls(args: LsArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
     // Nothing stored yet in the default place is an empty list; a --store that is not
     // there is most likely a typo, and an error.
-    let images = if args.store.store.is_none() && !root.exists() {
+    let unused_default = args.store.store.is_none()
+        && matches!(args.store.location(), StoreLocation::Dir(root) if !root.exists());
+    let images = if unused_default {
         Vec::new()
     } else {
-        let store = args.store.open_existing()?;
+        let store = args.store.open_existing(rt)?;
         let filters: Vec<Filter> = args.filter.into_iter().flatten().collect();
         listing::apply(&store, store.ls()?, &filters)?
     };
@@ -177,8 +199,8 @@ pub fn ls(args: LsArgs, global: &GlobalArgs) -> Result<u8, Error> {
     Ok(0)
 }
 
-pub fn inspect(args: InspectArgs, global: &GlobalArgs) -> Result<u8, Error> {
-    let store = args.store.open_existing()?;
+pub fn inspect(args: InspectArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
+    let store = args.store.open_existing(rt)?;
     let summaries = store.ls()?;
     let mut records = Vec::new();
     for reference in &args.images {
@@ -248,7 +270,7 @@ fn inspect_summary(
     }
 }
 
-pub fn export(args: ExportArgs, global: &GlobalArgs) -> Result<u8, Error> {
+pub fn export(args: ExportArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
     if args.output.as_os_str() == "-" {
         return Err(UsageError(
             "-o -: the rootfs is written sparse and needs a file it can seek in; give a file path \
@@ -265,7 +287,7 @@ pub fn export(args: ExportArgs, global: &GlobalArgs) -> Result<u8, Error> {
         ))
         .into());
     }
-    let store = args.store.open_existing()?;
+    let store = args.store.open_existing(rt)?;
     let id = store.resolve(&args.image)?;
     store
         .export_rootfs(&id, &args.output)
@@ -288,8 +310,8 @@ pub fn export(args: ExportArgs, global: &GlobalArgs) -> Result<u8, Error> {
     Ok(0)
 }
 
-pub fn tag(args: TagArgs, global: &GlobalArgs) -> Result<u8, Error> {
-    let store = args.store.open_existing()?;
+pub fn tag(args: TagArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
+    let store = args.store.open_existing(rt)?;
     let mut tagged = Vec::new();
     for name in &args.names {
         tagged.push((store.tag(&args.image, name)?, with_default_tag(name)));
@@ -305,8 +327,8 @@ pub fn tag(args: TagArgs, global: &GlobalArgs) -> Result<u8, Error> {
     Ok(0)
 }
 
-pub fn rm(args: RmArgs, global: &GlobalArgs) -> Result<u8, Error> {
-    let store = args.store.open_existing()?;
+pub fn rm(args: RmArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
+    let store = args.store.open_existing(rt)?;
     let mut removed = Vec::new();
     for image in &args.images {
         let done = store.rm(image)?;
@@ -333,8 +355,8 @@ fn print_removed(removed: &diskc::store::Removed) {
 
 /// Removes images without a name (`--all`: every image) stored longer ago than `--until`,
 /// then collects the chunks nothing uses any more.
-pub fn prune(args: PruneArgs, global: &GlobalArgs) -> Result<u8, Error> {
-    let store = args.store.open_existing()?;
+pub fn prune(args: PruneArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
+    let store = args.store.open_existing(rt)?;
     let now = listing::now();
     let mut removed = Vec::new();
     for image in store.ls()? {
@@ -343,7 +365,7 @@ pub fn prune(args: PruneArgs, global: &GlobalArgs) -> Result<u8, Error> {
             removed.push(store.rm(&image.id.to_string())?);
         }
     }
-    let report = store.gc()?;
+    let report = store.gc_with_grace(Duration::from_secs(args.grace))?;
     if global.json {
         output::json("prune", json!({ "removed": removed, "gc": report }));
     } else if !global.quiet {
@@ -360,8 +382,9 @@ pub fn prune(args: PruneArgs, global: &GlobalArgs) -> Result<u8, Error> {
     Ok(0)
 }
 
-pub fn gc(args: GcArgs, global: &GlobalArgs) -> Result<u8, Error> {
-    let report = args.store.open_existing()?.gc()?;
+pub fn gc(args: GcArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
+    let store = args.store.open_existing(rt)?;
+    let report = store.gc_with_grace(Duration::from_secs(args.grace))?;
     if global.json {
         output::json("gc", serde_json::to_value(&report).expect("a report serializes"));
     } else if !global.quiet {
@@ -373,13 +396,24 @@ pub fn gc(args: GcArgs, global: &GlobalArgs) -> Result<u8, Error> {
             report.temp_files_removed,
             report.stale_entries_removed
         ));
+        if store.upstream().is_some() {
+            output::line(format!(
+                "packs: {} removed, {} condemned (removed by a gc after the grace period), {} rescued, \
+                 {} spared as young, {} written",
+                report.packs_removed,
+                report.packs_condemned,
+                report.packs_rescued,
+                report.packs_spared,
+                report.packs_written
+            ));
+        }
     }
     Ok(0)
 }
 
 /// Exits 2 when anything is damaged.
-pub fn verify(args: VerifyArgs, global: &GlobalArgs) -> Result<u8, Error> {
-    let report = args.store.open_existing()?.verify()?;
+pub fn verify(args: VerifyArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
+    let report = args.store.open_existing(rt)?.verify()?;
     let code = if report.is_clean() { 0 } else { 2 };
     if global.json {
         output::json("verify", json!({"clean": report.is_clean(), "report": report}));
@@ -412,8 +446,8 @@ pub fn verify(args: VerifyArgs, global: &GlobalArgs) -> Result<u8, Error> {
     Ok(code)
 }
 
-pub fn store_put(args: StorePutArgs, global: &GlobalArgs) -> Result<u8, Error> {
-    let store = args.store.open()?.with_chunking(args.chunking);
+pub fn store_put(args: StorePutArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
+    let store = args.store.open(rt)?.with_chunking(args.chunking);
     let mut boot = Vec::new();
     if let Some(kernel) = &args.kernel {
         boot.push(("kernel", kernel.as_path()));

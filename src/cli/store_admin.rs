@@ -3,7 +3,9 @@
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use diskc::error::Error;
+use diskc::error::{Error, UsageError};
+use diskc::store::StoreLocation;
+use tokio::runtime::Handle;
 
 use super::store::StoreArgs;
 use super::GlobalArgs;
@@ -27,9 +29,15 @@ pub struct MigrateArgs {
     pub store: StoreArgs,
 }
 
-pub fn run(args: StoreAdminArgs, global: &GlobalArgs) -> Result<u8, Error> {
+pub fn run(args: StoreAdminArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
     let StoreAdminCommand::Migrate(args) = args.command;
-    let store = args.store.open_existing()?;
+    if let StoreLocation::Remote(url) = args.store.location() {
+        return Err(UsageError(format!(
+            "--store {url}: store migrate upgrades a local store directory; a remote store holds packs only"
+        ))
+        .into());
+    }
+    let store = args.store.open_existing(rt)?;
     let report = store.migrate()?;
     if global.json {
         super::output::json("store migrate", json!({ "report": report }));

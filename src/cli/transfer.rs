@@ -33,7 +33,7 @@ pub fn pull(args: TransferArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, 
 
 fn run(args: TransferArgs, global: &GlobalArgs, rt: &Handle, verb: &str) -> Result<u8, Error> {
     // Push reads this store and must not create one; pull fills it.
-    let store = if verb == "push" { args.store.open_existing()? } else { args.store.open()? };
+    let store = if verb == "push" { args.store.open_existing(rt)? } else { args.store.open(rt)? };
     let remote = Remote::open(&args.remote, rt)?;
     let quiet = global.quiet || global.json;
     let progress = |p: TransferProgress| {

@@ -56,7 +56,7 @@ fn run(
     if let Some(outdir) = &output.outdir {
         check_outdir(outdir)?;
     }
-    let store = output.store.as_deref().map(Store::open).transpose()?;
+    let store = output.store.as_ref().map(|location| location.open(rt)).transpose()?;
 
     let opened = source::open(rt, &plan.source, &plan.platform)?;
     let bytes = opened.resolved().layers.iter().map(|l| l.size).sum::<Option<u64>>();

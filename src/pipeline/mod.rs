@@ -28,7 +28,7 @@ use crate::build::BuildEvent;
 use crate::error::{Classify, ErrorKind};
 use crate::ext4;
 use crate::source::{SourceError, SourceRef};
-use crate::store::{Store, StoreError};
+use crate::store::{StoreError, StoreLocation};
 use crate::tree::flatten::FlattenError;
 
 pub use build::{build, Built};
@@ -53,8 +53,9 @@ pub struct ConvertPlan {
 pub struct OutputPlan {
     /// Where `rootfs.ext4`, `manifest.json` and the boot files go, if anywhere.
     pub outdir: Option<PathBuf>,
-    /// The store to keep the image in (and to answer from, on a cache hit), if any.
-    pub store: Option<PathBuf>,
+    /// The store to keep the image in (and to answer from, on a cache hit), if any: a
+    /// directory, or a remote store written through the local one.
+    pub store: Option<StoreLocation>,
     pub rootfs: RootfsOptions,
     /// The kernel to boot with; without one, the image's own `/boot/vmlinuz-*` if it has
     /// one, else the image gets no boot part.
@@ -68,8 +69,8 @@ pub struct OutputPlan {
 
 impl OutputPlan {
     /// The store at its default place (`$DISKC_STORE`, `$XDG_CACHE_HOME/diskc`...).
-    pub fn default_store() -> PathBuf {
-        Store::default_root()
+    pub fn default_store() -> StoreLocation {
+        StoreLocation::from_env()
     }
 
     /// A plan that cannot be carried out is refused before any work starts.

@@ -12,7 +12,7 @@ use crate::fileio;
 impl Store {
     /// Writes `bytes` to `dest` atomically: temp file in the store, fsync, rename. The caller
     /// fsyncs `dest`'s directory when the rename itself must be durable.
-    fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    pub(super) fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         let tmp_dir = self.tmp_dir();
         let mut tmp = tempfile::Builder::new()
             .prefix(&temp_prefix("w"))

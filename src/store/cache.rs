@@ -10,6 +10,9 @@ use super::{ImageId, Store, StoreError};
 impl Store {
     /// The image a conversion with this key produced, if it is still in the store.
     pub fn cache_get(&self, key: &str) -> Result<Option<ImageId>, StoreError> {
+        if let Some(remote) = &self.upstream {
+            return self.upstream_cache_get(remote, key);
+        }
         let path = self.cache_path(key);
         let text = match fs::read_to_string(&path) {
             Ok(text) => text,
@@ -22,6 +25,9 @@ impl Store {
 
     /// Records that the conversion with this key produced `id`.
     pub fn cache_put(&self, key: &str, id: &ImageId) -> Result<(), StoreError> {
+        if let Some(remote) = &self.upstream {
+            return self.upstream_cache_put(remote, key, id);
+        }
         let _lock = self.shared_lock()?;
         self.write_atomic_durable(&self.cache_path(key), format!("{id}\n").as_bytes())
     }

@@ -14,6 +14,9 @@ use crate::fileio;
 impl Store {
     /// The manifest of an image.
     pub fn image(&self, id: &ImageId) -> Result<StoredImage, StoreError> {
+        if let Some(remote) = &self.upstream {
+            return parse_manifest(id, &self.upstream_manifest(remote, id)?);
+        }
         let path = self.manifest_path(id);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
@@ -45,17 +48,20 @@ impl Store {
 
     fn export_stored(&self, stored: &StoredFile, out: &Path) -> Result<(), StoreError> {
         let _lock = self.shared_lock()?;
+        // From a remote store: the chunks the local store lacks, in one go.
+        let digests: Vec<Digest> = stored.chunks.iter().map(|c| c.digest).collect();
+        self.fetch_missing(&digests)?;
         self.refresh_packs()?;
         let file = File::create(out).map_err(StoreError::io(out))?;
         file.set_len(stored.size).map_err(StoreError::io(out))?;
         stored.chunks.par_iter().try_for_each(|chunk| {
-            let data = self.read_chunk(chunk)?;
+            let data = self.read_local_chunk(chunk)?;
             fileio::write_sparse(&file, &data, chunk.offset).map_err(StoreError::io(out))
         })
     }
 
-    /// A chunk's bytes, checked against its digest.
-    pub(super) fn read_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>, StoreError> {
+    /// A chunk's bytes from the local store, checked against its digest.
+    pub(super) fn read_local_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>, StoreError> {
         let compressed = self.read_frame(&chunk.digest)?;
         let data = decode_chunk(&chunk.digest, &compressed)?;
         if data.len() as u64 != chunk.size {

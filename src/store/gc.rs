@@ -28,6 +28,12 @@ pub struct GcReport {
     pub packs_removed: u64,
     /// New packs holding the live chunks of rewritten ones.
     pub packs_written: u64,
+    /// Remote only: packs marked for removal by a later gc (see `remote_gc`).
+    pub packs_condemned: u64,
+    /// Remote only: condemned packs kept because an image written since needs them.
+    pub packs_rescued: u64,
+    /// Remote only: packs left alone for being younger than the grace period.
+    pub packs_spared: u64,
     pub temp_files_removed: u64,
     pub stale_entries_removed: u64,
 }
@@ -64,6 +70,9 @@ impl Store {
     /// unreferenced. A new pack is durable before the packs it replaces are removed, so a
     /// crash leaves at worst a chunk stored twice (the next gc drops the copy).
     pub fn gc(&self) -> Result<GcReport, StoreError> {
+        if let Some(remote) = &self.upstream {
+            return self.gc_remote(remote, super::DEFAULT_GRACE);
+        }
         let _lock = self.exclusive_lock()?;
         let mut report = GcReport::default();
         let mut live: HashSet<Digest> = HashSet::new();

@@ -16,6 +16,8 @@
 //! images/<id>.json.zst zstd frame of the canonical manifest; its sha256 is <id>
 //! names/<name>         an image id (name percent-encoded)
 //! cache/<sha256(key)>  an image id
+//! remote-index/<name>.idx      a remote pack's index and footer, as fetched (see `transfer`)
+//! remote-images/<id>.json.zst  a remote image's manifest, as fetched (see `upstream`)
 //! ```
 //!
 //! Crash safety: every file is written to `tmp/`, made durable and renamed into place. A put
@@ -53,13 +55,15 @@ mod pack;
 mod packs;
 mod put;
 mod remote;
+mod remote_gc;
 mod transfer;
+mod upstream;
 mod verify;
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::digest::Digest;
 use crate::error::{Classify, ErrorKind};
@@ -71,7 +75,9 @@ use names::encode_name;
 pub use names::{ImageSummary, Removed};
 pub use put::PutProgress;
 pub use remote::{is_remote, Remote};
+pub use remote_gc::DEFAULT_GRACE;
 pub use transfer::{Transfer, TransferProgress};
+pub use upstream::StoreLocation;
 pub use verify::{DamagedImage, VerifyReport};
 
 #[derive(Debug, thiserror::Error)]
@@ -123,25 +129,39 @@ impl Classify for StoreError {
 }
 
 /// An open store: a path, the chunking choice and the chunk → pack index, loaded at first
-/// use and shared by clones.
+/// use and shared by clones. A store opened at a URL is the local store at `root` in front
+/// of an upstream [`Remote`]: images, names and cache entries are the remote's, chunks are
+/// read through the local packs (see `upstream`).
 #[derive(Clone)]
 pub struct Store {
     root: PathBuf,
     chunking: Chunking,
     packs: Arc<RwLock<packs::PackIndex>>,
+    upstream: Option<Arc<Remote>>,
+    /// Where the upstream's chunks are, as last listed (loaded at the first fetch).
+    upstream_chunks: Arc<Mutex<Option<Arc<transfer::RemoteChunks>>>>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("root", &self.root).field("chunking", &self.chunking).finish()
+        f.debug_struct("Store")
+            .field("root", &self.root)
+            .field("upstream", &self.upstream.as_ref().map(|r| r.url()))
+            .field("chunking", &self.chunking)
+            .finish()
     }
 }
 
 impl Store {
     /// Opens the store at `root`, creating its layout if absent.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        let store =
-            Store { root: root.to_path_buf(), chunking: Chunking::DEFAULT, packs: Default::default() };
+        let store = Store {
+            root: root.to_path_buf(),
+            chunking: Chunking::DEFAULT,
+            packs: Default::default(),
+            upstream: None,
+            upstream_chunks: Default::default(),
+        };
         for dir in ["tmp", "packs", "images", "names", "cache"] {
             let path = root.join(dir);
             fs::create_dir_all(&path).map_err(StoreError::io(&path))?;
@@ -161,10 +181,11 @@ impl Store {
         &self.root
     }
 
-    /// `DISKC_STORE`, else `$XDG_CACHE_HOME/diskc`, else `~/.cache/diskc`.
+    /// The local store's directory: `DISKC_STORE` when it names a directory (not a URL),
+    /// else `$XDG_CACHE_HOME/diskc`, else `~/.cache/diskc`. A remote store is cached here.
     pub fn default_root() -> PathBuf {
         let set = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
-        if let Some(root) = set("DISKC_STORE") {
+        if let Some(root) = set("DISKC_STORE").filter(|r| !r.to_str().is_some_and(is_remote)) {
             return root;
         }
         if let Some(cache) = set("XDG_CACHE_HOME").filter(|p| p.is_absolute()) {

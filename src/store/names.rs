@@ -44,6 +44,9 @@ impl Store {
     /// The image an unambiguous id prefix (optionally `sha256:`-prefixed) or a name refers to.
     /// A name wins over an id prefix that happens to spell it.
     pub fn resolve(&self, reference: &str) -> Result<ImageId, StoreError> {
+        if let Some(remote) = &self.upstream {
+            return self.upstream_resolve(remote, reference);
+        }
         if let Some((_, id)) = self.resolve_name(reference)? {
             return Ok(id);
         }
@@ -93,6 +96,9 @@ impl Store {
 
     /// Every image id in the store, sorted.
     pub fn ids(&self) -> Result<Vec<ImageId>, StoreError> {
+        if let Some(remote) = &self.upstream {
+            return self.upstream_ids(remote);
+        }
         let dir = self.root.join("images");
         let mut ids = Vec::new();
         for entry in fs::read_dir(&dir).map_err(StoreError::io(&dir))? {
@@ -109,6 +115,9 @@ impl Store {
 
     /// Every name, with the id it points at.
     pub fn names(&self) -> Result<BTreeMap<String, ImageId>, StoreError> {
+        if let Some(remote) = &self.upstream {
+            return self.upstream_names(remote);
+        }
         let dir = self.root.join("names");
         let mut names = BTreeMap::new();
         for entry in fs::read_dir(&dir).map_err(StoreError::io(&dir))? {
@@ -140,8 +149,12 @@ impl Store {
     pub fn tag(&self, reference: &str, name: &str) -> Result<ImageId, StoreError> {
         validate_name(name).map_err(|reason| StoreError::InvalidName { name: name.to_string(), reason })?;
         let name = with_default_tag(name);
-        let _lock = self.shared_lock()?;
         let id = self.resolve(reference)?;
+        if let Some(remote) = &self.upstream {
+            self.upstream_tag(remote, &id, &name)?;
+            return Ok(id);
+        }
+        let _lock = self.shared_lock()?;
         self.write_atomic_durable(&self.name_path(&name), format!("{id}\n").as_bytes())?;
         Ok(id)
     }
@@ -150,6 +163,9 @@ impl Store {
     /// image with it when it was the image's last name; an id removes the image with every
     /// name. Cache entries pointing at a removed image go too; its chunks stay until `gc`.
     pub fn rm(&self, reference: &str) -> Result<Removed, StoreError> {
+        if let Some(remote) = &self.upstream {
+            return self.upstream_rm(remote, reference);
+        }
         let _lock = self.shared_lock()?;
         let names_of = |id: &ImageId| -> Result<Vec<String>, StoreError> {
             Ok(self.names_by_id()?.remove(id).unwrap_or_default())
@@ -186,6 +202,9 @@ impl Store {
 
     /// One summary per image, oldest first.
     pub fn ls(&self) -> Result<Vec<ImageSummary>, StoreError> {
+        if let Some(remote) = &self.upstream {
+            return self.upstream_ls(remote);
+        }
         self.refresh_packs()?;
         let mut names = self.names_by_id()?;
         let mut out = Vec::new();
@@ -245,7 +264,7 @@ pub(super) fn encode_name(name: &str) -> String {
     out
 }
 
-fn decode_name(file_name: &str) -> Option<String> {
+pub(super) fn decode_name(file_name: &str) -> Option<String> {
     let bytes = file_name.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::fs::File;
+use std::fs::{self, File};
 use std::io;
 use std::path::Path;
 use std::sync::mpsc::sync_channel;
@@ -122,6 +122,10 @@ impl Store {
             let compressed =
                 zstd::bulk::compress(&bytes, MANIFEST_ZSTD_LEVEL).map_err(StoreError::io(&path))?;
             self.write_atomic_durable(&path, &compressed)?;
+        }
+        // Into a remote store: what landed here goes there, manifest last.
+        if self.upstream.is_some() {
+            self.publish(&id, fs::read(&path).map_err(StoreError::io(&path))?)?;
         }
         Ok(id)
     }

@@ -16,6 +16,7 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -28,6 +29,16 @@ use super::StoreError;
 /// Ranged reads of one pack in flight at once: enough to hide the round trip on a loopback
 /// or LAN endpoint without flooding a small server.
 const PARALLEL_REQUESTS: usize = 8;
+
+/// One object as a listing shows it.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    /// The file name (the last part of the key).
+    pub name: String,
+    pub size: u64,
+    /// When the object was written, by the server's clock.
+    pub modified: SystemTime,
+}
 
 /// An open remote store.
 pub struct Remote {
@@ -166,14 +177,50 @@ impl Remote {
         Ok(())
     }
 
-    /// The objects under `dir` (one level), as (file name, size).
-    pub fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, StoreError> {
+    /// Several whole objects, a few requests at a time, in the order asked; `None` for
+    /// those that do not exist.
+    pub fn get_all(&self, rels: &[String]) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let got: Vec<Option<Bytes>> = self
+            .rt
+            .block_on(
+                futures_util::stream::iter(rels.iter().map(|rel| self.key(rel)))
+                    .map(|key| async move {
+                        match self.objects.get(&key).await {
+                            Ok(result) => result.bytes().await.map(Some),
+                            Err(object_store::Error::NotFound { .. }) => Ok(None),
+                            Err(e) => Err(e),
+                        }
+                    })
+                    .buffered(PARALLEL_REQUESTS)
+                    .try_collect(),
+            )
+            .map_err(self.failed())?;
+        self.count(got.iter().flatten().map(Bytes::len).sum());
+        Ok(got)
+    }
+
+    /// Removes an object; one already gone is not an error.
+    pub fn delete(&self, rel: &str) -> Result<(), StoreError> {
+        let key = self.key(rel);
+        match self.rt.block_on(self.objects.delete(&key)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.failed()(e)),
+        }
+    }
+
+    /// The objects under `dir` (one level).
+    pub fn list(&self, dir: &str) -> Result<Vec<Listed>, StoreError> {
         let key = self.key(dir);
         let listed =
             self.rt.block_on(self.objects.list(Some(&key)).try_collect::<Vec<_>>()).map_err(self.failed())?;
         Ok(listed
             .into_iter()
-            .filter_map(|meta| meta.location.filename().map(|name| (name.to_string(), meta.size)))
+            .filter_map(|meta| {
+                // object_store percent-encodes what a key part may not hold (our names'
+                // own `%` among them): undo that, so a listed name is the name we wrote.
+                let name = super::names::decode_name(meta.location.filename()?)?;
+                Some(Listed { name, size: meta.size, modified: meta.last_modified.into() })
+            })
             .collect())
     }
 }

@@ -19,8 +19,8 @@ use super::export::{decode_chunk, parse_manifest};
 use super::names::encode_name;
 use super::pack::{self, PackBuilder, PackEntry, FOOTER_BYTES};
 use super::packs::{pack_name, PackWriter};
-use super::remote::Remote;
-use super::{ImageId, Store, StoreError};
+use super::remote::{Listed, Remote};
+use super::{ImageId, Store, StoreError, StoredImage};
 use crate::digest::Digest;
 
 /// Frames of one pack closer than this are fetched in one request, gap included: a request
@@ -44,8 +44,17 @@ pub struct TransferProgress {
     pub total: u64,
 }
 
-/// Where a chunk is in a remote store.
-type RemoteChunks = HashMap<Digest, (Digest, PackEntry)>;
+/// Where a chunk is in a remote store: pack name and entry.
+pub(super) type RemoteChunks = HashMap<Digest, (Digest, PackEntry)>;
+
+/// What [`Store::remote_chunks`] makes of packs gc has condemned (see `remote_gc`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Condemned {
+    /// Leave them out: a writer must not rely on a pack gc may remove.
+    Skip,
+    /// Keep them, after every other pack: a reader may still fetch from them.
+    Last,
+}
 
 impl Store {
     /// Copies the image `reference` names to `remote`, with its names, sending only the
@@ -56,6 +65,11 @@ impl Store {
         remote: &Remote,
         progress: &dyn Fn(TransferProgress),
     ) -> Result<Transfer, StoreError> {
+        if let Some(upstream) = &self.upstream {
+            // From a remote store: through the local one.
+            self.local().pull(reference, upstream, &|_| {})?;
+            return self.local().push(reference, remote, progress);
+        }
         let _lock = self.shared_lock()?;
         self.refresh_packs()?;
         let id = self.resolve(reference)?;
@@ -63,33 +77,7 @@ impl Store {
         let manifest_bytes = fs::read(&manifest_path).map_err(StoreError::io(&manifest_path))?;
         let manifest = parse_manifest(&id, &manifest_bytes)?;
         let start = remote.transferred();
-        let mut chunks = 0;
-        if !remote.exists(&manifest_key(&id))? {
-            let present = self.remote_chunks(remote)?;
-            let mut seen = HashSet::new();
-            let missing: Vec<Digest> = manifest
-                .chunks()
-                .map(|c| c.digest)
-                .filter(|d| !present.contains_key(d) && seen.insert(*d))
-                .collect();
-            let total: u64 = missing.iter().filter_map(|d| self.stored_chunk_len(d)).sum();
-            let mut done = 0;
-            let mut builder = PackBuilder::new(Vec::new());
-            for (i, digest) in missing.iter().enumerate() {
-                let frame = self.read_frame(digest)?;
-                let raw_len = decode_chunk(digest, &frame)?.len() as u32;
-                builder.append(*digest, &frame, raw_len).map_err(StoreError::io(&self.tmp_dir()))?;
-                done += frame.len() as u64;
-                if builder.frame_bytes() >= pack::PACK_TARGET_BYTES || i + 1 == missing.len() {
-                    let full = std::mem::replace(&mut builder, PackBuilder::new(Vec::new()));
-                    self.upload_pack(remote, full)?;
-                    progress(TransferProgress { done, total });
-                }
-            }
-            chunks = missing.len() as u64;
-            // Last: a manifest on the remote means every chunk it names is there.
-            remote.put(&manifest_key(&id), Bytes::from(manifest_bytes))?;
-        }
+        let chunks = self.push_image(&id, &manifest, manifest_bytes, remote, progress)?;
         let mut names = self.names_by_id()?.remove(&id).unwrap_or_default();
         if reference.parse::<ImageId>().is_err() && self.names()?.contains_key(reference) {
             names.push(reference.to_string());
@@ -102,6 +90,62 @@ impl Store {
         Ok(Transfer { id, transferred_bytes: remote.transferred() - start, chunks })
     }
 
+    /// Sends an image's missing chunks, then its manifest, to `remote`; returns how many
+    /// chunks were sent. Chunks found only in condemned packs (see `remote_gc`) count as
+    /// missing. Once the manifest is there the remote is listed again: a pack this push
+    /// relied on that a concurrent gc condemned or removed meanwhile has its chunks sent
+    /// again, so the image is complete whatever gc ran beside it.
+    pub(super) fn push_image(
+        &self,
+        id: &ImageId,
+        manifest: &StoredImage,
+        manifest_bytes: Vec<u8>,
+        remote: &Remote,
+        progress: &dyn Fn(TransferProgress),
+    ) -> Result<u64, StoreError> {
+        let key = manifest_key(id);
+        if remote.exists(&key)? {
+            return Ok(0);
+        }
+        let mut sent = self.send_missing(manifest, remote, progress)?;
+        // Last: a manifest on the remote means every chunk it names is there.
+        remote.put(&key, Bytes::from(manifest_bytes))?;
+        sent += self.send_missing(manifest, remote, progress)?;
+        Ok(sent)
+    }
+
+    /// Packs and uploads the chunks of `manifest` the remote lacks (or keeps only in
+    /// condemned packs); returns how many.
+    fn send_missing(
+        &self,
+        manifest: &StoredImage,
+        remote: &Remote,
+        progress: &dyn Fn(TransferProgress),
+    ) -> Result<u64, StoreError> {
+        let present = self.remote_chunks(remote, Condemned::Skip)?;
+        let mut seen = HashSet::new();
+        let missing: Vec<Digest> = manifest
+            .chunks()
+            .map(|c| c.digest)
+            .filter(|d| !present.contains_key(d) && seen.insert(*d))
+            .collect();
+        let total: u64 = missing.iter().filter_map(|d| self.stored_chunk_len(d)).sum();
+        let mut done = 0;
+        let mut builder = PackBuilder::new(Vec::new());
+        for (i, digest) in missing.iter().enumerate() {
+            let frame = self.read_frame(digest)?;
+            let raw_len = decode_chunk(digest, &frame)?.len() as u32;
+            builder.append(*digest, &frame, raw_len).map_err(StoreError::io(&self.tmp_dir()))?;
+            done += frame.len() as u64;
+            if builder.frame_bytes() >= pack::PACK_TARGET_BYTES || i + 1 == missing.len() {
+                let full = std::mem::replace(&mut builder, PackBuilder::new(Vec::new()));
+                self.upload_pack(remote, full)?;
+                progress(TransferProgress { done, total });
+            }
+        }
+        Ok(missing.len() as u64)
+    }
+
     /// Copies the image `reference` names in `remote` into this store (and the name, when
     /// `reference` is one), fetching only the chunks this store lacks.
     pub fn pull(
@@ -110,6 +154,12 @@ impl Store {
         remote: &Remote,
         progress: &dyn Fn(TransferProgress),
     ) -> Result<Transfer, StoreError> {
+        if let Some(upstream) = &self.upstream {
+            // Into a remote store: through the local one.
+            let pulled = self.local().pull(reference, remote, progress)?;
+            self.local().push(&pulled.id.to_string(), upstream, &|_| {})?;
+            return Ok(pulled);
+        }
         let start = remote.transferred();
         let (id, name) = resolve_remote(reference, remote)?;
         let mut chunks = 0;
@@ -130,7 +180,8 @@ impl Store {
                     .filter(|d| !self.has_chunk(d) && seen.insert(*d))
                     .collect();
                 if !missing.is_empty() {
-                    chunks = self.fetch_chunks(remote, &missing, progress)?;
+                    let located = self.remote_chunks(remote, Condemned::Last)?;
+                    chunks = self.fetch_chunks(remote, &located, &missing, progress)?;
                 }
                 self.sync_packs_dir()?;
                 self.write_atomic_durable(&self.manifest_path(&id), &bytes)?;
@@ -144,13 +195,13 @@ impl Store {
 
     /// Fetches `missing` chunks from the remote's packs, by coalesced byte ranges, checks
     /// each and appends them to local packs. Returns how many were fetched.
-    fn fetch_chunks(
+    pub(super) fn fetch_chunks(
         &self,
         remote: &Remote,
+        located: &RemoteChunks,
         missing: &[Digest],
         progress: &dyn Fn(TransferProgress),
     ) -> Result<u64, StoreError> {
-        let located = self.remote_chunks(remote)?;
         let mut by_pack: BTreeMap<Digest, Vec<PackEntry>> = BTreeMap::new();
         for digest in missing {
             let (pack, entry) = located.get(digest).ok_or(StoreError::MissingChunk(*digest))?;
@@ -159,23 +210,8 @@ impl Store {
         let total: u64 = by_pack.values().flatten().map(|e| u64::from(e.stored_len)).sum();
         let mut done = 0;
         let mut writer = PackWriter::new(self);
-        for (pack, mut entries) in by_pack {
-            entries.sort_by_key(|e| e.offset);
-            let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
-            for e in &entries {
-                let end = e.offset + u64::from(e.stored_len);
-                match ranges.last_mut() {
-                    Some(last) if e.offset <= last.end + COALESCE_GAP => last.end = last.end.max(end),
-                    _ => ranges.push(e.offset..end),
-                }
-            }
-            let fetched = remote.get_ranges(&pack_key(&pack), &ranges)?;
-            let frame_of = |e: &PackEntry| -> Bytes {
-                let i = ranges.partition_point(|r| r.end <= e.offset);
-                let from = (e.offset - ranges[i].start) as usize;
-                fetched[i].slice(from..from + e.stored_len as usize)
-            };
-            let frames: Vec<(Digest, Bytes)> = entries.iter().map(|e| (e.digest, frame_of(e))).collect();
+        for (pack, entries) in by_pack {
+            let frames = fetch_frames(remote, &pack, entries)?;
             let checked: Vec<u32> = frames
                 .par_iter()
                 .map(|(digest, frame)| decode_chunk(digest, frame).map(|data| data.len() as u32))
@@ -192,12 +228,42 @@ impl Store {
 
     /// Every chunk in the remote's packs, with where it is. Indexes come from the local
     /// cache when present, else from two ranged reads of the pack (footer, index).
-    fn remote_chunks(&self, remote: &Remote) -> Result<RemoteChunks, StoreError> {
+    pub(super) fn remote_chunks(
+        &self,
+        remote: &Remote,
+        condemned: Condemned,
+    ) -> Result<RemoteChunks, StoreError> {
+        // Markers first: a pack condemned after this listing is seen by the caller's next
+        // look (push looks again after its manifest).
+        let marked: HashSet<Digest> =
+            remote.list(CONDEMNED_DIR)?.iter().filter_map(|l| pack_name(&l.name)).collect();
+        let mut packs = remote.list("packs")?;
+        packs.retain(|l| {
+            condemned == Condemned::Last || pack_name(&l.name).is_some_and(|n| !marked.contains(&n))
+        });
+        // Condemned packs last, so that a chunk is served from a pack that stays.
+        packs.sort_by_key(|l| pack_name(&l.name).is_some_and(|n| marked.contains(&n)));
+        let mut out = RemoteChunks::new();
+        for (name, entries) in self.remote_pack_indexes(remote, &packs)? {
+            for entry in entries {
+                out.entry(entry.digest).or_insert((name, entry));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The index of each listed pack (from the local cache, else fetched and cached).
+    pub(super) fn remote_pack_indexes(
+        &self,
+        remote: &Remote,
+        packs: &[Listed],
+    ) -> Result<Vec<(Digest, Vec<PackEntry>)>, StoreError> {
         let cache = self.root.join("remote-index");
         fs::create_dir_all(&cache).map_err(StoreError::io(&cache))?;
-        let mut out = RemoteChunks::new();
-        for (file, size) in remote.list("packs")? {
-            let Some(name) = pack_name(&file) else { continue };
+        let mut out = Vec::new();
+        for listed in packs {
+            let size = listed.size;
+            let Some(name) = pack_name(&listed.name) else { continue };
             let cached = cache.join(format!("{}.idx", name.hex()));
             let entries = match fs::read(&cached).ok().and_then(|tail| parse_tail(&tail, size, &name)) {
                 Some(entries) => entries,
@@ -222,16 +288,18 @@ impl Store {
                     entries
                 }
             };
-            for entry in entries {
-                out.entry(entry.digest).or_insert((name, entry));
-            }
+            out.push((name, entries));
         }
         Ok(out)
     }
 
     /// Uploads a pack built in memory and remembers its index, so the next push or pull
     /// does not fetch it back.
-    fn upload_pack(&self, remote: &Remote, builder: PackBuilder<Vec<u8>>) -> Result<(), StoreError> {
+    pub(super) fn upload_pack(
+        &self,
+        remote: &Remote,
+        builder: PackBuilder<Vec<u8>>,
+    ) -> Result<(), StoreError> {
         let (bytes, name, _) = builder.finish().map_err(StoreError::io(&self.tmp_dir()))?;
         let index_at = bytes.len() - FOOTER_BYTES;
         let footer =
@@ -244,6 +312,31 @@ impl Store {
     }
 }
 
+/// The frames of `entries` of one remote pack, fetched as byte ranges (neighbours closer
+/// than [`COALESCE_GAP`] in one request), unchecked, in offset order.
+pub(super) fn fetch_frames(
+    remote: &Remote,
+    pack: &Digest,
+    mut entries: Vec<PackEntry>,
+) -> Result<Vec<(Digest, Bytes)>, StoreError> {
+    entries.sort_by_key(|e| e.offset);
+    let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
+    for e in &entries {
+        let end = e.offset + u64::from(e.stored_len);
+        match ranges.last_mut() {
+            Some(last) if e.offset <= last.end + COALESCE_GAP => last.end = last.end.max(end),
+            _ => ranges.push(e.offset..end),
+        }
+    }
+    let fetched = remote.get_ranges(&pack_key(pack), &ranges)?;
+    let frame_of = |e: &PackEntry| -> Bytes {
+        let i = ranges.partition_point(|r| r.end <= e.offset);
+        let from = (e.offset - ranges[i].start) as usize;
+        fetched[i].slice(from..from + e.stored_len as usize)
+    };
+    Ok(entries.iter().map(|e| (e.digest, frame_of(e))).collect())
+}
+
 /// A pack's tail (index, then footer) checked against the pack's size and name.
 fn parse_tail(tail: &[u8], pack_len: u64, name: &Digest) -> Option<Vec<PackEntry>> {
     let footer_at = tail.len().checked_sub(FOOTER_BYTES)?;
@@ -254,17 +347,23 @@ fn parse_tail(tail: &[u8], pack_len: u64, name: &Digest) -> Option<Vec<PackEntry
     pack::parse_index(&tail[..footer_at], &footer).ok()
 }
 
-fn manifest_key(id: &ImageId) -> String {
+/// Where gc marks a pack it means to remove: `condemned/<name>.pack`, an empty object.
+pub(super) const CONDEMNED_DIR: &str = "condemned";
+
+pub(super) fn manifest_key(id: &ImageId) -> String {
     format!("images/{id}.json.zst")
 }
 
-fn pack_key(name: &Digest) -> String {
+pub(super) fn pack_key(name: &Digest) -> String {
     format!("packs/{}.pack", name.hex())
 }
 
 /// The image `reference` names in the remote: a full id, a name, or an unambiguous id
 /// prefix. Returns the name too when it was one.
-fn resolve_remote(reference: &str, remote: &Remote) -> Result<(ImageId, Option<String>), StoreError> {
+pub(super) fn resolve_remote(
+    reference: &str,
+    remote: &Remote,
+) -> Result<(ImageId, Option<String>), StoreError> {
     if let Ok(id) = reference.parse::<ImageId>() {
         return Ok((id, None));
     }
@@ -287,7 +386,7 @@ fn resolve_remote(reference: &str, remote: &Remote) -> Result<(ImageId, Option<S
     let matches: Vec<ImageId> = remote
         .list("images")?
         .into_iter()
-        .filter_map(|(file, _)| file.strip_suffix(".json.zst").and_then(|hex| hex.parse().ok()))
+        .filter_map(|l| l.name.strip_suffix(".json.zst").and_then(|hex| hex.parse().ok()))
         .filter(|id: &ImageId| id.hex().starts_with(prefix))
         .collect();
     match matches.as_slice() {

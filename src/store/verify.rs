@@ -51,6 +51,9 @@ impl Store {
     /// Re-hashes every chunk and manifest and reports damage by image: which images reference
     /// a damaged or missing chunk, or have a damaged manifest.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        if let Some(remote) = &self.upstream {
+            return self.verify_remote(remote);
+        }
         let _lock = self.shared_lock()?;
         let mut report = VerifyReport::default();
         let mut manifests: Vec<(ImageId, Result<StoredImage, String>)> = Vec::new();
@@ -120,40 +123,50 @@ impl Store {
         report.chunks_checked = places.len() as u64;
         // A chunk stored twice with one copy damaged is reported damaged: which copy a reader
         // is served depends on the order it loads packs in.
-        let present: BTreeSet<Digest> = places.iter().map(|(d, _)| *d).collect();
-        let mut names = self.names_by_id()?;
-        for (id, parsed) in manifests {
-            report.images_checked += 1;
-            let names = names.remove(&id).unwrap_or_default();
-            let manifest = match parsed {
-                Ok(manifest) => manifest,
-                Err(_) => {
-                    report.damaged_images.push(DamagedImage {
-                        id: id.to_string(),
-                        names,
-                        manifest_damaged: true,
-                        damaged_chunks: Vec::new(),
-                        missing_chunks: Vec::new(),
-                    });
-                    continue;
-                }
-            };
-            let digests: BTreeSet<Digest> = manifest.chunks().map(|c| c.digest).collect();
-            let damaged_chunks: Vec<Digest> =
-                digests.iter().filter(|d| bad.contains(&d.to_string())).copied().collect();
-            let missing_chunks: Vec<Digest> =
-                digests.iter().filter(|d| !present.contains(d)).copied().collect();
-            if !damaged_chunks.is_empty() || !missing_chunks.is_empty() {
+        let present: HashSet<Digest> = places.iter().map(|(d, _)| *d).collect();
+        judge_images(&mut report, manifests, &present, &bad, self.names_by_id()?);
+        report.damaged_chunks = damaged;
+        Ok(report)
+    }
+}
+
+/// Adds to `report` every image whose manifest is damaged or that references a chunk that is
+/// damaged (`bad`, by digest text) or not `present`.
+pub(super) fn judge_images(
+    report: &mut VerifyReport,
+    manifests: Vec<(ImageId, Result<StoredImage, String>)>,
+    present: &HashSet<Digest>,
+    bad: &HashSet<String>,
+    mut names: BTreeMap<ImageId, Vec<String>>,
+) {
+    for (id, parsed) in manifests {
+        report.images_checked += 1;
+        let names = names.remove(&id).unwrap_or_default();
+        let manifest = match parsed {
+            Ok(manifest) => manifest,
+            Err(_) => {
                 report.damaged_images.push(DamagedImage {
                     id: id.to_string(),
                     names,
-                    manifest_damaged: false,
-                    damaged_chunks,
-                    missing_chunks,
+                    manifest_damaged: true,
+                    damaged_chunks: Vec::new(),
+                    missing_chunks: Vec::new(),
                 });
+                continue;
             }
+        };
+        let digests: BTreeSet<Digest> = manifest.chunks().map(|c| c.digest).collect();
+        let damaged_chunks: Vec<Digest> =
+            digests.iter().filter(|d| bad.contains(&d.to_string())).copied().collect();
+        let missing_chunks: Vec<Digest> = digests.iter().filter(|d| !present.contains(d)).copied().collect();
+        if !damaged_chunks.is_empty() || !missing_chunks.is_empty() {
+            report.damaged_images.push(DamagedImage {
+                id: id.to_string(),
+                names,
+                manifest_damaged: false,
+                damaged_chunks,
+                missing_chunks,
+            });
         }
-        report.damaged_chunks = damaged;
-        Ok(report)
     }
 }
