@@ -18,7 +18,7 @@ use registry_support::{build_app_image, docker_inspect, docker_push, free_port, 
 
 fn anonymous() -> RegistryOptions {
     // A config path that does not exist: no credentials, whatever the machine has.
-    RegistryOptions { insecure: false, docker_config: Some("/nonexistent/diskc/config.json".into()) }
+    RegistryOptions { docker_config: Some("/nonexistent/diskc/config.json".into()), ..Default::default() }
 }
 
 fn registry(reference: &str) -> Registry {

@@ -38,8 +38,8 @@ pub struct BuildArgs {
     /// Build this stage instead of the last one.
     #[arg(long, value_name = "STAGE")]
     pub target: Option<String>,
-    /// Build for this platform, os[/arch[/variant]].
-    #[arg(long, value_name = "PLATFORM")]
+    /// Build for this platform, os/arch[/variant].
+    #[arg(long, value_name = "PLATFORM", value_parser = super::convert::parse_platform)]
     pub platform: Option<String>,
     /// Do not use BuildKit's cache.
     #[arg(long)]

@@ -58,7 +58,7 @@ fn run(
     }
     let store = output.store.as_deref().map(Store::open).transpose()?;
 
-    let opened = source::open(rt, &plan.source, &plan.platform)?;
+    let opened = source::open(rt, &plan.source, plan.platform.as_deref(), &plan.registry)?;
     let bytes = opened.resolved().layers.iter().map(|l| l.size).sum::<Option<u64>>();
     progress(Progress::Resolved { input: plan.input.clone(), layers: opened.resolved().layers.len(), bytes });
     timings.resolve = lap(started, &timings);

@@ -27,6 +27,7 @@ use crate::boot::BootError;
 use crate::build::BuildEvent;
 use crate::error::{Classify, ErrorKind};
 use crate::ext4;
+use crate::source::registry::RegistryOptions;
 use crate::source::{SourceError, SourceRef};
 use crate::store::{Store, StoreError};
 use crate::tree::flatten::FlattenError;
@@ -43,8 +44,12 @@ pub struct ConvertPlan {
     pub source: SourceRef,
     /// The source as the user wrote it, for the manifest and messages.
     pub input: String,
-    /// `os/arch[/variant]` to pick from a multi-platform index.
-    pub platform: String,
+    /// `os/arch[/variant]`: the image must be for this platform (picked from an index, or
+    /// an error naming what the image has); `None` takes an index's entry for the host
+    /// ([`crate::source::DEFAULT_PLATFORM`]) and a single image as it is.
+    pub platform: Option<String>,
+    /// Credentials and TLS for a `docker://` source.
+    pub registry: RegistryOptions,
     pub output: OutputPlan,
 }
 
