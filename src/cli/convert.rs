@@ -1,18 +1,17 @@
 //! `diskc convert SOURCE`: any container image to a root filesystem, its manifest and its
 //! boot files, kept in the store and/or written to an output directory.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 use tokio::runtime::Handle;
 
 use diskc::error::Error;
-use diskc::pipeline::{self, ConvertPlan, Converted, HostKernel, OutputPlan, Progress, RootfsOptions};
+use diskc::pipeline::{self, ConvertPlan, Converted, HostKernel, OutputPlan, RootfsOptions};
 use diskc::source::registry::{parse_creds, Credentials, RegistryOptions};
 use diskc::source::SourceRef;
 
+use super::progress::{ConvertDisplay, ProgressMode};
 use super::store::StoreArgs;
 use super::{output, parse_size, CliError, GlobalArgs, SizeArg};
 
@@ -102,6 +101,9 @@ pub struct OutputArgs {
     /// image].
     #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
     pub source_date_epoch: Option<i64>,
+    /// How progress shows on stderr: bars on a terminal (tty), lines (plain), or nothing.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto, value_name = "MODE")]
+    pub progress: ProgressMode,
 }
 
 impl OutputArgs {
@@ -136,9 +138,9 @@ pub fn run(args: ConvertArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Er
         registry: args.registry.options()?,
         output: args.output.plan(args.names.clone()),
     };
-    let mut progress = ConvertProgress::new(global);
-    let converted = pipeline::convert(&plan, rt, &mut |p| progress.show(p));
-    progress.finish();
+    let mut display = ConvertDisplay::new(args.output.progress.shown(global));
+    let converted = pipeline::convert(&plan, rt, &mut |p| display.show(p));
+    display.finish();
     print_result("convert", &converted?, global, serde_json::Map::new());
     Ok(0)
 }
@@ -156,44 +158,6 @@ pub fn parse_platform(text: &str) -> Result<String, String> {
         Err(format!(
             "{text:?} is not a platform: expected os/arch[/variant], e.g. linux/amd64 or linux/arm64/v8"
         ))
-    }
-}
-
-/// A spinner line on stderr for the conversion, when it is a terminal.
-pub struct ConvertProgress {
-    bar: Option<indicatif::ProgressBar>,
-}
-
-impl ConvertProgress {
-    pub fn new(global: &GlobalArgs) -> Self {
-        ConvertProgress { bar: (!global.quiet && std::io::stderr().is_terminal()).then(Self::spinner) }
-    }
-
-    fn spinner() -> indicatif::ProgressBar {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.enable_steady_tick(Duration::from_millis(120));
-        bar
-    }
-
-    pub fn show(&mut self, p: Progress) {
-        let Some(bar) = &self.bar else { return };
-        bar.set_message(match p {
-            Progress::Build(_) | Progress::Built { .. } => return,
-            Progress::Resolved { layers, bytes: Some(b), .. } => {
-                format!("reading {layers} layers ({})", indicatif::HumanBytes(b))
-            }
-            Progress::Resolved { layers, bytes: None, .. } => format!("reading {layers} layers"),
-            Progress::CacheHit { id } => format!("in the store already: {}", &id[..12.min(id.len())]),
-            Progress::LayersIndexed { .. } => "merging layers".into(),
-            Progress::Flattened { entries } => format!("writing ext4 ({entries} entries)"),
-            Progress::RootfsWritten { .. } => "storing".into(),
-        });
-    }
-
-    pub fn finish(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
     }
 }
 

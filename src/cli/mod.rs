@@ -16,6 +16,7 @@ pub mod generate;
 pub mod listing;
 pub mod mkfs;
 pub mod output;
+pub mod progress;
 pub mod store;
 pub mod store_admin;
 pub mod transfer;

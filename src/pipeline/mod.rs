@@ -20,6 +20,7 @@ mod staging;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -27,6 +28,7 @@ use crate::boot::BootError;
 use crate::build::BuildEvent;
 use crate::error::{Classify, ErrorKind};
 use crate::ext4;
+use crate::layer::LayerMeter;
 use crate::source::registry::RegistryOptions;
 use crate::source::{SourceError, SourceRef};
 use crate::store::{Store, StoreError};
@@ -120,8 +122,9 @@ pub enum Progress {
     Build(BuildEvent),
     /// The build is done: the daemon's image id and the tags it got (`build` only).
     Built { image_id: String, tags: Vec<String> },
-    /// The image is resolved: this many layers, this many bytes to read (when known).
-    Resolved { input: String, layers: usize, bytes: Option<u64> },
+    /// The image is resolved: this many layers, this many bytes to read (when known), and
+    /// the meter that counts their reading as it goes (poll it: no event says "more read").
+    Resolved { input: String, layers: usize, bytes: Option<u64>, meter: Arc<LayerMeter> },
     /// The store already holds this conversion.
     CacheHit { id: String },
     /// All layers are read and indexed.
