@@ -146,9 +146,10 @@ fn credentials_come_as_docker_finds_them_or_from_the_command_line() {
     let bin = common::tempdir();
     credential_helper(bin.path(), "diskctest", &host, Some((USER, PASSWORD)));
     credential_helper(bin.path(), "empty", &host, None);
-    for config in
-        [format!(r#"{{"credHelpers":{{"{host}":"diskctest"}}}}"#), format!(r#"{{"credsStore":"diskctest"}}"#)]
-    {
+    for config in [
+        format!(r#"{{"credHelpers":{{"{host}":"diskctest"}}}}"#),
+        r#"{"credsStore":"diskctest"}"#.to_string(),
+    ] {
         let docker_config = common::tempdir();
         std::fs::write(docker_config.path().join("config.json"), &config).unwrap();
         let _ = std::fs::remove_file(bin.path().join("asked"));
