@@ -206,7 +206,36 @@ fn tls_verify_false_reaches_a_plain_http_registry_beyond_loopback() {
 
     let out = convert(&source, &[], &store, dir.path(), None);
     assert_exit(&out, 3, "HTTPS to a plain-HTTP registry");
-    assert!(stderr(&out).contains(&address.to_string()), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&address.to_string()) && stderr(&out).contains("--tls-verify=false"),
+        "{}",
+        stderr(&out)
+    );
+    assert_exit(
+        &convert(&source, &["--tls-verify=false"], &store, dir.path(), None),
+        0,
+        "--tls-verify=false",
+    );
+}
+
+#[test]
+fn tls_verify_false_accepts_a_certificate_no_one_vouches_for() {
+    let image = build_app_image();
+    let plain = TestRegistry::start();
+    docker_push(image, &plain.host(), "diskc/app:v1", None);
+    let address = registry_support::non_loopback_address();
+    let tls = TestRegistry::start_tls_serving(&plain, address);
+    let source = format!("docker://{address}:{}/diskc/app:v1", tls.port);
+    let dir = common::tempdir();
+    let store = dir.path().join("store");
+
+    let out = convert(&source, &[], &store, dir.path(), None);
+    assert_exit(&out, 3, "a self-signed certificate");
+    assert!(
+        stderr(&out).contains(&address.to_string()) && stderr(&out).contains("--tls-verify=false"),
+        "{}",
+        stderr(&out)
+    );
     assert_exit(
         &convert(&source, &["--tls-verify=false"], &store, dir.path(), None),
         0,

@@ -265,7 +265,7 @@ fn plain_http_beyond_loopback_needs_insecure() {
 
     // HTTPS by default: the plain-HTTP registry cannot answer a TLS handshake.
     let err = Registry::new(reference.clone(), &anonymous()).unwrap().resolve(DEFAULT_PLATFORM).unwrap_err();
-    assert!(matches!(err, RegistryError::Unreachable { .. }), "{err:?}");
+    assert!(matches!(err, RegistryError::Tls { .. }), "{err:?}");
     assert_eq!(err.error_kind(), ErrorKind::Environment);
 
     let insecure = RegistryOptions { insecure: true, ..anonymous() };

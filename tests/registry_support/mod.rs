@@ -71,6 +71,43 @@ impl TestRegistry {
         )
     }
 
+    /// A registry serving `other`'s images over HTTPS on every interface, with a
+    /// self-signed certificate (made by openssl) for `address`, which no client trusts.
+    pub fn start_tls_serving(other: &TestRegistry, address: std::net::Ipv4Addr) -> TestRegistry {
+        let dir = tempdir();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        run_ok(
+            Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=diskc-test",
+                ])
+                .arg("-addext")
+                .arg(format!("subjectAltName=IP:{address}"))
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert),
+        );
+        let storage = other.dir.path().join("storage");
+        Self::start_with(
+            dir,
+            &[
+                ("REGISTRY_HTTP_TLS_CERTIFICATE", cert.to_str().unwrap()),
+                ("REGISTRY_HTTP_TLS_KEY", key.to_str().unwrap()),
+                ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", storage.to_str().unwrap()),
+            ],
+            true,
+        )
+    }
+
     fn start_with(dir: tempfile::TempDir, env: &[(&str, &str)], all_interfaces: bool) -> TestRegistry {
         // Another process may take the port between free_port and the bind; retry then.
         for _ in 0..5 {

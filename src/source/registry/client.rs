@@ -88,7 +88,12 @@ impl HttpClient {
             }
             result => result,
         };
-        result.map_err(|source| RegistryError::Unreachable { host: self.host.clone(), source })
+        result.map_err(|source| match source {
+            source if !self.insecure && !plain && tls_refused(&source) => {
+                RegistryError::Tls { host: self.host.clone(), source }
+            }
+            source => RegistryError::Unreachable { host: self.host.clone(), source },
+        })
     }
 
     /// One GET of a full URL elsewhere, such as the token realm a registry names, retried
@@ -156,6 +161,16 @@ fn transient(error: &ureq::Error) -> bool {
         ureq::Error::Io(e) => {
             matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | TimedOut)
         }
+        _ => false,
+    }
+}
+
+/// Whether the TLS layer refused the exchange: a certificate it does not trust, or a server
+/// that does not speak TLS (rustls reports both as invalid data).
+fn tls_refused(error: &ureq::Error) -> bool {
+    match error {
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) => true,
+        ureq::Error::Io(e) => e.kind() == std::io::ErrorKind::InvalidData,
         _ => false,
     }
 }

@@ -50,6 +50,15 @@ pub enum RegistryError {
         #[source]
         source: ureq::Error,
     },
+    #[error(
+        "cannot reach registry {host} over TLS: {source}; for a registry without TLS or with a \
+         certificate no one vouches for (a test registry), give --tls-verify=false"
+    )]
+    Tls {
+        host: String,
+        #[source]
+        source: ureq::Error,
+    },
     #[error("registry {host} answered {status} to {what}{}", if .message.is_empty() { String::new() } else { format!(": {}", .message) })]
     Status { host: String, what: String, status: u16, message: String },
     #[error("{reference}: {what} not found")]
@@ -81,9 +90,12 @@ impl Classify for RegistryError {
     fn error_kind(&self) -> ErrorKind {
         use RegistryError::*;
         match self {
-            Unreachable { .. } | Status { .. } | Unauthorized { .. } | Auth { .. } | Credentials { .. } => {
-                ErrorKind::Environment
-            }
+            Unreachable { .. }
+            | Tls { .. }
+            | Status { .. }
+            | Unauthorized { .. }
+            | Auth { .. }
+            | Credentials { .. } => ErrorKind::Environment,
             NotFound { .. }
             | DigestMismatch { .. }
             | SizeMismatch { .. }
