@@ -138,3 +138,33 @@ fn on_a_terminal_each_layer_gets_a_bar_and_the_total_a_rate() {
     assert!(screen.contains(&total_bar), "no {total_bar:?} on the screen:\n{screen}");
     assert!(screen.contains("/s "), "no rate on the screen:\n{screen}");
 }
+
+#[test]
+fn push_and_pull_between_stores_follow_progress_too() {
+    let dir = common::tempdir();
+    let (store, remote) =
+        (dir.path().join("store"), format!("file://{}", dir.path().join("remote").display()));
+    let rootfs = dir.path().join("rootfs");
+    std::fs::write(&rootfs, (0..600_000u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<u8>>()).unwrap();
+    let out = common::run_ok(common::diskc().args(["store-put", "--store"]).arg(&store).arg(&rootfs));
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let transfer = |verb: &str, store: &Path, args: &[&str]| {
+        common::run_ok(
+            common::diskc()
+                .args([verb, "--store"])
+                .arg(store)
+                .args([id.as_str(), remote.as_str()])
+                .args(args),
+        )
+    };
+
+    let err = stderr(&transfer("push", &store, &["--progress", "plain"]));
+    assert!(err.lines().any(|l| l.starts_with("push: ") && l.ends_with(" KiB of chunks")), "{err}");
+    assert!(err.lines().last().unwrap().ends_with(" bytes transferred"), "{err}");
+
+    let out = transfer("pull", &dir.path().join("quiet"), &["--progress", "quiet"]);
+    assert_eq!(stderr(&out), "");
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), id);
+    let err = stderr(&transfer("pull", &dir.path().join("plain"), &["--progress", "plain"]));
+    assert!(err.lines().any(|l| l.starts_with("pull: ") && l.ends_with(" KiB of chunks")), "{err}");
+}

@@ -1,7 +1,8 @@
-//! How a conversion shows on stderr while it runs, as `docker pull` shows a pull: on a
-//! terminal (`tty`), a bar per layer with its bytes, and a total with its rate and elapsed
-//! time; on a file or a pipe (`plain`), one line per finished layer and stage, and a running
-//! total every few seconds; nothing with `quiet` or `-q`. `auto` picks by what stderr is.
+//! How a conversion (and a transfer between stores) shows on stderr while it runs, as
+//! `docker pull` shows a pull: on a terminal (`tty`), a bar per layer with its bytes, and a
+//! total with its rate and elapsed time; on a file or a pipe (`plain`), one line per
+//! finished layer and stage, and a running total every few seconds; nothing with `quiet` or
+//! `-q`. `auto` picks by what stderr is.
 //!
 //! The library reports stages as [`Progress`] events and counts the layers' bytes in a
 //! [`LayerMeter`]; a thread here polls the meter while the layers are read.
@@ -145,6 +146,14 @@ impl Drop for ConvertDisplay {
     fn drop(&mut self) {
         self.finish();
     }
+}
+
+/// One bar of bytes with its rate and elapsed time, for a transfer between stores.
+pub fn bytes_bar(prefix: &str) -> ProgressBar {
+    let bar = ProgressBar::new(0)
+        .with_style(style("{prefix:5} [{bar:30}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec} {elapsed}"));
+    bar.set_prefix(prefix.to_string());
+    bar
 }
 
 fn spinner() -> ProgressBar {
