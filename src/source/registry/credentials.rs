@@ -1,7 +1,7 @@
 //! Registry credentials as the Docker client finds them, so that a registry the user
 //! reached with `docker login` needs no second login for diskc: the config file's
 //! `credHelpers` (a `docker-credential-NAME` program per registry), its `auths` entries (a
-//! base64 `auth`, or an `identitytoken`), then its `credsStore` — read by the
+//! base64 `auth`, `username` and `password`, or an `identitytoken`), then its `credsStore` — read by the
 //! `docker_credential` crate, which runs the helpers too. A missing file means anonymous
 //! access; `--creds USER:PASS` on the command line comes before all of it.
 
@@ -15,6 +15,7 @@ use super::RegistryError;
 
 /// The key `docker login` files Docker Hub's credentials under.
 const DOCKER_HUB_SERVER: &str = "https://index.docker.io/v1/";
+
 /// A user name and password for one registry.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
@@ -118,6 +119,9 @@ fn helper_answer(error: CredentialRetrievalError, host: &str) -> Result<Option<S
         CredentialRetrievalError::CredentialDecodingError => {
             Err(format!("the auth of {host} is not base64 of user:password"))
         }
+        CredentialRetrievalError::CredentialMismatchError => {
+            Err(format!("the auth of {host} and its username and password disagree"))
+        }
         CredentialRetrievalError::ConfigReadError => Err("not a Docker config file (invalid JSON)".into()),
         other => Err(other.to_string()),
     }
@@ -144,10 +148,12 @@ mod tests {
             "127.0.0.1:5000":{"auth":"dXNlcjpwYTpzcw=="},
             "https://index.docker.io/v1/":{"auth":"aHViOnNlY3JldA=="},
             "tokens:1":{"identitytoken":"refresh-me"},
+            "other:1":{"username":"u","password":"p"},
             "empty:1":{}}}"#;
         assert_eq!(secret(config, "127.0.0.1:5000").unwrap(), password("user", "pa:ss"));
         assert_eq!(secret(config, "docker.io").unwrap(), password("hub", "secret"));
         assert_eq!(secret(config, "tokens:1").unwrap(), Some(Secret::IdentityToken("refresh-me".into())));
+        assert_eq!(secret(config, "other:1").unwrap(), password("u", "p"));
         assert_eq!(secret(config, "127.0.0.1:5001").unwrap(), None);
         assert!(secret(r#"{"auths":{"h":{"auth":"!!"}}}"#, "h").unwrap_err().to_string().contains("base64"));
         assert!(secret("{", "h").unwrap_err().to_string().contains("invalid JSON"));
