@@ -140,7 +140,11 @@ fn with_retries(send: impl Fn() -> Result<HttpResponse, ureq::Error>) -> Result<
             return result;
         }
         let pause = asked.unwrap_or_else(|| backoff(attempt)).min(MAX_BACKOFF);
-        tracing::debug!(attempt, ?pause, "registry: trying again after {}", describe(&result));
+        tracing::info!(
+            "registry answered {}; attempt {} of {ATTEMPTS} in {pause:.1?}",
+            describe(&result),
+            attempt + 1
+        );
         std::thread::sleep(pause);
         attempt += 1;
     }
@@ -152,17 +156,12 @@ fn retryable_status(status: u16) -> bool {
     matches!(status, 429 | 500 | 502 | 503 | 504)
 }
 
-/// A connection that broke or timed out may work the next time; a refused one (nothing
-/// listens) or a failed TLS handshake will not.
+/// A connection that broke may work the next time; a refused one (nothing listens) or a
+/// failed TLS handshake will not, and a timeout has waited long enough already (retrying
+/// it would multiply the wait).
 fn transient(error: &ureq::Error) -> bool {
     use std::io::ErrorKind::*;
-    match error {
-        ureq::Error::Timeout(_) => true,
-        ureq::Error::Io(e) => {
-            matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | TimedOut)
-        }
-        _ => false,
-    }
+    matches!(error, ureq::Error::Io(e) if matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof))
 }
 
 /// Whether the TLS layer refused the exchange: a certificate it does not trust, or a server
