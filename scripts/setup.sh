@@ -73,6 +73,7 @@ PACKAGES=(
   jq                             # reading OCI manifests in the benchmark scripts
   b3sum                          # checks a rootfs against its manifest's BLAKE3 digest
   apache2-utils                  # htpasswd, for the registry basic-auth tests
+  openssl bsdutils               # a self-signed certificate for the TLS registry test; script(1)
   eatmydata                      # benchmarks: mkfs.ext4 -d without its fsyncs, like for like
   gcc libc6-dev                  # crates with C parts (ring, zstd-sys); static diskc-init
   ca-certificates git

@@ -39,7 +39,8 @@
 //! let plan = ConvertPlan {
 //!     source: "docker-daemon:debian:bookworm".parse()?,
 //!     input: "docker-daemon:debian:bookworm".into(),
-//!     platform: diskc::source::DEFAULT_PLATFORM.into(),
+//!     platform: None,
+//!     registry: Default::default(),
 //!     output: OutputPlan { store: Some(OutputPlan::default_store()), ..Default::default() },
 //! };
 //! let converted = convert(&plan, runtime.handle(), &mut |_progress| {})?;

@@ -20,7 +20,7 @@ use registry_support::{
 };
 
 fn client(reference: &str, config: &Path) -> Registry {
-    let options = RegistryOptions { insecure: false, docker_config: Some(config.to_path_buf()) };
+    let options = RegistryOptions { docker_config: Some(config.to_path_buf()), ..Default::default() };
     Registry::new(registry_support::registry_ref(reference), &options).unwrap()
 }
 

@@ -18,7 +18,7 @@ use registry_support::{build_app_image, docker_inspect, docker_push, free_port, 
 
 fn anonymous() -> RegistryOptions {
     // A config path that does not exist: no credentials, whatever the machine has.
-    RegistryOptions { insecure: false, docker_config: Some("/nonexistent/diskc/config.json".into()) }
+    RegistryOptions { docker_config: Some("/nonexistent/diskc/config.json".into()), ..Default::default() }
 }
 
 fn registry(reference: &str) -> Registry {
@@ -265,7 +265,7 @@ fn plain_http_beyond_loopback_needs_insecure() {
 
     // HTTPS by default: the plain-HTTP registry cannot answer a TLS handshake.
     let err = Registry::new(reference.clone(), &anonymous()).unwrap().resolve(DEFAULT_PLATFORM).unwrap_err();
-    assert!(matches!(err, RegistryError::Unreachable { .. }), "{err:?}");
+    assert!(matches!(err, RegistryError::Tls { .. }), "{err:?}");
     assert_eq!(err.error_kind(), ErrorKind::Environment);
 
     let insecure = RegistryOptions { insecure: true, ..anonymous() };

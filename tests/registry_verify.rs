@@ -12,8 +12,10 @@ use diskc::source::DEFAULT_PLATFORM;
 use registry_support::{build_app_image, docker_inspect, docker_push, Behaviour, FrontProxy, TestRegistry};
 
 fn resolve(host: &str) -> Result<diskc::source::ResolvedImage, RegistryError> {
-    let options =
-        RegistryOptions { insecure: false, docker_config: Some("/nonexistent/diskc/config.json".into()) };
+    let options = RegistryOptions {
+        docker_config: Some("/nonexistent/diskc/config.json".into()),
+        ..Default::default()
+    };
     let reference = registry_support::registry_ref(&format!("docker://{host}/diskc/app:v1"));
     Registry::new(reference, &options).unwrap().resolve(DEFAULT_PLATFORM)
 }

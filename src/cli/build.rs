@@ -7,7 +7,6 @@
 //! image id with `--quiet`, or one JSON object with `--json`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,7 +17,8 @@ use diskc::build::{self, BuildEvent, BuildPlan, Builder};
 use diskc::error::{Error, UsageError};
 use diskc::pipeline::{self, Progress};
 
-use super::convert::{print_result, ConvertProgress, OutputArgs};
+use super::convert::{print_result, OutputArgs};
+use super::progress::{ConvertDisplay, Shown};
 use super::GlobalArgs;
 
 #[derive(Args, Debug)]
@@ -38,8 +38,8 @@ pub struct BuildArgs {
     /// Build this stage instead of the last one.
     #[arg(long, value_name = "STAGE")]
     pub target: Option<String>,
-    /// Build for this platform, os[/arch[/variant]].
-    #[arg(long, value_name = "PLATFORM")]
+    /// Build for this platform, os/arch[/variant].
+    #[arg(long, value_name = "PLATFORM", value_parser = super::convert::parse_platform)]
     pub platform: Option<String>,
     /// Do not use BuildKit's cache.
     #[arg(long)]
@@ -107,22 +107,21 @@ pub fn plan(args: &BuildArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Bu
 
 pub fn run(args: BuildArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
     let plan = plan(&args, &|name| std::env::var(name).ok())?;
-    let mut display: Box<dyn Display> = if global.quiet {
-        Box::new(Silent)
-    } else if std::io::stderr().is_terminal() {
-        Box::new(Live::new())
-    } else {
-        Box::new(Plain)
+    let shown = args.output.progress.shown(global);
+    let mut display: Box<dyn Display> = match shown {
+        Shown::Quiet => Box::new(Silent),
+        Shown::Tty => Box::new(Live::new()),
+        Shown::Plain => Box::new(Plain),
     };
     let mut converting = None;
     let result = pipeline::build(&plan, &args.output.plan(Vec::new()), rt, &mut |progress| match progress {
         Progress::Build(event) => display.show(event),
         Progress::Built { image_id, tags } => {
             display.finish();
-            if !global.quiet && !global.json {
+            if shown != Shown::Quiet && !global.json {
                 eprintln!("built {image_id}{}", tags_suffix(&tags));
             }
-            converting = Some(ConvertProgress::new(global));
+            converting = Some(ConvertDisplay::new(shown));
         }
         other => {
             if let Some(converting) = &mut converting {

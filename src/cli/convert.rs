@@ -1,19 +1,19 @@
 //! `diskc convert SOURCE`: any container image to a root filesystem, its manifest and its
 //! boot files, kept in the store and/or written to an output directory.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 use tokio::runtime::Handle;
 
 use diskc::error::Error;
-use diskc::pipeline::{self, ConvertPlan, Converted, HostKernel, OutputPlan, Progress, RootfsOptions};
-use diskc::source::{SourceRef, DEFAULT_PLATFORM};
+use diskc::pipeline::{self, ConvertPlan, Converted, HostKernel, OutputPlan, RootfsOptions};
+use diskc::source::registry::{parse_creds, Credentials, RegistryOptions};
+use diskc::source::SourceRef;
 
+use super::progress::{ConvertDisplay, ProgressMode};
 use super::store::StoreArgs;
-use super::{output, parse_size, GlobalArgs, SizeArg};
+use super::{output, parse_size, CliError, GlobalArgs, SizeArg};
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
@@ -23,21 +23,55 @@ SOURCE names an image the way skopeo does:
   oci-archive:FILE[:REF]        a tar of an OCI image layout
   docker-archive:FILE[:REF]     a `docker save` archive
   docker://HOST[:PORT]/REPO[:TAG|@DIGEST]   a registry (plain HTTP on loopback;
-                                credentials from the Docker config file)
+                                credentials as `docker pull` finds them, or --creds;
+                                429 and 5xx answers are tried again with backoff)
 
 The image is kept in the store and its id printed; -o also writes OUTDIR/rootfs.ext4,
 OUTDIR/manifest.json and, with a kernel, OUTDIR/vmlinuz and OUTDIR/initrd.img.")]
 pub struct ConvertArgs {
     /// The image to convert (see below).
     pub source: String,
-    /// Which image of a multi-platform index: os/arch[/variant].
-    #[arg(long, default_value = DEFAULT_PLATFORM, value_parser = parse_platform)]
-    pub platform: String,
+    /// The platform the image must be for, os/arch[/variant]: picked from a multi-platform
+    /// image, else an error naming the platforms it has [default: an index's linux/amd64,
+    /// a single image as it is].
+    #[arg(long, value_parser = parse_platform)]
+    pub platform: Option<String>,
     /// Name the stored image (repeatable).
     #[arg(short = 't', long = "tag", value_name = "NAME", conflicts_with = "no_store")]
     pub names: Vec<String>,
     #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// How a `docker://` SOURCE is reached, with skopeo's flags.
+#[derive(Args, Debug)]
+pub struct RegistryArgs {
+    /// Registry credentials, instead of the Docker config's.
+    #[arg(long, value_name = "USER:PASSWORD", value_parser = parse_creds)]
+    pub creds: Option<Credentials>,
+    /// The Docker config file with the credentials (auths, credHelpers, credsStore)
+    /// [default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json].
+    #[arg(long, value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
+    /// `--tls-verify=false`: accept any certificate, and plain HTTP from a registry without
+    /// TLS (a test registry). Loopback registries are always plain HTTP.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_value_t = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+}
+
+impl RegistryArgs {
+    fn options(&self) -> Result<RegistryOptions, CliError> {
+        if let Some(file) = self.authfile.as_ref().filter(|f| !f.is_file()) {
+            return Err(CliError::MissingAuthfile(file.clone()));
+        }
+        Ok(RegistryOptions {
+            insecure: !self.tls_verify,
+            docker_config: self.authfile.clone(),
+            credentials: self.creds.clone(),
+        })
+    }
 }
 
 /// Where an image goes and how it is laid out; shared by `convert` and `build`.
@@ -67,6 +101,9 @@ pub struct OutputArgs {
     /// image].
     #[arg(long, env = "SOURCE_DATE_EPOCH", value_name = "SECONDS")]
     pub source_date_epoch: Option<i64>,
+    /// How progress shows on stderr: bars on a terminal (tty), lines (plain), or nothing.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto, value_name = "MODE")]
+    pub progress: ProgressMode,
 }
 
 impl OutputArgs {
@@ -97,11 +134,12 @@ pub fn run(args: ConvertArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Er
         source: args.source.parse::<SourceRef>()?,
         input: args.source.clone(),
         platform: args.platform.clone(),
+        registry: args.registry.options()?,
         output: args.output.plan(args.names.clone()),
     };
-    let mut progress = ConvertProgress::new(global);
-    let converted = pipeline::convert(&plan, rt, &mut |p| progress.show(p));
-    progress.finish();
+    let mut display = ConvertDisplay::new(args.output.progress.shown(global));
+    let converted = pipeline::convert(&plan, rt, &mut |p| display.show(p));
+    display.finish();
     print_result("convert", &converted?, global, serde_json::Map::new());
     Ok(0)
 }
@@ -119,44 +157,6 @@ pub fn parse_platform(text: &str) -> Result<String, String> {
         Err(format!(
             "{text:?} is not a platform: expected os/arch[/variant], e.g. linux/amd64 or linux/arm64/v8"
         ))
-    }
-}
-
-/// A spinner line on stderr for the conversion, when it is a terminal.
-pub struct ConvertProgress {
-    bar: Option<indicatif::ProgressBar>,
-}
-
-impl ConvertProgress {
-    pub fn new(global: &GlobalArgs) -> Self {
-        ConvertProgress { bar: (!global.quiet && std::io::stderr().is_terminal()).then(Self::spinner) }
-    }
-
-    fn spinner() -> indicatif::ProgressBar {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.enable_steady_tick(Duration::from_millis(120));
-        bar
-    }
-
-    pub fn show(&mut self, p: Progress) {
-        let Some(bar) = &self.bar else { return };
-        bar.set_message(match p {
-            Progress::Build(_) | Progress::Built { .. } => return,
-            Progress::Resolved { layers, bytes: Some(b), .. } => {
-                format!("reading {layers} layers ({})", indicatif::HumanBytes(b))
-            }
-            Progress::Resolved { layers, bytes: None, .. } => format!("reading {layers} layers"),
-            Progress::CacheHit { id } => format!("in the store already: {}", &id[..12.min(id.len())]),
-            Progress::LayersIndexed { .. } => "merging layers".into(),
-            Progress::Flattened { entries } => format!("writing ext4 ({entries} entries)"),
-            Progress::RootfsWritten { .. } => "storing".into(),
-        });
-    }
-
-    pub fn finish(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod generate;
 pub mod listing;
 pub mod mkfs;
 pub mod output;
+pub mod progress;
 pub mod store;
 pub mod store_admin;
 pub mod transfer;
@@ -163,12 +164,16 @@ pub enum CliError {
     StoreNotADirectory(PathBuf),
     #[error("SOURCE {0} does not exist: give a directory, a tar file, or - for a tar on stdin")]
     MissingSource(PathBuf),
+    #[error("--authfile {0} is not a file: give the Docker config file that holds the credentials (docker login writes ~/.docker/config.json)")]
+    MissingAuthfile(PathBuf),
 }
 
 impl Classify for CliError {
     fn error_kind(&self) -> ErrorKind {
         match self {
-            CliError::NoStore(_) | CliError::MissingSource(_) => ErrorKind::BadInput,
+            CliError::NoStore(_) | CliError::MissingSource(_) | CliError::MissingAuthfile(_) => {
+                ErrorKind::BadInput
+            }
             CliError::StoreNotADirectory(_) => ErrorKind::Usage,
         }
     }

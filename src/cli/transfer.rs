@@ -7,8 +7,9 @@ use serde_json::json;
 use tokio::runtime::Handle;
 
 use diskc::error::{Error, ResultExt};
-use diskc::store::{Remote, Transfer, TransferProgress};
+use diskc::store::{Remote, TransferProgress};
 
+use super::progress::{bytes_bar, ProgressMode, Shown};
 use super::store::StoreArgs;
 use super::GlobalArgs;
 
@@ -21,6 +22,9 @@ pub struct TransferArgs {
     /// The other store: s3://BUCKET[/PREFIX] (configured by AWS_ENDPOINT_URL,
     /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP) or file:///PATH.
     pub remote: String,
+    /// How progress shows on stderr: a bar on a terminal (tty), lines (plain), or nothing.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto, value_name = "MODE")]
+    pub progress: ProgressMode,
 }
 
 pub fn push(args: TransferArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
@@ -35,27 +39,35 @@ fn run(args: TransferArgs, global: &GlobalArgs, rt: &Handle, verb: &str) -> Resu
     // Push reads this store and must not create one; pull fills it.
     let store = if verb == "push" { args.store.open_existing(rt)? } else { args.store.open(rt)? };
     let remote = Remote::open(&args.remote, rt)?;
-    let quiet = global.quiet || global.json;
-    let progress = |p: TransferProgress| {
-        if !quiet {
-            eprintln!("{verb}: {} of {} KiB of chunks", p.done >> 10, p.total >> 10);
+    let shown = if global.json { Shown::Quiet } else { args.progress.shown(global) };
+    let bar = (shown == Shown::Tty).then(|| bytes_bar(verb));
+    let progress = |p: TransferProgress| match (&bar, shown) {
+        (Some(bar), _) => {
+            bar.set_length(p.total);
+            bar.set_position(p.done);
         }
+        (None, Shown::Plain) => eprintln!("{verb}: {} of {} KiB of chunks", p.done >> 10, p.total >> 10),
+        (None, _) => {}
     };
-    let done: Transfer = if verb == "push" {
+    let done = if verb == "push" {
         store.push(&args.image, &remote, &progress)
     } else {
         store.pull(&args.image, &remote, &progress)
     }
     .with_context(|| {
         format!("cannot {verb} {} {} {}", args.image, if verb == "push" { "to" } else { "from" }, args.remote)
-    })?;
+    });
+    if let Some(bar) = bar {
+        bar.finish();
+    }
+    let done = done?;
     if global.json {
         super::output::json(
             verb,
             json!({ "id": done.id, "transferred_bytes": done.transferred_bytes, "chunks": done.chunks }),
         );
     } else {
-        if !global.quiet {
+        if shown != Shown::Quiet {
             eprintln!("{verb}: {} chunks, {} bytes transferred", done.chunks, done.transferred_bytes);
         }
         super::output::line(done.id);

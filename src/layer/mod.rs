@@ -17,6 +17,7 @@ use crate::tree::flatten::{self, Entry, FlattenError, LayerChanges};
 use crate::tree::FsTree;
 
 mod entry;
+mod meter;
 mod pax_sparse;
 mod relay;
 pub(crate) mod spool;
@@ -26,6 +27,7 @@ use relay::relay;
 
 pub use entry::MAX_FILE_SIZE;
 use entry::{parse_tar, ParsedTar};
+pub use meter::{LayerMeter, LayerReading};
 use spool::Spool;
 pub use spool::{SpoolFile, SpoolRef, SpoolWriter};
 
@@ -303,15 +305,21 @@ where
                 let expect = &jobs[i].expect;
                 let name = || blob_name(expect, layer);
                 let result = match (open(i), spool.slot(layer)) {
-                    (Ok(blob), Ok(writer)) => match jobs[i].size {
-                        Some(size) => {
-                            index_layer(SizedBlob { inner: blob, size, read: 0 }, expect, layer, writer)
+                    (Ok(blob), Ok(writer)) => {
+                        let blob = spool.meter().reader(layer, blob);
+                        match jobs[i].size {
+                            Some(size) => {
+                                index_layer(SizedBlob { inner: blob, size, read: 0 }, expect, layer, writer)
+                            }
+                            None => index_layer(blob, expect, layer, writer),
                         }
-                        None => index_layer(blob, expect, layer, writer),
-                    },
+                    }
                     (Err(source), _) => Err(LayerError::Read { blob: name(), source }),
                     (_, Err(source)) => Err(LayerError::Spool { blob: name(), source }),
                 };
+                if result.is_ok() {
+                    spool.meter().finish(layer);
+                }
                 *results[i].lock().expect("no panics while holding the lock") = Some(result);
             });
         }

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::meter::LayerMeter;
 use crate::fileio::{self, copy_range, punch_hole};
 use crate::layout::{ALIGN_BYTES, ALIGN_FILES_FROM, BLOCK_SIZE, DATA_START_BYTES};
 use crate::tree::Content;
@@ -38,6 +39,8 @@ pub struct SpoolFile {
     /// SLOT_BYTES; smaller in tests.
     slot_bytes: u64,
     spools: Mutex<Vec<Arc<Spool>>>,
+    /// Counts what the layer readers read, for progress displays.
+    meter: Arc<LayerMeter>,
 }
 
 /// One layer's part of the spool file.
@@ -85,7 +88,22 @@ impl SpoolFile {
     /// Spools into `file`: empty, open for reading and writing, on a filesystem with sparse
     /// files.
     pub fn new(file: File) -> Self {
-        SpoolFile { file: Arc::new(file), slot_bytes: SLOT_BYTES, spools: Mutex::new(Vec::new()) }
+        SpoolFile {
+            file: Arc::new(file),
+            slot_bytes: SLOT_BYTES,
+            spools: Mutex::new(Vec::new()),
+            meter: Arc::new(LayerMeter::new([])),
+        }
+    }
+
+    /// Counts the layers' reading in `meter` (see [`LayerMeter`]).
+    pub fn with_meter(mut self, meter: Arc<LayerMeter>) -> Self {
+        self.meter = meter;
+        self
+    }
+
+    pub(crate) fn meter(&self) -> &LayerMeter {
+        &self.meter
     }
 
     /// Spools into an unlinked temporary file in `dir`: for layers read only to be looked at.

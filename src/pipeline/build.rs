@@ -8,7 +8,7 @@ use tokio::runtime::Handle;
 use super::{convert, ConvertPlan, Converted, OutputPlan, Progress};
 use crate::build::{build_image, BuildPlan};
 use crate::error::{Error, ResultExt};
-use crate::source::{SourceRef, DEFAULT_PLATFORM};
+use crate::source::SourceRef;
 
 /// The result of a build: the daemon's image and its conversion.
 #[derive(Clone, Debug)]
@@ -41,7 +41,9 @@ pub fn build(
         source: SourceRef::DockerDaemon { name: built.image_id.clone() },
         // The manifest names the image by its first tag.
         input: format!("docker-daemon:{}", built.tags.first().unwrap_or(&built.image_id)),
-        platform: DEFAULT_PLATFORM.to_string(),
+        // What BuildKit built for, when it was told.
+        platform: plan.platform.clone(),
+        registry: Default::default(),
         output,
     };
     let converted = convert(&convert_plan, rt, progress)?;

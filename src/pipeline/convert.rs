@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::runtime::Handle;
@@ -58,9 +59,16 @@ fn run(
     }
     let store = output.store.as_ref().map(|location| location.open(rt)).transpose()?;
 
-    let opened = source::open(rt, &plan.source, &plan.platform)?;
-    let bytes = opened.resolved().layers.iter().map(|l| l.size).sum::<Option<u64>>();
-    progress(Progress::Resolved { input: plan.input.clone(), layers: opened.resolved().layers.len(), bytes });
+    let opened = source::open(rt, &plan.source, plan.platform.as_deref(), &plan.registry)?;
+    let layers = &opened.resolved().layers;
+    let bytes = layers.iter().map(|l| l.size).sum::<Option<u64>>();
+    let meter = Arc::new(layer::LayerMeter::new(layers.iter().map(|l| (l.digest, l.size))));
+    progress(Progress::Resolved {
+        input: plan.input.clone(),
+        layers: layers.len(),
+        bytes,
+        meter: meter.clone(),
+    });
     timings.resolve = lap(started, &timings);
 
     let cache_key = cache_key(plan, opened.resolved().config_digest)?;
@@ -88,7 +96,7 @@ fn run(
         .create_new(true)
         .open(&rootfs_path)
         .map_err(|source| PipelineError::Io { what: "creating", path: rootfs_path.clone(), source })?;
-    let spool = layer::SpoolFile::new(file);
+    let spool = layer::SpoolFile::new(file).with_meter(meter);
     let (resolved, layers) = opened.index_layers(&spool)?;
     timings.layers = lap(started, &timings);
     progress(Progress::LayersIndexed { seconds: timings.layers });

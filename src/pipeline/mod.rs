@@ -20,6 +20,7 @@ mod staging;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -27,6 +28,8 @@ use crate::boot::BootError;
 use crate::build::BuildEvent;
 use crate::error::{Classify, ErrorKind};
 use crate::ext4;
+use crate::layer::LayerMeter;
+use crate::source::registry::RegistryOptions;
 use crate::source::{SourceError, SourceRef};
 use crate::store::{StoreError, StoreLocation};
 use crate::tree::flatten::FlattenError;
@@ -43,8 +46,12 @@ pub struct ConvertPlan {
     pub source: SourceRef,
     /// The source as the user wrote it, for the manifest and messages.
     pub input: String,
-    /// `os/arch[/variant]` to pick from a multi-platform index.
-    pub platform: String,
+    /// `os/arch[/variant]`: the image must be for this platform (picked from an index, or
+    /// an error naming what the image has); `None` takes an index's entry for the host
+    /// ([`crate::source::DEFAULT_PLATFORM`]) and a single image as it is.
+    pub platform: Option<String>,
+    /// Credentials and TLS for a `docker://` source.
+    pub registry: RegistryOptions,
     pub output: OutputPlan,
 }
 
@@ -116,8 +123,9 @@ pub enum Progress {
     Build(BuildEvent),
     /// The build is done: the daemon's image id and the tags it got (`build` only).
     Built { image_id: String, tags: Vec<String> },
-    /// The image is resolved: this many layers, this many bytes to read (when known).
-    Resolved { input: String, layers: usize, bytes: Option<u64> },
+    /// The image is resolved: this many layers, this many bytes to read (when known), and
+    /// the meter that counts their reading as it goes (poll it: no event says "more read").
+    Resolved { input: String, layers: usize, bytes: Option<u64>, meter: Arc<LayerMeter> },
     /// The store already holds this conversion.
     CacheHit { id: String },
     /// All layers are read and indexed.

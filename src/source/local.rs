@@ -110,9 +110,15 @@ pub(crate) fn resolve_oci(
                 problem: "index.json lists no image".into(),
             })
         }
-        None => pick_platform(input, &index.manifests, platform).map_err(|_| SourceError::NoImage {
-            input: input.to_string(),
-            problem: format!("index.json lists {} images; name one with :REF", index.manifests.len()),
+        None => pick_platform(input, &index.manifests, platform).map_err(|e| match e {
+            SourceError::NoImage { input, problem } => SourceError::NoImage {
+                problem: format!(
+                    "index.json lists {} images, {problem}; name one with :REF",
+                    index.manifests.len()
+                ),
+                input,
+            },
+            other => other,
         })?,
     }
     .clone();

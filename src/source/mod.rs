@@ -22,7 +22,7 @@ pub(crate) mod stream;
 pub use local::{open_local, LocalImage};
 pub use open::{open, ImageSource};
 pub use reference::{InvalidSource, RegistryRef, RegistryTag, SourceRef};
-pub use spec::{parse_config, ParsedConfig, DEFAULT_PLATFORM};
+pub use spec::{parse_config, platform_matches, ParsedConfig, DEFAULT_PLATFORM};
 pub use stream::{read_image_stream, StreamedImage};
 
 /// One layer blob as the manifest lists it.
@@ -69,6 +69,8 @@ pub enum SourceError {
     NoImage { input: String, problem: String },
     #[error("{input}: {source}")]
     Layer { input: String, source: LayerError },
+    #[error("no image for platform {wanted}: the image is for {have}")]
+    WrongPlatform { wanted: String, have: String },
     #[error(transparent)]
     Daemon(#[from] daemon::DaemonError),
     #[error(transparent)]
@@ -86,7 +88,8 @@ impl Classify for SourceError {
             SourceError::NotFound { .. }
             | SourceError::Corrupt { .. }
             | SourceError::MissingBlob { .. }
-            | SourceError::NoImage { .. } => ErrorKind::BadInput,
+            | SourceError::NoImage { .. }
+            | SourceError::WrongPlatform { .. } => ErrorKind::BadInput,
         }
     }
 }

@@ -4,8 +4,8 @@
 use super::daemon::{export_stream, resolve_daemon, DaemonImage};
 use super::registry::{Registry, RegistryOptions};
 use super::{
-    open_local, parse_config, read_image_stream, LayerDescriptor, LocalImage, ParsedConfig, ResolvedImage,
-    SourceError, SourceRef,
+    open_local, parse_config, platform_matches, read_image_stream, LayerDescriptor, LocalImage, ParsedConfig,
+    ResolvedImage, SourceError, SourceRef, DEFAULT_PLATFORM,
 };
 use crate::layer::{self, LayerExpect, LayerIndex, LayerJob, SpoolFile};
 use tokio::runtime::Handle;
@@ -117,9 +117,13 @@ struct RegistrySource {
 }
 
 impl RegistrySource {
-    fn open(reference: &super::RegistryRef, platform: &str) -> Result<Self, SourceError> {
+    fn open(
+        reference: &super::RegistryRef,
+        platform: &str,
+        options: &RegistryOptions,
+    ) -> Result<Self, SourceError> {
         let input = format!("docker://{reference}");
-        let registry = Registry::new(reference.clone(), &RegistryOptions::default())?;
+        let registry = Registry::new(reference.clone(), options)?;
         let resolved = registry.resolve(platform)?;
         let config = parse_config(&resolved.config_json)
             .map_err(|problem| SourceError::Corrupt { input: input.clone(), problem })?;
@@ -172,14 +176,33 @@ impl ImageSource for RegistrySource {
     }
 }
 
-/// Opens `source`; `platform` picks among a multi-platform index. The daemon source runs its
-/// async part on `rt`, the caller's runtime.
-pub fn open(rt: &Handle, source: &SourceRef, platform: &str) -> Result<Box<dyn ImageSource>, SourceError> {
-    Ok(match source {
+/// Opens `source`. `platform` (`os/arch[/variant]`) picks among a multi-platform index, and
+/// when given, an image of any other platform is an error naming the one it has; `None`
+/// takes the host's from an index ([`DEFAULT_PLATFORM`]) and a single image as it is.
+/// `registry` says how to reach a registry. The daemon source runs its async part on `rt`,
+/// the caller's runtime.
+pub fn open(
+    rt: &Handle,
+    source: &SourceRef,
+    platform: Option<&str>,
+    registry: &RegistryOptions,
+) -> Result<Box<dyn ImageSource>, SourceError> {
+    let pick = platform.unwrap_or(DEFAULT_PLATFORM);
+    let opened: Box<dyn ImageSource> = match source {
         SourceRef::Oci { .. } | SourceRef::OciArchive { .. } | SourceRef::DockerArchive { .. } => {
-            Box::new(open_local(source, platform)?)
+            Box::new(open_local(source, pick)?)
         }
-        SourceRef::DockerDaemon { name } => Box::new(DaemonSource::open(rt, name, platform)?),
-        SourceRef::Registry(reference) => Box::new(RegistrySource::open(reference, platform)?),
-    })
+        SourceRef::DockerDaemon { name } => Box::new(DaemonSource::open(rt, name, pick)?),
+        SourceRef::Registry(reference) => Box::new(RegistrySource::open(reference, pick, registry)?),
+    };
+    // An index was resolved to `pick` already; a single image is whatever it was built for.
+    let have = &opened.resolved().platform;
+    match platform {
+        Some(wanted) if !platform_matches(have, wanted) => {
+            let have =
+                if have.trim_matches('/').is_empty() { "no stated platform".into() } else { have.clone() };
+            Err(SourceError::WrongPlatform { wanted: wanted.to_string(), have })
+        }
+        _ => Ok(opened),
+    }
 }

@@ -57,12 +57,17 @@ impl Platform {
 
     /// Whether this is the `os/arch[/variant]` asked for; no variant asked matches any.
     pub fn matches(&self, wanted: &str) -> bool {
-        let mut parts = wanted.split('/');
-        let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
-        os == Some(self.os.as_str())
-            && arch == Some(self.architecture.as_str())
-            && variant.is_none_or(|v| self.variant.as_deref() == Some(v))
+        platform_matches(&self.name(), wanted)
     }
+}
+
+/// Whether an image built for `have` is the `wanted` one (both `os/arch[/variant]`); no
+/// variant asked matches any.
+pub fn platform_matches(have: &str, wanted: &str) -> bool {
+    let (mut have, mut wanted) = (have.split('/'), wanted.split('/'));
+    have.next() == wanted.next()
+        && have.next() == wanted.next()
+        && wanted.next().is_none_or(|variant| have.next() == Some(variant))
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -243,5 +248,12 @@ mod tests {
         assert!(p.matches("linux/arm") && p.matches("linux/arm/v7"));
         assert!(!p.matches("linux/arm/v6") && !p.matches("linux/amd64") && !p.matches("linux"));
         assert_eq!(p.name(), "linux/arm/v7");
+        assert!(
+            platform_matches("linux/amd64", "linux/amd64") && platform_matches("linux/arm/v7", "linux/arm")
+        );
+        assert!(
+            !platform_matches("linux/amd64", "linux/arm64") && !platform_matches("linux/arm", "linux/arm/v7")
+        );
+        assert!(!platform_matches("/", "linux/amd64"));
     }
 }

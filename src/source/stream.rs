@@ -124,10 +124,13 @@ pub fn read_image_stream<R: Read>(
         if looks_like_layer(&head) {
             let blob = head.as_slice().chain(data);
             let layer_err = |source| SourceError::Layer { input: format!("{input}: {path}"), source };
+            let slot = slots.for_layer(&path, &docs);
             let writer = spool
-                .slot(slots.for_layer(&path, &docs))
+                .slot(slot)
                 .map_err(|source| layer_err(LayerError::Spool { blob: path.clone(), source }))?;
+            let blob = spool.meter().reader(slot, blob);
             let index = index_layer(blob, &LayerExpect::default(), 0, writer).map_err(layer_err)?;
+            spool.meter().finish(slot);
             layers.insert(path, index);
         } else if entry.size <= MAX_DOCUMENT {
             let mut bytes = head;

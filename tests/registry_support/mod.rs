@@ -71,6 +71,43 @@ impl TestRegistry {
         )
     }
 
+    /// A registry serving `other`'s images over HTTPS on every interface, with a
+    /// self-signed certificate (made by openssl) for `address`, which no client trusts.
+    pub fn start_tls_serving(other: &TestRegistry, address: std::net::Ipv4Addr) -> TestRegistry {
+        let dir = tempdir();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        run_ok(
+            Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=diskc-test",
+                ])
+                .arg("-addext")
+                .arg(format!("subjectAltName=IP:{address}"))
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert),
+        );
+        let storage = other.dir.path().join("storage");
+        Self::start_with(
+            dir,
+            &[
+                ("REGISTRY_HTTP_TLS_CERTIFICATE", cert.to_str().unwrap()),
+                ("REGISTRY_HTTP_TLS_KEY", key.to_str().unwrap()),
+                ("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", storage.to_str().unwrap()),
+            ],
+            true,
+        )
+    }
+
     fn start_with(dir: tempfile::TempDir, env: &[(&str, &str)], all_interfaces: bool) -> TestRegistry {
         // Another process may take the port between free_port and the bind; retry then.
         for _ in 0..5 {
@@ -198,6 +235,8 @@ pub fn build_app_image() -> &'static str {
 /// allows).
 pub const PROXY_USER: &str = "diskc";
 pub const PROXY_PASSWORD: &str = "s3cret:with-colon";
+/// The identity (OAuth2 refresh) token [`FrontProxy`]'s realm exchanges for an access token.
+pub const PROXY_IDENTITY_TOKEN: &str = "diskc-refresh-token";
 const TOKEN: &str = "diskc-test-token";
 const SERVICE: &str = "diskc-test";
 
@@ -211,6 +250,9 @@ pub enum Behaviour {
     /// Serve what the registry serves, but alter manifests (valid JSON, other bytes) and
     /// flip a byte of the blob with digest `blob`.
     Tamper { manifests: bool, blob: Option<String> },
+    /// Answer the first `failures` requests with `status` (and `Retry-After` when given),
+    /// or, with status 0, by closing the connection unanswered; then forward.
+    FailFirst { failures: usize, status: u16, retry_after: Option<u64> },
 }
 
 /// The one fake in the registry tests, and it says so. The bearer flow needs a token
@@ -221,6 +263,8 @@ pub enum Behaviour {
 pub struct FrontProxy {
     pub port: u16,
     pub token_requests: Arc<AtomicUsize>,
+    /// Every request the proxy took, answered or not.
+    pub requests: Arc<AtomicUsize>,
 }
 
 impl FrontProxy {
@@ -228,15 +272,24 @@ impl FrontProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let token_requests = Arc::new(AtomicUsize::new(0));
-        let counter = token_requests.clone();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (counter, all) = (token_requests.clone(), requests.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let counter = counter.clone();
                 let behaviour = behaviour.clone();
-                std::thread::spawn(move || serve(stream, port, backend, &behaviour, &counter));
+                let seen = all.fetch_add(1, Ordering::SeqCst);
+                if let Behaviour::FailFirst { failures, status: 0, .. } = behaviour {
+                    if seen < failures {
+                        // A reset: the connection closes with the request unanswered.
+                        drop(stream);
+                        continue;
+                    }
+                }
+                std::thread::spawn(move || serve(stream, port, backend, &behaviour, &counter, seen));
             }
         });
-        FrontProxy { port, token_requests }
+        FrontProxy { port, token_requests, requests }
     }
 
     pub fn host(&self) -> String {
@@ -278,6 +331,7 @@ fn serve(
     backend: u16,
     behaviour: &Behaviour,
     token_requests: &AtomicUsize,
+    seen: usize,
 ) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut request_line = String::new();
@@ -296,6 +350,22 @@ fn serve(
         }
     }
     let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+    let length: usize = header("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    let form: Vec<(String, String)> = String::from_utf8_lossy(&body)
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), percent_decode(v)))
+        .collect();
+
+    if let Behaviour::FailFirst { failures, status, retry_after } = behaviour {
+        if seen < *failures {
+            let headers: Vec<(&str, String)> =
+                retry_after.iter().map(|s| ("Retry-After", s.to_string())).collect();
+            return respond(&mut stream, *status, &headers, b"{}");
+        }
+    }
 
     if let Behaviour::RequireToken { repo } = behaviour {
         let basic = format!(
@@ -313,6 +383,20 @@ fn serve(
             let scope_ok = has("scope", &format!("repository:{repo}:pull")) && has("service", SERVICE);
             if header("authorization").as_deref() == Some(basic.as_str()) && scope_ok {
                 let body = format!(r#"{{"token":"{TOKEN}","expires_in":300}}"#);
+                return respond(&mut stream, 200, &[], body.as_bytes());
+            }
+            return respond(&mut stream, 401, &[], b"{}");
+        }
+        // OAuth2's refresh-token grant, as the Docker client sends an identity token.
+        if request_line.starts_with("POST /token ") {
+            token_requests.fetch_add(1, Ordering::SeqCst);
+            let has = |k: &str, v: &str| form.iter().any(|(fk, fv)| fk == k && fv == v);
+            if has("grant_type", "refresh_token")
+                && has("refresh_token", PROXY_IDENTITY_TOKEN)
+                && has("scope", &format!("repository:{repo}:pull"))
+                && has("service", SERVICE)
+            {
+                let body = format!(r#"{{"access_token":"{TOKEN}","expires_in":300}}"#);
                 return respond(&mut stream, 200, &[], body.as_bytes());
             }
             return respond(&mut stream, 401, &[], b"{}");

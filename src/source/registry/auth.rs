@@ -1,8 +1,9 @@
 //! Getting past a registry's access control, as its `WWW-Authenticate` challenge asks:
 //! anonymous first, then HTTP basic with the user's credentials, or a bearer token from the
 //! realm the registry names (sent the credentials, if any: public registries hand out
-//! anonymous tokens). The `Authorization` that worked is kept and reused, so the layer
-//! threads of one pull share a single token.
+//! anonymous tokens; an identity token is exchanged by OAuth2's refresh-token grant, as
+//! the Docker client does). The `Authorization` that worked is kept and reused, so the
+//! layer threads of one pull share a single token.
 
 use std::iter::Peekable;
 use std::str::Chars;
@@ -11,7 +12,7 @@ use std::sync::Mutex;
 use serde::Deserialize;
 
 use super::client::{self, HttpClient, HttpResponse};
-use super::credentials::{default_docker_config, load_credentials, Credentials};
+use super::credentials::{default_docker_config, load_secret, Credentials, Secret};
 use super::{RegistryError, RegistryOptions};
 use crate::source::RegistryRef;
 
@@ -26,30 +27,35 @@ pub(super) struct Authenticator {
     repository: String,
     /// Whether a token realm may be plain HTTP on a host that is not loopback.
     insecure: bool,
-    credentials: Option<Credentials>,
+    secret: Option<Secret>,
     /// Where the credentials would come from, for error messages.
     config_path: String,
     authorization: Mutex<Option<String>>,
 }
 
 impl Authenticator {
-    /// Reads the credentials for `reference`'s registry; makes no request.
+    /// Takes the credentials given, or looks those of `reference`'s registry up in the
+    /// Docker config (running its credential helper); makes no request to the registry.
     pub(super) fn new(
         reference: &RegistryRef,
         options: &RegistryOptions,
     ) -> Result<Authenticator, RegistryError> {
         let config_path = options.docker_config.clone().or_else(default_docker_config);
-        let credentials = match &config_path {
-            Some(path) => load_credentials(path, &reference.registry)?,
-            None => None,
+        let secret = match (&options.credentials, &config_path) {
+            (Some(given), _) => Some(Secret::Password(given.clone())),
+            (None, Some(path)) => load_secret(path, &reference.registry)?,
+            (None, None) => None,
         };
         Ok(Authenticator {
             registry: reference.registry.clone(),
             repository: reference.repository.clone(),
             insecure: options.insecure,
-            credentials,
-            config_path: config_path
-                .map_or_else(|| "~/.docker/config.json".into(), |p| p.display().to_string()),
+            secret,
+            config_path: match (&options.credentials, config_path) {
+                (Some(_), _) => "--creds".into(),
+                (None, Some(path)) => path.display().to_string(),
+                (None, None) => "~/.docker/config.json".into(),
+            },
             authorization: Mutex::new(None),
         })
     }
@@ -98,7 +104,7 @@ impl Authenticator {
             return self.fetch_token(client, realm, service.as_deref(), scope.as_deref()).map(Some);
         }
         if challenges.contains(&Challenge::Basic) {
-            return Ok(self.credentials.as_ref().map(Credentials::basic_header));
+            return Ok(self.password().map(Credentials::basic_header));
         }
         Ok(None)
     }
@@ -118,10 +124,22 @@ impl Authenticator {
         if let Some(service) = service {
             query.push(("service", service));
         }
-        let basic = self.credentials.as_ref().map(Credentials::basic_header);
-        let response = client
-            .get_url(realm, &query, basic.as_deref())
-            .map_err(|e| self.auth_error(format!("token realm {realm}: {e}")))?;
+        let response = match &self.secret {
+            Some(Secret::IdentityToken(refresh_token)) => {
+                let mut form = query.clone();
+                form.extend([
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh_token.as_str()),
+                    ("client_id", "diskc"),
+                ]);
+                client.post_form(realm, &form)
+            }
+            _ => {
+                let basic = self.password().map(Credentials::basic_header);
+                client.get_url(realm, &query, basic.as_deref())
+            }
+        }
+        .map_err(|e| self.auth_error(format!("token realm {realm}: {e}")))?;
         let status = response.status().as_u16();
         if status != 200 {
             return Err(self.refused(format!("token realm answered {status}")));
@@ -146,6 +164,13 @@ impl Authenticator {
             );
         }
         Ok(())
+    }
+
+    fn password(&self) -> Option<&Credentials> {
+        match &self.secret {
+            Some(Secret::Password(c)) => Some(c),
+            _ => None,
+        }
     }
 
     fn auth_error(&self, problem: String) -> RegistryError {

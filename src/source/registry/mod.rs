@@ -10,11 +10,12 @@
 //! The parts, each parsed apart from its requests and tested on bytes:
 //! - `client`: HTTP. Loopback registries (127.0.0.0/8, localhost, ::1) are spoken to over
 //!   plain HTTP, as Docker does for them; any other host over HTTPS unless the caller asks
-//!   for insecure. Timeouts, bounded reads, error bodies.
+//!   for insecure. Timeouts, retries with backoff on 429/5xx and broken connections,
+//!   bounded reads, error bodies.
 //! - `auth`: the registry's `WWW-Authenticate` challenge: anonymous first, then HTTP basic,
 //!   or a bearer token from the realm the registry names.
-//! - `credentials`: the `auths` entries that `docker login` writes in the Docker client's
-//!   config file.
+//! - `credentials`: the Docker client's config file (`auths`, `identitytoken`, `credHelpers`,
+//!   `credsStore`) through the `docker_credential` crate, or credentials given outright.
 //! - `manifest`: which manifest kinds are read, and which are refused by name.
 
 use std::path::PathBuf;
@@ -34,7 +35,7 @@ use client::{HttpClient, HttpResponse};
 use manifest::{available_platforms, parse_manifest, ManifestProblem, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES};
 
 pub use client::is_loopback_host;
-pub use credentials::{default_docker_config, Credentials};
+pub use credentials::{default_docker_config, parse_creds, Credentials};
 pub use manifest::{MEDIA_DOCKER_MANIFEST, MEDIA_DOCKER_MANIFEST_LIST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST};
 
 /// Configs carry the build history; a long one is still far below this.
@@ -49,12 +50,21 @@ pub enum RegistryError {
         #[source]
         source: ureq::Error,
     },
+    #[error(
+        "cannot reach registry {host} over TLS: {source}; for a registry without TLS or with a \
+         certificate no one vouches for (a test registry), give --tls-verify=false"
+    )]
+    Tls {
+        host: String,
+        #[source]
+        source: ureq::Error,
+    },
     #[error("registry {host} answered {status} to {what}{}", if .message.is_empty() { String::new() } else { format!(": {}", .message) })]
     Status { host: String, what: String, status: u16, message: String },
     #[error("{reference}: {what} not found")]
     NotFound { reference: String, what: String },
     #[error(
-        "registry {host} refused access to {repository}{}; give credentials for {host} in {config} (docker login)",
+        "registry {host} refused access to {repository}{}; credentials for {host} come from {config} (docker login), --authfile FILE or --creds USER:PASS",
         if .message.is_empty() { String::new() } else { format!(" ({})", .message) }
     )]
     Unauthorized { host: String, repository: String, message: String, config: String },
@@ -80,9 +90,12 @@ impl Classify for RegistryError {
     fn error_kind(&self) -> ErrorKind {
         use RegistryError::*;
         match self {
-            Unreachable { .. } | Status { .. } | Unauthorized { .. } | Auth { .. } | Credentials { .. } => {
-                ErrorKind::Environment
-            }
+            Unreachable { .. }
+            | Tls { .. }
+            | Status { .. }
+            | Unauthorized { .. }
+            | Auth { .. }
+            | Credentials { .. } => ErrorKind::Environment,
             NotFound { .. }
             | DigestMismatch { .. }
             | SizeMismatch { .. }
@@ -109,11 +122,14 @@ impl From<RegistryError> for std::io::Error {
 /// How to reach registries.
 #[derive(Clone, Debug, Default)]
 pub struct RegistryOptions {
-    /// Speak plain HTTP to a registry that is not on loopback (and to a token realm there).
+    /// `--tls-verify=false`: do not verify the registry's certificate, speak plain HTTP to
+    /// it if it does not speak TLS, and allow a plain-HTTP token realm.
     pub insecure: bool,
-    /// The Docker config file to take credentials from; `None` means
+    /// The Docker config file to take credentials from (`--authfile`); `None` means
     /// [`default_docker_config`].
     pub docker_config: Option<PathBuf>,
+    /// Credentials given outright (`--creds`): the config file is not read.
+    pub credentials: Option<Credentials>,
 }
 
 /// A client for one repository of one registry. It is `Sync`: layers may be fetched from
