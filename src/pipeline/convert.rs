@@ -9,6 +9,7 @@ use std::time::Instant;
 use tokio::runtime::Handle;
 
 use super::cache_key::cache_key;
+use super::incremental::{restore_saved, ToSave};
 use super::rootfs::{digest_file, ext4_options, format_uuid, fs_time, write_rootfs};
 use super::staging::{check_outdir, write_manifest, Staging};
 use super::{ConvertPlan, HostKernel, PipelineError, Progress, Timings};
@@ -31,6 +32,9 @@ pub struct Converted {
     pub outdir: Option<PathBuf>,
     /// The store answered without reading a layer.
     pub cache_hit: bool,
+    /// How many of the image's lowest layers were restored from the store's saved layers
+    /// instead of being read (an incremental conversion).
+    pub layers_reused: usize,
     pub timings: Timings,
 }
 
@@ -70,7 +74,13 @@ fn run(
             name_image(store, &id, &output.names)?;
             let manifest = from_store(store, &id, plan)?;
             timings.total = started.elapsed().as_secs_f64();
-            return Ok(Converted { manifest, outdir: output.outdir.clone(), cache_hit: true, timings });
+            return Ok(Converted {
+                manifest,
+                outdir: output.outdir.clone(),
+                cache_hit: true,
+                layers_reused: 0,
+                timings,
+            });
         }
     }
 
@@ -89,7 +99,22 @@ fn run(
         .open(&rootfs_path)
         .map_err(|source| PipelineError::Io { what: "creating", path: rootfs_path.clone(), source })?;
     let spool = layer::SpoolFile::new(file);
-    let (resolved, layers) = opened.index_layers(&spool)?;
+    let mut layers = match &store {
+        Some(store) if opened.reads_layers_apart() => {
+            restore_saved(store, opened.resolved(), &config.diff_ids, &spool)?
+        }
+        _ => Vec::new(),
+    };
+    let reused = layers.len();
+    if reused > 0 {
+        progress(Progress::LayersReused { layers: reused });
+    }
+    let (resolved, read) = opened.index_layers(&spool, reused)?;
+    let to_save = match &store {
+        Some(store) => Some(ToSave::copy(store, &config.diff_ids, reused, &read)?),
+        None => None,
+    };
+    layers.extend(read);
     timings.layers = lap(started, &timings);
     progress(Progress::LayersIndexed { seconds: timings.layers });
 
@@ -141,6 +166,9 @@ fn run(
     if let Some(store) = &store {
         let id = keep(store, &staging.path, &manifest, plan)?;
         store.cache_put(&cache_key, &id)?;
+        if let Some(to_save) = to_save {
+            to_save.save(store, &id)?;
+        }
         name_image(store, &id, &output.names)?;
         manifest.id = Some(id.to_string());
         timings.store = lap(started, &timings);
@@ -150,7 +178,7 @@ fn run(
         staging.commit(outdir)?;
     }
     timings.total = started.elapsed().as_secs_f64();
-    Ok(Converted { manifest, outdir: output.outdir.clone(), cache_hit: false, timings })
+    Ok(Converted { manifest, outdir: output.outdir.clone(), cache_hit: false, layers_reused: reused, timings })
 }
 
 /// The boot part: the given kernel, else the image's own, else none. Writes the kernel and

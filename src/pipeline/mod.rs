@@ -13,6 +13,7 @@
 mod build;
 mod cache_key;
 mod convert;
+mod incremental;
 mod mkfs;
 mod rootfs;
 mod staging;
@@ -119,6 +120,8 @@ pub enum Progress {
     Resolved { input: String, layers: usize, bytes: Option<u64> },
     /// The store already holds this conversion.
     CacheHit { id: String },
+    /// The store had this many of the image's lowest layers saved: they are not read.
+    LayersReused { layers: usize },
     /// All layers are read and indexed.
     LayersIndexed { seconds: f64 },
     /// The merged tree holds this many nodes (flattening keeps only reachable ones).

@@ -16,12 +16,20 @@ pub trait ImageSource: Send {
 
     fn config(&self) -> &ParsedConfig;
 
-    /// Reads, verifies and indexes every layer (bottom first), spooling file data into
-    /// `spool`. Returns the image as finally resolved: a stream learns its manifest
-    /// digest only at its end.
+    /// Whether [`ImageSource::index_layers`] can leave out the lowest layers, which the
+    /// caller then has from elsewhere (a stream brings every layer whatever is asked).
+    fn reads_layers_apart(&self) -> bool {
+        true
+    }
+
+    /// Reads, verifies and indexes the layers from number `first` up (bottom first; all of
+    /// them when `first` is 0), spooling file data into `spool`, each into the slot of its
+    /// number. Returns the image as finally resolved (a stream learns its manifest digest
+    /// only at its end) and the layers read.
     fn index_layers(
         self: Box<Self>,
         spool: &SpoolFile,
+        first: usize,
     ) -> Result<(ResolvedImage, Vec<LayerIndex>), SourceError>;
 }
 
@@ -37,8 +45,9 @@ impl ImageSource for LocalImage {
     fn index_layers(
         self: Box<Self>,
         spool: &SpoolFile,
+        first: usize,
     ) -> Result<(ResolvedImage, Vec<LayerIndex>), SourceError> {
-        let layers = LocalImage::index_layers(&self, spool)?;
+        let layers = LocalImage::index_layers_from(&self, first, spool)?;
         Ok((self.resolved, layers))
     }
 }
@@ -87,10 +96,16 @@ impl ImageSource for DaemonSource {
         &self.config
     }
 
+    fn reads_layers_apart(&self) -> bool {
+        false
+    }
+
     fn index_layers(
         self: Box<Self>,
         spool: &SpoolFile,
+        first: usize,
     ) -> Result<(ResolvedImage, Vec<LayerIndex>), SourceError> {
+        assert_eq!(first, 0, "a stream brings every layer");
         // Export by id: exactly the image inspected, even if the name moves meanwhile.
         let stream = export_stream(&self.rt, &self.image.id.to_string())?;
         let input = format!("docker-daemon:{}", self.image.name);
@@ -149,11 +164,13 @@ impl ImageSource for RegistrySource {
     fn index_layers(
         self: Box<Self>,
         spool: &SpoolFile,
+        first: usize,
     ) -> Result<(ResolvedImage, Vec<LayerIndex>), SourceError> {
         let layers = &self.resolved.layers;
         let jobs: Vec<LayerJob> = layers
             .iter()
             .zip(&self.config.diff_ids)
+            .skip(first)
             .map(|(desc, &diff_id)| LayerJob {
                 expect: LayerExpect {
                     digest: Some(desc.digest),
@@ -164,9 +181,9 @@ impl ImageSource for RegistrySource {
             })
             .collect();
         let open = |i: usize| -> std::io::Result<Box<dyn std::io::Read + Send>> {
-            Ok(Box::new(self.registry.open_blob(&layers[i])?))
+            Ok(Box::new(self.registry.open_blob(&layers[first + i])?))
         };
-        let indexed = layer::index_layers(&jobs, open, spool)
+        let indexed = layer::index_layers_from(first, &jobs, open, spool)
             .map_err(|source| SourceError::Layer { input: self.input.clone(), source })?;
         Ok((self.resolved, indexed))
     }

@@ -101,6 +101,7 @@ impl Store {
                 report.stale_entries_removed += 1;
             }
         }
+        self.sweep_layers(&ids, &mut report)?;
         Ok(report)
     }
 

@@ -16,6 +16,7 @@
 //! images/<id>.json.zst zstd frame of the canonical manifest; its sha256 is <id>
 //! names/<name>         an image id (name percent-encoded)
 //! cache/<sha256(key)>  an image id
+//! layers/<chain id>/   a saved layer, for incremental conversions (see `layers`)
 //! ```
 //!
 //! Crash safety: every file is written to `tmp/`, made durable and renamed into place. A put
@@ -45,6 +46,7 @@ mod cache;
 pub mod chunking;
 mod export;
 mod gc;
+mod layers;
 pub(crate) mod image;
 mod lock;
 mod migrate;
@@ -65,6 +67,7 @@ use crate::digest::Digest;
 use crate::error::{Classify, ErrorKind};
 pub use chunking::Chunking;
 pub use gc::GcReport;
+pub use layers::{chain_ids, LayerData, SavedLayer};
 pub use image::{ChunkRef, ImageId, ImageRecord, StoredFile, StoredImage, StoredRootfs, STORE_FORMAT};
 pub use migrate::MigrateReport;
 use names::encode_name;
