@@ -148,6 +148,7 @@ impl ConvertProgress {
             }
             Progress::Resolved { layers, bytes: None, .. } => format!("reading {layers} layers"),
             Progress::CacheHit { id } => format!("in the store already: {}", &id[..12.min(id.len())]),
+            Progress::DaemonLayers(how) => format!("reading the layers from {}", how.path),
             Progress::LayersReused { layers } => format!("{layers} lower layers saved in the store, not read"),
             Progress::LayersIndexed { .. } => "merging layers".into(),
             Progress::Flattened { entries } => format!("writing ext4 ({entries} entries)"),
@@ -184,6 +185,7 @@ pub fn print_result(
             "id": m.id,
             "cache_hit": converted.cache_hit,
             "layers_reused": converted.layers_reused,
+            "daemon_layers": converted.daemon_layers,
             "outdir": converted.outdir,
             "rootfs": m.rootfs,
             "source": m.source,

@@ -35,6 +35,8 @@ pub struct Converted {
     /// How many of the image's lowest layers were restored from the store's saved layers
     /// instead of being read (an incremental conversion).
     pub layers_reused: usize,
+    /// For an image in the Docker daemon: how its layers were read, and why.
+    pub daemon_layers: Option<source::DaemonLayers>,
     pub timings: Timings,
 }
 
@@ -65,6 +67,7 @@ fn run(
     let opened = source::open(rt, &plan.source, &plan.platform)?;
     let bytes = opened.resolved().layers.iter().map(|l| l.size).sum::<Option<u64>>();
     progress(Progress::Resolved { input: plan.input.clone(), layers: opened.resolved().layers.len(), bytes });
+    let daemon_layers = opened.daemon_layers();
     timings.resolve = lap(started, &timings);
 
     let cache_key = cache_key(plan, opened.resolved().config_digest)?;
@@ -79,6 +82,7 @@ fn run(
                 outdir: output.outdir.clone(),
                 cache_hit: true,
                 layers_reused: 0,
+                daemon_layers: None,
                 timings,
             });
         }
@@ -106,6 +110,9 @@ fn run(
         _ => Vec::new(),
     };
     let reused = layers.len();
+    if let Some(how) = &daemon_layers {
+        progress(Progress::DaemonLayers(how.clone()));
+    }
     if reused > 0 {
         progress(Progress::LayersReused { layers: reused });
     }
@@ -178,7 +185,14 @@ fn run(
         staging.commit(outdir)?;
     }
     timings.total = started.elapsed().as_secs_f64();
-    Ok(Converted { manifest, outdir: output.outdir.clone(), cache_hit: false, layers_reused: reused, timings })
+    Ok(Converted {
+        manifest,
+        outdir: output.outdir.clone(),
+        cache_hit: false,
+        layers_reused: reused,
+        daemon_layers,
+        timings,
+    })
 }
 
 /// The boot part: the given kernel, else the image's own, else none. Writes the kernel and

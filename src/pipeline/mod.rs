@@ -120,6 +120,9 @@ pub enum Progress {
     Resolved { input: String, layers: usize, bytes: Option<u64> },
     /// The store already holds this conversion.
     CacheHit { id: String },
+    /// How the layers of an image in the Docker daemon are read (its directories or
+    /// `docker save`), and why.
+    DaemonLayers(crate::source::DaemonLayers),
     /// The store had this many of the image's lowest layers saved: they are not read.
     LayersReused { layers: usize },
     /// All layers are read and indexed.
