@@ -44,7 +44,8 @@ fn image_bytes(layout: &Path) -> u64 {
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     let digest = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(blobs.join(digest)).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blobs.join(digest)).unwrap()).unwrap();
     manifest["layers"]
         .as_array()
         .unwrap()
@@ -52,8 +53,11 @@ fn image_bytes(layout: &Path) -> u64 {
         .map(|l| {
             let blob = blobs.join(l["digest"].as_str().unwrap().trim_start_matches("sha256:"));
             let file = std::fs::File::open(blob).unwrap();
-            std::io::copy(&mut flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file)), &mut std::io::sink())
-                .unwrap()
+            std::io::copy(
+                &mut flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file)),
+                &mut std::io::sink(),
+            )
+            .unwrap()
         })
         .sum()
 }
@@ -111,7 +115,8 @@ fn convert(c: &mut Criterion) {
             },
             |(dir, store)| {
                 let converted =
-                    diskc::convert(&plan(&layout, "top-changed", None, Some(store)), rt, &mut |_| {}).unwrap();
+                    diskc::convert(&plan(&layout, "top-changed", None, Some(store)), rt, &mut |_| {})
+                        .unwrap();
                 assert_eq!(converted.layers_reused, 10);
                 dir
             },

@@ -150,7 +150,9 @@ pub fn data_extents_in(file: &File, range: Range<u64>) -> io::Result<Vec<Range<u
         let start = match seek(at, libc::SEEK_DATA) {
             Ok(Some(start)) => start,
             Ok(None) => break,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(std::iter::once(from..size).collect()),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                return Ok(std::iter::once(from..size).collect())
+            }
             Err(e) => return Err(e),
         };
         if start >= size {

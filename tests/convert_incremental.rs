@@ -154,7 +154,11 @@ fn layers() -> Layers {
     };
     let top_with = |seed: u32| {
         layer_tar(
-            &[("app/", None), ("app/main", Some(bytes(seed, 200_000))), ("app/big", Some(bytes(seed + 1, 1 << 20)))],
+            &[
+                ("app/", None),
+                ("app/main", Some(bytes(seed, 200_000))),
+                ("app/big", Some(bytes(seed + 1, 1 << 20))),
+            ],
             &[],
         )
     };
@@ -214,8 +218,16 @@ fn incremental_conversions_write_the_bytes_of_cold_ones() {
     let l = layers();
     let first = vec![l.base.clone(), l.middle.clone(), l.top.clone()];
     let cases = [
-        Case { name: "top-changed", layers: vec![l.base.clone(), l.middle.clone(), l.top_changed.clone()], reused: 2 },
-        Case { name: "middle-changed", layers: vec![l.base.clone(), l.middle_changed.clone(), l.top.clone()], reused: 1 },
+        Case {
+            name: "top-changed",
+            layers: vec![l.base.clone(), l.middle.clone(), l.top_changed.clone()],
+            reused: 2,
+        },
+        Case {
+            name: "middle-changed",
+            layers: vec![l.base.clone(), l.middle_changed.clone(), l.top.clone()],
+            reused: 1,
+        },
         Case {
             name: "top-deleting",
             layers: vec![l.base.clone(), l.middle.clone(), l.top_deleting.clone()],
@@ -239,12 +251,20 @@ fn incremental_conversions_write_the_bytes_of_cold_ones() {
         let reference = oci_layout(&dir.path().join(case.name), &case.layers);
         let warm_out = dir.path().join(format!("{}-warm", case.name));
         let cold_out = dir.path().join(format!("{}-cold", case.name));
-        let warm = convert(&reference, &["--store", store_arg, "--no-journal", "-o", warm_out.to_str().unwrap()], &[]);
+        let warm = convert(
+            &reference,
+            &["--store", store_arg, "--no-journal", "-o", warm_out.to_str().unwrap()],
+            &[],
+        );
         assert_eq!(warm["layers_reused"], case.reused, "{}: {warm}", case.name);
         assert_eq!(warm["cache_hit"], false);
-        let cold = convert(&reference, &["--no-store", "--no-journal", "-o", cold_out.to_str().unwrap()], &[]);
+        let cold =
+            convert(&reference, &["--no-store", "--no-journal", "-o", cold_out.to_str().unwrap()], &[]);
         assert_eq!(cold["layers_reused"], 0);
-        let (a, b) = (fs::read(warm_out.join("rootfs.ext4")).unwrap(), fs::read(cold_out.join("rootfs.ext4")).unwrap());
+        let (a, b) = (
+            fs::read(warm_out.join("rootfs.ext4")).unwrap(),
+            fs::read(cold_out.join("rootfs.ext4")).unwrap(),
+        );
         assert!(a == b, "{}: the incremental rootfs differs from the cold one", case.name);
         assert_eq!(warm["rootfs"], cold["rootfs"], "{}", case.name);
         common::assert_fsck_clean(&warm_out.join("rootfs.ext4"));
@@ -303,7 +323,8 @@ fn saved_layers_go_with_their_images_and_stay_within_their_bound() {
         .iter()
         .map(|d| {
             use std::os::unix::fs::MetadataExt;
-            fs::metadata(d.join("data")).unwrap().blocks() * 512 + fs::metadata(d.join("index")).unwrap().len()
+            fs::metadata(d.join("data")).unwrap().blocks() * 512
+                + fs::metadata(d.join("index")).unwrap().len()
         })
         .sum();
     assert!(kept <= 4 << 20, "{kept} bytes of saved layers kept under a bound of 4 MiB");

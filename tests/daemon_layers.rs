@@ -66,7 +66,9 @@ fn layers_read_from_the_engines_directories_give_the_image_of_docker_save() {
 
     assert_eq!(direct["id"], saved["id"]);
     assert_eq!(direct["rootfs"], saved["rootfs"]);
-    assert!(fs::read(direct_out.join("rootfs.ext4")).unwrap() == fs::read(saved_out.join("rootfs.ext4")).unwrap());
+    assert!(
+        fs::read(direct_out.join("rootfs.ext4")).unwrap() == fs::read(saved_out.join("rootfs.ext4")).unwrap()
+    );
     common::assert_fsck_clean(&direct_out.join("rootfs.ext4"));
 }
 

@@ -149,7 +149,9 @@ impl ConvertProgress {
             Progress::Resolved { layers, bytes: None, .. } => format!("reading {layers} layers"),
             Progress::CacheHit { id } => format!("in the store already: {}", &id[..12.min(id.len())]),
             Progress::DaemonLayers(how) => format!("reading the layers from {}", how.path),
-            Progress::LayersReused { layers } => format!("{layers} lower layers saved in the store, not read"),
+            Progress::LayersReused { layers } => {
+                format!("{layers} lower layers saved in the store, not read")
+            }
             Progress::LayersIndexed { .. } => "merging layers".into(),
             Progress::Flattened { entries } => format!("writing ext4 ({entries} entries)"),
             Progress::RootfsWritten { .. } => "storing".into(),

@@ -27,8 +27,8 @@ use relay::relay;
 
 pub use entry::MAX_FILE_SIZE;
 use entry::{parse_tar, ParsedTar};
-use spool::Spool;
 pub use saved::{save_index, SavedIndex};
+use spool::Spool;
 pub use spool::{SpoolFile, SpoolRef, SpoolWriter};
 
 /// What the manifest and config say a blob should be. A `None` digest is computed, not checked.

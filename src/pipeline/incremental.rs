@@ -42,7 +42,9 @@ pub(super) fn restore_saved(
         .zip(slots)
         .enumerate()
         .map(|(i, ((index, saved), writer))| {
-            index.restore(&saved.data, writer, resolved.layers[i].digest).map_err(|source| spool_error(diff_ids[i], source))
+            index
+                .restore(&saved.data, writer, resolved.layers[i].digest)
+                .map_err(|source| spool_error(diff_ids[i], source))
         })
         .collect()
 }

@@ -54,7 +54,11 @@ pub fn find(
     dirs.reverse();
     dirs.push(PathBuf::from(upper));
     if dirs.len() != diff_ids.len() {
-        return Err(format!("the Engine reports {} layer directories for {} layers", dirs.len(), diff_ids.len()));
+        return Err(format!(
+            "the Engine reports {} layer directories for {} layers",
+            dirs.len(),
+            diff_ids.len()
+        ));
     }
     // <root>/overlay2/<cache-id>/diff
     let root = Path::new(upper)
@@ -70,10 +74,14 @@ pub fn find(
             .map_err(|e| format!("cannot read the Engine's layer database at {}: {e}", db.display()))?;
         let named = dir.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str());
         if named != Some(cache_id.trim()) {
-            return Err(format!("layer {chain}: the Engine's directory {} is not its cache id", dir.display()));
+            return Err(format!(
+                "layer {chain}: the Engine's directory {} is not its cache id",
+                dir.display()
+            ));
         }
         let tar_split = db.join("tar-split.json.gz");
-        let readable = |p: &Path| File::open(p).map(drop).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        let readable =
+            |p: &Path| File::open(p).map(drop).map_err(|e| format!("cannot read {}: {e}", p.display()));
         readable(&tar_split)?;
         fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
         layers.push(EngineLayer { diff_dir: dir, tar_split });
@@ -125,7 +133,8 @@ impl LayerTar {
         let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, format!("tar-split: {what}"));
         let Some(text) = self.lines.next().transpose()? else { return Ok(false) };
         let line: Line = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| bad(e.to_string()));
+        let b64 =
+            |s: &str| base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| bad(e.to_string()));
         match line.kind {
             SEGMENT => self.segment.extend(b64(line.payload.as_deref().unwrap_or(""))?),
             FILE if line.size > 0 => {
@@ -134,7 +143,8 @@ impl LayerTar {
                     (None, Some(name)) => name.clone().into_bytes(),
                     (None, None) => return Err(bad("a file without a name".into())),
                 };
-                let path = confined(&self.diff_dir, &name).ok_or_else(|| bad("a file name outside the layer".into()))?;
+                let path = confined(&self.diff_dir, &name)
+                    .ok_or_else(|| bad("a file name outside the layer".into()))?;
                 let file = File::open(&path)?;
                 let size = line.size as u64;
                 if file.metadata()?.len() != size {

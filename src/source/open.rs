@@ -5,8 +5,8 @@ use super::daemon::{export_stream, resolve_daemon, DaemonImage};
 use super::engine_layers::{self, EngineLayer, LayerTar};
 use super::registry::{Registry, RegistryOptions};
 use super::{
-    open_local, parse_config, read_image_stream, DaemonLayers, LayerDescriptor, LocalImage, ParsedConfig, ResolvedImage,
-    SourceError, SourceRef,
+    open_local, parse_config, read_image_stream, DaemonLayers, LayerDescriptor, LocalImage, ParsedConfig,
+    ResolvedImage, SourceError, SourceRef,
 };
 use crate::layer::{self, LayerExpect, LayerIndex, LayerJob, SpoolFile};
 use tokio::runtime::Handle;
@@ -120,7 +120,8 @@ impl ImageSource for DaemonSource {
         Some(match &self.engine {
             Ok(_) => DaemonLayers {
                 path: "engine-directories",
-                reason: "the daemon runs on this host (overlay2) and its layer directories can be read".into(),
+                reason: "the daemon runs on this host (overlay2) and its layer directories can be read"
+                    .into(),
             },
             Err(why) => DaemonLayers { path: "docker-save", reason: why.clone() },
         })

@@ -125,7 +125,9 @@ impl Store {
                 // Data first, index last: a layer whose index is there is whole. Two savers
                 // of one chain write the same bytes, so the later rename changes nothing.
                 let data_path = dir.join("data");
-                data.file.persist(&data_path).map_err(|e| StoreError::Io { path: data_path, source: e.error })?;
+                data.file
+                    .persist(&data_path)
+                    .map_err(|e| StoreError::Io { path: data_path, source: e.error })?;
                 self.write_atomic_durable(&dir.join("index"), index)?;
             }
         }
@@ -161,8 +163,8 @@ impl Store {
             let dir = entry.map_err(StoreError::io(&root))?.path();
             let index = fs::metadata(dir.join("index")).ok();
             let used = index.as_ref().and_then(|m| m.modified().ok()).unwrap_or(SystemTime::UNIX_EPOCH);
-            let bytes = fs::metadata(dir.join("data")).map_or(0, |m| m.blocks() * 512)
-                + index.map_or(0, |m| m.len());
+            let bytes =
+                fs::metadata(dir.join("data")).map_or(0, |m| m.blocks() * 512) + index.map_or(0, |m| m.len());
             out.push((dir, bytes, used));
         }
         Ok(out)
@@ -186,7 +188,11 @@ impl Store {
 
     /// For gc, with the lock held alone: forgets users that are no longer stored images and
     /// removes the saved layers no stored image uses (or that were never finished).
-    pub(super) fn sweep_layers(&self, ids: &BTreeSet<ImageId>, report: &mut GcReport) -> Result<(), StoreError> {
+    pub(super) fn sweep_layers(
+        &self,
+        ids: &BTreeSet<ImageId>,
+        report: &mut GcReport,
+    ) -> Result<(), StoreError> {
         for (dir, bytes, _) in self.saved_layers()? {
             let users = dir.join("users");
             let mut used = false;
@@ -216,7 +222,9 @@ fn limit() -> u64 {
 fn remove_layer(dir: &Path) -> Result<(), StoreError> {
     remove_if_present(&dir.join("index"))?;
     match fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::Io { path: dir.to_path_buf(), source: e }),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(StoreError::Io { path: dir.to_path_buf(), source: e })
+        }
         _ => Ok(()),
     }
 }
