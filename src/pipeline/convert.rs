@@ -174,7 +174,7 @@ fn run(
         let id = keep(store, &staging.path, &manifest, plan)?;
         store.cache_put(&cache_key, &id)?;
         if let Some(to_save) = to_save {
-            to_save.save(store, &id)?;
+            to_save.save(store, &id);
         }
         name_image(store, &id, &output.names)?;
         manifest.id = Some(id.to_string());

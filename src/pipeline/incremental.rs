@@ -22,7 +22,9 @@ pub(super) fn restore_saved(
     spool: &SpoolFile,
 ) -> Result<Vec<LayerIndex>, PipelineError> {
     let mut found: Vec<(SavedIndex, SavedLayer)> = Vec::new();
-    for (chain, diff_id) in chain_ids(diff_ids).iter().zip(diff_ids) {
+    // As many layers as both the manifest and the config list (a source checks they agree).
+    let layers = diff_ids.len().min(resolved.layers.len());
+    for (chain, diff_id) in chain_ids(&diff_ids[..layers]).iter().zip(diff_ids) {
         let Some(saved) = store.saved_layer(chain)? else { break };
         match SavedIndex::read(&saved.index, &saved.data) {
             Ok(index) if index.diff_id() == *diff_id => found.push((index, saved)),
@@ -33,10 +35,11 @@ pub(super) fn restore_saved(
             }
         }
     }
-    let mut slots = Vec::with_capacity(found.len());
-    for i in 0..found.len() {
-        slots.push(spool.slot(i as u32).map_err(|source| spool_error(diff_ids[i], source))?);
-    }
+    let slots = diff_ids[..found.len()]
+        .iter()
+        .enumerate()
+        .map(|(i, &diff_id)| spool.slot(i as u32).map_err(|source| spool_error(diff_id, source)))
+        .collect::<Result<Vec<_>, _>>()?;
     found
         .into_par_iter()
         .zip(slots)
@@ -91,8 +94,15 @@ impl ToSave {
         Ok(ToSave { restored: chains[..first].to_vec(), layers })
     }
 
-    /// Saves the layers as used by the stored image `id`.
-    pub(super) fn save(self, store: &Store, id: &ImageId) -> Result<(), StoreError> {
+    /// Saves the layers as used by the stored image `id`. They are a cache: the image is
+    /// stored whatever happens here, so a failure is a warning, not the conversion's error.
+    pub(super) fn save(self, store: &Store, id: &ImageId) {
+        if let Err(e) = self.try_save(store, id) {
+            tracing::warn!("the layers of image {id} are not saved for later conversions: {e}");
+        }
+    }
+
+    fn try_save(self, store: &Store, id: &ImageId) -> Result<(), StoreError> {
         for chain in &self.restored {
             store.use_layer(chain, id)?;
         }
