@@ -15,6 +15,11 @@
 #   umoci+mkfs.ext4          umoci unpack, du for the size, mkfs.ext4 -d
 #   floor-decompress         every layer decompressed to /dev/null, one job per core, largest
 #                            first (the floor for any converter); -serial: one after another
+#   diskc-convert-oci+store-incremental
+#                            the bench image plus one new top layer of 10 MiB, converted into a
+#                            store that holds the bench image (its ten lower layers saved):
+#                            goal <= 10% of diskc-convert-oci+store, the same bytes as a cold
+#                            conversion of that image
 # From the Docker daemon:
 #   diskc-convert-daemon     diskc convert docker-daemon:IMAGE -o OUT --no-store (+store: as above)
 #   docker-export+mkfs.ext4  docker create, docker export | tar -x, du, mkfs.ext4 -d
@@ -141,6 +146,15 @@ bytes=$("$DOCKER" image inspect --format '{{.Size}}' "$IMAGE")
 [ "$layers" -ge "$MIN_LAYERS" ] || die "$IMAGE has $layers layers, fewer than $MIN_LAYERS"
 [ "$bytes" -ge "$MIN_BYTES" ] || die "$IMAGE holds $bytes bytes, less than 1 GiB: use a bigger base tree"
 
+# The bench image plus one new top layer of about 10 MiB: what a rebuild whose Dockerfile
+# changed in its last line brings.
+TOP_IMAGE=diskc-bench/convert-top:latest
+mkdir -p "$context/top"
+printf 'FROM %s\nRUN head -c 10M /dev/urandom > /srv/top.bin\n' "$IMAGE" >"$context/top/Dockerfile"
+DOCKER_BUILDKIT=1 "$DOCKER" build -q -t "$TOP_IMAGE" "$context/top" >/dev/null
+top_id=$("$DOCKER" image inspect --format '{{.Id}}' "$TOP_IMAGE")
+OCI_TOP=$CACHE/convert-top-oci-$COMPRESSION
+
 # --- the OCI layout (made once per image) --------------------------------------------------
 if [ "${BENCH_REBUILD:-0}" = 1 ] || [ "$(cat "$OCI.image-id" 2>/dev/null)" != "$image_id" ]; then
   say "writing $IMAGE to $OCI ($COMPRESSION layers)"
@@ -149,6 +163,13 @@ if [ "${BENCH_REBUILD:-0}" = 1 ] || [ "$(cat "$OCI.image-id" 2>/dev/null)" != "$
   skopeo copy -q --dest-compress-format "$COMPRESSION" \
     "docker-daemon:$IMAGE" "oci:$OCI:latest" >/dev/null
   echo "$image_id" >"$OCI.image-id"
+fi
+
+if [ "${BENCH_REBUILD:-0}" = 1 ] || [ "$(cat "$OCI_TOP.image-id" 2>/dev/null)" != "$top_id" ]; then
+  say "writing $TOP_IMAGE to $OCI_TOP ($COMPRESSION layers)"
+  rm -rf "$OCI_TOP" "$OCI_TOP.image-id"
+  skopeo copy -q --dest-compress-format "$COMPRESSION" "docker-daemon:$TOP_IMAGE" "oci:$OCI_TOP:latest" >/dev/null
+  echo "$top_id" >"$OCI_TOP.image-id"
 fi
 
 manifest=$(jq -r '.manifests[] | select(.annotations["org.opencontainers.image.ref.name"] == "latest") | .digest' "$OCI/index.json")
@@ -253,6 +274,15 @@ if [ -s "$OUT/diskc/rootfs.ext4" ]; then
   e2fsck -fn "$OUT/diskc/rootfs.ext4" >"$LOGS/e2fsck-oci.log" 2>&1 \
     || { say "e2fsck -fn found errors in diskc's image (see $LOGS/e2fsck-oci.log)"; failures=$((failures + 1)); }
 fi
+# A store that holds the bench image, copied afresh before each incremental run.
+SEEDED=$WORK/seeded-store
+rm -rf "$SEEDED"
+DISKC_STORE="$SEEDED" "$DISKC" convert "oci:$OCI:latest" >/dev/null 2>&1 || die "cannot store the bench image in $SEEDED"
+BENCH_PREPARE='clean_out; cp -a "$SEEDED" "$OUT/store"' measure diskc-convert-oci+store-incremental \
+  env DISKC_STORE="$OUT/store" "$DISKC" convert "oci:$OCI_TOP:latest" -o "$OUT/incremental"
+"$DISKC" convert "oci:$OCI_TOP:latest" -o "$OUT/top-cold" --no-store >/dev/null 2>&1 || die "cannot convert $OCI_TOP"
+if cmp -s "$OUT/incremental/rootfs.ext4" "$OUT/top-cold/rootfs.ext4"; then incremental_same=yes; else incremental_same=NO; fi
+rm -rf "$SEEDED"
 measure umoci+mkfs.ext4 umoci_mkfs "$OCI" "$OUT"
 measure floor-decompress floor_parallel "$layer_list"
 measure floor-decompress-serial floor_serial "$layer_list"
@@ -272,6 +302,7 @@ echo "# ratios"
 bench_ratio diskc-convert-oci floor-decompress
 bench_ratio diskc-convert-oci+store diskc-convert-oci
 bench_ratio diskc-convert-oci umoci+mkfs.ext4
+bench_ratio diskc-convert-oci+store-incremental diskc-convert-oci+store
 bench_ratio diskc-convert-oci+store umoci+mkfs.ext4
 bench_ratio diskc-convert-daemon floor-docker-save
 bench_ratio diskc-convert-daemon docker-export+mkfs.ext4
@@ -287,6 +318,10 @@ goal "oci: >= 10x faster than umoci + mkfs.ext4" 'b >= 10 * a' diskc-convert-oci
 goal "oci: within 1.5x of the decompression floor" 'a <= 1.5 * b' diskc-convert-oci floor-decompress
 goal "daemon: within 1.2x of docker save" 'a <= 1.2 * b' diskc-convert-daemon floor-docker-save
 goal "oci: into a fresh store within 1.25x of --no-store (issue 13)" 'a <= 1.25 * b' diskc-convert-oci+store diskc-convert-oci
+goal "incremental (one new 10 MiB top layer): <= 10% of a cold conversion into a store" 'a <= 0.1 * b' \
+  diskc-convert-oci+store-incremental diskc-convert-oci+store
+echo "  incremental rootfs byte-identical to a cold conversion: $incremental_same"
+[ "$incremental_same" = yes ] || failures=$((failures + 1))
 for label in diskc-convert-oci diskc-convert-oci+store diskc-convert-daemon diskc-convert-daemon+store; do
   rss=${BENCH_RSS_MIB[$label]:-}
   if [ -z "$rss" ]; then echo "  $label peak RSS < 300 MiB: not measured"

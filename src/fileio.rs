@@ -123,6 +123,12 @@ fn copy_through_buffer<W: WriteAt + ?Sized>(
 /// `SEEK_DATA`/`SEEK_HOLE`. A file system without them reports the whole file as data,
 /// which is still correct, only slower.
 pub fn data_extents(file: &File, size: u64) -> io::Result<Vec<Range<u64>>> {
+    data_extents_in(file, 0..size)
+}
+
+/// The byte ranges of `file` within `range` that hold data (see [`data_extents`]).
+pub fn data_extents_in(file: &File, range: Range<u64>) -> io::Result<Vec<Range<u64>>> {
+    let (from, size) = (range.start, range.end);
     let fd = file.as_raw_fd();
     let seek = |offset: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
         // SAFETY: lseek on a descriptor `file` keeps open for the call; it reads no memory
@@ -139,12 +145,14 @@ pub fn data_extents(file: &File, size: u64) -> io::Result<Vec<Range<u64>>> {
         }
     };
     let mut extents: Vec<Range<u64>> = Vec::new();
-    let mut at = 0;
+    let mut at = from;
     while at < size {
         let start = match seek(at, libc::SEEK_DATA) {
             Ok(Some(start)) => start,
             Ok(None) => break,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(std::iter::once(0..size).collect()),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                return Ok(std::iter::once(from..size).collect())
+            }
             Err(e) => return Err(e),
         };
         if start >= size {

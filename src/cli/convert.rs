@@ -181,6 +181,8 @@ pub fn print_result(
         let fields = serde_json::json!({
             "id": m.id,
             "cache_hit": converted.cache_hit,
+            "layers_reused": converted.layers_reused,
+            "daemon_layers": converted.daemon_layers,
             "outdir": converted.outdir,
             "rootfs": m.rootfs,
             "source": m.source,

@@ -115,6 +115,12 @@ impl ConvertDisplay {
             (Shown::Plain, Progress::RootfsWritten { bytes, seconds }) => {
                 eprintln!("rootfs written: {} in {seconds:.1}s; storing", HumanBytes(bytes))
             }
+            (Shown::Plain, Progress::DaemonLayers(how)) => eprintln!("reading the layers from {}", how.path),
+            (Shown::Plain, Progress::LayersReused { layers }) => {
+                eprintln!("{layers} lower layer{} saved in the store, not read", plural(layers))
+            }
+            // Said before the layers are read: a stage line now would end the layer bars.
+            (Shown::Tty, Progress::DaemonLayers(_) | Progress::LayersReused { .. }) => {}
             (Shown::Tty, event) => {
                 if let Some((_, _, poller)) = self.reading.take() {
                     poller.end();

@@ -20,6 +20,7 @@ mod entry;
 mod meter;
 mod pax_sparse;
 mod relay;
+mod saved;
 pub(crate) mod spool;
 pub mod tar;
 
@@ -28,6 +29,7 @@ use relay::relay;
 pub use entry::MAX_FILE_SIZE;
 use entry::{parse_tar, ParsedTar};
 pub use meter::{LayerMeter, LayerReading};
+pub use saved::{save_index, SavedIndex};
 use spool::Spool;
 pub use spool::{SpoolFile, SpoolRef, SpoolWriter};
 
@@ -75,6 +77,12 @@ impl LayerIndex {
     /// a layer indexed before its place in the image was known.
     pub fn set_layer(&self, layer: u32) {
         self.spool.set_layer(layer);
+    }
+
+    /// Copies the layer's spooled file data into `out`, for [`SavedIndex`]; before the
+    /// spool is settled.
+    pub fn save_data(&self, out: &std::fs::File) -> io::Result<()> {
+        self.spool.save_data(out)
     }
 }
 
@@ -293,6 +301,20 @@ pub fn index_layers<F>(jobs: &[LayerJob], open: F, spool: &SpoolFile) -> Result<
 where
     F: Fn(usize) -> io::Result<Box<dyn Read + Send>> + Sync,
 {
+    index_layers_from(0, jobs, open, spool)
+}
+
+/// [`index_layers`] for the layers of an image from its layer number `first` up (the ones
+/// below come from elsewhere): `jobs[i]` is layer `first + i`, and spools into that slot.
+pub fn index_layers_from<F>(
+    first: usize,
+    jobs: &[LayerJob],
+    open: F,
+    spool: &SpoolFile,
+) -> Result<Vec<LayerIndex>, LayerError>
+where
+    F: Fn(usize) -> io::Result<Box<dyn Read + Send>> + Sync,
+{
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     order.sort_by_key(|&i| (std::cmp::Reverse(jobs[i].size.unwrap_or(0)), i));
     let results: Vec<Mutex<Option<Result<LayerIndex, LayerError>>>> =
@@ -301,7 +323,7 @@ where
         for &i in &order {
             let (open, results) = (&open, &results);
             scope.spawn_fifo(move |_| {
-                let layer = i as u32;
+                let layer = (first + i) as u32;
                 let expect = &jobs[i].expect;
                 let name = || blob_name(expect, layer);
                 let result = match (open(i), spool.slot(layer)) {

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::meter::LayerMeter;
-use crate::fileio::{self, copy_range, punch_hole};
+use crate::fileio::{self, copy_range, data_extents_in, punch_hole};
 use crate::layout::{ALIGN_BYTES, ALIGN_FILES_FROM, BLOCK_SIZE, DATA_START_BYTES};
 use crate::tree::Content;
 
@@ -81,6 +81,23 @@ impl Spool {
 
     fn at(&self) -> u64 {
         self.at.load(Ordering::Acquire)
+    }
+
+    /// Bytes spooled.
+    pub(crate) fn len(&self) -> u64 {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Copies the layer's spooled bytes into `out` from its start, data only (holes stay
+    /// holes): what a later conversion restores instead of reading the layer again. Only
+    /// before [`SpoolFile::settle`], which drops the data the image does not keep.
+    pub(crate) fn save_data(&self, out: &File) -> io::Result<()> {
+        debug_assert!(!self.settled.load(Ordering::Acquire));
+        let (base, len) = (self.at(), self.len());
+        for e in data_extents_in(&self.file, base..base + len)? {
+            copy_range(&self.file, e.start, out, e.start - base, e.end - e.start)?;
+        }
+        out.set_len(len)
     }
 }
 
@@ -250,9 +267,9 @@ fn move_regions(file: &File, regions: &[Region], end: u64, slot_bytes: u64) -> i
 
 /// A run of a file's data blocks and where the run starts in its layer's spool.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct SpoolRun {
-    blocks: Range<u64>,
-    spool_offset: u64,
+pub(super) struct SpoolRun {
+    pub blocks: Range<u64>,
+    pub spool_offset: u64,
 }
 
 /// Where a regular file's bytes are: in a layer's spool, data blocks only.
@@ -261,6 +278,13 @@ pub struct SpoolRef {
     spool: Arc<Spool>,
     size: u64,
     runs: Arc<[SpoolRun]>,
+}
+
+impl SpoolRef {
+    /// The runs of the file's data blocks in its spool.
+    pub(super) fn runs(&self) -> &[SpoolRun] {
+        &self.runs
+    }
 }
 
 impl fmt::Debug for SpoolRef {
@@ -341,6 +365,27 @@ pub(crate) struct Spooled {
 impl SpoolWriter {
     pub(crate) fn spool(&self) -> &Arc<Spool> {
         &self.spool
+    }
+
+    /// Fills the slot with a layer's bytes saved by [`Spool::save_data`] (`data`, `len`
+    /// bytes long), data only. The layer's files are then made with [`SpoolWriter::file_at`].
+    pub(crate) fn restore(&mut self, data: &File, len: u64) -> io::Result<()> {
+        if len > self.spool.slot_bytes {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "the saved layer is larger than a slot"));
+        }
+        let base = self.spool.base;
+        for e in data_extents_in(data, 0..len)? {
+            copy_range(data, e.start, &self.spool.file, base + e.start, e.end - e.start)?;
+        }
+        self.len = len;
+        self.spool.len.store(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A file of the restored layer: `size` bytes whose data blocks lie at `runs` in the
+    /// spool (checked by the caller to lie in the restored bytes, in block order).
+    pub(super) fn file_at(&self, size: u64, runs: Vec<SpoolRun>) -> SpoolRef {
+        SpoolRef { spool: self.spool.clone(), size, runs: runs.into() }
     }
 
     /// Copies a file of `size` bytes from `data`, keeping only its nonzero blocks.

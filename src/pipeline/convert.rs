@@ -10,6 +10,7 @@ use std::time::Instant;
 use tokio::runtime::Handle;
 
 use super::cache_key::cache_key;
+use super::incremental::{restore_saved, ToSave};
 use super::rootfs::{digest_file, ext4_options, format_uuid, fs_time, write_rootfs};
 use super::staging::{check_outdir, write_manifest, Staging};
 use super::{ConvertPlan, HostKernel, PipelineError, Progress, Timings};
@@ -32,6 +33,11 @@ pub struct Converted {
     pub outdir: Option<PathBuf>,
     /// The store answered without reading a layer.
     pub cache_hit: bool,
+    /// How many of the image's lowest layers were restored from the store's saved layers
+    /// instead of being read (an incremental conversion).
+    pub layers_reused: usize,
+    /// For an image in the Docker daemon: how its layers were read, and why.
+    pub daemon_layers: Option<source::DaemonLayers>,
     pub timings: Timings,
 }
 
@@ -69,6 +75,7 @@ fn run(
         bytes,
         meter: meter.clone(),
     });
+    let daemon_layers = opened.daemon_layers();
     timings.resolve = lap(started, &timings);
 
     let cache_key = cache_key(plan, opened.resolved().config_digest)?;
@@ -78,7 +85,14 @@ fn run(
             name_image(store, &id, &output.names)?;
             let manifest = from_store(store, &id, plan)?;
             timings.total = started.elapsed().as_secs_f64();
-            return Ok(Converted { manifest, outdir: output.outdir.clone(), cache_hit: true, timings });
+            return Ok(Converted {
+                manifest,
+                outdir: output.outdir.clone(),
+                cache_hit: true,
+                layers_reused: 0,
+                daemon_layers: None,
+                timings,
+            });
         }
     }
 
@@ -97,7 +111,25 @@ fn run(
         .open(&rootfs_path)
         .map_err(|source| PipelineError::Io { what: "creating", path: rootfs_path.clone(), source })?;
     let spool = layer::SpoolFile::new(file).with_meter(meter);
-    let (resolved, layers) = opened.index_layers(&spool)?;
+    let mut layers = match &store {
+        Some(store) if opened.reads_layers_apart() => {
+            restore_saved(store, opened.resolved(), &config.diff_ids, &spool)?
+        }
+        _ => Vec::new(),
+    };
+    let reused = layers.len();
+    if let Some(how) = &daemon_layers {
+        progress(Progress::DaemonLayers(how.clone()));
+    }
+    if reused > 0 {
+        progress(Progress::LayersReused { layers: reused });
+    }
+    let (resolved, read) = opened.index_layers(&spool, reused)?;
+    let to_save = match &store {
+        Some(store) => Some(ToSave::copy(store, &config.diff_ids, reused, &read)?),
+        None => None,
+    };
+    layers.extend(read);
     timings.layers = lap(started, &timings);
     progress(Progress::LayersIndexed { seconds: timings.layers });
 
@@ -149,6 +181,9 @@ fn run(
     if let Some(store) = &store {
         let id = keep(store, &staging.path, &manifest, plan)?;
         store.cache_put(&cache_key, &id)?;
+        if let Some(to_save) = to_save {
+            to_save.save(store, &id);
+        }
         name_image(store, &id, &output.names)?;
         manifest.id = Some(id.to_string());
         timings.store = lap(started, &timings);
@@ -158,7 +193,14 @@ fn run(
         staging.commit(outdir)?;
     }
     timings.total = started.elapsed().as_secs_f64();
-    Ok(Converted { manifest, outdir: output.outdir.clone(), cache_hit: false, timings })
+    Ok(Converted {
+        manifest,
+        outdir: output.outdir.clone(),
+        cache_hit: false,
+        layers_reused: reused,
+        daemon_layers,
+        timings,
+    })
 }
 
 /// The boot part: the given kernel, else the image's own, else none. Writes the kernel and

@@ -13,6 +13,7 @@
 mod build;
 mod cache_key;
 mod convert;
+mod incremental;
 mod mkfs;
 mod rootfs;
 mod staging;
@@ -128,6 +129,11 @@ pub enum Progress {
     Resolved { input: String, layers: usize, bytes: Option<u64>, meter: Arc<LayerMeter> },
     /// The store already holds this conversion.
     CacheHit { id: String },
+    /// How the layers of an image in the Docker daemon are read (its directories or
+    /// `docker save`), and why.
+    DaemonLayers(crate::source::DaemonLayers),
+    /// The store had this many of the image's lowest layers saved: they are not read.
+    LayersReused { layers: usize },
     /// All layers are read and indexed.
     LayersIndexed { seconds: f64 },
     /// The merged tree holds this many nodes (flattening keeps only reachable ones).

@@ -13,6 +13,7 @@
 //! outside it, as blocking code is (in an async caller, from `spawn_blocking`). The export
 //! runs as a task on that runtime for as long as the stream is read.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::time::Duration;
 
@@ -82,6 +83,9 @@ pub struct DaemonImage {
     /// `os/arch[/variant]`.
     pub platform: String,
     pub config: ImageConfig,
+    /// Where the Engine keeps the image's layers: its storage driver and what the driver
+    /// reports (overlay2: `LowerDir`, `UpperDir`...).
+    pub graph_driver: Option<(String, BTreeMap<String, String>)>,
 }
 
 fn api_error(name: &str, source: BollardError) -> DaemonError {
@@ -119,6 +123,7 @@ fn daemon_image(name: &str, inspect: bollard::models::ImageInspect) -> Result<Da
         None => format!("{os}/{arch}"),
     };
     let config = inspect.config.map(image_config).unwrap_or_default();
+    let graph_driver = inspect.graph_driver.map(|g| (g.name, g.data.into_iter().collect()));
     Ok(DaemonImage {
         name: name.to_string(),
         id,
@@ -126,6 +131,7 @@ fn daemon_image(name: &str, inspect: bollard::models::ImageInspect) -> Result<Da
         diff_ids,
         platform,
         config,
+        graph_driver,
     })
 }
 

@@ -462,8 +462,14 @@ fn read_member(members: &dyn Members, input: &str, member: &str) -> Result<Optio
 impl LocalImage {
     /// Reads, verifies and indexes every layer, in parallel, spooling into `spool`.
     pub fn index_layers(&self, spool: &SpoolFile) -> Result<Vec<LayerIndex>, SourceError> {
+        self.index_layers_from(0, spool)
+    }
+
+    /// [`LocalImage::index_layers`] for the layers from number `first` up.
+    pub fn index_layers_from(&self, first: usize, spool: &SpoolFile) -> Result<Vec<LayerIndex>, SourceError> {
         let mut jobs = Vec::with_capacity(self.layer_paths.len());
-        for ((path, expect), desc) in self.layer_paths.iter().zip(&self.expects).zip(&self.resolved.layers) {
+        let layers = self.layer_paths.iter().zip(&self.expects).zip(&self.resolved.layers).skip(first);
+        for ((path, expect), desc) in layers {
             let stored = match self.members.open(path) {
                 Ok(Some((_, size))) => size,
                 Ok(None) => {
@@ -481,14 +487,13 @@ impl LocalImage {
             jobs.push(LayerJob { expect: expect.clone(), size: desc.size.or(Some(stored)) });
         }
         let open = |i: usize| -> io::Result<Box<dyn Read + Send>> {
-            match self.members.open(&self.layer_paths[i])? {
+            let path = &self.layer_paths[first + i];
+            match self.members.open(path)? {
                 Some((r, _)) => Ok(r),
-                None => {
-                    Err(io::Error::new(io::ErrorKind::NotFound, format!("{} is gone", self.layer_paths[i])))
-                }
+                None => Err(io::Error::new(io::ErrorKind::NotFound, format!("{path} is gone"))),
             }
         };
-        layer::index_layers(&jobs, open, spool)
+        layer::index_layers_from(first, &jobs, open, spool)
             .map_err(|source| SourceError::Layer { input: self.input.clone(), source })
     }
 }

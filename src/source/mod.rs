@@ -12,6 +12,7 @@ use crate::error::{Classify, ErrorKind};
 use crate::layer::LayerError;
 
 pub mod daemon;
+pub(crate) mod engine_layers;
 pub(crate) mod local;
 pub(crate) mod open;
 pub mod reference;
@@ -24,6 +25,15 @@ pub use open::{open, ImageSource};
 pub use reference::{InvalidSource, RegistryRef, RegistryTag, SourceRef};
 pub use spec::{parse_config, platform_matches, ParsedConfig, DEFAULT_PLATFORM};
 pub use stream::{read_image_stream, StreamedImage};
+
+/// How the layers of an image in the Docker daemon are read, and why: from the Engine's own
+/// layer directories, or from its `docker save` stream when those cannot be read.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DaemonLayers {
+    /// `engine-directories` or `docker-save`.
+    pub path: &'static str,
+    pub reason: String,
+}
 
 /// One layer blob as the manifest lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]

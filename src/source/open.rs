@@ -2,10 +2,11 @@
 //! layers. The split is what lets the store answer a cache hit without reading a layer.
 
 use super::daemon::{export_stream, resolve_daemon, DaemonImage};
+use super::engine_layers::{self, EngineLayer, LayerTar};
 use super::registry::{Registry, RegistryOptions};
 use super::{
-    open_local, parse_config, platform_matches, read_image_stream, LayerDescriptor, LocalImage, ParsedConfig,
-    ResolvedImage, SourceError, SourceRef, DEFAULT_PLATFORM,
+    open_local, parse_config, platform_matches, read_image_stream, DaemonLayers, LayerDescriptor, LocalImage,
+    ParsedConfig, ResolvedImage, SourceError, SourceRef, DEFAULT_PLATFORM,
 };
 use crate::layer::{self, LayerExpect, LayerIndex, LayerJob, SpoolFile};
 use tokio::runtime::Handle;
@@ -16,12 +17,25 @@ pub trait ImageSource: Send {
 
     fn config(&self) -> &ParsedConfig;
 
-    /// Reads, verifies and indexes every layer (bottom first), spooling file data into
-    /// `spool`. Returns the image as finally resolved: a stream learns its manifest
-    /// digest only at its end.
+    /// How a daemon image's layers will be read; `None` for other sources.
+    fn daemon_layers(&self) -> Option<DaemonLayers> {
+        None
+    }
+
+    /// Whether [`ImageSource::index_layers`] can leave out the lowest layers, which the
+    /// caller then has from elsewhere (a stream brings every layer whatever is asked).
+    fn reads_layers_apart(&self) -> bool {
+        true
+    }
+
+    /// Reads, verifies and indexes the layers from number `first` up (bottom first; all of
+    /// them when `first` is 0), spooling file data into `spool`, each into the slot of its
+    /// number. Returns the image as finally resolved (a stream learns its manifest digest
+    /// only at its end) and the layers read.
     fn index_layers(
         self: Box<Self>,
         spool: &SpoolFile,
+        first: usize,
     ) -> Result<(ResolvedImage, Vec<LayerIndex>), SourceError>;
 }
 
@@ -37,21 +51,29 @@ impl ImageSource for LocalImage {
     fn index_layers(
         self: Box<Self>,
         spool: &SpoolFile,
+        first: usize,
     ) -> Result<(ResolvedImage, Vec<LayerIndex>), SourceError> {
-        let layers = LocalImage::index_layers(&self, spool)?;
+        let layers = LocalImage::index_layers_from(&self, first, spool)?;
         Ok((self.resolved, layers))
     }
 }
 
-/// An image in the Docker daemon: inspected now, exported (`docker save`'s stream) and
-/// indexed as it arrives when its layers are asked for.
+/// An image in the Docker daemon: inspected now; its layers read from the Engine's own
+/// directories when it runs here (`source::engine_layers`), else exported (`docker save`'s
+/// stream) and indexed as the stream arrives.
 struct DaemonSource {
     rt: Handle,
     image: DaemonImage,
     resolved: ResolvedImage,
     config: ParsedConfig,
     platform: String,
+    /// The layers' directories, or why they cannot be read.
+    engine: Result<Vec<EngineLayer>, String>,
 }
+
+/// `DISKC_DAEMON_LAYERS=save` reads a daemon image through `docker save` even where its
+/// layer directories could be read (to compare the two, or to work around a problem).
+pub const DAEMON_LAYERS_VAR: &str = "DISKC_DAEMON_LAYERS";
 
 impl DaemonSource {
     fn open(rt: &Handle, name: &str, platform: &str) -> Result<Self, SourceError> {
@@ -74,7 +96,14 @@ impl DaemonSource {
             diff_ids: image.diff_ids.clone(),
             platform: image.platform.clone(),
         };
-        Ok(DaemonSource { rt: rt.clone(), image, resolved, config, platform: platform.to_string() })
+        let engine = match std::env::var(DAEMON_LAYERS_VAR).as_deref() {
+            Ok("save") => Err(format!("{DAEMON_LAYERS_VAR}=save")),
+            _ => match &image.graph_driver {
+                Some((driver, data)) => engine_layers::find(driver, data, &image.diff_ids),
+                None => Err("the Engine reports no GraphDriver data".into()),
+            },
+        };
+        Ok(DaemonSource { rt: rt.clone(), image, resolved, config, platform: platform.to_string(), engine })
     }
 }
 
@@ -87,10 +116,44 @@ impl ImageSource for DaemonSource {
         &self.config
     }
 
+    fn daemon_layers(&self) -> Option<DaemonLayers> {
+        Some(match &self.engine {
+            Ok(_) => DaemonLayers {
+                path: "engine-directories",
+                reason: "the daemon runs on this host (overlay2) and its layer directories can be read"
+                    .into(),
+            },
+            Err(why) => DaemonLayers { path: "docker-save", reason: why.clone() },
+        })
+    }
+
+    fn reads_layers_apart(&self) -> bool {
+        self.engine.is_ok()
+    }
+
     fn index_layers(
         self: Box<Self>,
         spool: &SpoolFile,
+        first: usize,
     ) -> Result<(ResolvedImage, Vec<LayerIndex>), SourceError> {
+        if let Ok(layers) = &self.engine {
+            let input = format!("docker-daemon:{}", self.image.name);
+            // Each layer's tar is put back together exactly; its diff_id proves it.
+            let jobs: Vec<LayerJob> = self.image.diff_ids[first..]
+                .iter()
+                .map(|&diff_id| LayerJob {
+                    expect: LayerExpect { digest: None, diff_id: Some(diff_id), media_type: String::new() },
+                    size: None,
+                })
+                .collect();
+            let open = |i: usize| -> std::io::Result<Box<dyn std::io::Read + Send>> {
+                Ok(Box::new(LayerTar::open(&layers[first + i])?))
+            };
+            let indexed = layer::index_layers_from(first, &jobs, open, spool)
+                .map_err(|source| SourceError::Layer { input, source })?;
+            return Ok((self.resolved, indexed));
+        }
+        assert_eq!(first, 0, "a stream brings every layer");
         // Export by id: exactly the image inspected, even if the name moves meanwhile.
         let stream = export_stream(&self.rt, &self.image.id.to_string())?;
         let input = format!("docker-daemon:{}", self.image.name);
@@ -153,11 +216,13 @@ impl ImageSource for RegistrySource {
     fn index_layers(
         self: Box<Self>,
         spool: &SpoolFile,
+        first: usize,
     ) -> Result<(ResolvedImage, Vec<LayerIndex>), SourceError> {
         let layers = &self.resolved.layers;
         let jobs: Vec<LayerJob> = layers
             .iter()
             .zip(&self.config.diff_ids)
+            .skip(first)
             .map(|(desc, &diff_id)| LayerJob {
                 expect: LayerExpect {
                     digest: Some(desc.digest),
@@ -168,9 +233,9 @@ impl ImageSource for RegistrySource {
             })
             .collect();
         let open = |i: usize| -> std::io::Result<Box<dyn std::io::Read + Send>> {
-            Ok(Box::new(self.registry.open_blob(&layers[i])?))
+            Ok(Box::new(self.registry.open_blob(&layers[first + i])?))
         };
-        let indexed = layer::index_layers(&jobs, open, spool)
+        let indexed = layer::index_layers_from(first, &jobs, open, spool)
             .map_err(|source| SourceError::Layer { input: self.input.clone(), source })?;
         Ok((self.resolved, indexed))
     }

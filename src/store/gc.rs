@@ -1,7 +1,7 @@
 //! Garbage collection: mark every chunk a manifest references; drop packs with no live chunk,
 //! rewrite packs that are mostly dead (their live chunks copied, still compressed, into new
-//! packs), sweep dead format-2 chunk files, leftover temp files and the names and cache
-//! entries of removed images.
+//! packs), sweep dead format-2 chunk files, leftover temp files and the names, cache
+//! entries and saved layers of removed images.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File};
@@ -110,6 +110,7 @@ impl Store {
                 report.stale_entries_removed += 1;
             }
         }
+        self.sweep_layers(&ids, &mut report)?;
         Ok(report)
     }
 

@@ -18,6 +18,7 @@
 //! cache/<sha256(key)>  an image id
 //! remote-index/<name>.idx      a remote pack's index and footer, as fetched (see `transfer`)
 //! remote-images/<id>.json.zst  a remote image's manifest, as fetched (see `upstream`)
+//! layers/<chain id>/   a saved layer, for incremental conversions (see `layers`)
 //! ```
 //!
 //! Crash safety: every file is written to `tmp/`, made durable and renamed into place. A put
@@ -48,6 +49,7 @@ pub mod chunking;
 mod export;
 mod gc;
 pub(crate) mod image;
+mod layers;
 mod lock;
 mod migrate;
 mod names;
@@ -70,6 +72,7 @@ use crate::error::{Classify, ErrorKind};
 pub use chunking::Chunking;
 pub use gc::GcReport;
 pub use image::{ChunkRef, ImageId, ImageRecord, StoredFile, StoredImage, StoredRootfs, STORE_FORMAT};
+pub use layers::{chain_ids, LayerData, SavedLayer};
 pub use migrate::MigrateReport;
 use names::encode_name;
 pub use names::{ImageSummary, Removed};
