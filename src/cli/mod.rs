@@ -110,7 +110,7 @@ pub fn run(mut cli: Cli, rt: &Handle) -> Result<u8, Error> {
         Command::Build(args) => build::run(args, global, rt),
         Command::Convert(args) => convert::run(args, global, rt),
         Command::Mkfs(args) => mkfs::run(args, global),
-        Command::Boot(args) => boot::run(args),
+        Command::Boot(args) => boot::run(args, global),
         Command::Serve(args) => serve::run(args, global),
         Command::Ls(args) => store::ls(args, global),
         Command::Inspect(args) => store::inspect(args, global),

@@ -46,13 +46,13 @@ pub fn run(args: ServeArgs, global: &GlobalArgs) -> Result<u8, Error> {
     }
     let store = args.store.open_existing()?;
     let id = store.resolve(&args.image)?;
-    let export =
-        Arc::new(Export::from_store(&store, &id, cache_bytes).with_context(|| format!("serving {}", args.image))?);
+    let export = Arc::new(
+        Export::from_store(&store, &id, cache_bytes).with_context(|| format!("serving {}", args.image))?,
+    );
     let server = Server::bind(&address, export.clone())?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
-        signal_hook::flag::register(signal, stop.clone())
-            .context("cannot handle signals")?;
+        signal_hook::flag::register(signal, stop.clone()).context("cannot handle signals")?;
     }
     let shown = match (&address, server.local_port()) {
         (Address::Tcp(addr), Some(port)) => format!("tcp:{}:{port}", addr.ip()),
