@@ -43,7 +43,7 @@ pub struct ReadError {
     pub offset: u64,
     pub length: u64,
     #[source]
-    pub source: StoreError,
+    pub source: Box<StoreError>,
 }
 
 /// What an export has served.
@@ -156,7 +156,7 @@ impl Export {
 
     fn failed(&self, index: usize, offset: u64, length: u64, source: StoreError) -> ReadError {
         self.failed_reads.fetch_add(1, Ordering::Relaxed);
-        let err = ReadError { image: self.image, offset, length, source };
+        let err = ReadError { image: self.image, offset, length, source: Box::new(source) };
         if self.reported.lock().expect("never poisoned").insert(index) {
             eprintln!("diskc: serve: {err}; the client gets an I/O error");
         }
