@@ -64,6 +64,7 @@ PACKAGES=(
   docker.io docker-registry      # the Engine (with BuildKit) and a registry for docker:// tests
   e2fsprogs util-linux           # e2fsck, debugfs, mkfs.ext4 (the peer); mount, losetup
   qemu-system-x86 qemu-system-data  # diskc boot (qboot.rom is in -data)
+  qemu-utils                     # qemu-img, qemu-io: NBD clients for the diskc serve tests
   kmod                           # modprobe, and depmod for fetch-kernel.sh
   debootstrap debian-archive-keyring  # the Debian base image and the benchmark tree
   umoci skopeo                   # OCI layouts: peers and fixtures

@@ -82,6 +82,7 @@ pub mod fileio;
 pub mod layer;
 pub mod layout;
 pub mod manifest;
+pub mod nbd;
 pub mod pipeline;
 pub mod source;
 pub mod store;

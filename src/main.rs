@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     };
     let json = args.global.json;
     cli::init_logging(args.global.verbose);
-    if !matches!(args.command, cli::Command::Boot(_)) {
+    if !matches!(args.command, cli::Command::Boot(_) | cli::Command::Serve(_)) {
         remove_unfinished_work_on_signals();
     }
     // The one runtime for the async parts (the Docker daemon); the library runs on it.
@@ -50,7 +50,8 @@ fn main() -> ExitCode {
 }
 
 /// On SIGINT, SIGTERM or SIGHUP: remove the outputs being written, then exit as a process
-/// killed by that signal would (128 + its number). `diskc boot` handles its own signals.
+/// killed by that signal would (128 + its number). `diskc boot` and `diskc serve` handle their
+/// own signals.
 fn remove_unfinished_work_on_signals() {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else { return };

@@ -2,6 +2,7 @@
 //! stdout with `schema_version` and `command` and the documented fields; errors as one
 //! object on stderr with `error` and `exit_code`.
 
+mod boot_support;
 mod common;
 
 use std::collections::BTreeMap;
@@ -84,10 +85,11 @@ fn every_command_prints_the_documented_json() {
         let ms = seconds.as_f64().unwrap() * 1000.0;
         assert!((ms - ms.round()).abs() < 1e-6, "{phase}: {seconds}");
     }
-    // Every documented command but build (which needs a Dockerfile build) ran above, and
-    // build documents convert's fields and its own.
+    // Every documented command but build (which needs a Dockerfile build), boot and serve
+    // (below) ran above, and build documents convert's fields and its own.
     let ran: Vec<&str> = outputs.iter().map(|(c, _)| *c).collect();
-    for command in schema.keys().filter(|k| !k.contains('.') && *k != "build") {
+    let elsewhere = ["build", "boot", "serve"];
+    for command in schema.keys().filter(|k| !k.contains('.') && !elsewhere.contains(&k.as_str())) {
         assert!(ran.contains(&command.as_str()), "{command} documented but not checked");
     }
     assert!(schema["convert"].iter().all(|f| schema["build"].contains(f)));
@@ -124,4 +126,54 @@ fn completions_and_manual_pages_come_from_the_command_line_definitions() {
     assert!(page.contains("\\-\\-filter"), "{page}");
     assert!(dir.path().join("diskc.1").exists());
     assert!(!dir.path().join("diskc-store-put.1").exists(), "a hidden command got a page");
+}
+
+/// `boot --json` (a guest under QEMU) and `serve --json` (an NBD server, read by qemu-img and
+/// stopped with SIGTERM) print the documented objects.
+#[test]
+fn boot_and_serve_print_the_documented_json() {
+    common::ensure_base_images(&["busybox"]);
+    let schema = documented();
+    let id = boot_support::Bootable::convert(common::BUSYBOX_IMAGE, boot_support::Outdir::Temporary).id;
+    let out = boot_support::boot(&id, &["--json", "--", "sh", "-c", "echo out; exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 1, "not one line: {text}");
+    let boot: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (&boot["command"], &boot["schema_version"], &boot["exit_code"]),
+        (&"boot".into(), &1.into(), &3.into())
+    );
+    check(&schema, "boot", &boot);
+    for (phase, seconds) in boot["timings"].as_object().unwrap() {
+        let ms = seconds.as_f64().unwrap() * 1000.0;
+        assert!((ms - ms.round()).abs() < 1e-6, "{phase}: {seconds}");
+    }
+
+    let dir = common::tempdir();
+    let socket = dir.path().join("nbd.sock");
+    let mut server = common::diskc()
+        .args(["--json", "serve", &id, "--nbd", &format!("unix:{}", socket.display())])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !socket.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let read = std::process::Command::new("qemu-img")
+        .args(["info", &format!("nbd+unix:///?socket={}", socket.display())])
+        .output()
+        .expect("qemu-img (qemu-utils) is required");
+    // SAFETY: signals our own child, not yet reaped.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    assert!(read.status.success(), "{}", String::from_utf8_lossy(&read.stderr));
+    server.stdin.take();
+    let out = server.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let serve: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&serve["command"], &serve["schema_version"]), (&"serve".into(), &1.into()));
+    check(&schema, "serve", &serve);
+    assert!(serve["clients"].as_u64().unwrap() >= 1, "{serve}");
 }

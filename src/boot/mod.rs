@@ -14,6 +14,7 @@
 //! - [`modules_disk`]: the kernel's whole modules tree as a disk for the guest.
 //! - [`fileserver`]: host directories served to the guest (virtiofs).
 //! - [`scratch`]: a boot's private temporary directory.
+//! - [`disk_server`]: the NBD server a boot from the store reads its root disk from.
 //!
 //! The guest protocol (ports, command-line keys, exit status) is in docs/boot.md.
 
@@ -22,13 +23,14 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
 use crate::error::{Classify, ErrorKind};
-use crate::manifest::{BootFile, BootPart, ImageConfig, MANIFEST_FILE, ROOTFS_FILE};
+use crate::manifest::{BootFile, BootPart, ImageConfig, MANIFEST_FILE};
 use crate::store::{ImageId, Store, StoreError};
 
 use serde::Deserialize;
 
 pub mod cmdline;
 pub mod cpio;
+pub mod disk_server;
 pub mod fileserver;
 pub mod guest;
 pub mod initrd;
@@ -43,7 +45,7 @@ pub mod run;
 pub mod scratch;
 
 pub use kernel::{HostModules, KernelSource, ModuleSource, TreeModules};
-pub use plan::{boot, BootPlan, BootRequest, Target};
+pub use plan::{boot, BootPlan, BootRequest, BootTimings, Booted, Target};
 pub use run::{Ended, Streams};
 
 /// File names of the boot files in OUTDIR.
@@ -53,6 +55,9 @@ pub const INITRD_FILE: &str = "initrd.img";
 /// Names of the boot files in the store (`StoredImage::files`), by role.
 pub const STORE_KERNEL: &str = "kernel";
 pub const STORE_INITRD: &str = "initrd";
+
+/// The socket of a stored image's NBD server, in the boot's private directory.
+pub const ROOTFS_SOCKET: &str = "rootfs.sock";
 
 /// Overrides where `diskc-init` is found (see [`locate_init`]).
 pub const INIT_ENV: &str = "DISKC_INIT";
@@ -91,6 +96,8 @@ pub enum BootError {
     NotBootable(ImageId),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the root disk's NBD server: {0}")]
+    DiskServer(String),
 }
 
 impl Classify for BootError {
@@ -110,7 +117,8 @@ impl Classify for BootError {
             | BootError::Volume(_)
             | BootError::Guest(_)
             | BootError::NoExitStatus
-            | BootError::Output(_) => ErrorKind::Environment,
+            | BootError::Output(_)
+            | BootError::DiskServer(_) => ErrorKind::Environment,
         }
     }
 }
@@ -146,13 +154,22 @@ pub fn initrd_key() -> Result<Digest, BootError> {
     Ok(Digest::of(&key))
 }
 
+/// Where the root disk's bytes come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RootDisk {
+    /// An image file (an OUTDIR's `rootfs.ext4`).
+    File(PathBuf),
+    /// An NBD export on a unix socket: a stored image served from its chunks.
+    Nbd { socket: PathBuf, export: String },
+}
+
 /// The files of a prepared image, the manifest's command line, and what a boot needs to
 /// know about the image: the kernel (for its modules disk) and the image config (`-P`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BootSpec {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
-    pub rootfs: PathBuf,
+    pub rootfs: RootDisk,
     pub cmdline: String,
     pub kernel_version: String,
     pub kernel_digest: Digest,
@@ -225,7 +242,7 @@ impl BootSpec {
         Ok(BootSpec {
             kernel: inside(&boot.kernel.file)?,
             initrd: inside(&boot.initrd.file)?,
-            rootfs: inside(&manifest.rootfs.file)?,
+            rootfs: RootDisk::File(inside(&manifest.rootfs.file)?),
             cmdline: boot.cmdline,
             kernel_version: boot.kernel_version,
             kernel_digest: boot.kernel.digest,
@@ -236,16 +253,17 @@ impl BootSpec {
 
 impl BootSpec {
     /// The boot files of a stored image (`reference`: an id, an unambiguous id prefix or a
-    /// name), exported into `dir`. The store keeps chunks, not files QEMU can open, so a
-    /// boot from the store pays for one export; `dir` is the caller's to remove afterwards.
-    pub fn from_store(store: &Store, reference: &str, dir: &Path) -> Result<BootSpec, BootError> {
+    /// name): the kernel and initrd exported into `dir` (a few MiB), the rootfs as the NBD
+    /// export `dir/rootfs.sock` that [`disk_server`] serves from the store's chunks, so no
+    /// copy of it is made. `dir` is the caller's to remove afterwards.
+    pub fn from_store(store: &Store, reference: &str, dir: &Path) -> Result<(ImageId, BootSpec), BootError> {
         let id = store.resolve(reference)?;
         let manifest = store.image(&id)?;
         let boot = manifest.boot.ok_or(BootError::NotBootable(id))?;
         let spec = BootSpec {
             kernel: dir.join(KERNEL_FILE),
             initrd: dir.join(INITRD_FILE),
-            rootfs: dir.join(ROOTFS_FILE),
+            rootfs: RootDisk::Nbd { socket: dir.join(ROOTFS_SOCKET), export: id.hex() },
             cmdline: boot.cmdline,
             kernel_version: boot.kernel_version,
             kernel_digest: boot.kernel.digest,
@@ -253,14 +271,14 @@ impl BootSpec {
         };
         store.export_file(&id, STORE_KERNEL, &spec.kernel)?;
         store.export_file(&id, STORE_INITRD, &spec.initrd)?;
-        store.export_rootfs(&id, &spec.rootfs)?;
-        Ok(spec)
+        Ok((id, spec))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::ROOTFS_FILE;
 
     fn outdir_with(manifest: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -276,7 +294,7 @@ mod tests {
     fn outdir_manifest_names_the_boot_files() {
         let dir = outdir_with(&format!(r#"{{"rootfs": {{"file": "rootfs.ext4"}}, "boot": {BOOT}}}"#));
         let spec = BootSpec::from_outdir(dir.path()).unwrap();
-        assert_eq!(spec.rootfs, dir.path().join("rootfs.ext4"));
+        assert_eq!(spec.rootfs, RootDisk::File(dir.path().join("rootfs.ext4")));
         assert_eq!(spec.kernel, dir.path().join("vmlinuz"));
         assert_eq!(spec.cmdline, "console=ttyS0");
     }
@@ -321,12 +339,14 @@ mod tests {
             store_with(Some(boot_manifest()), &[(STORE_KERNEL, b"bzImage"), (STORE_INITRD, b"cpio")]);
         let out = dir.path().join("boot");
         std::fs::create_dir(&out).unwrap();
-        let spec = BootSpec::from_store(&store, &id.hex()[..12], &out).unwrap();
+        let (found, spec) = BootSpec::from_store(&store, &id.hex()[..12], &out).unwrap();
+        assert_eq!(found, id);
         assert_eq!(std::fs::read(&spec.kernel).unwrap(), b"bzImage");
         assert_eq!(std::fs::read(&spec.initrd).unwrap(), b"cpio");
-        assert_eq!(std::fs::read(&spec.rootfs).unwrap(), b"a rootfs stand-in");
+        // The rootfs is served, not copied.
+        assert_eq!(spec.rootfs, RootDisk::Nbd { socket: out.join(ROOTFS_SOCKET), export: id.hex() });
+        assert!(!out.join(ROOTFS_FILE).exists());
         assert_eq!(spec.cmdline, "console=ttyS0");
-        assert!(spec.rootfs.starts_with(&out));
     }
 
     #[test]

@@ -1,24 +1,29 @@
 //! `diskc boot` as a plan: the command line's values ([`BootRequest`]) checked once into a
 //! [`BootPlan`] before anything starts, and [`boot`], which runs a plan: it sweeps what
-//! killed boots left, gets the image's files (an OUTDIR in place, or a stored image
-//! exported into a private directory), the kernel's modules disk, free host ports for
-//! `-p`/`-P`, file servers for `-v`, and then the VM.
+//! killed boots left, gets the image's files (an OUTDIR in place, or a stored image's kernel
+//! and initrd exported into a private directory and its rootfs served over NBD from the
+//! store's chunks), the kernel's modules disk, free host ports for `-p`/`-P`, file servers
+//! for `-v`, and then the VM.
 
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::store::Store;
+use serde::Serialize;
 
+use crate::nbd::DEFAULT_CACHE_BYTES;
+use crate::store::{ImageId, Store};
+
+use super::disk_server::{DiskServer, Served};
 use super::fileserver::FileServers;
 use super::guest::{RunConfig, DEFAULT_HOSTNAME};
 use super::options::{self, OptionError, Protocol, Publish, Volume};
 use super::qemu::{kvm_works, Machine, MODULES_DEVICE, QEMU_BINARY};
 use super::run::{self, Ended, SignalGuard, Streams};
 use super::scratch::{self, Scratch};
-use super::{modules_disk, BootError, BootSpec};
+use super::{modules_disk, BootError, BootSpec, RootDisk};
 
 /// What to boot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +81,8 @@ pub struct BootPlan {
     pub qemu: PathBuf,
     /// `None`: KVM when it works, else TCG.
     pub kvm: Option<bool>,
+    /// Decompressed chunks the root disk's server keeps (a boot from the store).
+    pub cache_bytes: u64,
 }
 
 fn bad(flag: &'static str, value: &str, reason: &str) -> OptionError {
@@ -159,6 +166,7 @@ impl BootPlan {
             },
             qemu: PathBuf::from(QEMU_BINARY),
             kvm: None,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         })
     }
 }
@@ -172,9 +180,30 @@ fn free_port(ip: Ipv4Addr, protocol: Protocol) -> std::io::Result<u16> {
     }
 }
 
+/// Seconds from the start of [`boot`]: until QEMU started, until the guest program first
+/// wrote, until the end.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct BootTimings {
+    pub prepare: f64,
+    pub first_output: Option<f64>,
+    pub total: f64,
+}
+
+/// How a boot went.
+#[derive(Clone, Debug)]
+pub struct Booted {
+    pub ended: Ended,
+    /// The stored image booted (`None` for an OUTDIR).
+    pub image: Option<ImageId>,
+    pub timings: BootTimings,
+    /// What the root disk's server served (a boot from the store).
+    pub served: Option<Served>,
+}
+
 /// Runs `plan`, with the image found in (and the modules disk kept under) `store`; the
 /// program's stdio on `streams`, `-p`/`-P` mappings the boot chose on `streams.stderr`.
-pub fn boot(store: &Store, plan: &BootPlan, streams: Streams) -> Result<Ended, BootError> {
+pub fn boot(store: &Store, plan: &BootPlan, streams: Streams) -> Result<Booted, BootError> {
+    let started = Instant::now();
     // From here on a signal stops the boot in order: what it made is removed.
     let signals = SignalGuard::install();
     let tmp = std::env::temp_dir();
@@ -182,9 +211,17 @@ pub fn boot(store: &Store, plan: &BootPlan, streams: Streams) -> Result<Ended, B
         tracing::info!(dir = %dir.display(), "removed what a killed boot left");
     }
     let scratch = Scratch::create(&tmp).map_err(|e| BootError::Write(tmp.clone(), e))?;
-    let spec = match &plan.target {
-        Target::Outdir(dir) => BootSpec::from_outdir(dir)?,
-        Target::Stored(reference) => BootSpec::from_store(store, reference, scratch.path())?,
+    let (spec, image, mut disk_server) = match &plan.target {
+        Target::Outdir(dir) => (BootSpec::from_outdir(dir)?, None, None),
+        Target::Stored(reference) => {
+            let (id, spec) = BootSpec::from_store(store, reference, scratch.path())?;
+            let RootDisk::Nbd { socket, .. } = &spec.rootfs else {
+                unreachable!("a stored rootfs is served")
+            };
+            let size = store.image(&id)?.rootfs.file.size;
+            let server = DiskServer::start(store, &id, size, socket, plan.cache_bytes)?;
+            (spec, Some(id), Some(server))
+        }
     };
     let modules_disk = modules_disk::find_or_make(
         store.root(),
@@ -226,7 +263,21 @@ pub fn boot(store: &Store, plan: &BootPlan, streams: Streams) -> Result<Ended, B
         volumes: &servers.sockets,
         ports: &[],
     };
-    run::run(machine, &run, &plan.qemu, plan.timeout, streams, &signals)
+    let prepare = started.elapsed();
+    let mut disk_gone = || disk_server.as_mut().and_then(DiskServer::gone);
+    let finished = run::run(machine, &run, &plan.qemu, plan.timeout, streams, &signals, &mut disk_gone)?;
+    let served = disk_server.and_then(DiskServer::stop);
+    let since = |t: Instant| t.duration_since(started).as_secs_f64();
+    Ok(Booted {
+        ended: finished.ended,
+        image,
+        timings: BootTimings {
+            prepare: prepare.as_secs_f64(),
+            first_output: finished.first_output.map(since),
+            total: started.elapsed().as_secs_f64(),
+        },
+        served,
+    })
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use super::guest::{GATEWAY, GUEST_ADDRESS, NAMESERVER, NETWORK_PREFIX_LEN};
 use super::options::Publish;
-use super::{cmdline, BootError, BootSpec};
+use super::{cmdline, BootError, BootSpec, RootDisk};
 
 /// The line `diskc-init` writes on its status port when the program has exited, followed
 /// by the status (0-255; 128+N for a death by signal N) and a newline.
@@ -116,7 +116,11 @@ pub fn qemu_args(m: &Machine) -> Result<Vec<OsString>, BootError> {
         m.spec.initrd.clone().into_os_string(),
     ]);
     let root_mode = if m.read_only { "readonly=on" } else { "snapshot=on" };
-    args.extend(["-drive".into(), drive("root", root_mode, &m.spec.rootfs)]);
+    let root = match &m.spec.rootfs {
+        RootDisk::File(path) => drive("root", root_mode, path),
+        RootDisk::Nbd { socket, export } => nbd_drive("root", root_mode, socket, export),
+    };
+    args.extend(["-drive".into(), root]);
     push(&mut args, &["-device", "virtio-blk-pci,drive=root"]);
     if let Some(disk) = m.modules_disk {
         args.extend(["-drive".into(), drive("modules", "readonly=on", disk)]);
@@ -165,6 +169,17 @@ fn drive(id: &str, mode: &str, file: &Path) -> OsString {
     drive
 }
 
+/// QEMU's NBD client on a unix socket. The export is the image id (hex digits: nothing to
+/// escape). Without a reconnect delay a server that is gone fails the guest's reads at once,
+/// and `diskc boot` notices it is gone and stops the VM.
+fn nbd_drive(id: &str, mode: &str, socket: &Path, export: &str) -> OsString {
+    let mut drive = OsString::from(format!(
+        "id={id},if=none,format=raw,{mode},file.driver=nbd,file.export={export},file.server.type=unix,file.server.path="
+    ));
+    drive.push(qemu_escape(socket));
+    drive
+}
+
 /// QEMU option values end at a comma; a literal comma is written twice.
 fn qemu_escape(path: &Path) -> OsString {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -202,7 +217,7 @@ mod tests {
         BootSpec {
             kernel: "/k".into(),
             initrd: "/i".into(),
-            rootfs: "/images/a,b.ext4".into(),
+            rootfs: RootDisk::File("/images/a,b.ext4".into()),
             cmdline: cmdline::base_cmdline(),
             kernel_version: "6.1.0-test".into(),
             kernel_digest: crate::digest::Digest::of(b"k"),
@@ -237,6 +252,11 @@ mod tests {
             "{rw:?}"
         );
         assert!(!rw.iter().any(|a| a.contains("netdev")), "{rw:?}");
+        let served = BootSpec {
+            rootfs: RootDisk::Nbd { socket: "/tmp/b,1/rootfs.sock".into(), export: "ab12".into() },
+            ..spec.clone()
+        };
+        assert!(args(&machine(&served)).contains(&"id=root,if=none,format=raw,snapshot=on,file.driver=nbd,file.export=ab12,file.server.type=unix,file.server.path=/tmp/b,,1/rootfs.sock".to_string()));
         let ro = args(&Machine { read_only: true, ..machine(&spec) });
         assert!(ro.iter().any(|a| a.contains("readonly=on")));
         let line = &ro[ro.iter().position(|a| a == "-append").unwrap() + 1];

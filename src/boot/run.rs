@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use super::guest::{RunConfig, ERROR_PREFIX, PORT_RUN, PORT_STATUS, PORT_STDERR, PORT_STDIN, PORT_STDOUT};
 use super::qemu::{parse_exit_status, qemu_args, Machine};
-use super::BootError;
+use super::{BootError, RootDisk};
 
 /// How often the loop looks at caught signals and the deadline while the guest is quiet.
 const TICK: Duration = Duration::from_millis(50);
@@ -215,8 +215,20 @@ fn spawn_input(config: Vec<u8>, mut run_port: UnixStream, stdin: Option<(Box<dyn
     });
 }
 
+/// How a boot ended, and when the guest program first wrote (stdout or stderr).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Finished {
+    pub ended: Ended,
+    pub first_output: Option<Instant>,
+}
+
+/// Says why the root disk can no longer be read (its server is gone), if so; asked every
+/// tick while the VM runs.
+pub type DiskWatch<'a> = &'a mut dyn FnMut() -> Option<String>;
+
 /// Boots `machine` running `run`, with the guest's stdio on `streams`; a signal `signals`
-/// catches stops it.
+/// catches stops it, and so does a root disk `disk_gone` reports gone (an error, since a
+/// guest whose disk vanished may hang or answer wrongly).
 pub fn run(
     machine: Machine,
     run: &RunConfig,
@@ -224,7 +236,8 @@ pub fn run(
     timeout: Option<Duration>,
     streams: Streams,
     signals: &SignalGuard,
-) -> Result<Ended, BootError> {
+    disk_gone: DiskWatch,
+) -> Result<Finished, BootError> {
     let socket_error = |e: io::Error| BootError::Qemu(format!("cannot make a socket pair: {e}"));
     let mut names = vec![PORT_RUN, PORT_STATUS, PORT_STDOUT, PORT_STDERR];
     if run.stdin {
@@ -240,7 +253,10 @@ pub fn run(
     let ports: Vec<(&'static str, RawFd)> = theirs.iter().map(|(n, s)| (*n, s.as_raw_fd())).collect();
     let machine = Machine { ports: &ports, ..machine };
     let args = qemu_args(&machine)?;
-    for file in [&machine.spec.kernel, &machine.spec.initrd, &machine.spec.rootfs] {
+    let root = match &machine.spec.rootfs {
+        RootDisk::File(path) | RootDisk::Nbd { socket: path, .. } => path,
+    };
+    for file in [&machine.spec.kernel, &machine.spec.initrd, root] {
         std::fs::metadata(file).map_err(|e| BootError::Read(file.clone(), e))?;
     }
 
@@ -249,7 +265,7 @@ pub fn run(
     cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     tie_to_parent(&mut cmd, ports.iter().map(|(_, fd)| *fd).collect());
     if let Some(sig) = signals.caught() {
-        return Ok(Ended::Stopped(sig));
+        return Ok(Finished { ended: Ended::Stopped(sig), first_output: None });
     }
     let mut child = cmd.spawn().map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => BootError::QemuMissing(qemu.display().to_string()),
@@ -278,9 +294,14 @@ pub fn run(
     let mut console = Console::default();
     let mut status = Vec::new();
     let mut qemu_stderr = Vec::new();
+    let mut first_output = None;
+    let mut disk_lost: Option<String> = None;
     loop {
         match rx.recv_timeout(TICK) {
             Ok((source, bytes)) => {
+                if matches!(source, Source::Stdout | Source::Stderr) {
+                    first_output.get_or_insert_with(Instant::now);
+                }
                 // Output nobody reads any more ends the boot when it is the program's stdout
                 // (as a pipeline's writer ends); a closed stderr only loses diagnostics.
                 match source {
@@ -310,7 +331,13 @@ pub fn run(
             // Every reader has seen its end: QEMU is gone.
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        if stop.is_none() && output_error.is_none() {
+        if disk_lost.is_none() {
+            disk_lost = disk_gone();
+            if disk_lost.is_some() && stop.is_none() && output_error.is_none() {
+                let _ = child.kill();
+            }
+        }
+        if stop.is_none() && output_error.is_none() && disk_lost.is_none() {
             if let Some(sig) = signals.caught() {
                 stop = Some(Ended::Stopped(sig));
             } else if let (Some(deadline), Some(limit)) = (deadline, timeout) {
@@ -329,10 +356,14 @@ pub fn run(
         return Err(BootError::Output(e));
     }
     if let Some(stop) = stop {
-        return Ok(stop);
+        return Ok(Finished { ended: stop, first_output });
     }
     if let Some(code) = parse_exit_status(&status) {
-        return Ok(Ended::Exited(code));
+        return Ok(Finished { ended: Ended::Exited(code), first_output });
+    }
+    // A VM that ended without a status after its disk server went (QEMU may end first).
+    if let Some(reason) = disk_lost.or_else(disk_gone) {
+        return Err(BootError::DiskServer(format!("{reason}; the VM was killed")));
     }
     let status = String::from_utf8_lossy(&status);
     if let Some(message) = status.strip_prefix(ERROR_PREFIX) {
@@ -418,7 +449,7 @@ mod tests {
         let spec = BootSpec {
             kernel: file("k"),
             initrd: file("i"),
-            rootfs: file("r"),
+            rootfs: RootDisk::File(file("r")),
             cmdline: cmdline::base_cmdline(),
             kernel_version: "6.1.0-test".into(),
             kernel_digest: crate::digest::Digest::of(b"k"),
@@ -439,7 +470,8 @@ mod tests {
         let streams = Streams { stdout: &mut out, stderr: &mut err, stdin: None };
         let qemu = Path::new("/nonexistent/qemu-system-x86_64");
         let e =
-            run(machine, &RunConfig::default(), qemu, None, streams, &SignalGuard::install()).unwrap_err();
+            run(machine, &RunConfig::default(), qemu, None, streams, &SignalGuard::install(), &mut || None)
+                .unwrap_err();
         assert!(matches!(e, BootError::QemuMissing(_)), "{e}");
         assert!(e.to_string().contains("qemu-system-x86"));
         assert_eq!(e.error_kind(), ErrorKind::Environment);

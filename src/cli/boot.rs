@@ -1,18 +1,22 @@
 //! `diskc boot ID|NAME|OUTDIR [OPTIONS] [-- CMD...]`: runs a built image under QEMU as
 //! `docker run` would run it, with the program's stdout and stderr on ours, and exits with
 //! its exit status. The options become a checked plan in the library (`diskc::boot::plan`),
-//! which one call runs.
+//! which one call runs. With `--json` the program's stdout goes to stderr with the rest, and
+//! stdout carries one object: the exit code, the timings and what the root disk served.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::Args;
+use serde_json::json;
 
-use diskc::boot::{BootError, BootPlan, BootRequest, Streams};
+use diskc::boot::{BootError, BootPlan, BootRequest, Booted, Streams};
 use diskc::error::Error;
 use diskc::store::StoreError;
 
+use super::output::{self, rounded_timings};
 use super::store::StoreArgs;
+use super::GlobalArgs;
 
 #[derive(Args, Debug)]
 pub struct BootArgs {
@@ -82,7 +86,7 @@ pub struct BootArgs {
     pub cmd: Vec<OsString>,
 }
 
-pub fn run(args: BootArgs, rt: &tokio::runtime::Handle) -> Result<u8, Error> {
+pub fn run(args: BootArgs, global: &GlobalArgs, rt: &tokio::runtime::Handle) -> Result<u8, Error> {
     let image = args.image.clone();
     let plan = BootPlan::new(BootRequest {
         image: args.image,
@@ -107,12 +111,14 @@ pub fn run(args: BootArgs, rt: &tokio::runtime::Handle) -> Result<u8, Error> {
     let store = args.store.open(rt)?;
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr();
+    // With --json, stdout is the JSON object's alone.
+    let mut program_stdout = std::io::stderr();
     let streams = Streams {
-        stdout: &mut stdout,
+        stdout: if global.json { &mut program_stdout } else { &mut stdout },
         stderr: &mut stderr,
         stdin: plan.interactive.then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
     };
-    let ended = diskc::boot::boot(&store, &plan, streams).map_err(|e| {
+    let booted = diskc::boot::boot(&store, &plan, streams).map_err(|e| {
         let context = match &e {
             BootError::Store(StoreError::NotFound(_)) => {
                 format!("{image:?} is neither a directory nor an image in the store at {}", store.location())
@@ -121,10 +127,27 @@ pub fn run(args: BootArgs, rt: &tokio::runtime::Handle) -> Result<u8, Error> {
         };
         Error::from(e).context(context)
     })?;
+    let ended = booted.ended;
     if let Some(message) = ended.message() {
         eprintln!("diskc: {message}");
     }
+    if global.json {
+        drop(stdout);
+        output::json("boot", boot_json(&booted));
+    }
     Ok(ended.exit_code())
+}
+
+fn boot_json(booted: &Booted) -> serde_json::Value {
+    let served = booted.served.as_ref();
+    json!({
+        "id": booted.image.map(|id| id.hex()),
+        "exit_code": booted.ended.exit_code(),
+        "timings": rounded_timings(booted.timings),
+        "read_bytes": served.map_or(0, |s| s.read_bytes),
+        "fetched_bytes": served.map_or(0, |s| s.fetched_bytes),
+        "cache": served.map(|s| s.cache),
+    })
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod listing;
 pub mod mkfs;
 pub mod output;
 pub mod progress;
+pub mod serve;
 pub mod store;
 pub mod store_admin;
 pub mod transfer;
@@ -66,6 +67,8 @@ pub enum Command {
     Mkfs(mkfs::MkfsArgs),
     /// Boot a built image under QEMU; exits with the guest program's exit status.
     Boot(boot::BootArgs),
+    /// Serve an image's rootfs read-only over NBD, for other hypervisors or nbd-client.
+    Serve(serve::ServeArgs),
     /// List the images in the store.
     Ls(store::LsArgs),
     /// Show images: a summary, or with --json the full record.
@@ -109,7 +112,8 @@ pub fn run(mut cli: Cli, rt: &Handle) -> Result<u8, Error> {
         Command::Build(args) => build::run(args, global, rt),
         Command::Convert(args) => convert::run(args, global, rt),
         Command::Mkfs(args) => mkfs::run(args, global),
-        Command::Boot(args) => boot::run(args, rt),
+        Command::Boot(args) => boot::run(args, global, rt),
+        Command::Serve(args) => serve::run(args, global, rt),
         Command::Ls(args) => store::ls(args, global, rt),
         Command::Inspect(args) => store::inspect(args, global, rt),
         Command::Export(args) => store::export(args, global, rt),
@@ -135,6 +139,7 @@ impl Command {
             Command::Convert(args) => Some(&mut args.output.store),
             Command::Mkfs(_) | Command::Completion(_) | Command::Man(_) => None,
             Command::Boot(args) => Some(&mut args.store),
+            Command::Serve(args) => Some(&mut args.store),
             Command::Ls(args) => Some(&mut args.store),
             Command::Inspect(args) => Some(&mut args.store),
             Command::Export(args) => Some(&mut args.store),

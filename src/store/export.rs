@@ -60,6 +60,14 @@ impl Store {
         })
     }
 
+    /// A chunk's bytes, checked against its digest, under the store's shared lock (so that
+    /// gc cannot drop its pack between finding and reading it): one chunk as a reader that
+    /// needs a few (an NBD export) fetches it.
+    pub fn fetch_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>, StoreError> {
+        let _lock = self.shared_lock()?;
+        self.read_chunk(chunk)
+    }
+
     /// A chunk's bytes from the local store, checked against its digest.
     pub(super) fn read_local_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>, StoreError> {
         let compressed = self.read_frame(&chunk.digest)?;
