@@ -77,6 +77,7 @@ pub mod digest;
 pub mod docker;
 pub mod error;
 pub mod ext4;
+pub mod farm;
 pub mod fileio;
 pub mod layer;
 pub mod layout;

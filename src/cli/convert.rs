@@ -38,6 +38,8 @@ pub struct ConvertArgs {
     pub names: Vec<String>,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub farm: super::farm::FarmArgs,
 }
 
 /// Where an image goes and how it is laid out; shared by `convert` and `build`.
@@ -94,6 +96,9 @@ impl OutputArgs {
 }
 
 pub fn run(args: ConvertArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
+    if args.farm.farm.is_some() {
+        return super::farm::submit_convert(args, global, rt);
+    }
     let plan = ConvertPlan {
         source: args.source.parse::<SourceRef>()?,
         input: args.source.clone(),

@@ -32,7 +32,7 @@ use crate::store::{Store, StoreError};
 use crate::tree::flatten::FlattenError;
 
 pub use build::{build, Built};
-pub use convert::{convert, Converted};
+pub use convert::{convert, export_outdir, Converted};
 pub use mkfs::{mkfs, Made, MkfsPlan, MkfsSource};
 pub use rootfs::{digest_file, ext4_options, format_uuid, fs_time};
 pub use staging::remove_unfinished;
@@ -108,8 +108,9 @@ impl Default for RootfsOptions {
     }
 }
 
-/// What an entry point is doing, for progress displays.
-#[derive(Clone, Debug)]
+/// What an entry point is doing, for progress displays (serializable: the build farm sends it
+/// from a worker to the submitter).
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub enum Progress {
     /// A step of the Dockerfile build (`build` only).
     Build(BuildEvent),
