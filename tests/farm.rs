@@ -403,6 +403,53 @@ fn a_job_whose_worker_is_killed_is_redelivered_and_gets_the_right_id() {
 }
 
 #[test]
+fn sigterm_drains_a_worker_it_finishes_what_it_holds_and_takes_nothing_new() {
+    common::ensure_base_images(&["debian"]);
+    let mut farm = Farm::start();
+    farm.start_worker("draining", &[]);
+    let source = format!("docker-daemon:{}", common::DEBIAN_IMAGE);
+    let held = farm
+        .submit(&["convert", &source, "--source-date-epoch", "3", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(60, "the worker to take the job", || !farm.workers["draining"].events("started").is_empty());
+    let pid = farm.workers["draining"].child.id().to_string();
+    common::run_ok(Command::new("kill").args(["-TERM", &pid]));
+    let busybox = format!("docker-daemon:{}", common::BUSYBOX_IMAGE);
+    let queued = json(&common::run_ok(&mut farm.submit(&[
+        "convert",
+        &busybox,
+        "--source-date-epoch",
+        "4",
+        "--detach",
+        "--json",
+    ])));
+
+    let worker = farm.workers.get_mut("draining").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = worker.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the worker did not finish draining");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "a drained worker exits 0: {status}");
+    let out = held.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json(&out)["worker"], "draining");
+    let started: Vec<Value> = worker.events("started");
+    assert_eq!(started.len(), 1, "took a job while draining: {started:?}");
+    assert_eq!(worker.events("done").len(), 1);
+    assert_ne!(started[0]["job"], queued["job"]);
+    let status =
+        json(&common::run_ok(farm.diskc().args(["--json", "farm", "status", "--nats", &farm.nats.url()])));
+    assert_eq!(status["queued"], 1, "the second job waits for a worker: {status}");
+}
+
+#[test]
 fn a_broken_dockerfile_exits_2_with_its_line_and_is_not_retried() {
     let mut farm = Farm::start();
     farm.start_worker("w", &["--ack-wait", "1s"]);

@@ -117,6 +117,11 @@ pub async fn run(
             batch.next().await.transpose().map_err(|e| e.to_string())
         };
         match fetched.await {
+            Ok(Some(message)) if *stop.borrow() => {
+                // Fetched as the drain began: hand it straight back to the queue.
+                let _ = message.ack_with(AckKind::Nak(None)).await;
+                break;
+            }
             Ok(Some(message)) => {
                 let worker = worker.clone();
                 tokio::spawn(async move {
