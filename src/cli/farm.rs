@@ -130,19 +130,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub fn submit_build(args: BuildArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
     let plan = super::build::plan(&args, &|name| std::env::var(name).ok())?;
     let packed = context::pack(&plan)?;
-    let job = Job {
-        task: Task::Build {
-            context: packed.digest.clone(),
-            dockerfile: packed.dockerfile.clone(),
-            build_args: plan.build_args,
-            labels: plan.labels,
-            target: plan.target,
-            platform: plan.platform,
-            no_cache: plan.no_cache,
-            builder: format!("{:?}", plan.builder).to_lowercase(),
-        },
-        ..job_options(&args.output, args.context.display().to_string())?
+    let task = Task::Build {
+        context: packed.digest.clone(),
+        dockerfile: packed.dockerfile.clone(),
+        build_args: plan.build_args,
+        labels: plan.labels,
+        target: plan.target,
+        platform: plan.platform,
+        no_cache: plan.no_cache,
+        builder: format!("{:?}", plan.builder).to_lowercase(),
     };
+    let job = job(task, &args.output, args.context.display().to_string())?;
     let mut display = BuildProgress::new(global);
     let result = run_submission(
         &job,
@@ -164,14 +162,12 @@ pub fn submit_convert(args: ConvertArgs, global: &GlobalArgs, rt: &Handle) -> Re
         .with_context(|| format!("converting {}", args.source))?
         .resolved()
         .config_digest;
-    let job = Job {
-        task: Task::Convert {
-            source: args.source.clone(),
-            platform: args.platform.clone(),
-            config: config.to_string(),
-        },
-        ..job_options(&args.output, args.source.clone())?
+    let task = Task::Convert {
+        source: args.source.clone(),
+        platform: args.platform.clone(),
+        config: config.to_string(),
     };
+    let job = job(task, &args.output, args.source.clone())?;
     let mut display = ConvertProgress::new(global);
     let result = run_submission(
         &job,
@@ -185,8 +181,8 @@ pub fn submit_convert(args: ConvertArgs, global: &GlobalArgs, rt: &Handle) -> Re
     result
 }
 
-/// The layout options of a job, from the same flags a local run takes.
-fn job_options(output: &OutputArgs, input: String) -> Result<Job, Error> {
+/// The job for `task`, laid out by the same flags a local run takes.
+fn job(task: Task, output: &OutputArgs, input: String) -> Result<Job, Error> {
     let kernel = match (&output.kernel, &output.modules) {
         (Some(kernel), Some(modules)) => {
             let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
@@ -201,7 +197,7 @@ fn job_options(output: &OutputArgs, input: String) -> Result<Job, Error> {
         _ => None,
     };
     Ok(Job {
-        task: Task::Convert { source: String::new(), platform: String::new(), config: String::new() },
+        task,
         size: output.size.0,
         journal: !output.no_journal,
         source_date_epoch: output.source_date_epoch,
