@@ -90,6 +90,7 @@ pub enum FarmCommand {
 pub struct WaitArgs {
     /// The job id a submission printed.
     pub job: String,
+    /// The NATS server the farm runs on.
     #[arg(long, value_name = "URL")]
     pub nats: String,
     /// Pull the image into the local store too (-o implies it).
@@ -104,6 +105,7 @@ pub struct WaitArgs {
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
+    /// The NATS server the farm runs on.
     #[arg(long, value_name = "URL")]
     pub nats: String,
 }
