@@ -3,9 +3,9 @@
 # Ubuntu machine, and touches nothing that is already there, so a second run takes seconds:
 #
 #   - Debian packages: the Docker Engine and a registry, e2fsprogs, QEMU, debootstrap, umoci,
-#     skopeo, busybox-static, cpio, zstd, pigz, hyperfine, GNU time, util-linux, kmod, and a C
-#     compiler for the crates that build C. `apt-get update` runs only when something is
-#     missing.
+#     skopeo, busybox-static, cpio, zstd, pigz, hyperfine, GNU time, util-linux, kmod,
+#     nats-server (the build farm's queue), and a C compiler for the crates that build C.
+#     `apt-get update` runs only when something is missing.
 #   - a Rust toolchain new enough for the crate (rust-version in Cargo.toml);
 #   - a running Docker daemon (started in the background when `docker info` gets no answer);
 #   - loop devices (the tests mount images read-only through them);
@@ -75,6 +75,7 @@ PACKAGES=(
   b3sum                          # checks a rootfs against its manifest's BLAKE3 digest
   apache2-utils                  # htpasswd, for the registry basic-auth tests
   openssl bsdutils               # a self-signed certificate for the TLS registry test; script(1)
+  nats-server                    # the build farm's queue (JetStream): tests, scripts/farm.sh
   eatmydata                      # benchmarks: mkfs.ext4 -d without its fsyncs, like for like
   gcc libc6-dev                  # crates with C parts (ring, zstd-sys); static diskc-init
   ca-certificates git

@@ -78,6 +78,7 @@ pub mod digest;
 pub mod docker;
 pub mod error;
 pub mod ext4;
+pub mod farm;
 pub mod fileio;
 pub mod layer;
 pub mod layout;

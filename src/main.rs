@@ -25,7 +25,8 @@ fn main() -> ExitCode {
     };
     let json = args.global.json;
     cli::init_logging(args.global.verbose);
-    if !matches!(args.command, cli::Command::Boot(_) | cli::Command::Serve(_)) {
+    // `diskc boot` and `diskc serve` handle their own signals, and a worker drains on the first one.
+    if !matches!(args.command, cli::Command::Boot(_) | cli::Command::Serve(_) | cli::Command::Worker(_)) {
         remove_unfinished_work_on_signals();
     }
     // The one runtime for the async parts (the Docker daemon); the library runs on it.

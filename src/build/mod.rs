@@ -80,7 +80,7 @@ pub struct BuiltImage {
 /// What a build is doing, for progress displays. `step` is the `#N` that
 /// `docker build --progress=plain` shows: steps are numbered in the order BuildKit first
 /// mentions them.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum BuildEvent {
     /// The step started, or was found in the cache (then [`BuildEvent::StepCached`] follows).
     StepStarted {
@@ -203,6 +203,16 @@ pub fn build_image(
 ) -> Result<BuiltImage, BuildError> {
     let prepared = prepare(plan)?;
     rt.block_on(run(plan, prepared, on_event))
+}
+
+/// Writes the context of `plan` to `out` as the tar a build sends the daemon (`.dockerignore`
+/// applied, the Dockerfile included); returns the Dockerfile's name inside it. The build farm
+/// ships a context this way, and a worker builds the unpacked tar with that Dockerfile.
+pub fn write_build_context(plan: &BuildPlan, out: impl Write) -> Result<String, BuildError> {
+    let prepared = prepare(plan)?;
+    write_context(&prepared.context, out)
+        .map_err(|source| BuildError::Context { context: plan.context.clone(), source })?;
+    Ok(prepared.dockerfile_in_tar)
 }
 
 /// The local half of a build, resolved before the daemon is contacted.

@@ -52,6 +52,8 @@ pub struct BuildArgs {
     pub builder: BuilderArg,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub farm: super::farm::FarmArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -106,39 +108,64 @@ pub fn plan(args: &BuildArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Bu
 }
 
 pub fn run(args: BuildArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
-    let plan = plan(&args, &|name| std::env::var(name).ok())?;
-    let shown = args.output.progress.shown(global);
-    let mut display: Box<dyn Display> = match shown {
-        Shown::Quiet => Box::new(Silent),
-        Shown::Tty => Box::new(Live::new()),
-        Shown::Plain => Box::new(Plain),
-    };
-    let mut converting = None;
-    let result = pipeline::build(&plan, &args.output.plan(Vec::new()), rt, &mut |progress| match progress {
-        Progress::Build(event) => display.show(event),
-        Progress::Built { image_id, tags } => {
-            display.finish();
-            if shown != Shown::Quiet && !global.json {
-                eprintln!("built {image_id}{}", tags_suffix(&tags));
-            }
-            converting = Some(ConvertDisplay::new(shown));
-        }
-        other => {
-            if let Some(converting) = &mut converting {
-                converting.show(other);
-            }
-        }
-    });
-    display.finish();
-    if let Some(mut converting) = converting {
-        converting.finish();
+    if args.farm.farm.is_some() {
+        return super::farm::submit_build(args, global, rt);
     }
+    let plan = plan(&args, &|name| std::env::var(name).ok())?;
+    let mut display = BuildProgress::new(args.output.progress.shown(global), global);
+    let result = pipeline::build(&plan, &args.output.plan(Vec::new()), rt, &mut |p| display.show(p));
+    display.finish();
     let built = result?;
     let mut extra = serde_json::Map::new();
     extra.insert("image_id".into(), built.image_id.clone().into());
     extra.insert("tags".into(), built.tags.clone().into());
     print_result("build", &built.converted, global, extra);
     Ok(0)
+}
+
+/// A build's progress on stderr: BuildKit's steps as `docker build` shows them, then the
+/// conversion's. The build farm's submitter shows a worker's progress through it too.
+pub struct BuildProgress {
+    display: Box<dyn Display>,
+    converting: Option<ConvertDisplay>,
+    shown: Shown,
+    json: bool,
+}
+
+impl BuildProgress {
+    pub fn new(shown: Shown, global: &GlobalArgs) -> Self {
+        let display: Box<dyn Display> = match shown {
+            Shown::Quiet => Box::new(Silent),
+            Shown::Tty => Box::new(Live::new()),
+            Shown::Plain => Box::new(Plain),
+        };
+        BuildProgress { display, converting: None, shown, json: global.json }
+    }
+
+    pub fn show(&mut self, progress: Progress) {
+        match progress {
+            Progress::Build(event) => self.display.show(event),
+            Progress::Built { image_id, tags } => {
+                self.display.finish();
+                if self.shown != Shown::Quiet && !self.json {
+                    eprintln!("built {image_id}{}", tags_suffix(&tags));
+                }
+                self.converting = Some(ConvertDisplay::new(self.shown));
+            }
+            other => {
+                if let Some(converting) = &mut self.converting {
+                    converting.show(other);
+                }
+            }
+        }
+    }
+
+    pub fn finish(&mut self) {
+        self.display.finish();
+        if let Some(converting) = &mut self.converting {
+            converting.finish();
+        }
+    }
 }
 
 fn tags_suffix(tags: &[String]) -> String {

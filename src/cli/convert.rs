@@ -43,6 +43,8 @@ pub struct ConvertArgs {
     pub registry: RegistryArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub farm: super::farm::FarmArgs,
 }
 
 /// How a `docker://` SOURCE is reached, with skopeo's flags.
@@ -62,7 +64,7 @@ pub struct RegistryArgs {
 }
 
 impl RegistryArgs {
-    fn options(&self) -> Result<RegistryOptions, CliError> {
+    pub fn options(&self) -> Result<RegistryOptions, CliError> {
         if let Some(file) = self.authfile.as_ref().filter(|f| !f.is_file()) {
             return Err(CliError::MissingAuthfile(file.clone()));
         }
@@ -130,6 +132,9 @@ impl OutputArgs {
 }
 
 pub fn run(args: ConvertArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
+    if args.farm.farm.is_some() {
+        return super::farm::submit_convert(args, global, rt);
+    }
     let plan = ConvertPlan {
         source: args.source.parse::<SourceRef>()?,
         input: args.source.clone(),

@@ -12,6 +12,7 @@ use diskc::error::{Classify, Error, ErrorKind};
 pub mod boot;
 pub mod build;
 pub mod convert;
+pub mod farm;
 pub mod generate;
 pub mod listing;
 pub mod mkfs;
@@ -95,6 +96,10 @@ pub enum Command {
     Pull(transfer::TransferArgs),
     /// The store's upkeep: `diskc store migrate` moves a format-2 store into packs.
     Store(store_admin::StoreAdminArgs),
+    /// Run build-farm jobs from a NATS JetStream queue, pushing images to a remote store.
+    Worker(farm::WorkerArgs),
+    /// The build farm: wait for a detached job, or show the queue and the workers.
+    Farm(farm::FarmCommandArgs),
     /// Store a rootfs file as an image (for tests and measurements).
     #[command(hide = true)]
     StorePut(store::StorePutArgs),
@@ -128,6 +133,8 @@ pub fn run(mut cli: Cli, rt: &Handle) -> Result<u8, Error> {
         Command::Pull(args) => transfer::pull(args, global, rt),
         Command::Store(args) => store_admin::run(args, global, rt),
         Command::StorePut(args) => store::store_put(args, global, rt),
+        Command::Worker(args) => farm::worker(args, global, rt),
+        Command::Farm(args) => farm::run(args, global, rt),
     }
 }
 
@@ -137,7 +144,11 @@ impl Command {
         match self {
             Command::Build(args) => Some(&mut args.output.store),
             Command::Convert(args) => Some(&mut args.output.store),
-            Command::Mkfs(_) | Command::Completion(_) | Command::Man(_) => None,
+            Command::Mkfs(_) | Command::Completion(_) | Command::Man(_) | Command::Worker(_) => None,
+            Command::Farm(args) => match &mut args.command {
+                farm::FarmCommand::Wait(wait) => Some(&mut wait.store),
+                farm::FarmCommand::Status(_) => None,
+            },
             Command::Boot(args) => Some(&mut args.store),
             Command::Serve(args) => Some(&mut args.store),
             Command::Ls(args) => Some(&mut args.store),

@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::digest::Digest;
 
 /// The reading of one image's layers, bottom first.
-#[derive(Debug)]
+/// (The default, with no layers, is what a progress event carries once it crossed the wire.)
+#[derive(Debug, Default)]
 pub struct LayerMeter {
     layers: Vec<Counter>,
 }

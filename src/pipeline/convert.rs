@@ -254,6 +254,28 @@ fn name_image(store: &Store, id: &ImageId, names: &[String]) -> Result<(), Store
     Ok(())
 }
 
+/// Writes the stored image `id` to `outdir` as a conversion would (rootfs, manifest.json, boot
+/// files), naming its source `input`: for an image that came from elsewhere (a pull).
+pub fn export_outdir(
+    store: &Path,
+    id: &ImageId,
+    input: &str,
+    outdir: &Path,
+) -> Result<ImageDescription, Error> {
+    let plan = ConvertPlan {
+        source: source::SourceRef::DockerDaemon { name: id.to_string() },
+        input: input.to_string(),
+        platform: None,
+        registry: Default::default(),
+        output: super::OutputPlan { outdir: Some(outdir.to_path_buf()), ..Default::default() },
+    };
+    let run = || -> Result<ImageDescription, PipelineError> {
+        check_outdir(outdir)?;
+        from_store(&Store::open(store)?, id, &plan)
+    };
+    run().with_context(|| format!("writing {} to {}", id.short(), outdir.display()))
+}
+
 /// A cache hit: the stored image's manifest, and its files in the outdir when asked for.
 fn from_store(store: &Store, id: &ImageId, plan: &ConvertPlan) -> Result<ImageDescription, PipelineError> {
     let stored = store.image(id)?;

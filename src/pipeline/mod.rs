@@ -36,7 +36,7 @@ use crate::store::{StoreError, StoreLocation};
 use crate::tree::flatten::FlattenError;
 
 pub use build::{build, Built};
-pub use convert::{convert, Converted};
+pub use convert::{convert, export_outdir, Converted};
 pub use mkfs::{mkfs, Made, MkfsPlan, MkfsSource};
 pub use rootfs::{digest_file, ext4_options, format_uuid, fs_time};
 pub use staging::remove_unfinished;
@@ -117,8 +117,9 @@ impl Default for RootfsOptions {
     }
 }
 
-/// What an entry point is doing, for progress displays.
-#[derive(Clone, Debug)]
+/// What an entry point is doing, for progress displays (serializable: the build farm sends it
+/// from a worker to the submitter).
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub enum Progress {
     /// A step of the Dockerfile build (`build` only).
     Build(BuildEvent),
@@ -126,7 +127,13 @@ pub enum Progress {
     Built { image_id: String, tags: Vec<String> },
     /// The image is resolved: this many layers, this many bytes to read (when known), and
     /// the meter that counts their reading as it goes (poll it: no event says "more read").
-    Resolved { input: String, layers: usize, bytes: Option<u64>, meter: Arc<LayerMeter> },
+    Resolved {
+        input: String,
+        layers: usize,
+        bytes: Option<u64>,
+        #[serde(skip)]
+        meter: Arc<LayerMeter>,
+    },
     /// The store already holds this conversion.
     CacheHit { id: String },
     /// How the layers of an image in the Docker daemon are read (its directories or

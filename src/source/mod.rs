@@ -28,10 +28,10 @@ pub use stream::{read_image_stream, StreamedImage};
 
 /// How the layers of an image in the Docker daemon are read, and why: from the Engine's own
 /// layer directories, or from its `docker save` stream when those cannot be read.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DaemonLayers {
     /// `engine-directories` or `docker-save`.
-    pub path: &'static str,
+    pub path: String,
     pub reason: String,
 }
 

@@ -119,11 +119,11 @@ impl ImageSource for DaemonSource {
     fn daemon_layers(&self) -> Option<DaemonLayers> {
         Some(match &self.engine {
             Ok(_) => DaemonLayers {
-                path: "engine-directories",
+                path: "engine-directories".into(),
                 reason: "the daemon runs on this host (overlay2) and its layer directories can be read"
                     .into(),
             },
-            Err(why) => DaemonLayers { path: "docker-save", reason: why.clone() },
+            Err(why) => DaemonLayers { path: "docker-save".into(), reason: why.clone() },
         })
     }
 
