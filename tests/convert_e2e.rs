@@ -104,6 +104,15 @@ fn converting_twice_gives_identical_bytes() {
     assert_eq!(manifest["rootfs"]["digest"], digest.as_str());
 }
 
+/// The error is one line, the last on stderr; the lines before it can only be progress
+/// (plain progress lines when stderr is not a terminal), never part of the error.
+fn assert_one_error_line(stderr: &str, context: &str) {
+    let errors = stderr.lines().filter(|l| l.contains("error")).count();
+    assert_eq!(errors, 1, "{context}: one error line expected, got {stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("diskc: error: "), "{context}: the error must end stderr: {stderr}");
+}
+
 /// A failed convert: nonzero documented exit code, one line on stderr naming the input, no
 /// OUTDIR and no staging directory left.
 fn assert_fails_cleanly(source: &str, code: i32, mentions: &str) {
@@ -112,9 +121,7 @@ fn assert_fails_cleanly(source: &str, code: i32, mentions: &str) {
     let result = convert_uncached(source, &out);
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert_eq!(result.status.code(), Some(code), "{source}: stderr {stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{source}: one line expected, got {stderr}");
-    assert!(lines[0].starts_with("diskc: error: "), "{stderr}");
+    assert_one_error_line(&stderr, source);
     assert!(stderr.contains(mentions), "{source}: {stderr:?} should mention {mentions:?}");
     let left: Vec<_> = std::fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "{source}: left behind {left:?}");
@@ -240,7 +247,7 @@ fn a_full_disk_is_an_environment_failure_and_leaves_nothing() {
     let out = convert_uncached(&format!("docker-daemon:{}", common::BUSYBOX_IMAGE), &disk.0.join("out"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert_one_error_line(&stderr, "a full disk");
     assert!(stderr.contains("No space left on device"), "{stderr}");
     let left: Vec<_> = std::fs::read_dir(&disk.0).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "left behind on the full disk: {left:?}");

@@ -50,14 +50,9 @@ fn export(store: &Path, id: &str, out: &Path) -> Vec<u8> {
 }
 
 fn assert_verify_clean(store: &Path, context: &str) {
-    let out = common::diskc().args(["verify", "--json", "--store"]).arg(store).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{context}: verify exited {}:\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut verify = common::diskc();
+    verify.args(["verify", "--json", "--store"]).arg(store);
+    common::assert_store_verifies(verify, store, context);
 }
 
 /// Entry names in `dir`, sorted (hidden ones included).

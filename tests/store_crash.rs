@@ -40,14 +40,9 @@ fn diskc_ok(store: &Path, args: &[&str]) -> String {
 }
 
 fn assert_verify_clean(store: &Path, context: &str) {
-    let out = common::diskc().args(["verify", "--store"]).arg(store).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{context}: verify exited {}:\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut verify = common::diskc();
+    verify.args(["verify", "--store"]).arg(store);
+    common::assert_store_verifies(verify, store, context);
 }
 
 /// xorshift; the seed is printed in every failure message.

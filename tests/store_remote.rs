@@ -109,15 +109,9 @@ fn exported(s3: &S3Server, store: &Path, image: &str, out: &Path) -> Vec<u8> {
 }
 
 fn assert_verify_clean(s3: &S3Server, store: &Path, context: &str) {
-    let out = s3.diskc(store).arg("verify").output().unwrap();
-    assert!(
-        out.status.success(),
-        "{context}: verify of {} exited {}:\n{}{}",
-        store.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut verify = s3.diskc(store);
+    verify.arg("verify");
+    common::assert_store_verifies(verify, store, context);
 }
 
 /// A base image and a variant adding 4 MiB of new data to it.

@@ -32,6 +32,24 @@ pub fn diskc() -> Command {
     cmd
 }
 
+/// Runs `verify` (a diskc command naming `store`) and asserts the store is clean. A process
+/// killed before it created the store leaves no store at all: nothing half-written, so
+/// nothing to verify (`verify` refuses a store that does not exist).
+pub fn assert_store_verifies(mut verify: Command, store: &Path, context: &str) {
+    if !store.exists() {
+        return;
+    }
+    let out = verify.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{context}: verify of {} exited {}:\n{}{}",
+        store.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs a command and returns its output, panicking with its stderr when it fails.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
