@@ -278,3 +278,36 @@ fn the_server_killed_stops_the_boot_with_exit_3() {
     assert!(killed.elapsed() < Duration::from_secs(60), "diskc boot hung after its server died");
     assert!(stderr(&out).contains("NBD server") && stderr(&out).contains("ended"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_boot_from_a_cold_remote_store_fetches_only_what_the_guest_reads() {
+    let id = busybox_id();
+    let s3 = common::s3::S3Server::start();
+    let mut push = diskc();
+    s3.configure(&mut push);
+    let out = run_ok(push.args(["--json", "push", &id, &s3.url()]));
+    let pushed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stored = pushed["transferred_bytes"].as_u64().unwrap();
+
+    // A machine that has never seen the image: an empty local store as the remote's cache.
+    let cache = tempdir();
+    let boot_remote = || {
+        let mut cmd =
+            boot_command(&id, &["--json", "--store", &s3.url(), "--", "sh", "-c", "echo from-remote"]);
+        s3.configure(&mut cmd);
+        let out = cmd.env("DISKC_STORE", cache.path()).output().unwrap();
+        assert_exit(&out, 0);
+        assert!(stderr(&out).contains("from-remote"), "{}", stderr(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let cold = boot_remote();
+    let fetched = cold["fetched_bytes"].as_u64().unwrap();
+    assert!(fetched > 0, "a cold boot fetched nothing: {cold}");
+    assert!(
+        fetched * 2 < stored,
+        "the boot fetched {fetched} of the image's {stored} stored bytes: not lazy"
+    );
+    // The chunks fetched stay in the local store: the next boot fetches nothing.
+    let warm = boot_remote();
+    assert_eq!(warm["fetched_bytes"], 0, "{warm}");
+}

@@ -81,7 +81,7 @@ impl DiskServer {
         let fd = listener.as_raw_fd();
         let mut cmd = Command::new(&exe);
         cmd.args(["--json", "--quiet", "serve", "--store"])
-            .arg(store.root())
+            .arg(store.location())
             .args([
                 id.hex(),
                 "--nbd".into(),

@@ -33,6 +33,10 @@ impl ChunkSource for Store {
     fn chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>, StoreError> {
         self.fetch_chunk(chunk)
     }
+
+    fn fetched_bytes(&self) -> u64 {
+        Store::fetched_bytes(self)
+    }
 }
 
 /// A read that could not be served.

@@ -128,6 +128,7 @@ impl Store {
             match self.fetch_chunks(remote, &located, &missing, &|_| {}) {
                 Ok(fetched) => {
                     self.sync_packs_dir()?;
+                    self.upstream_fetched.fetch_add(fetched, std::sync::atomic::Ordering::Relaxed);
                     return Ok(fetched);
                 }
                 // A pack gc removed since the listing (its chunks live on elsewhere).
@@ -138,6 +139,11 @@ impl Store {
         }
         let missing = digests.iter().find(|d| !self.has_chunk(d)).copied();
         missing.map_or(Ok(0), |d| Err(StoreError::MissingChunk(d)))
+    }
+
+    /// Bytes this store (and its clones) fetched from the upstream so far.
+    pub fn fetched_bytes(&self) -> u64 {
+        self.upstream_fetched.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A chunk's bytes, checked against its digest; fetched from the upstream first when the

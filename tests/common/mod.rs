@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod images;
+pub mod s3;
 pub mod sample;
 
 use std::path::{Path, PathBuf};
