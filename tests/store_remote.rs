@@ -5,14 +5,13 @@
 
 mod common;
 
-use common::s3::S3Server;
+use common::s3::{S3Server, BUCKET};
 use common::sample::{sample_bytes as bytes, sparse_file};
 
 use std::fs;
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
@@ -251,7 +250,7 @@ fn verify_of_a_remote_store_names_the_damaged_image() {
     let variant_id = put(&s3, &cache.join("diskc"), &variant);
     transfer(&s3, &cache.join("diskc"), "push", &variant_id);
     // The pack holding only the variant's own chunks (pushed second) is damaged on the server.
-    let packs_dir = s3._root.path().join(BUCKET).join("team/packs");
+    let packs_dir = s3.root().join(BUCKET).join("team/packs");
     let mut packs: Vec<_> = fs::read_dir(&packs_dir).unwrap().map(|e| e.unwrap().path()).collect();
     packs.sort_by_key(|p| fs::metadata(p).unwrap().modified().unwrap());
     let mut bytes = fs::read(packs.last().unwrap()).unwrap();
@@ -342,7 +341,7 @@ fn gc_of_a_remote_store_beside_pushes_loses_nothing() {
         assert_verify_clean(&s3, &fresh, &format!("image {i}"));
     }
     // Given time, gc leaves only live packs: every condemned one went.
-    let condemned = s3._root.path().join(BUCKET).join("team/condemned");
+    let condemned = s3.root().join(BUCKET).join("team/condemned");
     let left = fs::read_dir(&condemned).map_or(0, |d| d.count());
     assert_eq!(left, 0, "condemned packs left after three quiet gc runs");
 }

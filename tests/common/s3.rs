@@ -63,6 +63,11 @@ impl S3Server {
             .env("AWS_ALLOW_HTTP", "true");
     }
 
+    /// The directory s3s-fs serves: BUCKET/KEY is an object's file.
+    pub fn root(&self) -> &Path {
+        self._root.path()
+    }
+
     pub fn url(&self) -> String {
         self.url_at("team")
     }
@@ -78,4 +83,3 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
-
