@@ -12,9 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::s3::{S3Server, BUCKET};
 use serde_json::Value;
-
-const BUCKET: &str = "diskc";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -81,43 +80,6 @@ impl Drop for Nats {
     }
 }
 
-/// s3s-fs on a free port, serving one bucket.
-struct S3 {
-    child: Child,
-    port: u16,
-    root: PathBuf,
-}
-
-impl S3 {
-    fn start(dir: &Path) -> S3 {
-        let root = dir.join("s3");
-        fs::create_dir_all(root.join(BUCKET)).unwrap();
-        let cargo_home = std::env::var_os("CARGO_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cargo"));
-        let binary = cargo_home.join("bin/s3s-fs");
-        assert!(binary.exists(), "{} is missing: run scripts/setup.sh", binary.display());
-        let port = free_port();
-        let child = Command::new(binary)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", "diskc-test", "--secret-key", "diskc-test-secret"])
-            .arg(&root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_listening(port, "s3s-fs");
-        S3 { child, port, root }
-    }
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A worker process and its log.
 struct Worker {
     child: Child,
@@ -149,7 +111,7 @@ impl Drop for Worker {
 /// A farm: a queue, a remote store, workers, and a directory for everything else.
 struct Farm {
     workers: BTreeMap<String, Worker>,
-    s3: S3,
+    s3: S3Server,
     nats: Nats,
     dir: tempfile::TempDir,
 }
@@ -158,18 +120,14 @@ impl Farm {
     fn start() -> Farm {
         common::ensure_base_images(&["busybox"]);
         let dir = common::tempdir();
-        Farm { workers: BTreeMap::new(), s3: S3::start(dir.path()), nats: Nats::start(dir.path()), dir }
+        Farm { workers: BTreeMap::new(), s3: S3Server::start(), nats: Nats::start(dir.path()), dir }
     }
 
     /// diskc configured for the S3 server, with a local store of the farm's own.
     fn diskc(&self) -> Command {
         let mut cmd = common::diskc();
-        cmd.env("DISKC_STORE", self.dir.path().join("local"))
-            .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", self.s3.port))
-            .env("AWS_ACCESS_KEY_ID", "diskc-test")
-            .env("AWS_SECRET_ACCESS_KEY", "diskc-test-secret")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ALLOW_HTTP", "true");
+        cmd.env("DISKC_STORE", self.dir.path().join("local"));
+        self.s3.configure(&mut cmd);
         cmd
     }
 
@@ -391,7 +349,7 @@ fn a_job_whose_worker_is_killed_is_redelivered_and_gets_the_right_id() {
     assert_eq!(redelivered[0]["attempt"], 2, "{redelivered:?}");
 
     // The remote store is whole: s3s-fs keeps objects as files, laid out as a store.
-    let remote = farm.s3.root.join(BUCKET).join("farm");
+    let remote = farm.s3.root().join(BUCKET).join("farm");
     let verify = json(&common::run_ok(farm.diskc().args(["--json", "verify", "--store"]).arg(&remote)));
     assert_eq!(verify["clean"], true, "{verify}");
     // And what it holds pulls whole into a fresh store.
