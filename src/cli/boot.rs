@@ -131,21 +131,26 @@ pub fn run(args: BootArgs, global: &GlobalArgs, rt: &tokio::runtime::Handle) -> 
     if let Some(message) = ended.message() {
         eprintln!("diskc: {message}");
     }
+    // From a remote store: what this boot fetched (boot files, then the chunks the guest read).
+    let fetched = store.fetched_bytes() + booted.served.as_ref().map_or(0, |s| s.fetched_bytes);
+    if fetched > 0 && !global.quiet && !global.json {
+        eprintln!("diskc: fetched {} from {}", indicatif::HumanBytes(fetched), store.location());
+    }
     if global.json {
         drop(stdout);
-        output::json("boot", boot_json(&booted));
+        output::json("boot", boot_json(&booted, fetched));
     }
     Ok(ended.exit_code())
 }
 
-fn boot_json(booted: &Booted) -> serde_json::Value {
+fn boot_json(booted: &Booted, fetched_bytes: u64) -> serde_json::Value {
     let served = booted.served.as_ref();
     json!({
         "id": booted.image.map(|id| id.hex()),
         "exit_code": booted.ended.exit_code(),
         "timings": rounded_timings(booted.timings),
         "read_bytes": served.map_or(0, |s| s.read_bytes),
-        "fetched_bytes": served.map_or(0, |s| s.fetched_bytes),
+        "fetched_bytes": fetched_bytes,
         "cache": served.map(|s| s.cache),
     })
 }

@@ -143,8 +143,6 @@ pub struct Store {
     upstream: Option<Arc<Remote>>,
     /// Where the upstream's chunks are, as last listed (loaded at the first fetch).
     upstream_chunks: Arc<Mutex<Option<Arc<transfer::RemoteChunks>>>>,
-    /// Bytes fetched from the upstream by this handle and its clones (a lazy boot reports it).
-    upstream_fetched: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -166,7 +164,6 @@ impl Store {
             packs: Default::default(),
             upstream: None,
             upstream_chunks: Default::default(),
-            upstream_fetched: Default::default(),
         };
         for dir in ["tmp", "packs", "images", "names", "cache"] {
             let path = root.join(dir);

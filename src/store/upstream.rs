@@ -128,7 +128,6 @@ impl Store {
             match self.fetch_chunks(remote, &located, &missing, &|_| {}) {
                 Ok(fetched) => {
                     self.sync_packs_dir()?;
-                    self.upstream_fetched.fetch_add(fetched, std::sync::atomic::Ordering::Relaxed);
                     return Ok(fetched);
                 }
                 // A pack gc removed since the listing (its chunks live on elsewhere).
@@ -141,9 +140,10 @@ impl Store {
         missing.map_or(Ok(0), |d| Err(StoreError::MissingChunk(d)))
     }
 
-    /// Bytes this store (and its clones) fetched from the upstream so far.
+    /// Bytes this store (and its clones) fetched from the upstream so far: everything that
+    /// crossed the wire (chunks, pack indexes, manifests), as `push`/`pull` count it.
     pub fn fetched_bytes(&self) -> u64 {
-        self.upstream_fetched.load(std::sync::atomic::Ordering::Relaxed)
+        self.upstream.as_ref().map_or(0, |remote| remote.transferred())
     }
 
     /// A chunk's bytes, checked against its digest; fetched from the upstream first when the
