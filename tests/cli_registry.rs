@@ -201,21 +201,21 @@ fn tls_verify_false_reaches_a_plain_http_registry_beyond_loopback() {
     docker_push(image, &reg.host(), "diskc/app:v1", None);
     let address = registry_support::non_loopback_address();
     let source = format!("docker://{address}:{}/diskc/app:v1", reg.port);
+    refused_until_tls_verify_false(&source, &address.to_string(), "HTTPS to a plain-HTTP registry");
+}
+
+/// `source` is refused (exit 3, naming `address` and the flag) until `--tls-verify=false`.
+fn refused_until_tls_verify_false(source: &str, address: &str, context: &str) {
     let dir = common::tempdir();
     let store = dir.path().join("store");
-
-    let out = convert(&source, &[], &store, dir.path(), None);
-    assert_exit(&out, 3, "HTTPS to a plain-HTTP registry");
+    let out = convert(source, &[], &store, dir.path(), None);
+    assert_exit(&out, 3, context);
     assert!(
-        stderr(&out).contains(&address.to_string()) && stderr(&out).contains("--tls-verify=false"),
+        stderr(&out).contains(address) && stderr(&out).contains("--tls-verify=false"),
         "{}",
         stderr(&out)
     );
-    assert_exit(
-        &convert(&source, &["--tls-verify=false"], &store, dir.path(), None),
-        0,
-        "--tls-verify=false",
-    );
+    assert_exit(&convert(source, &["--tls-verify=false"], &store, dir.path(), None), 0, "--tls-verify=false");
 }
 
 #[test]
@@ -226,21 +226,7 @@ fn tls_verify_false_accepts_a_certificate_no_one_vouches_for() {
     let address = registry_support::non_loopback_address();
     let tls = TestRegistry::start_tls_serving(&plain, address);
     let source = format!("docker://{address}:{}/diskc/app:v1", tls.port);
-    let dir = common::tempdir();
-    let store = dir.path().join("store");
-
-    let out = convert(&source, &[], &store, dir.path(), None);
-    assert_exit(&out, 3, "a self-signed certificate");
-    assert!(
-        stderr(&out).contains(&address.to_string()) && stderr(&out).contains("--tls-verify=false"),
-        "{}",
-        stderr(&out)
-    );
-    assert_exit(
-        &convert(&source, &["--tls-verify=false"], &store, dir.path(), None),
-        0,
-        "--tls-verify=false",
-    );
+    refused_until_tls_verify_false(&source, &address.to_string(), "a self-signed certificate");
 }
 
 /// Pushes the app image to a fresh registry behind a proxy that `behaviour`s; returns the

@@ -46,17 +46,6 @@ fn assert_verify_clean(store: &Path, context: &str) {
 }
 
 /// xorshift; the seed is printed in every failure message.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
-
 #[test]
 fn put_killed_at_random_points_leaves_a_clean_store_and_completes_after() {
     let dir = common::tempdir();
@@ -70,7 +59,7 @@ fn put_killed_at_random_points_leaves_a_clean_store_and_completes_after() {
     let full = started.elapsed();
 
     let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    let mut rng = Rng(seed);
+    let mut rng = common::Rng(seed);
     let store = dir.path().join("store");
     let mut interrupted = 0;
     let mut attempts = 0;

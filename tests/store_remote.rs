@@ -94,17 +94,6 @@ fn push_then_pull_gives_the_same_image_and_a_variant_pull_moves_only_its_new_byt
 }
 
 /// xorshift; the seed is printed in every failure message.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
-
 #[test]
 fn push_and_pull_killed_at_random_points_leave_both_stores_valid() {
     let s3 = S3Server::start();
@@ -113,7 +102,7 @@ fn push_and_pull_killed_at_random_points_leave_both_stores_valid() {
     let here = dir.path().join("here");
     let id = put(&s3, &here, &base);
     let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    let mut rng = Rng(seed);
+    let mut rng = common::Rng(seed);
     let spawn = |store: &Path, verb: &str, url: &str| {
         s3.diskc(store)
             .args([verb, "--json", &id, url])

@@ -33,6 +33,18 @@ pub fn diskc() -> Command {
     cmd
 }
 
+/// A small xorshift generator: the kill tests pick their moments from a printed seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
 /// Runs `verify` (a diskc command naming `store`) and asserts the store is clean. A process
 /// killed before it created the store leaves no store at all: nothing half-written, so
 /// nothing to verify (`verify` refuses a store that does not exist).
