@@ -122,8 +122,14 @@ fn concurrent_puts_of_overlapping_images_with_gc_running_corrupt_nothing() {
         // gc keeps running while the puts write; it must never take a chunk from under them.
         let mut gcs = 0;
         while ids.iter().any(Option::is_none) {
-            diskc_ok(&store, &["gc"]);
-            gcs += 1;
+            // The puts create the store; until one has, there is nothing to collect (and gc,
+            // rightly, refuses a store that does not exist).
+            if store.join("lock").exists() {
+                diskc_ok(&store, &["gc"]);
+                gcs += 1;
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
             for (slot, id) in running.iter_mut().zip(ids.iter_mut()) {
                 if slot.as_mut().is_some_and(|child| child.try_wait().unwrap().is_some()) {
                     *id = Some(id_of(slot.take().unwrap()));

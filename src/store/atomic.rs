@@ -91,4 +91,18 @@ mod tests {
         left.sort();
         assert_eq!(left, [mine, "other".to_string()]);
     }
+
+    #[test]
+    fn opening_a_store_sweeps_what_a_killed_writer_left() {
+        // A command after a kill may put nothing (a cache hit), so opening is what sweeps.
+        let dir = tempfile::tempdir().unwrap();
+        Store::open(dir.path()).unwrap();
+        let mut exited = std::process::Command::new("true").spawn().unwrap();
+        let dead = exited.id();
+        exited.wait().unwrap();
+        let leftover = dir.path().join("tmp").join(format!("layer-{dead}-XyZ"));
+        fs::write(&leftover, b"half a layer").unwrap();
+        Store::open(dir.path()).unwrap();
+        assert!(!leftover.exists(), "{} survived an open", leftover.display());
+    }
 }

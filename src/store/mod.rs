@@ -171,6 +171,9 @@ impl Store {
         }
         let lock = store.lock_path();
         fs::OpenOptions::new().create(true).append(true).open(&lock).map_err(StoreError::io(&lock))?;
+        // A killed writer's temp files go with the next open, not the next put: the next
+        // command may be a cache hit that puts nothing.
+        atomic::sweep_dead_temp_files(&store.tmp_dir());
         Ok(store)
     }
 
