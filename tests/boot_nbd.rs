@@ -1,7 +1,8 @@
 //! Booting straight from the store over NBD, and `diskc serve` for other clients: images
 //! boot from the store with no copy of their rootfs; the export reads as `diskc export`
-//! writes the rootfs, to one client and to four at once (sharing one cache); a damaged
-//! chunk is an I/O error, never other bytes; a server that dies stops the boot with exit 3.
+//! writes the rootfs, to one client and to four at once (sharing one cache); four boots of
+//! one image at once share one server; a damaged chunk is an I/O error, never other bytes; a
+//! server that dies stops the boot with exit 3.
 //! The NBD clients are QEMU's own (`qemu-img`, `qemu-io`, package qemu-utils).
 
 mod boot_support;
@@ -247,17 +248,103 @@ fn a_damaged_chunk_is_an_io_error_never_other_bytes() {
     assert_eq!(log.matches("I/O error").count(), 1, "one line per damaged chunk: {log}");
 }
 
-/// The pids of `pid`'s children.
-fn children(pid: u32) -> Vec<u32> {
-    let path = format!("/proc/{pid}/task/{pid}/children");
-    std::fs::read_to_string(path).unwrap_or_default().split_whitespace().map(|p| p.parse().unwrap()).collect()
+/// Busybox converted into a store of the test's own: its shared disk server is the test's
+/// alone (the test store's is shared by every test that boots busybox).
+fn busybox_in(store: &Path) -> String {
+    ensure_base_images(&["busybox"]);
+    let (kernel, modules) = kernel_paths();
+    let mut cmd = diskc();
+    cmd.env("DISKC_STORE", store)
+        .args(["--json", "convert", &format!("docker-daemon:{BUSYBOX_IMAGE}"), "--kernel"])
+        .arg(kernel)
+        .arg("--modules")
+        .arg(modules);
+    let out: Value = serde_json::from_slice(&run_ok(&mut cmd).stdout).unwrap();
+    out["id"].as_str().unwrap().to_string()
+}
+
+/// The pids of the disk servers of `store` (`diskc serve --store STORE`), zombies aside.
+fn servers_of(store: &Path) -> Vec<u32> {
+    let store = store.display().to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> =
+            cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.iter().any(|a| a == "serve") && args.contains(&store) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Waits until no disk server of `store` runs (they linger a moment after the last boot).
+fn assert_no_server_left(store: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !servers_of(store).is_empty() {
+        assert!(Instant::now() < deadline, "disk servers left running: {:?}", servers_of(store));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run = store.join("run");
+    let sockets: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "sock" || x == "ctl"))
+        .collect();
+    assert!(sockets.is_empty(), "sockets left in {}: {sockets:?}", run.display());
+}
+
+#[test]
+fn four_boots_of_one_image_at_once_share_one_server_and_its_cache() {
+    let dir = tempdir();
+    let store = dir.path().join("store");
+    let id = busybox_in(&store);
+    let boots: Vec<Child> = (0..4)
+        .map(|i| {
+            let script = format!("echo boot-{i}; cat /bin/busybox >/dev/null; sleep 3");
+            boot_command(&id, &["--json", "--", "sh", "-c", &script])
+                .env("DISKC_STORE", &store)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut reports = Vec::new();
+    for (i, boot) in boots.into_iter().enumerate() {
+        let out = boot.wait_with_output().unwrap();
+        assert_exit(&out, 0);
+        assert!(stderr(&out).contains(&format!("boot-{i}")), "{}", stderr(&out));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(report["read_bytes"].as_u64().unwrap() > 0, "{report}");
+        reports.push(report);
+    }
+    // One server: every boot names the same process, and the last to end saw all four
+    // attach and all four VMs connect to it.
+    let pids: Vec<&Value> = reports.iter().map(|r| &r["server"]["pid"]).collect();
+    assert!(pids.iter().all(|p| *p == pids[0] && p.is_u64()), "{reports:?}");
+    let most = |key: &str| reports.iter().map(|r| r["server"][key].as_u64().unwrap()).max().unwrap();
+    assert_eq!((most("boots"), most("clients")), (4, 4), "{reports:?}");
+    // One cache: the server's own count of what it served is the four VMs' reads together
+    // (and its cache loaded each chunk once, below its bound).
+    let last = reports.iter().max_by_key(|r| r["server"]["read_bytes"].as_u64().unwrap()).unwrap();
+    let read: u64 = reports.iter().map(|r| r["read_bytes"].as_u64().unwrap()).sum();
+    assert_eq!(last["server"]["read_bytes"].as_u64().unwrap(), read, "{reports:?}");
+    let cache = &last["cache"];
+    assert!(cache["peak_bytes"].as_u64().unwrap() <= cache["limit_bytes"].as_u64().unwrap());
+    assert!(cache["hits"].as_u64().unwrap() > 0, "{last}");
+    assert_no_server_left(&store);
 }
 
 #[test]
 fn the_server_killed_stops_the_boot_with_exit_3() {
-    let id = busybox_id();
+    let dir = tempdir();
+    let store = dir.path().join("store");
+    let id = busybox_in(&store);
     let mut boot =
         boot_command(&id, &["--", "sh", "-c", "echo up; sleep 100; cat /bin/* >/dev/null; echo done"])
+            .env("DISKC_STORE", &store)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -266,17 +353,21 @@ fn the_server_killed_stops_the_boot_with_exit_3() {
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     assert_eq!(line, "up\n");
-    let server = children(boot.id())
-        .into_iter()
-        .find(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().contains("serve"))
-        .expect("diskc boot runs its disk server as a child");
+    let servers = servers_of(&store);
+    assert_eq!(servers.len(), 1, "one disk server for the boot: {servers:?}");
     let killed = Instant::now();
     // SAFETY: kills a process of this test's own making.
-    unsafe { libc::kill(server as i32, libc::SIGKILL) };
+    unsafe { libc::kill(servers[0] as i32, libc::SIGKILL) };
     let out = boot.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(killed.elapsed() < Duration::from_secs(60), "diskc boot hung after its server died");
     assert!(stderr(&out).contains("NBD server") && stderr(&out).contains("ended"), "{}", stderr(&out));
+
+    // The dead server's sockets are stale: the next boot starts a server of its own.
+    let out = boot_command(&id, &["--", "echo", "again"]).env("DISKC_STORE", &store).output().unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(program_lines(&out), ["again"]);
+    assert_no_server_left(&store);
 }
 
 #[test]

@@ -214,12 +214,13 @@ pub fn boot(store: &Store, plan: &BootPlan, streams: Streams) -> Result<Booted, 
     let (spec, image, mut disk_server) = match &plan.target {
         Target::Outdir(dir) => (BootSpec::from_outdir(dir)?, None, None),
         Target::Stored(reference) => {
-            let (id, spec) = BootSpec::from_store(store, reference, scratch.path())?;
-            let RootDisk::Nbd { socket, .. } = &spec.rootfs else {
+            let (id, mut spec) = BootSpec::from_store(store, reference, scratch.path())?;
+            let RootDisk::Nbd { socket, export } = &mut spec.rootfs else {
                 unreachable!("a stored rootfs is served")
             };
             let size = store.image(&id)?.rootfs.file.size;
-            let server = DiskServer::start(store, &id, size, socket, plan.cache_bytes)?;
+            let server = DiskServer::attach(store, &id, size, socket, plan.cache_bytes)?;
+            *export = server.export_name.clone();
             (spec, Some(id), Some(server))
         }
     };

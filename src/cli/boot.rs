@@ -131,6 +131,11 @@ pub fn run(args: BootArgs, global: &GlobalArgs, rt: &tokio::runtime::Handle) -> 
     if let Some(message) = ended.message() {
         eprintln!("diskc: {message}");
     }
+    if let Some(failed) = booted.served.as_ref().map(|s| s.failed_reads).filter(|&n| n > 0) {
+        eprintln!(
+            "diskc: {failed} read(s) of image {image} failed (damaged chunks?): the guest got I/O errors"
+        );
+    }
     // From a remote store: what this boot fetched (boot files, then the chunks the guest read).
     let fetched = store.fetched_bytes() + booted.served.as_ref().map_or(0, |s| s.fetched_bytes);
     if fetched > 0 && !global.quiet && !global.json {
@@ -152,6 +157,9 @@ fn boot_json(booted: &Booted, fetched_bytes: u64) -> serde_json::Value {
         "read_bytes": served.map_or(0, |s| s.read_bytes),
         "fetched_bytes": fetched_bytes,
         "cache": served.map(|s| s.cache),
+        "server": served.map(|s| {
+            json!({"pid": s.pid, "boots": s.boots, "clients": s.clients, "read_bytes": s.server_read_bytes})
+        }),
     })
 }
 

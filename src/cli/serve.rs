@@ -5,12 +5,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 use serde_json::json;
 
 use diskc::error::{Error, ResultExt};
-use diskc::nbd::{Address, Export, ExportStats, Server, DEFAULT_CACHE_BYTES};
+use diskc::nbd::{Address, ControlServer, Export, ExportStats, Server, SharedPaths, DEFAULT_CACHE_BYTES};
 
 use super::listing::human_bytes;
 use super::store::StoreArgs;
@@ -36,6 +37,15 @@ pub struct ServeArgs {
     /// Decompressed chunks kept in memory for all clients together (K, M, G suffixes).
     #[arg(long, default_value = "256M", value_parser = parse_size, value_name = "SIZE")]
     pub cache_size: SizeArg,
+    /// (`diskc boot`'s shared server) The inherited control socket of the boots.
+    #[arg(long, hide = true, value_name = "FD", requires = "shared")]
+    pub control: Option<i32>,
+    /// (`diskc boot`'s shared server) Its files' BASE path (BASE.sock, BASE.ctl, BASE.lock).
+    #[arg(long, hide = true, value_name = "BASE", requires = "control")]
+    pub shared: Option<std::path::PathBuf>,
+    /// (`diskc boot`'s shared server) Milliseconds to stay after the last boot left.
+    #[arg(long, hide = true, default_value_t = 2000, value_name = "MS")]
+    pub linger_ms: u64,
 }
 
 pub fn run(args: ServeArgs, global: &GlobalArgs, rt: &tokio::runtime::Handle) -> Result<u8, Error> {
@@ -50,6 +60,14 @@ pub fn run(args: ServeArgs, global: &GlobalArgs, rt: &tokio::runtime::Handle) ->
         Export::from_store(&store, &id, cache_bytes).with_context(|| format!("serving {}", args.image))?,
     );
     let server = Server::bind(&address, export.clone())?;
+    let shared = match (args.control, &args.shared) {
+        (Some(fd), Some(base)) => {
+            let control = ControlServer::adopt(fd, export.clone()).context("the boots' control socket")?;
+            Some((control, SharedPaths { base: base.clone() }))
+        }
+        _ => None,
+    };
+    let linger = Duration::from_millis(args.linger_ms);
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
         signal_hook::flag::register(signal, stop.clone()).context("cannot handle signals")?;
@@ -65,7 +83,9 @@ pub fn run(args: ServeArgs, global: &GlobalArgs, rt: &tokio::runtime::Handle) ->
             human_bytes(export.size())
         );
     }
-    server.serve(&|| stop.load(Ordering::SeqCst))?;
+    // A shared server also ends once its boots have gone (see `diskc::nbd::control`).
+    let ended = || shared.as_ref().is_some_and(|(control, paths)| control.should_end(linger, paths));
+    server.serve(&|| stop.load(Ordering::SeqCst) || ended())?;
     drop(server);
     let stats = export.stats();
     if !global.quiet {

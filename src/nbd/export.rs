@@ -9,11 +9,11 @@
 //! Where chunks come from is a [`ChunkSource`]: the local store here; a store that reads
 //! through to a remote one plugs in the same way and reports what it fetched.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::cache::{CacheStats, ChunkCache};
 use crate::store::{ChunkRef, ImageId, Store, StoreError, StoredFile};
@@ -51,7 +51,7 @@ pub struct ReadError {
 }
 
 /// What an export has served.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct ExportStats {
     pub size: u64,
     /// Connections that reached transmission.
@@ -63,6 +63,14 @@ pub struct ExportStats {
     pub cache: CacheStats,
 }
 
+/// What the clients of one session (one boot: export name `<id>.<session>`) read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStats {
+    pub read_requests: u64,
+    pub read_bytes: u64,
+    pub failed_reads: u64,
+}
+
 /// A stored image's rootfs, served read-only.
 pub struct Export {
     image: ImageId,
@@ -72,6 +80,9 @@ pub struct Export {
     /// Chunks already named on stderr as unreadable.
     reported: Mutex<HashSet<usize>>,
     clients: AtomicU64,
+    /// Clients in transmission now.
+    connected: AtomicU64,
+    sessions: Mutex<HashMap<String, SessionStats>>,
     read_requests: AtomicU64,
     read_bytes: AtomicU64,
     failed_reads: AtomicU64,
@@ -109,6 +120,8 @@ impl Export {
             cache: ChunkCache::new(cache_bytes),
             reported: Mutex::default(),
             clients: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            sessions: Mutex::default(),
             read_requests: AtomicU64::new(0),
             read_bytes: AtomicU64::new(0),
             failed_reads: AtomicU64::new(0),
@@ -125,6 +138,33 @@ impl Export {
 
     pub(super) fn client_connected(&self) {
         self.clients.fetch_add(1, Ordering::Relaxed);
+        self.connected.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(super) fn client_left(&self) {
+        self.connected.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Clients connected now (in transmission).
+    pub fn connected_clients(&self) -> u64 {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    /// Counts a read of `bytes` by a client of `session` (failed or not).
+    pub(super) fn count_session_read(&self, session: &str, bytes: u64, failed: bool) {
+        let mut sessions = self.sessions.lock().expect("never poisoned");
+        let stats = sessions.entry(session.to_string()).or_default();
+        stats.read_requests += 1;
+        if failed {
+            stats.failed_reads += 1;
+        } else {
+            stats.read_bytes += bytes;
+        }
+    }
+
+    /// What the clients of `session` read so far.
+    pub fn session_stats(&self, session: &str) -> SessionStats {
+        self.sessions.lock().expect("never poisoned").get(session).copied().unwrap_or_default()
     }
 
     /// Fills `buf` with the bytes at `offset`. The range must lie inside the export.

@@ -10,11 +10,13 @@
 //!   where chunks come from (the local store, or one reading through to a remote store).
 //! - [`cache`]: decompressed chunks shared by the export's clients, bounded by bytes.
 //! - [`server`]: the listening socket and one thread per client.
+//! - [`control`]: one server shared by the boots of an image: sessions, reports, lingering.
 //!
 //! The export is read-only (`NBD_FLAG_READ_ONLY`; writes get `EPERM`): nothing a VM writes
 //! reaches the store, its writes go to an overlay QEMU keeps (`snapshot=on`).
 
 pub mod cache;
+pub mod control;
 pub mod export;
 pub mod protocol;
 pub mod server;
@@ -25,8 +27,9 @@ use crate::error::{Classify, ErrorKind};
 use crate::store::StoreError;
 
 pub use cache::CacheStats;
-pub use export::{ChunkSource, Export, ExportStats, ReadError};
-pub use server::{Address, Server};
+pub use control::{ControlClient, ControlServer, Report, SharedPaths};
+pub use export::{ChunkSource, Export, ExportStats, ReadError, SessionStats};
+pub use server::{session_export_name, Address, Server};
 
 /// Decompressed chunks an export keeps by default: enough for what a VM reads to boot a
 /// large image, small beside the VMs it serves.

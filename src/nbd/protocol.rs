@@ -6,7 +6,7 @@
 //!
 //! Parsing is apart from I/O: each function reads from a `Read` or writes to a `Write` it is
 //! given, so the tests drive it over in-memory buffers, and the client half
-//! ([`client_handshake`]) exists so that `diskc boot` can check a server before QEMU uses it.
+//! ([`client_handshake`]) lets the tests drive a real server.
 
 use std::io::{self, Read, Write};
 

@@ -218,12 +218,40 @@ impl Drop for Server {
     }
 }
 
-/// The names a client may ask for: the image id, and "" (the default export).
+/// The names a client may ask for: the image id, "" (the default export), and
+/// `<id>.<session>`: the same image, with what its clients read counted apart (how each
+/// boot sharing a server learns what its own VM read).
 fn export_info(export: &Export, name: &str) -> Option<ExportInfo> {
-    (name.is_empty() || name == export.image().hex()).then_some(ExportInfo {
+    session_of(export, name).map(|_| ExportInfo {
         size: export.size(),
         flags: p::NBD_FLAG_HAS_FLAGS | p::NBD_FLAG_READ_ONLY | p::NBD_FLAG_CAN_MULTI_CONN,
     })
+}
+
+/// `Some(session)` for a name of this export (`Some("")` without a session), else `None`.
+fn session_of<'a>(export: &Export, name: &'a str) -> Option<&'a str> {
+    let id = export.image().hex();
+    if name.is_empty() || name == id {
+        return Some("");
+    }
+    let session = name.strip_prefix(id.as_str())?.strip_prefix('.')?;
+    let valid = (1..=64).contains(&session.len())
+        && session.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    valid.then_some(session)
+}
+
+/// The export name of `session` of `export`'s image.
+pub fn session_export_name(image: &crate::store::ImageId, session: &str) -> String {
+    format!("{}.{session}", image.hex())
+}
+
+/// Counts a client while it is in transmission.
+struct Connected<'a>(&'a Export);
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.client_left();
+    }
 }
 
 fn serve_client(conn: Conn, export: &Export) -> io::Result<()> {
@@ -231,10 +259,13 @@ fn serve_client(conn: Conn, export: &Export) -> io::Result<()> {
     let mut writer = BufWriter::with_capacity(256 << 10, conn);
     let names = [export.image().hex()];
     let lookup = |name: &str| export_info(export, name);
-    match p::server_handshake(&mut reader, &mut writer, &lookup, &names)? {
+    let name = match p::server_handshake(&mut reader, &mut writer, &lookup, &names)? {
         Negotiated::Closed => return Ok(()),
-        Negotiated::Export(_) => export.client_connected(),
-    }
+        Negotiated::Export(name) => name,
+    };
+    let session = session_of(export, &name).unwrap_or_default();
+    export.client_connected();
+    let _connected = Connected(export);
     let mut buf = Vec::new();
     while let Some(req) = p::read_request(&mut reader)? {
         match req.kind {
@@ -246,7 +277,11 @@ fn serve_client(conn: Conn, export: &Export) -> io::Result<()> {
                     continue;
                 }
                 buf.resize(req.length as usize, 0);
-                match export.read(req.offset, &mut buf) {
+                let read = export.read(req.offset, &mut buf);
+                if !session.is_empty() {
+                    export.count_session_read(session, buf.len() as u64, read.is_err());
+                }
+                match read {
                     Ok(()) => p::write_simple_reply(&mut writer, req.cookie, 0, &buf)?,
                     Err(_) => p::write_simple_reply(&mut writer, req.cookie, p::EIO, &[])?,
                 }

@@ -19,6 +19,7 @@
 //! remote-index/<name>.idx      a remote pack's index and footer, as fetched (see `transfer`)
 //! remote-images/<id>.json.zst  a remote image's manifest, as fetched (see `upstream`)
 //! layers/<chain id>/   a saved layer, for incremental conversions (see `layers`)
+//! run/<key>.sock|ctl   the NBD server the boots of one image share (see `boot::disk_server`)
 //! ```
 //!
 //! Crash safety: every file is written to `tmp/`, made durable and renamed into place. A put
