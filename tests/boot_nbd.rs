@@ -371,11 +371,12 @@ fn the_server_killed_stops_the_boot_with_exit_3() {
 }
 
 #[test]
-fn a_boot_from_a_cold_remote_store_fetches_only_what_the_guest_reads() {
+fn a_boot_from_a_cold_remote_store_fetches_only_what_the_guest_reads_then_by_its_profile() {
     // Debian, not busybox: busybox's rootfs is so small beside the kernel and initrd (which a
     // boot fetches whole) that any boot fetches most of the image.
     ensure_base_images(&["debian"]);
     let id = Bootable::convert(DEBIAN_IMAGE, Outdir::Temporary).id;
+    let hex = id.trim_start_matches("sha256:").to_string();
     let s3 = common::s3::S3Server::start();
     let mut push = diskc();
     s3.configure(&mut push);
@@ -384,24 +385,54 @@ fn a_boot_from_a_cold_remote_store_fetches_only_what_the_guest_reads() {
     let stored = pushed["transferred_bytes"].as_u64().unwrap();
 
     // A machine that has never seen the image: an empty local store as the remote's cache.
-    let cache = tempdir();
-    let boot_remote = || {
+    let boot_remote = |cache: &Path| {
         let mut cmd =
             boot_command(&id, &["--json", "--store", &s3.url(), "--", "sh", "-c", "echo from-remote"]);
         s3.configure(&mut cmd);
-        let out = cmd.env("DISKC_STORE", cache.path()).output().unwrap();
+        let out = cmd.env("DISKC_STORE", cache).output().unwrap();
         assert_exit(&out, 0);
         assert!(stderr(&out).contains("from-remote"), "{}", stderr(&out));
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
-    let cold = boot_remote();
+    let cache = tempdir();
+    let cold = boot_remote(cache.path());
     let fetched = cold["fetched_bytes"].as_u64().unwrap();
     assert!(fetched > 0, "a cold boot fetched nothing: {cold}");
     assert!(
         fetched * 2 < stored,
         "the boot fetched {fetched} of the image's {stored} stored bytes: not lazy"
     );
+    // The first boot recorded its profile, on the remote beside the image.
+    assert_eq!(cold["boot_profile"], "recorded", "{cold}");
+    assert_eq!(cold["prefetched_bytes"], 0, "{cold}");
+    let cold_fetches = cold["fetches"].as_u64().unwrap();
+    let profile = s3.root().join(common::s3::BUCKET).join(format!("team/images/{hex}.boot"));
+    assert!(profile.is_file(), "no profile at {}", profile.display());
     // The chunks fetched stay in the local store: the next boot fetches nothing.
-    let warm = boot_remote();
-    assert_eq!(warm["fetched_bytes"], 0, "{warm}");
+    let warm = boot_remote(cache.path());
+    assert_eq!((&warm["fetched_bytes"], &warm["fetches"]), (&Value::from(0), &Value::from(0)), "{warm}");
+
+    // Another machine, with the profile there: the boot's chunks come in one batch before
+    // the VM starts, and the guest finds (nearly) all it reads already fetched.
+    let other = tempdir();
+    let second = boot_remote(other.path());
+    assert_eq!(second["boot_profile"], "used", "{second}");
+    let prefetched = second["prefetched_bytes"].as_u64().unwrap();
+    assert!(prefetched > 0, "{second}");
+    let later = second["fetches"].as_u64().unwrap() - 1;
+    assert!(
+        later <= 2 && later * 4 < cold_fetches,
+        "after the one batch the guest still fetched {later} times (without a profile {cold_fetches}): {second}"
+    );
+
+    // pull --boot-first: the profile's chunks first, then the rest; the profile comes along,
+    // and goes on with a push.
+    let pulled_into = tempdir();
+    let out = run_ok(s3.diskc(pulled_into.path()).args(["--json", "pull", "--boot-first", &id, &s3.url()]));
+    let pulled: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = pulled["boot_first_chunks"].as_u64().unwrap();
+    assert!(first > 0 && first < pulled["chunks"].as_u64().unwrap(), "{pulled}");
+    assert!(pulled_into.path().join(format!("images/{hex}.boot")).is_file());
+    run_ok(s3.diskc(pulled_into.path()).args(["push", &id, &s3.url_at("other")]));
+    assert!(s3.root().join(common::s3::BUCKET).join(format!("other/images/{hex}.boot")).is_file());
 }

@@ -53,7 +53,12 @@ pub struct Served {
     /// Fetched from a remote store by the server while this boot ran (with other boots at
     /// once, what they made it fetch too).
     pub fetched_bytes: u64,
+    /// The server's fetches while this boot ran.
+    pub fetches: u64,
     pub cache: CacheStats,
+    /// The chunks (indexes into the rootfs's chunk list) this boot's VM read first, in order,
+    /// up to the time asked for.
+    pub profile: Vec<usize>,
 }
 
 /// This boot's attachment to the image's shared server.
@@ -65,6 +70,7 @@ pub struct DiskServer {
     /// The export name the VM reads through.
     pub export_name: String,
     fetched_at_attach: u64,
+    fetches_at_attach: u64,
 }
 
 /// The `diskc` binary: `$DISKC_BIN`, else the running executable when it is `diskc`, else
@@ -96,7 +102,9 @@ impl DiskServer {
         cache_bytes: u64,
     ) -> Result<DiskServer, BootError> {
         let fail = |what: String| BootError::DiskServer(format!("image {}: {what}", id.short()));
-        let dir = store.root().join(RUN_DIR);
+        // Absolute: `link` is elsewhere, and the server may not share our directory.
+        let dir = std::path::absolute(store.root().join(RUN_DIR))
+            .map_err(|e| BootError::Write(store.root().join(RUN_DIR), e))?;
         std::fs::create_dir_all(&dir).map_err(|e| BootError::Write(dir.clone(), e))?;
         let paths = SharedPaths::new(&dir, &store.location(), id);
         let session = session_name();
@@ -140,6 +148,7 @@ impl DiskServer {
             image: *id,
             export_name: session_export_name(id, &session),
             fetched_at_attach: report.server.fetched_bytes,
+            fetches_at_attach: report.server.fetches,
         })
     }
 
@@ -151,9 +160,10 @@ impl DiskServer {
         self.control.gone().then(|| format!("the server of image {} ended", self.image.short()))
     }
 
-    /// What the server served this boot, as of now; the server stays for other boots.
-    pub fn stop(mut self) -> Option<Served> {
-        let report = self.control.report().ok()?;
+    /// What the server served this boot, as of now, with the chunks its VM first read up to
+    /// `profile_until_ms` if asked; the server stays for other boots.
+    pub fn stop(mut self, profile_until_ms: Option<u64>) -> Option<Served> {
+        let report = self.control.report(profile_until_ms).ok()?;
         Some(Served {
             pid: report.pid,
             boots: report.boots,
@@ -162,7 +172,9 @@ impl DiskServer {
             read_bytes: report.session.read_bytes,
             failed_reads: report.session.failed_reads,
             fetched_bytes: report.server.fetched_bytes.saturating_sub(self.fetched_at_attach),
+            fetches: report.server.fetches.saturating_sub(self.fetches_at_attach),
             cache: report.server.cache,
+            profile: report.profile,
         })
     }
 }

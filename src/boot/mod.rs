@@ -14,7 +14,8 @@
 //! - [`modules_disk`]: the kernel's whole modules tree as a disk for the guest.
 //! - [`fileserver`]: host directories served to the guest (virtiofs).
 //! - [`scratch`]: a boot's private temporary directory.
-//! - [`disk_server`]: the NBD server a boot from the store reads its root disk from.
+//! - [`disk_server`]: the NBD server a boot from the store reads its root disk from;
+//!   [`profile`]: the chunks a boot reads first, fetched before the VM starts.
 //!
 //! The guest protocol (ports, command-line keys, exit status) is in docs/boot.md.
 
@@ -40,6 +41,7 @@ pub mod modules_disk;
 pub mod options;
 pub mod passwd;
 pub mod plan;
+pub mod profile;
 pub mod qemu;
 pub mod run;
 pub mod scratch;

@@ -20,6 +20,7 @@ use super::disk_server::{DiskServer, Served};
 use super::fileserver::FileServers;
 use super::guest::{RunConfig, DEFAULT_HOSTNAME};
 use super::options::{self, OptionError, Protocol, Publish, Volume};
+use super::profile::{self, Prefetched, ProfileUse};
 use super::qemu::{kvm_works, Machine, MODULES_DEVICE, QEMU_BINARY};
 use super::run::{self, Ended, SignalGuard, Streams};
 use super::scratch::{self, Scratch};
@@ -198,6 +199,9 @@ pub struct Booted {
     pub timings: BootTimings,
     /// What the root disk's server served (a boot from the store).
     pub served: Option<Served>,
+    /// The image's boot profile's chunks fetched before the VM started.
+    pub prefetched: Prefetched,
+    pub profile: ProfileUse,
 }
 
 /// Runs `plan`, with the image found in (and the modules disk kept under) `store`; the
@@ -211,6 +215,7 @@ pub fn boot(store: &Store, plan: &BootPlan, streams: Streams) -> Result<Booted, 
         tracing::info!(dir = %dir.display(), "removed what a killed boot left");
     }
     let scratch = Scratch::create(&tmp).map_err(|e| BootError::Write(tmp.clone(), e))?;
+    let mut prefetched = Prefetched::default();
     let (spec, image, mut disk_server) = match &plan.target {
         Target::Outdir(dir) => (BootSpec::from_outdir(dir)?, None, None),
         Target::Stored(reference) => {
@@ -219,6 +224,7 @@ pub fn boot(store: &Store, plan: &BootPlan, streams: Streams) -> Result<Booted, 
                 unreachable!("a stored rootfs is served")
             };
             let size = store.image(&id)?.rootfs.file.size;
+            prefetched = profile::prefetch(store, &id);
             let server = DiskServer::attach(store, &id, size, socket, plan.cache_bytes)?;
             *export = server.export_name.clone();
             (spec, Some(id), Some(server))
@@ -267,7 +273,19 @@ pub fn boot(store: &Store, plan: &BootPlan, streams: Streams) -> Result<Booted, 
     let prepare = started.elapsed();
     let mut disk_gone = || disk_server.as_mut().and_then(DiskServer::gone);
     let finished = run::run(machine, &run, &plan.qemu, plan.timeout, streams, &signals, &mut disk_gone)?;
-    let served = disk_server.and_then(DiskServer::stop);
+    // Without a profile, this boot's reads until its program started become it.
+    let until = (prefetched.chunks == 0)
+        .then(|| profile::unix_ms_at(finished.first_output.unwrap_or_else(Instant::now)));
+    let served = disk_server.and_then(|server| server.stop(until));
+    let recorded = match (image, &served, until) {
+        (Some(id), Some(served), Some(_)) => profile::record(store, &id, &served.profile),
+        _ => false,
+    };
+    let profile = match (prefetched.chunks > 0, recorded) {
+        (true, _) => ProfileUse::Used,
+        (false, true) => ProfileUse::Recorded,
+        (false, false) => ProfileUse::None,
+    };
     let since = |t: Instant| t.duration_since(started).as_secs_f64();
     Ok(Booted {
         ended: finished.ended,
@@ -278,6 +296,8 @@ pub fn boot(store: &Store, plan: &BootPlan, streams: Streams) -> Result<Booted, 
             total: started.elapsed().as_secs_f64(),
         },
         served,
+        prefetched,
+        profile,
     })
 }
 

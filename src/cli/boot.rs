@@ -156,6 +156,9 @@ fn boot_json(booted: &Booted, fetched_bytes: u64) -> serde_json::Value {
         "timings": rounded_timings(booted.timings),
         "read_bytes": served.map_or(0, |s| s.read_bytes),
         "fetched_bytes": fetched_bytes,
+        "prefetched_bytes": booted.prefetched.bytes,
+        "fetches": booted.prefetched.fetches + served.map_or(0, |s| s.fetches),
+        "boot_profile": booted.profile,
         "cache": served.map(|s| s.cache),
         "server": served.map(|s| {
             json!({"pid": s.pid, "boots": s.boots, "clients": s.clients, "read_bytes": s.server_read_bytes})

@@ -93,7 +93,7 @@ pub enum Command {
     /// Copy an image and its names to another store, sending only what it lacks.
     Push(transfer::TransferArgs),
     /// Copy an image from another store, fetching only what this store lacks.
-    Pull(transfer::TransferArgs),
+    Pull(transfer::PullArgs),
     /// The store's upkeep: `diskc store migrate` moves a format-2 store into packs.
     Store(store_admin::StoreAdminArgs),
     /// Run build-farm jobs from a NATS JetStream queue, pushing images to a remote store.
@@ -159,7 +159,8 @@ impl Command {
             Command::Prune(args) => Some(&mut args.store),
             Command::Gc(args) => Some(&mut args.store),
             Command::Verify(args) => Some(&mut args.store),
-            Command::Push(args) | Command::Pull(args) => Some(&mut args.store),
+            Command::Push(args) => Some(&mut args.store),
+            Command::Pull(args) => Some(&mut args.transfer.store),
             Command::Store(args) => match &mut args.command {
                 store_admin::StoreAdminCommand::Migrate(migrate) => Some(&mut migrate.store),
             },

@@ -27,15 +27,30 @@ pub struct TransferArgs {
     pub progress: ProgressMode,
 }
 
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+    /// Fetch the chunks the image's first boot read (its boot profile) first, in one batch.
+    #[arg(long)]
+    pub boot_first: bool,
+}
+
 pub fn push(args: TransferArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
-    run(args, global, rt, "push")
+    run(args, global, rt, "push", false)
 }
 
-pub fn pull(args: TransferArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
-    run(args, global, rt, "pull")
+pub fn pull(args: PullArgs, global: &GlobalArgs, rt: &Handle) -> Result<u8, Error> {
+    run(args.transfer, global, rt, "pull", args.boot_first)
 }
 
-fn run(args: TransferArgs, global: &GlobalArgs, rt: &Handle, verb: &str) -> Result<u8, Error> {
+fn run(
+    args: TransferArgs,
+    global: &GlobalArgs,
+    rt: &Handle,
+    verb: &str,
+    boot_first: bool,
+) -> Result<u8, Error> {
     // Push reads this store and must not create one; pull fills it.
     let store = if verb == "push" { args.store.open_existing(rt)? } else { args.store.open(rt)? };
     let remote = Remote::open(&args.remote, rt)?;
@@ -52,7 +67,7 @@ fn run(args: TransferArgs, global: &GlobalArgs, rt: &Handle, verb: &str) -> Resu
     let done = if verb == "push" {
         store.push(&args.image, &remote, &progress)
     } else {
-        store.pull(&args.image, &remote, &progress)
+        store.pull_image(&args.image, &remote, boot_first, &progress)
     }
     .with_context(|| {
         format!("cannot {verb} {} {} {}", args.image, if verb == "push" { "to" } else { "from" }, args.remote)
@@ -64,7 +79,12 @@ fn run(args: TransferArgs, global: &GlobalArgs, rt: &Handle, verb: &str) -> Resu
     if global.json {
         super::output::json(
             verb,
-            json!({ "id": done.id, "transferred_bytes": done.transferred_bytes, "chunks": done.chunks }),
+            json!({
+                "id": done.id,
+                "transferred_bytes": done.transferred_bytes,
+                "chunks": done.chunks,
+                "boot_first_chunks": done.boot_first_chunks,
+            }),
         );
     } else {
         if shown != Shown::Quiet {

@@ -88,8 +88,9 @@ impl SharedPaths {
 pub enum Request {
     /// The boot's session: its VM reads through the export name `<id>.<session>`.
     Attach { session: String },
-    /// What the server and this session have done.
-    Report,
+    /// What the server and this session have done; with `profile_until_ms`, the chunks the
+    /// session first read up to then too.
+    Report { profile_until_ms: Option<u64> },
 }
 
 /// The server's answer to either request.
@@ -104,6 +105,9 @@ pub struct Report {
     pub session: SessionStats,
     /// Everything the server served, its cache, what it fetched.
     pub server: ExportStats,
+    /// The session's profile, when asked: indexes into the rootfs's chunk list.
+    #[serde(default)]
+    pub profile: Vec<usize>,
 }
 
 #[derive(Default)]
@@ -207,15 +211,22 @@ fn serve_boot(stream: UnixStream, export: &Export, boots: &Mutex<Boots>) -> io::
             return Ok(());
         }
         let request: Request = serde_json::from_str(line.trim()).map_err(io::Error::other)?;
-        if let Request::Attach { session: name } = request {
-            session = name;
-        }
+        let profile = match request {
+            Request::Attach { session: name } => {
+                session = name;
+                Vec::new()
+            }
+            Request::Report { profile_until_ms } => {
+                profile_until_ms.map_or_else(Vec::new, |until| export.session_profile(&session, until))
+            }
+        };
         let report = Report {
             pid: std::process::id(),
             image: export.image().hex(),
             boots: boots.lock().expect("never poisoned").total,
             session: export.session_stats(&session),
             server: export.stats(),
+            profile,
         };
         let mut out = serde_json::to_vec(&report).map_err(io::Error::other)?;
         out.push(b'\n');
@@ -241,9 +252,9 @@ impl ControlClient {
         Ok((client, report))
     }
 
-    /// The server's report, as of now.
-    pub fn report(&mut self) -> io::Result<Report> {
-        self.ask(&Request::Report)
+    /// The server's report, as of now, with the session's profile up to `profile_until_ms`.
+    pub fn report(&mut self, profile_until_ms: Option<u64>) -> io::Result<Report> {
+        self.ask(&Request::Report { profile_until_ms })
     }
 
     fn ask(&mut self, request: &Request) -> io::Result<Report> {

@@ -27,6 +27,11 @@ pub trait ChunkSource: Send + Sync {
     fn fetched_bytes(&self) -> u64 {
         0
     }
+
+    /// Fetches (round trips for one or more chunks) made so far.
+    fn fetches(&self) -> u64 {
+        0
+    }
 }
 
 impl ChunkSource for Store {
@@ -36,6 +41,10 @@ impl ChunkSource for Store {
 
     fn fetched_bytes(&self) -> u64 {
         Store::fetched_bytes(self)
+    }
+
+    fn fetches(&self) -> u64 {
+        Store::fetches(self)
     }
 }
 
@@ -60,6 +69,9 @@ pub struct ExportStats {
     pub read_bytes: u64,
     pub failed_reads: u64,
     pub fetched_bytes: u64,
+    /// Fetches from a remote store, each of the chunks one read needed.
+    #[serde(default)]
+    pub fetches: u64,
     pub cache: CacheStats,
 }
 
@@ -69,6 +81,21 @@ pub struct SessionStats {
     pub read_requests: u64,
     pub read_bytes: u64,
     pub failed_reads: u64,
+}
+
+/// One session's reads, and the chunks it read in the order it first read them, with when
+/// (milliseconds since the epoch: the boot compares them with its own clock), for the boot
+/// profile.
+#[derive(Default)]
+struct Session {
+    stats: SessionStats,
+    seen: HashSet<usize>,
+    first_reads: Vec<(usize, u64)>,
+}
+
+/// Now, in milliseconds since the epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A stored image's rootfs, served read-only.
@@ -82,7 +109,7 @@ pub struct Export {
     clients: AtomicU64,
     /// Clients in transmission now.
     connected: AtomicU64,
-    sessions: Mutex<HashMap<String, SessionStats>>,
+    sessions: Mutex<HashMap<String, Session>>,
     read_requests: AtomicU64,
     read_bytes: AtomicU64,
     failed_reads: AtomicU64,
@@ -150,21 +177,39 @@ impl Export {
         self.connected.load(Ordering::SeqCst)
     }
 
-    /// Counts a read of `bytes` by a client of `session` (failed or not).
-    pub(super) fn count_session_read(&self, session: &str, bytes: u64, failed: bool) {
+    /// Counts a read of `length` bytes at `offset` by a client of `session` (failed or not)
+    /// and notes the chunks it needed that the session had not read yet.
+    pub(super) fn count_session_read(&self, session: &str, offset: u64, length: u64, failed: bool) {
+        let now = unix_ms();
+        let chunks = &self.file.chunks;
+        let first = chunks.partition_point(|c| c.offset + c.size <= offset);
+        let end = offset + length;
         let mut sessions = self.sessions.lock().expect("never poisoned");
-        let stats = sessions.entry(session.to_string()).or_default();
-        stats.read_requests += 1;
+        let s = sessions.entry(session.to_string()).or_default();
+        s.stats.read_requests += 1;
         if failed {
-            stats.failed_reads += 1;
+            s.stats.failed_reads += 1;
         } else {
-            stats.read_bytes += bytes;
+            s.stats.read_bytes += length;
+        }
+        for index in (first..chunks.len()).take_while(|&i| chunks[i].offset < end) {
+            if s.seen.insert(index) {
+                s.first_reads.push((index, now));
+            }
         }
     }
 
     /// What the clients of `session` read so far.
     pub fn session_stats(&self, session: &str) -> SessionStats {
-        self.sessions.lock().expect("never poisoned").get(session).copied().unwrap_or_default()
+        self.sessions.lock().expect("never poisoned").get(session).map(|s| s.stats).unwrap_or_default()
+    }
+
+    /// The chunks (indexes into the rootfs's chunk list) `session` first read before
+    /// `until_ms`, in the order it read them.
+    pub fn session_profile(&self, session: &str, until_ms: u64) -> Vec<usize> {
+        let sessions = self.sessions.lock().expect("never poisoned");
+        let Some(s) = sessions.get(session) else { return Vec::new() };
+        s.first_reads.iter().take_while(|(_, at)| *at <= until_ms).map(|(index, _)| *index).collect()
     }
 
     /// Fills `buf` with the bytes at `offset`. The range must lie inside the export.
@@ -215,6 +260,7 @@ impl Export {
             read_bytes: self.read_bytes.load(Ordering::Relaxed),
             failed_reads: self.failed_reads.load(Ordering::Relaxed),
             fetched_bytes: self.source.fetched_bytes(),
+            fetches: self.source.fetches(),
             cache: self.cache.stats(),
         }
     }

@@ -279,7 +279,7 @@ fn serve_client(conn: Conn, export: &Export) -> io::Result<()> {
                 buf.resize(req.length as usize, 0);
                 let read = export.read(req.offset, &mut buf);
                 if !session.is_empty() {
-                    export.count_session_read(session, buf.len() as u64, read.is_err());
+                    export.count_session_read(session, req.offset, buf.len() as u64, read.is_err());
                 }
                 match read {
                     Ok(()) => p::write_simple_reply(&mut writer, req.cookie, 0, &buf)?,

@@ -14,6 +14,7 @@
 //!                      <name> is the sha256 of that index
 //! chunks/ab/abcd…      format 2 (read, swept by gc, moved into packs by migrate): one chunk
 //! images/<id>.json.zst zstd frame of the canonical manifest; its sha256 is <id>
+//! images/<id>.boot     the image's boot profile: chunks its first boot read (see `profile`)
 //! names/<name>         an image id (name percent-encoded)
 //! cache/<sha256(key)>  an image id
 //! remote-index/<name>.idx      a remote pack's index and footer, as fetched (see `transfer`)
@@ -56,6 +57,7 @@ mod migrate;
 mod names;
 mod pack;
 mod packs;
+mod profile;
 mod put;
 mod remote;
 mod remote_gc;
@@ -66,6 +68,7 @@ mod verify;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::digest::Digest;
@@ -144,6 +147,9 @@ pub struct Store {
     upstream: Option<Arc<Remote>>,
     /// Where the upstream's chunks are, as last listed (loaded at the first fetch).
     upstream_chunks: Arc<Mutex<Option<Arc<transfer::RemoteChunks>>>>,
+    /// Batches of chunks fetched from the upstream ([`Store::fetch_missing`] calls that
+    /// fetched any).
+    fetches: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -165,6 +171,7 @@ impl Store {
             packs: Default::default(),
             upstream: None,
             upstream_chunks: Default::default(),
+            fetches: Default::default(),
         };
         for dir in ["tmp", "packs", "images", "names", "cache"] {
             let path = root.join(dir);

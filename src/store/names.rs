@@ -196,6 +196,7 @@ impl Store {
             }
         }
         remove_if_present(&self.manifest_path(&id))?;
+        self.remove_profile(&id)?;
         let images = self.root.join("images");
         fileio::sync_path(&images).map_err(StoreError::io(&images))
     }

@@ -35,6 +35,8 @@ pub struct Transfer {
     pub transferred_bytes: u64,
     /// Chunks copied (the other side lacked them).
     pub chunks: u64,
+    /// Of those, the boot profile's, fetched first in one batch (`pull --boot-first`).
+    pub boot_first_chunks: u64,
 }
 
 /// How far a push or pull has come, in bytes of chunk frames.
@@ -87,7 +89,8 @@ impl Store {
         for name in names {
             remote.put(&format!("names/{}", encode_name(&name)), Bytes::from(format!("{id}\n")))?;
         }
-        Ok(Transfer { id, transferred_bytes: remote.transferred() - start, chunks })
+        self.push_profile(&id, remote)?;
+        Ok(Transfer { id, transferred_bytes: remote.transferred() - start, chunks, boot_first_chunks: 0 })
     }
 
     /// Sends an image's missing chunks, then its manifest, to `remote`; returns how many
@@ -154,15 +157,28 @@ impl Store {
         remote: &Remote,
         progress: &dyn Fn(TransferProgress),
     ) -> Result<Transfer, StoreError> {
+        self.pull_image(reference, remote, false, progress)
+    }
+
+    /// [`Store::pull`]; with `boot_first`, the chunks of the image's boot profile (if it has
+    /// one) are fetched first, in one batch, so a boot can start before the rest has come.
+    /// The profile comes along either way.
+    pub fn pull_image(
+        &self,
+        reference: &str,
+        remote: &Remote,
+        boot_first: bool,
+        progress: &dyn Fn(TransferProgress),
+    ) -> Result<Transfer, StoreError> {
         if let Some(upstream) = &self.upstream {
             // Into a remote store: through the local one.
-            let pulled = self.local().pull(reference, remote, progress)?;
+            let pulled = self.local().pull_image(reference, remote, boot_first, progress)?;
             self.local().push(&pulled.id.to_string(), upstream, &|_| {})?;
             return Ok(pulled);
         }
         let start = remote.transferred();
         let (id, name) = resolve_remote(reference, remote)?;
-        let mut chunks = 0;
+        let (mut chunks, mut boot_first_chunks) = (0, 0);
         {
             let _lock = self.shared_lock()?;
             self.refresh_packs()?;
@@ -173,24 +189,36 @@ impl Store {
                     .get(&key)?
                     .ok_or_else(|| StoreError::NotFound(format!("{reference} in {}", remote.url())))?;
                 let manifest = parse_manifest(&id, &bytes)?;
+                let profile = self.remote_profile(&id, remote)?;
                 let mut seen = HashSet::new();
-                let missing: Vec<Digest> = manifest
-                    .chunks()
-                    .map(|c| c.digest)
-                    .filter(|d| !self.has_chunk(d) && seen.insert(*d))
-                    .collect();
-                if !missing.is_empty() {
+                let mut missing = |digests: &mut dyn Iterator<Item = Digest>| -> Vec<Digest> {
+                    digests.filter(|d| !self.has_chunk(d) && seen.insert(*d)).collect()
+                };
+                let first = match (&profile, boot_first) {
+                    (Some(profile), true) => missing(&mut profile.iter().copied()),
+                    _ => Vec::new(),
+                };
+                let rest = missing(&mut manifest.chunks().map(|c| c.digest));
+                if !first.is_empty() || !rest.is_empty() {
                     let located = self.remote_chunks(remote, Condemned::Last)?;
-                    chunks = self.fetch_chunks(remote, &located, &missing, progress)?;
+                    for batch in [&first, &rest] {
+                        if !batch.is_empty() {
+                            chunks += self.fetch_chunks(remote, &located, batch, progress)?;
+                        }
+                    }
+                    boot_first_chunks = first.len() as u64;
                 }
                 self.sync_packs_dir()?;
                 self.write_atomic_durable(&self.manifest_path(&id), &bytes)?;
+                if let Some(profile) = profile {
+                    self.keep_pulled_profile(&id, &profile)?;
+                }
             }
         }
         if let Some(name) = name {
             self.tag(&id.to_string(), &name)?;
         }
-        Ok(Transfer { id, transferred_bytes: remote.transferred() - start, chunks })
+        Ok(Transfer { id, transferred_bytes: remote.transferred() - start, chunks, boot_first_chunks })
     }
 
     /// Fetches `missing` chunks from the remote's packs, by coalesced byte ranges, checks

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
@@ -125,6 +126,7 @@ impl Store {
                 // Packs pushed since the map was loaded: list again.
                 continue;
             }
+            self.fetches.fetch_add(1, Ordering::Relaxed);
             match self.fetch_chunks(remote, &located, &missing, &|_| {}) {
                 Ok(fetched) => {
                     self.sync_packs_dir()?;
@@ -144,6 +146,11 @@ impl Store {
     /// crossed the wire (chunks, pack indexes, manifests), as `push`/`pull` count it.
     pub fn fetched_bytes(&self) -> u64 {
         self.upstream.as_ref().map_or(0, |remote| remote.transferred())
+    }
+
+    /// Batches of chunks this store (and its clones) fetched from the upstream so far.
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
     }
 
     /// A chunk's bytes, checked against its digest; fetched from the upstream first when the
@@ -258,6 +265,7 @@ impl Store {
             return Ok(Removed { id, untagged, deleted: false });
         }
         remote.delete(&manifest_key(&id))?;
+        remote.delete(&super::profile::profile_key(&id))?;
         Ok(Removed { id, untagged, deleted: true })
     }
 
