@@ -212,6 +212,8 @@ fn start(store: &Store, id: &ImageId, paths: &SharedPaths, cache_bytes: u64) -> 
             "--shared".into(),
         ])
         .arg(&paths.base)
+        // It outlives this boot: nothing of the boot's private temporary files is its.
+        .env_remove("TMPDIR")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);

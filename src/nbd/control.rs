@@ -288,3 +288,56 @@ impl ControlClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::IntoRawFd;
+
+    use super::*;
+    use crate::store::Store;
+
+    /// A server over a real store's image: boots attach and get reports; it ends only once
+    /// idle for the linger, never while a boot is attached or another holds the lock, and
+    /// removes its sockets when it does.
+    #[test]
+    fn a_shared_server_ends_only_when_idle_and_unlocked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let rootfs = dir.path().join("rootfs");
+        std::fs::write(&rootfs, vec![7u8; 200_000]).unwrap();
+        let id = store.put_image(&rootfs, &[], Default::default()).unwrap();
+        let export = Arc::new(Export::from_store(&store, &id, 1 << 20).unwrap());
+        let paths = SharedPaths::new(dir.path(), &store.location(), &id);
+        std::fs::write(paths.nbd(), b"").unwrap();
+        let listener = UnixListener::bind(paths.control()).unwrap();
+        let control = ControlServer::adopt(listener.into_raw_fd(), export).unwrap();
+        let linger = Duration::from_millis(100);
+
+        // Accepted while the server polls, as its accept loop does.
+        let attached = std::thread::scope(|s| {
+            let client = s.spawn(|| ControlClient::attach(&paths.control(), "s1", Duration::from_secs(5)));
+            while !client.is_finished() {
+                control.poll();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            client.join().unwrap()
+        });
+        let (mut client, report) = attached.unwrap();
+        assert_eq!((report.image, report.boots, report.pid), (id.hex(), 1, std::process::id()));
+        assert_eq!(report.server.size, 200_000);
+        assert!(!client.gone());
+        std::thread::sleep(linger * 2);
+        assert!(!control.should_end(Duration::ZERO, &paths), "a boot is attached");
+        assert_eq!(client.report(Some(0)).unwrap().session, SessionStats::default());
+        drop(client);
+
+        std::thread::sleep(Duration::from_millis(50));
+        control.poll();
+        let lock = paths.flock(true).unwrap();
+        std::thread::sleep(linger * 2);
+        assert!(!control.should_end(linger, &paths), "the lock is held by a boot");
+        drop(lock);
+        assert!(control.should_end(linger, &paths));
+        assert!(!paths.nbd().exists() && !paths.control().exists(), "its sockets go with it");
+    }
+}
