@@ -2,7 +2,8 @@
 //! boot from the store with no copy of their rootfs; the export reads as `diskc export`
 //! writes the rootfs, to one client and to four at once (sharing one cache); four boots of
 //! one image at once share one server; a damaged chunk is an I/O error, never other bytes; a
-//! server that dies stops the boot with exit 3.
+//! server that dies stops the boot with exit 3; a boot profile makes a cold remote boot
+//! fetch its chunks in one batch.
 //! The NBD clients are QEMU's own (`qemu-img`, `qemu-io`, package qemu-utils).
 
 mod boot_support;
@@ -435,4 +436,53 @@ fn a_boot_from_a_cold_remote_store_fetches_only_what_the_guest_reads_then_by_its
     assert!(pulled_into.path().join(format!("images/{hex}.boot")).is_file());
     run_ok(s3.diskc(pulled_into.path()).args(["push", &id, &s3.url_at("other")]));
     assert!(s3.root().join(common::s3::BUCKET).join(format!("other/images/{hex}.boot")).is_file());
+}
+
+#[test]
+fn a_damaged_chunk_is_an_io_error_in_the_guest_of_a_boot() {
+    ensure_base_images(&["busybox"]);
+    let dir = tempdir();
+    let store = dir.path().join("store");
+    let context = dir.path().join("context");
+    std::fs::create_dir(&context).unwrap();
+    // Random bytes: the file's chunks are its own, so damaging one damages this file only.
+    let dockerfile = format!("FROM {BUSYBOX_IMAGE}\nRUN head -c 1048576 /dev/urandom > /data\n");
+    std::fs::write(context.join("Dockerfile"), dockerfile).unwrap();
+    let mut build = diskc_with_kernel();
+    build.env("DISKC_STORE", &store).args(["--json", "build", "-t", "diskc-test/damaged-data"]).arg(&context);
+    let built: Value = serde_json::from_slice(&run_ok(&mut build).stdout).unwrap();
+    let id = built["id"].as_str().unwrap().to_string();
+    let with_store = || {
+        let mut cmd = diskc();
+        cmd.env("DISKC_STORE", &store);
+        cmd
+    };
+
+    // Where the middle of /data lies in the rootfs, and the chunk that holds it.
+    let rootfs = dir.path().join("rootfs.ext4");
+    run_ok(with_store().args(["export", &id, "-o"]).arg(&rootfs));
+    let out = run_ok(Command::new("debugfs").args(["-R", "bmap /data 128"]).arg(&rootfs));
+    let block: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let at = block * 4096;
+    let chunks = manifest(with_store(), &id)["rootfs"]["chunks"].as_array().unwrap().clone();
+    let chunk = chunks
+        .iter()
+        .find(|c| {
+            let offset = c["offset"].as_u64().unwrap();
+            (offset..offset + c["size"].as_u64().unwrap()).contains(&at)
+        })
+        .unwrap();
+    let (pack, offset, len) = locate_frame(&store, chunk["digest"].as_str().unwrap());
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[(offset + len / 2) as usize] ^= 0x55;
+    std::fs::write(&pack, bytes).unwrap();
+
+    let script = "cat /data >/dev/null; echo cat=$?; head -c 4096 /data | wc -c";
+    let out = boot_command(&id, &["--", "sh", "-c", script]).env("DISKC_STORE", &store).output().unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(program_lines(&out), ["cat=1", "4096"], "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(log.contains("Input/output error"), "{log}");
+    assert!(log.contains("read(s) of image") && log.contains("failed"), "{log}");
+    assert_no_server_left(&store);
 }
