@@ -273,8 +273,9 @@ pub fn boot(store: &Store, plan: &BootPlan, streams: Streams) -> Result<Booted, 
     let prepare = started.elapsed();
     let mut disk_gone = || disk_server.as_mut().and_then(DiskServer::gone);
     let finished = run::run(machine, &run, &plan.qemu, plan.timeout, streams, &signals, &mut disk_gone)?;
-    // Without a profile, this boot's reads until its program started become it.
-    let until = (prefetched.chunks == 0)
+    // Without a profile, this boot's reads until its program started become it (unless the
+    // boot was cut short: a timeout or a signal).
+    let until = (prefetched.chunks == 0 && matches!(finished.ended, Ended::Exited(_)))
         .then(|| profile::unix_ms_at(finished.first_output.unwrap_or_else(Instant::now)));
     let served = disk_server.and_then(|server| server.stop(until));
     let recorded = match (image, &served, until) {
