@@ -54,12 +54,13 @@ fn start_boot(tmp: &Path) -> Child {
     child
 }
 
-/// Waits up to two seconds for every process of the boot to be gone.
-fn assert_qemu_gone_within_2s(tmp: &Path) {
+/// Waits for every process of the boot to be gone: at once, as a rule (they die with
+/// `diskc boot`), but tearing down a TCG guest on a loaded machine takes a while.
+fn assert_qemu_gone(tmp: &Path) {
     let start = Instant::now();
     while !processes_with_tmpdir(tmp).is_empty() {
         assert!(
-            start.elapsed() < Duration::from_secs(2),
+            start.elapsed() < Duration::from_secs(15),
             "QEMU still runs: {:?}",
             processes_with_tmpdir(tmp)
         );
@@ -79,7 +80,7 @@ fn sigterm_stops_the_vm_and_removes_the_temporary_files() {
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(143), "128 + SIGTERM");
-    assert_qemu_gone_within_2s(tmp.path());
+    assert_qemu_gone(tmp.path());
     assert_eq!(entries(tmp.path()), Vec::<String>::new());
 }
 
@@ -89,7 +90,7 @@ fn sigkill_ends_qemu_and_the_next_boot_removes_what_was_left() {
     let mut child = start_boot(tmp.path());
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_qemu_gone_within_2s(tmp.path());
+    assert_qemu_gone(tmp.path());
     // The killed boot's exported image is still there...
     assert_eq!(entries(tmp.path()).len(), 1, "{:?}", entries(tmp.path()));
     // ...until the next boot.

@@ -474,6 +474,9 @@ fn environment_failures_are_retried_then_dead_lettered_with_their_reason() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("gave up after 2 attempts"), "{}", stderr(&out));
     let worker = &farm.workers["w"];
+    // The submitter learns of the dead letter from the job's state, which the worker writes
+    // before it logs the line.
+    wait_until(20, "the worker to log the dead letter", || !worker.events("dead").is_empty());
     assert_eq!(worker.events("retry").len(), 1, "{:?}", worker.lines());
     assert_eq!(worker.events("dead").len(), 1);
     let status =

@@ -145,7 +145,13 @@ fn build_then_convert_again_is_a_cache_hit_that_reads_no_layer_and_export_is_ide
     assert_eq!(hit["cache_hit"], true, "{hit}");
     assert_eq!(id_of(&hit), id);
     let own = hit["timings"]["total"].as_f64().unwrap();
-    assert!(own < 0.1, "a cache hit took {own:.3}s of diskc's own time ({wall:?} with process start)");
+    // How fast a hit is belongs to the benchmarks (under 100 ms there); here, where other
+    // tests load the machine, it must at least be far quicker than the conversion it saves.
+    let miss = first["timings"]["total"].as_f64().unwrap();
+    assert!(
+        own * 5.0 < miss,
+        "a cache hit took {own:.3}s of diskc's own time ({wall:?} with process start), the convert {miss:.3}s"
+    );
     eprintln!("cache hit: {:.1} ms in diskc, {wall:?} with process start", own * 1000.0);
 
     // A hit with -o writes the same files the first convert wrote, from the store.
@@ -176,7 +182,7 @@ fn convert_killed_at_random_points_leaves_a_clean_store_and_completes_after() {
     let first = started.elapsed();
     let started = Instant::now();
     convert(&dir.path().join("reference2"), &source, None);
-    let full = first.min(started.elapsed());
+    let mut full = first.min(started.elapsed());
     let reference = fs::read(dir.path().join("ref/rootfs.ext4")).unwrap();
 
     let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
@@ -206,6 +212,10 @@ fn convert_killed_at_random_points_leaves_a_clean_store_and_completes_after() {
         let status = child.wait().unwrap();
         if status.signal() == Some(libc::SIGKILL) {
             interrupted += 1;
+        } else {
+            // It ended before the kill: a convert takes less than the reference said (timed
+            // while other tests loaded the machine), so later kills come sooner.
+            full = full.min(delay);
         }
         assert_verify_clean(&store, &context);
 

@@ -34,6 +34,7 @@ pub mod cpio;
 pub mod disk_server;
 pub mod fileserver;
 pub mod guest;
+pub mod host_files;
 pub mod initrd;
 pub mod kernel;
 pub mod modules;
@@ -46,6 +47,7 @@ pub mod qemu;
 pub mod run;
 pub mod scratch;
 
+pub use host_files::HostKernel;
 pub use kernel::{HostModules, KernelSource, ModuleSource, TreeModules};
 pub use plan::{boot, BootPlan, BootRequest, BootTimings, Booted, Target};
 pub use run::{Ended, Streams};
@@ -181,12 +183,7 @@ pub struct BootSpec {
 /// Writes `OUTDIR/vmlinuz` and `OUTDIR/initrd.img` for an image with `config`, booting
 /// `kernel`, and returns the boot manifest describing them.
 pub fn prepare(outdir: &Path, kernel: &KernelSource, config: &ImageConfig) -> Result<BootPart, BootError> {
-    let init_path = locate_init()?;
-    let init = std::fs::read(&init_path).map_err(|e| BootError::Read(init_path.clone(), e))?;
-    let entries = initrd::plan(&init, config, kernel)?;
-    let mut initrd_bytes = Vec::new();
-    initrd::write(&mut initrd_bytes, &entries).expect("writing to memory cannot fail");
-
+    let initrd_bytes = initrd_image(kernel, config)?;
     let kernel_file = write_boot_file(outdir, KERNEL_FILE, &kernel.image)?;
     let initrd_file = write_boot_file(outdir, INITRD_FILE, &initrd_bytes)?;
     Ok(BootPart {
@@ -195,6 +192,17 @@ pub fn prepare(outdir: &Path, kernel: &KernelSource, config: &ImageConfig) -> Re
         initrd: initrd_file,
         cmdline: cmdline::base_cmdline(),
     })
+}
+
+/// The initrd diskc makes for an image with `config` booting `kernel`: the same bytes for
+/// the same inputs, every time.
+pub fn initrd_image(kernel: &KernelSource, config: &ImageConfig) -> Result<Vec<u8>, BootError> {
+    let init_path = locate_init()?;
+    let init = std::fs::read(&init_path).map_err(|e| BootError::Read(init_path.clone(), e))?;
+    let entries = initrd::plan(&init, config, kernel)?;
+    let mut bytes = Vec::new();
+    initrd::write(&mut bytes, &entries).expect("writing to memory cannot fail");
+    Ok(bytes)
 }
 
 fn write_boot_file(outdir: &Path, name: &str, bytes: &[u8]) -> Result<BootFile, BootError> {
@@ -258,7 +266,15 @@ impl BootSpec {
     /// name): the kernel and initrd exported into `dir` (a few MiB), the rootfs as the NBD
     /// export `dir/rootfs.sock` that [`disk_server`] serves from the store's chunks, so no
     /// copy of it is made. `dir` is the caller's to remove afterwards.
-    pub fn from_store(store: &Store, reference: &str, dir: &Path) -> Result<(ImageId, BootSpec), BootError> {
+    ///
+    /// From a remote store, the kernel and initrd are taken from `host` when it has the same
+    /// bytes ([`host_files`]), so that only the root disk's reads cross the wire.
+    pub fn from_store(
+        store: &Store,
+        reference: &str,
+        dir: &Path,
+        host: Option<&HostKernel>,
+    ) -> Result<(ImageId, BootSpec), BootError> {
         let id = store.resolve(reference)?;
         let manifest = store.image(&id)?;
         let boot = manifest.boot.ok_or(BootError::NotBootable(id))?;
@@ -271,8 +287,13 @@ impl BootSpec {
             kernel_digest: boot.kernel.digest,
             config: manifest.config,
         };
-        store.export_file(&id, STORE_KERNEL, &spec.kernel)?;
-        store.export_file(&id, STORE_INITRD, &spec.initrd)?;
+        let host = host.filter(|_| store.upstream().is_some());
+        if !host.map_or(Ok(false), |h| h.kernel_to(&boot.kernel, &spec.kernel))? {
+            store.export_file(&id, STORE_KERNEL, &spec.kernel)?;
+        }
+        if !host.map_or(Ok(false), |h| h.initrd_to(&spec.config, &boot.initrd, &spec.initrd))? {
+            store.export_file(&id, STORE_INITRD, &spec.initrd)?;
+        }
         Ok((id, spec))
     }
 }
@@ -341,7 +362,7 @@ mod tests {
             store_with(Some(boot_manifest()), &[(STORE_KERNEL, b"bzImage"), (STORE_INITRD, b"cpio")]);
         let out = dir.path().join("boot");
         std::fs::create_dir(&out).unwrap();
-        let (found, spec) = BootSpec::from_store(&store, &id.hex()[..12], &out).unwrap();
+        let (found, spec) = BootSpec::from_store(&store, &id.hex()[..12], &out, None).unwrap();
         assert_eq!(found, id);
         assert_eq!(std::fs::read(&spec.kernel).unwrap(), b"bzImage");
         assert_eq!(std::fs::read(&spec.initrd).unwrap(), b"cpio");
@@ -354,11 +375,11 @@ mod tests {
     #[test]
     fn stored_image_without_boot_part_is_bad_input() {
         let (dir, store, id) = store_with(None, &[]);
-        let err = BootSpec::from_store(&store, &id.to_string(), dir.path()).unwrap_err();
+        let err = BootSpec::from_store(&store, &id.to_string(), dir.path(), None).unwrap_err();
         assert!(matches!(err, BootError::NotBootable(i) if i == id), "{err}");
         assert!(err.to_string().contains("convert it with a kernel"), "{err}");
         assert_eq!(err.error_kind(), ErrorKind::BadInput);
-        let missing = BootSpec::from_store(&store, "no-such-image", dir.path()).unwrap_err();
+        let missing = BootSpec::from_store(&store, "no-such-image", dir.path(), None).unwrap_err();
         assert!(matches!(missing, BootError::Store(StoreError::NotFound(_))), "{missing}");
         assert_eq!(missing.error_kind(), ErrorKind::BadInput);
     }

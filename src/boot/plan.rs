@@ -24,7 +24,7 @@ use super::profile::{self, Prefetched, ProfileUse};
 use super::qemu::{kvm_works, Machine, MODULES_DEVICE, QEMU_BINARY};
 use super::run::{self, Ended, SignalGuard, Streams};
 use super::scratch::{self, Scratch};
-use super::{modules_disk, BootError, BootSpec, RootDisk};
+use super::{modules_disk, BootError, BootSpec, HostKernel, RootDisk};
 
 /// What to boot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +59,9 @@ pub struct BootRequest {
     pub interactive: bool,
     /// The host's `lib/modules/<version>` of the boot kernel, for its modules disk.
     pub modules: Option<PathBuf>,
+    /// The host's boot kernel: with `modules`, a boot from a remote store takes the kernel
+    /// and initrd from here when they are the image's ([`super::host_files`]).
+    pub kernel: Option<PathBuf>,
     pub cmd: Vec<OsString>,
 }
 
@@ -76,6 +79,7 @@ pub struct BootPlan {
     pub volumes: Vec<Volume>,
     pub interactive: bool,
     pub modules_dir: Option<PathBuf>,
+    pub host_kernel: Option<HostKernel>,
     /// The guest's settings; network, stdin, volumes and the modules disk are filled in
     /// when the boot starts.
     pub run: RunConfig,
@@ -154,6 +158,10 @@ impl BootPlan {
             publish_all: req.publish_all,
             volumes,
             interactive: req.interactive,
+            host_kernel: req
+                .kernel
+                .zip(req.modules.clone())
+                .map(|(kernel, modules)| HostKernel { kernel, modules }),
             modules_dir: req.modules,
             run: RunConfig {
                 cmd,
@@ -219,7 +227,8 @@ pub fn boot(store: &Store, plan: &BootPlan, streams: Streams) -> Result<Booted, 
     let (spec, image, mut disk_server) = match &plan.target {
         Target::Outdir(dir) => (BootSpec::from_outdir(dir)?, None, None),
         Target::Stored(reference) => {
-            let (id, mut spec) = BootSpec::from_store(store, reference, scratch.path())?;
+            let (id, mut spec) =
+                BootSpec::from_store(store, reference, scratch.path(), plan.host_kernel.as_ref())?;
             let RootDisk::Nbd { socket, export } = &mut spec.rootfs else {
                 unreachable!("a stored rootfs is served")
             };

@@ -81,6 +81,11 @@ pub struct BootArgs {
     /// the first time (kept in the store).
     #[arg(long, env = "DISKC_MODULES", value_name = "DIR")]
     pub modules: Option<PathBuf>,
+    /// The boot kernel on this host. With --modules, a boot from a remote store takes the
+    /// kernel and initrd from this host when they are the image's very bytes (same digests)
+    /// instead of fetching them.
+    #[arg(long, env = "DISKC_KERNEL", value_name = "VMLINUZ")]
+    pub kernel: Option<PathBuf>,
     /// Replaces the image's CMD for this boot (the ENTRYPOINT stays).
     #[arg(last = true, value_name = "CMD")]
     pub cmd: Vec<OsString>,
@@ -106,6 +111,7 @@ pub fn run(args: BootArgs, global: &GlobalArgs, rt: &tokio::runtime::Handle) -> 
         hostname: args.hostname,
         interactive: args.interactive,
         modules: args.modules,
+        kernel: args.kernel,
         cmd: args.cmd,
     })?;
     let store = args.store.open(rt)?;

@@ -254,6 +254,8 @@ impl Worker {
         self.held.lock().expect("held jobs").remove(&key);
         let seconds = Some((started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0);
         state.updated = super::now();
+        // Each outcome is logged before its state is published: whoever sees the state (a
+        // submitter, a test reading the log) finds the line there.
         match outcome {
             Outcome::Done(id) => {
                 state.state = State::Done;
@@ -261,16 +263,16 @@ impl Worker {
                 state.store = Some(self.config.remote.clone());
                 state.error = None;
                 state.exit_code = None;
-                self.finish(&state, &message, AckKind::Ack).await;
                 (self.log)(&LogLine { id: Some(id), seconds, ..line("done", attempt) });
+                self.finish(&state, &message, AckKind::Ack).await;
             }
             Outcome::Failed { message: error, kind } if kind != ErrorKind::Environment => {
                 state.state = State::Failed;
                 state.error = Some(error.clone());
                 state.exit_code = Some(kind.exit_code());
-                self.finish(&state, &message, AckKind::Ack).await;
                 let exit_code = state.exit_code;
                 (self.log)(&LogLine { error: Some(error), exit_code, seconds, ..line("failed", attempt) });
+                self.finish(&state, &message, AckKind::Ack).await;
             }
             Outcome::Failed { message: error, kind } if attempt >= self.config.max_deliver => {
                 state.state = State::Dead;
@@ -286,20 +288,20 @@ impl Worker {
                 if let Err(err) = published {
                     tracing::warn!("dead-letter for {key}: {err}");
                 }
+                (self.log)(&LogLine { error: Some(error.clone()), seconds, ..line("dead", attempt) });
                 self.finish(&state, &message, AckKind::Term).await;
-                (self.log)(&LogLine { error: Some(error), seconds, ..line("dead", attempt) });
             }
             Outcome::Failed { message: error, .. } => {
                 let delay = Duration::from_secs(1 << attempt.min(5));
                 state.state = State::Queued;
                 state.error = Some(error.clone());
+                (self.log)(&LogLine { error: Some(error.clone()), seconds, ..line("retry", attempt) });
                 if let Err(err) = self.farm.put_state(&state).await {
                     tracing::warn!("{err}");
                 }
                 let retrying = JobEvent::Retrying { error: error.clone(), after_seconds: delay.as_secs() };
                 self.publish(&key, &retrying).await;
                 let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
-                (self.log)(&LogLine { error: Some(error), seconds, ..line("retry", attempt) });
             }
         }
     }

@@ -35,6 +35,7 @@ use crate::source::{SourceError, SourceRef};
 use crate::store::{StoreError, StoreLocation};
 use crate::tree::flatten::FlattenError;
 
+pub use crate::boot::HostKernel;
 pub use build::{build, Built};
 pub use convert::{convert, export_outdir, Converted};
 pub use mkfs::{mkfs, Made, MkfsPlan, MkfsSource};
@@ -91,13 +92,6 @@ impl OutputPlan {
         }
         Ok(())
     }
-}
-
-/// A kernel on the host: its bzImage and its `lib/modules/<version>` directory.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostKernel {
-    pub kernel: PathBuf,
-    pub modules: PathBuf,
 }
 
 /// How the root filesystem is laid out; part of the cache key.
