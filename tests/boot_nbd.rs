@@ -264,16 +264,16 @@ fn busybox_in(store: &Path) -> String {
     out["id"].as_str().unwrap().to_string()
 }
 
-/// The pids of the disk servers of `store` (`diskc serve --store STORE`), zombies aside.
+/// The pids of the disk servers of `store` (a `diskc serve` with an argument under it: its
+/// `--store`, or its files' `--shared` path for a remote store cached there), zombies aside.
 fn servers_of(store: &Path) -> Vec<u32> {
-    let store = store.display().to_string();
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let args: Vec<String> =
             cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if args.iter().any(|a| a == "serve") && args.contains(&store) {
+        if args.iter().any(|a| a == "serve") && args.iter().any(|a| Path::new(a).starts_with(store)) {
             pids.push(pid);
         }
     }
@@ -281,12 +281,17 @@ fn servers_of(store: &Path) -> Vec<u32> {
 }
 
 /// Waits until no disk server of `store` runs (they linger a moment after the last boot).
-fn assert_no_server_left(store: &Path) {
+fn wait_for_no_server(store: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !servers_of(store).is_empty() {
         assert!(Instant::now() < deadline, "disk servers left running: {:?}", servers_of(store));
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// No disk server of `store` is left, nor its sockets.
+fn assert_no_server_left(store: &Path) {
+    wait_for_no_server(store);
     let run = store.join("run");
     let sockets: Vec<_> = std::fs::read_dir(&run)
         .unwrap()
@@ -451,6 +456,13 @@ fn a_boot_from_a_cold_remote_store_fetches_only_what_the_guest_reads_then_by_its
     assert!(pulled_into.path().join(format!("images/{hex}.boot")).is_file());
     run_ok(s3.diskc(pulled_into.path()).args(["push", &id, &s3.url_at("other")]));
     assert!(s3.root().join(common::s3::BUCKET).join(format!("other/images/{hex}.boot")).is_file());
+
+    // A local store removed while its disk server lingers ends the server all the same.
+    let caches = [cache.path().to_path_buf(), other.path().to_path_buf()];
+    drop((cache, other));
+    for dir in caches {
+        wait_for_no_server(&dir);
+    }
 }
 
 #[test]

@@ -188,7 +188,16 @@ impl ControlServer {
         if self.idle_for().is_none_or(|idle| idle < linger) {
             return false;
         }
-        let Ok(Some(_lock)) = paths.flock(false) else { return false };
+        let _lock = match paths.flock(false) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => return false,
+            // The store (or its `run/`) is gone: no boot can reach this server any more.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
+            Err(e) => {
+                tracing::warn!("{}: {e}", paths.lock().display());
+                return false;
+            }
+        };
         self.poll();
         if self.idle_for().is_none() {
             return false;
@@ -339,5 +348,9 @@ mod tests {
         drop(lock);
         assert!(control.should_end(linger, &paths));
         assert!(!paths.nbd().exists() && !paths.control().exists(), "its sockets go with it");
+
+        // A store removed under an idle server (a test's, a cache wiped) ends it too.
+        let gone = SharedPaths::new(&dir.path().join("removed"), &store.location(), &id);
+        assert!(control.should_end(linger, &gone));
     }
 }
