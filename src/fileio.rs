@@ -365,6 +365,37 @@ pub fn start_writeback(file: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// A unix socket's path as `bind`/`connect` can take it, whatever its length: a socket
+/// address holds 108 bytes of path, so a longer one (a store deep in a home directory) is
+/// named through a descriptor of its directory, `/proc/self/fd/N/NAME`, which stays open
+/// as long as this value.
+pub struct SocketPath {
+    path: std::path::PathBuf,
+    _dir: Option<File>,
+}
+
+/// What a socket address holds, less its terminating NUL.
+const SOCKET_PATH_MAX: usize = 107;
+
+impl SocketPath {
+    pub fn new(path: &Path) -> io::Result<SocketPath> {
+        use std::os::unix::ffi::OsStrExt;
+        if path.as_os_str().as_bytes().len() <= SOCKET_PATH_MAX {
+            return Ok(SocketPath { path: path.to_path_buf(), _dir: None });
+        }
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a socket path"));
+        };
+        let dir = File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })?;
+        let path = Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name);
+        Ok(SocketPath { path, _dir: Some(dir) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,5 +481,19 @@ mod tests {
         open_quietly(&path).unwrap().read_to_end(&mut got).unwrap();
         assert_eq!(got, b"bytes");
         assert_eq!(open_quietly(&dir.path().join("absent")).unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_socket_path_longer_than_an_address_holds_binds_and_connects() {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a".repeat(60)).join("b".repeat(60));
+        std::fs::create_dir_all(&deep).unwrap();
+        let path = deep.join("server.sock");
+        assert!(UnixListener::bind(&path).is_err(), "the kernel took a {}-byte path", path.as_os_str().len());
+        let listener = UnixListener::bind(SocketPath::new(&path).unwrap().path()).unwrap();
+        assert!(path.exists(), "bound somewhere else than {}", path.display());
+        UnixStream::connect(SocketPath::new(&path).unwrap().path()).unwrap();
+        listener.accept().unwrap();
     }
 }

@@ -68,3 +68,19 @@ fn an_unknown_image_is_bad_input() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("neither a directory nor an image in the store"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_store_deep_in_a_long_path_boots() {
+    // The shared disk server's sockets live in the store: past the 108 bytes a socket
+    // address holds, they must still bind and connect.
+    ensure_base_images(&["busybox"]);
+    let dir = tempdir();
+    let store = dir.path().join("d".repeat(70)).join("e".repeat(70)).join("store");
+    let mut convert = diskc_with_kernel();
+    convert.env("DISKC_STORE", &store).args(["--json", "convert", &format!("docker-daemon:{BUSYBOX_IMAGE}")]);
+    let result: serde_json::Value = serde_json::from_slice(&run_ok(&mut convert).stdout).unwrap();
+    let id = result["id"].as_str().unwrap();
+    let out = boot_command(id, &["--", "echo", "deep"]).env("DISKC_STORE", &store).output().unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(program_lines(&out), ["deep"], "{}", stderr(&out));
+}

@@ -191,7 +191,9 @@ fn start(store: &Store, id: &ImageId, paths: &SharedPaths, cache_bytes: u64) -> 
     let fail = |what: String| BootError::DiskServer(format!("image {}: {what}", id.short()));
     let bind = |path: PathBuf| {
         let _ = std::fs::remove_file(&path);
-        UnixListener::bind(&path).map_err(|e| fail(format!("cannot listen on {}: {e}", path.display())))
+        crate::fileio::SocketPath::new(&path)
+            .and_then(|short| UnixListener::bind(short.path()))
+            .map_err(|e| fail(format!("cannot listen on {}: {e}", path.display())))
     };
     let nbd = bind(paths.nbd())?;
     let control = bind(paths.control())?;

@@ -36,7 +36,7 @@ pub struct SharedPaths {
 
 impl SharedPaths {
     /// In `dir`, for image `id` of the store at `location`. The name is a digest of both, cut
-    /// short so that socket paths stay within the 108 bytes a unix socket address allows.
+    /// short (a longer socket path is reached through its directory: `fileio::SocketPath`).
     pub fn new(dir: &Path, location: &str, id: &ImageId) -> SharedPaths {
         let key = Digest::of(format!("{location}\n{}", id.hex()).as_bytes()).hex();
         SharedPaths { base: dir.join(&key[..24]) }
@@ -253,7 +253,7 @@ impl ControlClient {
     /// Connects to the server at `socket` and attaches `session`, waiting `timeout` at most
     /// for the answer (a server just started answers once it has opened the image).
     pub fn attach(socket: &Path, session: &str, timeout: Duration) -> io::Result<(ControlClient, Report)> {
-        let stream = UnixStream::connect(socket)?;
+        let stream = UnixStream::connect(crate::fileio::SocketPath::new(socket)?.path())?;
         stream.set_read_timeout(Some(timeout))?;
         let reader = BufReader::new(stream.try_clone()?);
         let mut client = ControlClient { stream, reader };

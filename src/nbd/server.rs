@@ -16,6 +16,7 @@ use std::time::Duration;
 use super::export::Export;
 use super::protocol::{self as p, ExportInfo, Negotiated, Request};
 use super::NbdError;
+use crate::fileio::SocketPath;
 
 /// How often the accept loop looks at its stop condition.
 const TICK: Duration = Duration::from_millis(50);
@@ -119,21 +120,28 @@ pub struct Server {
 
 /// Binds a unix socket at `path`, replacing a stale one (a socket file nobody listens on,
 /// left by a server that was killed) but never a live server's or any other file.
+///
+/// The socket is bound under a name of its own and renamed into place, so `path` appears
+/// only once the socket listens: a client that waits for the path never finds it refusing.
 fn bind_unix(path: &Path) -> Result<UnixListener, NbdError> {
+    use std::os::unix::fs::FileTypeExt;
     let failed = |e: io::Error| NbdError::Bind(format!("unix:{}", path.display()), e);
-    match UnixListener::bind(path) {
-        Ok(l) => Ok(l),
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-            use std::os::unix::fs::FileTypeExt;
-            let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
-            if !is_socket || UnixStream::connect(path).is_ok() {
-                return Err(failed(e));
-            }
-            std::fs::remove_file(path).map_err(failed)?;
-            UnixListener::bind(path).map_err(failed)
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        let stale = meta.file_type().is_socket()
+            && UnixStream::connect(SocketPath::new(path).map_err(failed)?.path()).is_err();
+        if !stale {
+            return Err(failed(io::Error::from(io::ErrorKind::AddrInUse)));
         }
-        Err(e) => Err(failed(e)),
     }
+    let name = path.file_name().ok_or_else(|| failed(io::Error::from(io::ErrorKind::InvalidInput)))?;
+    let temp = path.with_file_name(format!(".{}.{}", name.to_string_lossy(), std::process::id()));
+    let _ = std::fs::remove_file(&temp);
+    let listener = UnixListener::bind(SocketPath::new(&temp).map_err(failed)?.path()).map_err(failed)?;
+    if let Err(e) = std::fs::rename(&temp, path) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(failed(e));
+    }
+    Ok(listener)
 }
 
 impl Server {
