@@ -59,6 +59,15 @@ pub fn run(args: ServeArgs, global: &GlobalArgs, rt: &tokio::runtime::Handle) ->
     let export = Arc::new(
         Export::from_store(&store, &id, cache_bytes).with_context(|| format!("serving {}", args.image))?,
     );
+    // With a boot profile, the chunks a boot reads first are decompressed while the VM
+    // starts, before it asks for them (from a remote store, the boot fetched them already).
+    if let Ok(Some(profile)) = store.boot_profile(&id) {
+        let export = export.clone();
+        std::thread::spawn(move || {
+            let loaded = export.warm(&profile);
+            tracing::info!(chunks = loaded, "cache warmed from the boot profile");
+        });
+    }
     let server = Server::bind(&address, export.clone())?;
     let shared = match (args.control, &args.shared) {
         (Some(fd), Some(base)) => {

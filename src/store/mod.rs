@@ -150,6 +150,10 @@ pub struct Store {
     /// Batches of chunks fetched from the upstream ([`Store::fetch_missing`] calls that
     /// fetched any).
     fetches: Arc<AtomicU64>,
+    /// The manifest read last: a boot reads its image's several times, and a large image's
+    /// lists tens of thousands of chunks. An id names one manifest's bytes forever, so only
+    /// whether it is still there needs a look.
+    last_image: Arc<Mutex<Option<(ImageId, StoredImage)>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -172,6 +176,7 @@ impl Store {
             upstream: None,
             upstream_chunks: Default::default(),
             fetches: Default::default(),
+            last_image: Default::default(),
         };
         for dir in ["tmp", "packs", "images", "names", "cache"] {
             let path = root.join(dir);
