@@ -5,7 +5,8 @@
 //! control connection open for as long as it runs: it attaches a session there (its VM then
 //! reads through the export name `<id>.<session>`, so the server counts what that VM read),
 //! asks for a report at its end, and sees the server die as the end of that connection.
-//! The server ends on its own [`Linger`] after its last boot and NBD client left.
+//! The server ends on its own a linger time (`diskc serve --linger-ms`, 2 s) after its last
+//! boot and NBD client left ([`ControlServer::should_end`]).
 //!
 //! Starting and ending are serialized by a flock on `BASE.lock`: a boot holds it while it
 //! connects to a live server or starts one; the server holds it (only ever trying, never
