@@ -186,7 +186,7 @@ enum Outcome {
 
 impl Worker {
     async fn handle(&self, message: jetstream::Message) {
-        let attempt = message.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
+        let delivered = message.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
         let job: Job = match serde_json::from_slice(&message.payload) {
             Ok(job) => job,
             Err(err) => {
@@ -211,6 +211,13 @@ impl Worker {
         let mut state = match self.farm.job_state(&key).await {
             Ok(Some((state, _))) => state,
             _ => JobState::queued(&job, &key),
+        };
+        // The attempts made are counted in the job's state as well as by the server: a
+        // delivery whose count reads low (seen here: a redelivery that said 1 again) must
+        // not make a job retry for ever when the server will not deliver it again.
+        let attempt = match state.state {
+            State::Queued | State::Running => delivered.max(state.attempts + 1),
+            _ => delivered,
         };
         // An earlier delivery finished but its ack was lost: the result stands.
         if state.state == State::Done {
