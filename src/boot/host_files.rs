@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::{initrd_image, BootError, KernelSource};
 use crate::digest::Digest;
-use crate::manifest::{BootFile, ImageConfig};
+use crate::manifest::{BootFile, BootPart, ImageConfig};
 
 /// A kernel on the host: its bzImage and its `lib/modules/<version>` directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,24 +20,29 @@ pub struct HostKernel {
 }
 
 impl HostKernel {
-    /// Writes the image's kernel to `out` from the host's kernel file when it has `want`'s
-    /// digest; `false` when the host's kernel is another one (or cannot be read).
-    pub fn kernel_to(&self, want: &BootFile, out: &Path) -> Result<bool, BootError> {
-        let Ok(bytes) = std::fs::read(&self.kernel) else { return Ok(false) };
-        write_if_same(&bytes, want, out)
-    }
-
-    /// Writes the image's initrd to `out`, made here from the host's kernel and modules and
-    /// `config`, when it comes out with `want`'s digest; `false` otherwise (another kernel,
-    /// or an image made by another diskc).
-    pub fn initrd_to(&self, config: &ImageConfig, want: &BootFile, out: &Path) -> Result<bool, BootError> {
-        let made =
-            KernelSource::from_host(&self.kernel, &self.modules).and_then(|k| initrd_image(&k, config));
+    /// Writes the image's kernel (`boot.kernel`) to `kernel_out` from the host's kernel file
+    /// when it has that digest, then its initrd (`boot.initrd`) to `initrd_out`, made here from
+    /// the host's modules and `config`, when that comes out with its digest. Whether each was
+    /// written: a host with another kernel writes neither (its initrd could not match either),
+    /// and an image made by another diskc gets only its kernel from here.
+    pub fn boot_files_to(
+        &self,
+        boot: &BootPart,
+        config: &ImageConfig,
+        kernel_out: &Path,
+        initrd_out: &Path,
+    ) -> Result<(bool, bool), BootError> {
+        let Ok(image) = std::fs::read(&self.kernel) else { return Ok((false, false)) };
+        if !write_if_same(&image, &boot.kernel, kernel_out)? {
+            return Ok((false, false));
+        }
+        let made = KernelSource::from_host_image(&self.kernel, image, &self.modules)
+            .and_then(|k| initrd_image(&k, config));
         match made {
-            Ok(bytes) => write_if_same(&bytes, want, out),
+            Ok(bytes) => Ok((true, write_if_same(&bytes, &boot.initrd, initrd_out)?)),
             Err(e) => {
                 tracing::info!(error = %e, "cannot make the initrd here: fetching it");
-                Ok(false)
+                Ok((true, false))
             }
         }
     }
@@ -61,17 +66,24 @@ mod tests {
         let host_kernel = dir.path().join("vmlinuz");
         std::fs::write(&host_kernel, b"the host's kernel").unwrap();
         let host = HostKernel { kernel: host_kernel, modules: dir.path().join("modules") };
-        let file = |bytes: &[u8]| BootFile {
-            file: "vmlinuz".into(),
-            digest: Digest::of(bytes),
-            size: bytes.len() as u64,
+        let file =
+            |bytes: &[u8]| BootFile { file: "f".into(), digest: Digest::of(bytes), size: bytes.len() as u64 };
+        let boot = |kernel: &[u8]| BootPart {
+            kernel: file(kernel),
+            kernel_version: "6.1.0-test".into(),
+            initrd: file(b"initrd"),
+            cmdline: String::new(),
         };
-        let out = dir.path().join("out");
-        assert!(!host.kernel_to(&file(b"another kernel"), &out).unwrap());
-        assert!(!out.exists(), "a kernel that is not the image's was written");
-        assert!(host.kernel_to(&file(b"the host's kernel"), &out).unwrap());
-        assert_eq!(std::fs::read(&out).unwrap(), b"the host's kernel");
-        // No modules directory: the initrd cannot be made here, so it is fetched.
-        assert!(!host.initrd_to(&ImageConfig::default(), &file(b"initrd"), &out).unwrap());
+        let (kernel_out, initrd_out) = (dir.path().join("k"), dir.path().join("i"));
+        let config = ImageConfig::default();
+        let other = host.boot_files_to(&boot(b"another kernel"), &config, &kernel_out, &initrd_out).unwrap();
+        assert_eq!(other, (false, false));
+        assert!(!kernel_out.exists(), "a kernel that is not the image's was written");
+        // The same kernel; no modules directory, so the initrd cannot be made here and is fetched.
+        let same =
+            host.boot_files_to(&boot(b"the host's kernel"), &config, &kernel_out, &initrd_out).unwrap();
+        assert_eq!(same, (true, false));
+        assert_eq!(std::fs::read(&kernel_out).unwrap(), b"the host's kernel");
+        assert!(!initrd_out.exists());
     }
 }

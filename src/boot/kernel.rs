@@ -81,6 +81,11 @@ impl KernelSource<'static> {
     /// the directory's name and must be the one the kernel image declares.
     pub fn from_host(kernel: &Path, modules: &Path) -> Result<Self, BootError> {
         let image = std::fs::read(kernel).map_err(|e| BootError::Read(kernel.to_path_buf(), e))?;
+        Self::from_host_image(kernel, image, modules)
+    }
+
+    /// [`KernelSource::from_host`] with the kernel file's bytes already read.
+    pub fn from_host_image(kernel: &Path, image: Vec<u8>, modules: &Path) -> Result<Self, BootError> {
         let version = modules
             .file_name()
             .and_then(|n| n.to_str())

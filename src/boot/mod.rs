@@ -278,20 +278,24 @@ impl BootSpec {
         let id = store.resolve(reference)?;
         let manifest = store.image(&id)?;
         let boot = manifest.boot.ok_or(BootError::NotBootable(id))?;
+        let (kernel, initrd) = (dir.join(KERNEL_FILE), dir.join(INITRD_FILE));
+        let from_host = match host.filter(|_| store.upstream().is_some()) {
+            Some(host) => host.boot_files_to(&boot, &manifest.config, &kernel, &initrd)?,
+            None => (false, false),
+        };
         let spec = BootSpec {
-            kernel: dir.join(KERNEL_FILE),
-            initrd: dir.join(INITRD_FILE),
+            kernel,
+            initrd,
             rootfs: RootDisk::Nbd { socket: dir.join(ROOTFS_SOCKET), export: id.hex() },
             cmdline: boot.cmdline,
             kernel_version: boot.kernel_version,
             kernel_digest: boot.kernel.digest,
             config: manifest.config,
         };
-        let host = host.filter(|_| store.upstream().is_some());
-        if !host.map_or(Ok(false), |h| h.kernel_to(&boot.kernel, &spec.kernel))? {
+        if !from_host.0 {
             store.export_file(&id, STORE_KERNEL, &spec.kernel)?;
         }
-        if !host.map_or(Ok(false), |h| h.initrd_to(&spec.config, &boot.initrd, &spec.initrd))? {
+        if !from_host.1 {
             store.export_file(&id, STORE_INITRD, &spec.initrd)?;
         }
         Ok((id, spec))
