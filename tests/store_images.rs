@@ -162,6 +162,31 @@ fn progress_counts_data_bytes_up_to_the_total() {
 }
 
 #[test]
+fn the_put_hashes_the_rootfs_whole_as_it_reads_it_unless_given_the_digest() {
+    let dir = common::tempdir();
+    let image = dir.path().join("rootfs.img");
+    // Holes at the start, between the data (more than one batch of it) and at the end: they
+    // hash as the zeros they read as.
+    sparse_file(
+        &image,
+        96 * MIB + 123,
+        &[(3 * MIB, bytes(7, 20 * MIB as usize + 5)), (60 * MIB, bytes(8, 9 * MIB as usize))],
+    );
+    let expect = diskc::digest::FileDigest::Blake3(blake3::hash(&fs::read(&image).unwrap()).into());
+    assert_eq!(diskc::pipeline::digest_file(&image).unwrap(), expect);
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let stored = store.put_image_with_progress(&image, &[], ImageRecord::default(), &|_| {}).unwrap();
+    assert_eq!(stored.rootfs_digest, expect);
+    assert_eq!(store.image(&stored.id).unwrap().rootfs.digest, Some(expect), "the manifest records it");
+    // A digest the caller computed is the one recorded (and the file is not hashed again).
+    let given = diskc::digest::FileDigest::Blake3([9; 32]);
+    let record = ImageRecord { rootfs_digest: Some(given), ..Default::default() };
+    let other = store.put_image_with_progress(&image, &[], record, &|_| {}).unwrap();
+    assert_eq!(other.rootfs_digest, given);
+    assert_ne!(other.id, stored.id, "the digest is part of the id");
+}
+
+#[test]
 fn boot_files_are_stored_and_exported_by_name() {
     let dir = common::tempdir();
     let (rootfs, kernel, initrd) = (dir.path().join("r"), dir.path().join("k"), dir.path().join("i"));

@@ -23,7 +23,7 @@ use crate::manifest::{
     BootPart, ImageConfig, ImageDescription, RootfsInfo, SourceInfo, FORMAT_VERSION, ROOTFS_FILE,
 };
 use crate::source;
-use crate::store::{ImageId, ImageRecord, Store, StoreError};
+use crate::store::{ImageId, ImageRecord, Store, StoreError, Stored};
 use crate::tree::FsTree;
 
 /// The result of a conversion.
@@ -153,7 +153,11 @@ fn run(
     let summary = write_rootfs(&tree, &options, &file, &plan.input)?;
     let boot = boot_part(output.kernel.as_ref(), &tree, &staging.path, &config.config)?;
     drop(tree); // the spools go with the last reference to them
-    let digest = digest_file(&rootfs_path)?;
+                // Into a store, the put hashes the rootfs as it reads it: one pass over the data.
+    let digest = match &store {
+        Some(_) => None,
+        None => Some(digest_file(&rootfs_path)?),
+    };
     timings.rootfs = lap(started, &timings);
     progress(Progress::RootfsWritten { bytes: summary.size_bytes, seconds: timings.rootfs });
 
@@ -172,14 +176,16 @@ fn run(
         config: config.config.clone(),
         rootfs: RootfsInfo {
             file: ROOTFS_FILE.to_string(),
-            digest,
+            digest: digest.unwrap_or(FileDigest::Blake3([0; 32])), // set by the put below
             size: summary.size_bytes,
             uuid: format_uuid(&summary.uuid),
         },
         boot,
     };
     if let Some(store) = &store {
-        let id = keep(store, &staging.path, &manifest, plan)?;
+        let stored = keep(store, &staging.path, &manifest, plan)?;
+        let id = stored.id;
+        manifest.rootfs.digest = stored.rootfs_digest;
         store.cache_put(&cache_key, &id)?;
         if let Some(to_save) = to_save {
             to_save.save(store, &id);
@@ -221,13 +227,14 @@ fn boot_part<C: crate::tree::Content>(
     Ok(Some(boot::prepare(dir, &kernel, config)?))
 }
 
-/// Puts the staged rootfs and boot files in the store, with what the manifest says of them.
+/// Puts the staged rootfs and boot files in the store, with what the manifest says of them
+/// but the rootfs digest, which the put computes.
 fn keep(
     store: &Store,
     staged: &Path,
     manifest: &ImageDescription,
     plan: &ConvertPlan,
-) -> Result<ImageId, StoreError> {
+) -> Result<Stored, StoreError> {
     let rootfs = staged.join(ROOTFS_FILE);
     let boot_files: Vec<(&str, PathBuf)> = match &manifest.boot {
         Some(b) => {
@@ -238,13 +245,13 @@ fn keep(
     let boot_files: Vec<(&str, &Path)> = boot_files.iter().map(|(n, p)| (*n, p.as_path())).collect();
     let record = ImageRecord {
         uuid: manifest.rootfs.uuid.clone(),
-        rootfs_digest: Some(manifest.rootfs.digest),
+        rootfs_digest: None,
         boot: manifest.boot.clone(),
         source: Some(manifest.source.clone()),
         config: manifest.config.clone(),
         build: plan.output.build_inputs.clone(),
     };
-    store.put_image(&rootfs, &boot_files, record)
+    store.put_image_with_progress(&rootfs, &boot_files, record, &|_| {})
 }
 
 fn name_image(store: &Store, id: &ImageId, names: &[String]) -> Result<(), StoreError> {

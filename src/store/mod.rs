@@ -80,7 +80,7 @@ pub use layers::{chain_ids, LayerData, SavedLayer};
 pub use migrate::MigrateReport;
 use names::encode_name;
 pub use names::{ImageSummary, Removed};
-pub use put::PutProgress;
+pub use put::{PutProgress, Stored};
 pub use remote::{is_remote, Remote};
 pub use remote_gc::DEFAULT_GRACE;
 pub use transfer::{Transfer, TransferProgress};

@@ -1,7 +1,8 @@
-//! Putting an image into the store: files cut into chunks on a reading thread, each batch
-//! hashed and its new chunks compressed on every core (one zstd compressor per thread), the
-//! frames appended to packs (one fsync per pack), then the manifest, once everything it
-//! references is durable.
+//! Putting an image into the store: files cut into chunks on a reading thread (which also
+//! hashes the rootfs whole, when the caller has not), each batch hashed and its new chunks
+//! compressed on every core (one zstd compressor per thread), the frames appended to packs
+//! on a thread of their own (one fsync per pack, while the next batch is compressed), then
+//! the manifest, once everything it references is durable.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -18,7 +19,7 @@ use super::packs::PackWriter;
 use super::{
     ChunkRef, ImageId, ImageRecord, Store, StoreError, StoredFile, StoredImage, StoredRootfs, STORE_FORMAT,
 };
-use crate::digest::Digest;
+use crate::digest::{Digest, FileDigest};
 use crate::fileio::{self, is_zero};
 
 /// zstd level for chunks: level 1 stores ext4 data about 3 % larger than level 3 at about
@@ -53,17 +54,19 @@ impl Store {
         boot_files: &[(&str, &Path)],
         record: ImageRecord,
     ) -> Result<ImageId, StoreError> {
-        self.put_image_with_progress(rootfs, boot_files, record, &|_| {})
+        Ok(self.put_image_with_progress(rootfs, boot_files, record, &|_| {})?.id)
     }
 
-    /// [`Store::put_image`], reporting progress after each batch of chunks.
+    /// [`Store::put_image`], reporting progress after each batch of chunks. Without a
+    /// `record.rootfs_digest`, the put hashes the rootfs as it reads it (one pass over the
+    /// data instead of two) and returns the digest with the id.
     pub fn put_image_with_progress(
         &self,
         rootfs: &Path,
         boot_files: &[(&str, &Path)],
         record: ImageRecord,
         progress: &(dyn Fn(PutProgress) + Sync),
-    ) -> Result<ImageId, StoreError> {
+    ) -> Result<Stored, StoreError> {
         let _lock = self.shared_lock()?;
         sweep_dead_temp_files(&self.tmp_dir());
         // With the lock held, no gc runs until this put ends: what the index says is present
@@ -81,13 +84,16 @@ impl Store {
         let total = inputs.iter().flat_map(|i| &i.extents).map(|r| r.end - r.start).sum();
         let mut done = 0;
         let mut rootfs_file = None;
+        let mut rootfs_digest = record.rootfs_digest;
         let mut files = BTreeMap::new();
         let mut writer = PackWriter::new(self);
         for input in &inputs {
-            let stored = self.store_file(input, &mut writer, &mut |bytes| {
+            let hash_whole = input.name.is_none() && rootfs_digest.is_none();
+            let (stored, digest) = self.store_file(input, hash_whole, &mut writer, &mut |bytes| {
                 done += bytes;
                 progress(PutProgress { done, total });
             })?;
+            rootfs_digest = rootfs_digest.or(digest);
             match input.name {
                 None => rootfs_file = Some(stored),
                 Some(name) => {
@@ -103,7 +109,7 @@ impl Store {
             store_format: STORE_FORMAT,
             rootfs: StoredRootfs {
                 uuid: record.uuid,
-                digest: record.rootfs_digest,
+                digest: rootfs_digest,
                 file: rootfs_file.expect("the rootfs is the first input"),
             },
             files,
@@ -127,26 +133,33 @@ impl Store {
         if self.upstream.is_some() {
             self.publish(&id, fs::read(&path).map_err(StoreError::io(&path))?)?;
         }
-        Ok(id)
+        Ok(Stored { id, rootfs_digest: rootfs_digest.expect("the rootfs is hashed unless given") })
     }
 
-    /// Cuts `file` into chunks, stores the ones not yet present (in parallel) and returns the
-    /// chunk list. One thread reads ahead while the pool hashes and compresses.
+    /// Cuts `file` into chunks, stores the ones not yet present and returns the chunk list,
+    /// with the whole file's BLAKE3 if `hash_whole`. Three stages run at once: one thread
+    /// reads and cuts (and hashes whole), the pool hashes and compresses a batch, and one
+    /// thread appends the previous batch to the pack, so a pack's fsync stalls nothing.
     fn store_file(
         &self,
         input: &Input,
+        hash_whole: bool,
         writer: &mut PackWriter,
         progress: &mut dyn FnMut(u64),
-    ) -> Result<StoredFile, StoreError> {
+    ) -> Result<(StoredFile, Option<FileDigest>), StoreError> {
         let Input { path, file, size, extents, .. } = input;
         let chunking = self.chunking;
         let (send, receive) = sync_channel::<Vec<RawChunk>>(1);
-        let mut chunks = Vec::new();
+        let (send_prepared, receive_prepared) = sync_channel::<Vec<Prepared>>(1);
         std::thread::scope(|scope| {
             let reader = scope.spawn(move || {
+                let mut whole = hash_whole.then(WholeFile::default);
                 let mut batch = Vec::new();
                 let mut bytes = 0;
                 let sent = chunking::read_chunks(file, *size, extents, chunking, |chunk: RawChunk| {
+                    if let Some(whole) = &mut whole {
+                        whole.update(chunk.offset, &chunk.data);
+                    }
                     bytes += chunk.data.len();
                     batch.push(chunk);
                     if bytes >= BATCH_BYTES {
@@ -156,35 +169,49 @@ impl Store {
                     }
                     Ok::<(), io::Error>(())
                 });
-                sent.and_then(|()| send.send(batch).map_err(|_| io::Error::other("put stopped")))
+                sent.and_then(|()| send.send(batch).map_err(|_| io::Error::other("put stopped")))?;
+                Ok::<_, io::Error>(whole.map(|w| w.finish(*size)))
             });
-            let stored = (|| {
-                for batch in receive {
-                    let bytes: u64 = batch.iter().map(|c| c.data.len() as u64).sum();
-                    let results: Vec<(Option<ChunkRef>, Option<Vec<u8>>)> = batch
-                        .into_par_iter()
-                        .map(|chunk| self.prepare_chunk(chunk))
-                        .collect::<Result<_, _>>()?;
-                    for (chunk, frame) in results {
+            let appender = scope.spawn(move || {
+                let mut chunks = Vec::new();
+                for batch in receive_prepared {
+                    for (chunk, frame) in batch {
                         if let (Some(chunk), Some(frame)) = (&chunk, frame) {
                             writer.append(chunk.digest, &frame, chunk.size as u32)?;
                         }
                         chunks.extend(chunk);
                     }
+                }
+                Ok::<_, StoreError>(chunks)
+            });
+            let prepared = (|| {
+                for batch in receive {
+                    let bytes: u64 = batch.iter().map(|c| c.data.len() as u64).sum();
+                    let results: Vec<Prepared> = batch
+                        .into_par_iter()
+                        .map(|chunk| self.prepare_chunk(chunk))
+                        .collect::<Result<_, _>>()?;
+                    if send_prepared.send(results).is_err() {
+                        break; // the appender failed: its error is the one to report
+                    }
                     progress(bytes);
                 }
                 Ok::<(), StoreError>(())
             })();
+            drop(send_prepared);
+            // Dropping the receivers stops the other stages early when one fails.
+            let appended = appender.join().expect("the pack appender does not panic");
             let read = reader.join().expect("the chunk reader does not panic");
-            stored?;
-            read.map_err(StoreError::io(path))
-        })?;
-        Ok(StoredFile { size: *size, chunking: chunking.to_string(), chunks })
+            prepared?;
+            let chunks = appended?;
+            let whole = read.map_err(StoreError::io(path))?;
+            Ok((StoredFile { size: *size, chunking: chunking.to_string(), chunks }, whole))
+        })
     }
 
     /// Hashes one chunk and, unless it is all zeros (recorded by its absence) or already
     /// stored, compresses it: the frame to append to a pack.
-    fn prepare_chunk(&self, chunk: RawChunk) -> Result<(Option<ChunkRef>, Option<Vec<u8>>), StoreError> {
+    fn prepare_chunk(&self, chunk: RawChunk) -> Result<Prepared, StoreError> {
         if is_zero(&chunk.data) {
             return Ok((None, None));
         }
@@ -204,6 +231,46 @@ impl Store {
             })
             .map_err(StoreError::io(&self.tmp_dir()))?;
         Ok((Some(chunk_ref), Some(frame)))
+    }
+}
+
+/// What a put returns: the image's id and its rootfs digest (given or computed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub id: ImageId,
+    pub rootfs_digest: FileDigest,
+}
+
+/// A chunk as listed in the manifest (none if all zeros) and its frame, if it is new here.
+type Prepared = (Option<ChunkRef>, Option<Vec<u8>>);
+
+/// The BLAKE3 of a file hashed chunk by chunk in file order; holes hash as the zeros they
+/// read as (the same digest as `pipeline::digest_file`).
+#[derive(Default)]
+struct WholeFile {
+    hasher: blake3::Hasher,
+    at: u64,
+}
+
+impl WholeFile {
+    fn update(&mut self, offset: u64, data: &[u8]) {
+        self.zeros_to(offset);
+        self.hasher.update(data);
+        self.at = offset + data.len() as u64;
+    }
+
+    fn zeros_to(&mut self, end: u64) {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        while self.at < end {
+            let n = (end - self.at).min(ZEROS.len() as u64);
+            self.hasher.update(&ZEROS[..n as usize]);
+            self.at += n;
+        }
+    }
+
+    fn finish(mut self, size: u64) -> FileDigest {
+        self.zeros_to(size);
+        FileDigest::Blake3(self.hasher.finalize().into())
     }
 }
 
