@@ -63,6 +63,22 @@ impl WriteAt for File {
     }
 }
 
+/// Copies the data `extents` of `src` to `dest`, each moved by `shift` (dest offset = src
+/// offset + shift), in pieces of at most 32 MiB on every core: an in-kernel copy between page
+/// caches costs a core per ~0.6 GB/s here, and one layer's data is often most of an image's.
+pub fn copy_extents(src: &File, extents: &[Range<u64>], dest: &File, shift: i64) -> io::Result<()> {
+    use rayon::prelude::*;
+    const PIECE: u64 = 32 << 20;
+    let pieces: Vec<Range<u64>> = extents
+        .iter()
+        .flat_map(|e| (e.start..e.end).step_by(PIECE as usize).map(move |at| at..(at + PIECE).min(e.end)))
+        .collect();
+    pieces.into_par_iter().try_for_each(|p| {
+        let to = p.start.checked_add_signed(shift).ok_or_else(|| io::Error::other("copy below offset 0"))?;
+        copy_range(src, p.start, dest, to, p.end - p.start)
+    })
+}
+
 /// Copies `len` bytes of `src` at `src_offset` to `dest` at `dest_offset` with
 /// copy_file_range: the bytes move between page caches without a trip through user space.
 /// Falls back to a buffer where the kernel cannot (other filesystems, old kernels). `src` and
@@ -401,6 +417,40 @@ mod tests {
     use super::*;
 
     const B: usize = BLOCK_SIZE as usize;
+
+    #[test]
+    fn copy_extents_moves_every_piece_by_the_shift_and_leaves_holes_alone() {
+        const M: u64 = 1 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let src = File::options().read(true).write(true).create(true).open(dir.path().join("src")).unwrap();
+        // 70 MiB of data (three pieces), then one block further on.
+        let big: Vec<u8> = (0..70 * M).map(|i| (i % 251) as u8 ^ (i >> 20) as u8).collect();
+        src.write_all_at(&big, 3 * M).unwrap();
+        src.write_all_at(&[7; B], 100 * M).unwrap();
+        let extents = data_extents(&src, src.metadata().unwrap().len()).unwrap();
+        for shift in [5 * M as i64, -(3 * M as i64)] {
+            let dest = File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(dir.path().join("dest"))
+                .unwrap();
+            copy_extents(&src, &extents, &dest, shift).unwrap();
+            let at = |offset: u64| offset.checked_add_signed(shift).unwrap();
+            let mut back = vec![0u8; big.len()];
+            dest.read_exact_at(&mut back, at(3 * M)).unwrap();
+            assert!(back == big, "shift {shift}");
+            let mut block = [0u8; B];
+            dest.read_exact_at(&mut block, at(100 * M)).unwrap();
+            assert_eq!(block, [7; B]);
+            let copied = data_extents(&dest, dest.metadata().unwrap().len()).unwrap();
+            let expect: Vec<_> = extents.iter().map(|e| at(e.start)..at(e.end)).collect();
+            assert_eq!(copied, expect, "shift {shift}: the holes between stay holes");
+        }
+        let below = File::create(dir.path().join("below")).unwrap();
+        assert!(copy_extents(&src, &extents, &below, -(4 * M as i64)).is_err(), "nothing lands below 0");
+    }
 
     #[test]
     fn nonzero_runs_are_whole_blocks_aligned_to_the_file() {

@@ -137,8 +137,8 @@ impl Store {
     }
 
     /// Cuts `file` into chunks, stores the ones not yet present and returns the chunk list,
-    /// with the whole file's BLAKE3 if `hash_whole`. Three stages run at once: one thread
-    /// reads and cuts (and hashes whole), the pool hashes and compresses a batch, and one
+    /// with the whole file's BLAKE3 if `hash_whole`. The stages run at once: one thread reads
+    /// and cuts, one hashes the whole file, the pool hashes and compresses a batch, and one
     /// thread appends the previous batch to the pack, so a pack's fsync stalls nothing.
     fn store_file(
         &self,
@@ -149,28 +149,42 @@ impl Store {
     ) -> Result<(StoredFile, Option<FileDigest>), StoreError> {
         let Input { path, file, size, extents, .. } = input;
         let chunking = self.chunking;
+        let (send_read, receive_read) = sync_channel::<Vec<RawChunk>>(1);
         let (send, receive) = sync_channel::<Vec<RawChunk>>(1);
         let (send_prepared, receive_prepared) = sync_channel::<Vec<Prepared>>(1);
         std::thread::scope(|scope| {
             let reader = scope.spawn(move || {
-                let mut whole = hash_whole.then(WholeFile::default);
                 let mut batch = Vec::new();
                 let mut bytes = 0;
                 let sent = chunking::read_chunks(file, *size, extents, chunking, |chunk: RawChunk| {
-                    if let Some(whole) = &mut whole {
-                        whole.update(chunk.offset, &chunk.data);
-                    }
                     bytes += chunk.data.len();
                     batch.push(chunk);
                     if bytes >= BATCH_BYTES {
                         bytes = 0;
                         // The receiver is gone only when storing failed; that error wins.
-                        send.send(std::mem::take(&mut batch)).map_err(|_| io::Error::other("put stopped"))?;
+                        send_read
+                            .send(std::mem::take(&mut batch))
+                            .map_err(|_| io::Error::other("put stopped"))?;
                     }
                     Ok::<(), io::Error>(())
                 });
-                sent.and_then(|()| send.send(batch).map_err(|_| io::Error::other("put stopped")))?;
-                Ok::<_, io::Error>(whole.map(|w| w.finish(*size)))
+                sent.and_then(|()| send_read.send(batch).map_err(|_| io::Error::other("put stopped")))
+            });
+            // The whole-file hash is sequential: a stage of its own, so that cutting (on the
+            // reader) and hashing the whole (here) each take one core.
+            let whole_hasher = scope.spawn(move || {
+                let mut whole = hash_whole.then(WholeFile::default);
+                for batch in receive_read {
+                    if let Some(whole) = &mut whole {
+                        for chunk in &batch {
+                            whole.update(chunk.offset, &chunk.data);
+                        }
+                    }
+                    if send.send(batch).is_err() {
+                        return None; // storing failed: that error wins
+                    }
+                }
+                whole.map(|w| w.finish(*size))
             });
             let appender = scope.spawn(move || {
                 let mut chunks = Vec::new();
@@ -201,10 +215,11 @@ impl Store {
             drop(send_prepared);
             // Dropping the receivers stops the other stages early when one fails.
             let appended = appender.join().expect("the pack appender does not panic");
+            let whole = whole_hasher.join().expect("the whole-file hasher does not panic");
             let read = reader.join().expect("the chunk reader does not panic");
             prepared?;
             let chunks = appended?;
-            let whole = read.map_err(StoreError::io(path))?;
+            read.map_err(StoreError::io(path))?;
             Ok((StoredFile { size: *size, chunking: chunking.to_string(), chunks }, whole))
         })
     }

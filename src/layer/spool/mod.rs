@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::meter::LayerMeter;
-use crate::fileio::{self, copy_range, data_extents_in, punch_hole};
+use crate::fileio::{self, copy_extents, copy_range, data_extents_in, punch_hole};
 use crate::layout::{ALIGN_BYTES, ALIGN_FILES_FROM, BLOCK_SIZE, DATA_START_BYTES};
 use crate::tree::Content;
 
@@ -94,9 +94,7 @@ impl Spool {
     pub(crate) fn save_data(&self, out: &File) -> io::Result<()> {
         debug_assert!(!self.settled.load(Ordering::Acquire));
         let (base, len) = (self.at(), self.len());
-        for e in data_extents_in(&self.file, base..base + len)? {
-            copy_range(&self.file, e.start, out, e.start - base, e.end - e.start)?;
-        }
+        copy_extents(&self.file, &data_extents_in(&self.file, base..base + len)?, out, -(base as i64))?;
         out.set_len(len)
     }
 }
@@ -374,9 +372,7 @@ impl SpoolWriter {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "the saved layer is larger than a slot"));
         }
         let base = self.spool.base;
-        for e in data_extents_in(data, 0..len)? {
-            copy_range(data, e.start, &self.spool.file, base + e.start, e.end - e.start)?;
-        }
+        copy_extents(data, &data_extents_in(data, 0..len)?, &self.spool.file, base as i64)?;
         self.len = len;
         self.spool.len.store(len, Ordering::Relaxed);
         Ok(())
