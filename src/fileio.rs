@@ -422,7 +422,8 @@ mod tests {
     fn copy_extents_moves_every_piece_by_the_shift_and_leaves_holes_alone() {
         const M: u64 = 1 << 20;
         let dir = tempfile::tempdir().unwrap();
-        let src = File::options().read(true).write(true).create(true).open(dir.path().join("src")).unwrap();
+        let src =
+            File::options().read(true).write(true).create_new(true).open(dir.path().join("src")).unwrap();
         // 70 MiB of data (three pieces), then one block further on.
         let big: Vec<u8> = (0..70 * M).map(|i| (i % 251) as u8 ^ (i >> 20) as u8).collect();
         src.write_all_at(&big, 3 * M).unwrap();
