@@ -6,7 +6,8 @@
 #       Runs CMD BENCH_RUNS times (default 1) and prints one line `LABEL seconds peak_rss_mib`:
 #       the median wall time and the largest peak RSS over the runs, measured by GNU time
 #       (`/usr/bin/time -f '%e %M'`). Before each run, untimed, it evals BENCH_PREPARE when set
-#       (e.g. `BENCH_PREPARE='rm -rf out' bench_time ...` to start each run from scratch).
+#       (e.g. `BENCH_PREPARE='rm -rf out' bench_time ...` to start each run from scratch), then
+#       syncs, so no earlier write is written back during the run.
 #       A failing CMD prints `LABEL FAILED (exit N)` and returns N.
 #       Peak RSS is that of the largest single process CMD ran (for `bash -c 'a | b'`, the
 #       larger of a and b); work done inside a daemon, such as dockerd, is not counted.
@@ -45,6 +46,9 @@ _bench_once() {
   if [ -n "${BENCH_PREPARE:-}" ]; then
     eval "$BENCH_PREPARE"
   fi
+  # What the preparation or the run before wrote (gigabytes, here) is written back now, not
+  # during the timed run.
+  sync
   out=$(mktemp)
   "$BENCH_TIME_BIN" -f '%e %M' -o "$out" "$@" || status=$?
   # The format line is GNU time's last (a note about a signal may come before it).
