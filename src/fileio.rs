@@ -66,6 +66,8 @@ impl WriteAt for File {
 /// Copies the data `extents` of `src` to `dest`, each moved by `shift` (dest offset = src
 /// offset + shift), in pieces of at most 32 MiB on every core: an in-kernel copy between page
 /// caches costs a core per ~0.6 GB/s here, and one layer's data is often most of an image's.
+/// The pieces are copied in any order: `src` and `dest` must not be one file whose source
+/// and destination ranges overlap.
 pub fn copy_extents(src: &File, extents: &[Range<u64>], dest: &File, shift: i64) -> io::Result<()> {
     use rayon::prelude::*;
     const PIECE: u64 = 32 << 20;

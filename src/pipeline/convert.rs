@@ -153,7 +153,8 @@ fn run(
     let summary = write_rootfs(&tree, &options, &file, &plan.input)?;
     let boot = boot_part(output.kernel.as_ref(), &tree, &staging.path, &config.config)?;
     drop(tree); // the spools go with the last reference to them
-                // Into a store, the put hashes the rootfs as it reads it: one pass over the data.
+
+    // Into a store, the put hashes the rootfs as it reads it: one pass over the data.
     let digest = match &store {
         Some(_) => None,
         None => Some(digest_file(&rootfs_path)?),

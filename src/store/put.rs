@@ -1,5 +1,5 @@
-//! Putting an image into the store: files cut into chunks on a reading thread (which also
-//! hashes the rootfs whole, when the caller has not), each batch hashed and its new chunks
+//! Putting an image into the store: files cut into chunks on a reading thread, the rootfs
+//! hashed whole on another (when the caller has not), each batch hashed and its new chunks
 //! compressed on every core (one zstd compressor per thread), the frames appended to packs
 //! on a thread of their own (one fsync per pack, while the next batch is compressed), then
 //! the manifest, once everything it references is durable.
@@ -28,8 +28,9 @@ use crate::fileio::{self, is_zero};
 const ZSTD_LEVEL: i32 = 1;
 /// Manifests are small and written once: a higher level is affordable.
 const MANIFEST_ZSTD_LEVEL: i32 = 9;
-/// Bytes of chunks read ahead of the parallel hash/compress stage: enough work per batch to
-/// keep every core busy, small enough that the batches in flight stay well under 100 MiB.
+/// Bytes of chunks per batch: enough work to keep every core busy. The stages hand batches on
+/// without a queue between reader, whole-file hasher and pool, so about three raw batches
+/// and two of frames are in flight: under 100 MiB.
 const BATCH_BYTES: usize = 16 << 20;
 
 thread_local! {
@@ -149,8 +150,9 @@ impl Store {
     ) -> Result<(StoredFile, Option<FileDigest>), StoreError> {
         let Input { path, file, size, extents, .. } = input;
         let chunking = self.chunking;
-        let (send_read, receive_read) = sync_channel::<Vec<RawChunk>>(1);
-        let (send, receive) = sync_channel::<Vec<RawChunk>>(1);
+        // Hand-offs, not queues: each stage holds the batch it works on, and no more.
+        let (send_read, receive_read) = sync_channel::<Vec<RawChunk>>(0);
+        let (send, receive) = sync_channel::<Vec<RawChunk>>(0);
         let (send_prepared, receive_prepared) = sync_channel::<Vec<Prepared>>(1);
         std::thread::scope(|scope| {
             let reader = scope.spawn(move || {
