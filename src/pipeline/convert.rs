@@ -155,46 +155,52 @@ fn run(
     drop(tree); // the spools go with the last reference to them
 
     // Into a store, the put hashes the rootfs as it reads it: one pass over the data.
-    let digest = match &store {
+    let hashed = match &store {
         Some(_) => None,
         None => Some(digest_file(&rootfs_path)?),
     };
     timings.rootfs = lap(started, &timings);
     progress(Progress::RootfsWritten { bytes: summary.size_bytes, seconds: timings.rootfs });
 
-    let mut manifest = ImageDescription {
+    let source = SourceInfo {
+        reference: plan.input.clone(),
+        manifest_digest: resolved.manifest_digest,
+        config_digest: resolved.config_digest,
+        layers: resolved.layers.iter().map(|l| l.digest).collect(),
+        diff_ids: config.diff_ids.clone(),
+        platform: config.platform.clone(),
+    };
+    let uuid = format_uuid(&summary.uuid);
+    let (id, digest) = match &store {
+        Some(store) => {
+            let record = ImageRecord {
+                uuid: uuid.clone(),
+                rootfs_digest: hashed,
+                boot: boot.clone(),
+                source: Some(source.clone()),
+                config: config.config.clone(),
+                build: output.build_inputs.clone(),
+            };
+            let stored = keep(store, &staging.path, record)?;
+            store.cache_put(&cache_key, &stored.id)?;
+            if let Some(to_save) = to_save {
+                to_save.save(store, &stored.id);
+            }
+            name_image(store, &stored.id, &output.names)?;
+            timings.store = lap(started, &timings);
+            (Some(stored.id.to_string()), stored.rootfs_digest)
+        }
+        None => (None, hashed.expect("without a store, the rootfs was hashed above")),
+    };
+    let manifest = ImageDescription {
         diskc_version: env!("CARGO_PKG_VERSION").to_string(),
         format_version: FORMAT_VERSION,
-        id: None,
-        source: SourceInfo {
-            reference: plan.input.clone(),
-            manifest_digest: resolved.manifest_digest,
-            config_digest: resolved.config_digest,
-            layers: resolved.layers.iter().map(|l| l.digest).collect(),
-            diff_ids: config.diff_ids.clone(),
-            platform: config.platform.clone(),
-        },
+        id,
+        source,
         config: config.config.clone(),
-        rootfs: RootfsInfo {
-            file: ROOTFS_FILE.to_string(),
-            digest: digest.unwrap_or(FileDigest::Blake3([0; 32])), // set by the put below
-            size: summary.size_bytes,
-            uuid: format_uuid(&summary.uuid),
-        },
+        rootfs: RootfsInfo { file: ROOTFS_FILE.to_string(), digest, size: summary.size_bytes, uuid },
         boot,
     };
-    if let Some(store) = &store {
-        let stored = keep(store, &staging.path, &manifest, plan)?;
-        let id = stored.id;
-        manifest.rootfs.digest = stored.rootfs_digest;
-        store.cache_put(&cache_key, &id)?;
-        if let Some(to_save) = to_save {
-            to_save.save(store, &id);
-        }
-        name_image(store, &id, &output.names)?;
-        manifest.id = Some(id.to_string());
-        timings.store = lap(started, &timings);
-    }
     if let Some(outdir) = &output.outdir {
         write_manifest(&staging.path, &manifest)?;
         staging.commit(outdir)?;
@@ -228,30 +234,16 @@ fn boot_part<C: crate::tree::Content>(
     Ok(Some(boot::prepare(dir, &kernel, config)?))
 }
 
-/// Puts the staged rootfs and boot files in the store, with what the manifest says of them
-/// but the rootfs digest, which the put computes.
-fn keep(
-    store: &Store,
-    staged: &Path,
-    manifest: &ImageDescription,
-    plan: &ConvertPlan,
-) -> Result<Stored, StoreError> {
+/// Puts the staged rootfs and boot files (as `record.boot` names them) in the store.
+fn keep(store: &Store, staged: &Path, record: ImageRecord) -> Result<Stored, StoreError> {
     let rootfs = staged.join(ROOTFS_FILE);
-    let boot_files: Vec<(&str, PathBuf)> = match &manifest.boot {
+    let boot_files: Vec<(&str, PathBuf)> = match &record.boot {
         Some(b) => {
             vec![(STORE_KERNEL, staged.join(&b.kernel.file)), (STORE_INITRD, staged.join(&b.initrd.file))]
         }
         None => Vec::new(),
     };
     let boot_files: Vec<(&str, &Path)> = boot_files.iter().map(|(n, p)| (*n, p.as_path())).collect();
-    let record = ImageRecord {
-        uuid: manifest.rootfs.uuid.clone(),
-        rootfs_digest: None,
-        boot: manifest.boot.clone(),
-        source: Some(manifest.source.clone()),
-        config: manifest.config.clone(),
-        build: plan.output.build_inputs.clone(),
-    };
     store.put_image_with_progress(&rootfs, &boot_files, record, &|_| {})
 }
 
