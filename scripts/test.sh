@@ -103,6 +103,10 @@ else
   else
     record fuzz "$(elapsed "$t")" "FAILED (log: $TARGET/fuzz-output.log)"
     status=1
+    # What CI keeps is this script's output: the fuzzer's report (the failing target, the
+    # panic or limit it hit, the input as base64) must be in it, not only in the log.
+    echo "test: the fuzz phase failed; the end of its log:"
+    tail -n 60 "$TARGET/fuzz-output.log"
   fi
 fi
 
