@@ -201,6 +201,9 @@ struct Case {
     layers: Vec<Vec<u8>>,
     /// Lower layers the store has saved when this case is converted.
     reused: u64,
+    /// Bytes of the rootfs the store must take from the image it holds: the base layer's
+    /// data (5 MiB), where that image kept it too.
+    store_reuses: u64,
 }
 
 fn saved_layers(store: &Path) -> Vec<PathBuf> {
@@ -222,16 +225,19 @@ fn incremental_conversions_write_the_bytes_of_cold_ones() {
             name: "top-changed",
             layers: vec![l.base.clone(), l.middle.clone(), l.top_changed.clone()],
             reused: 2,
+            store_reuses: 4 << 20,
         },
         Case {
             name: "middle-changed",
             layers: vec![l.base.clone(), l.middle_changed.clone(), l.top.clone()],
             reused: 1,
+            store_reuses: 4 << 20,
         },
         Case {
             name: "top-deleting",
             layers: vec![l.base.clone(), l.middle.clone(), l.top_deleting.clone()],
             reused: 2,
+            store_reuses: 0,
         },
         // The stored image with the deleting top kept little of the lower layers' data;
         // an image over the same lower layers that deletes nothing needs all of it.
@@ -239,12 +245,14 @@ fn incremental_conversions_write_the_bytes_of_cold_ones() {
             name: "top-not-deleting",
             layers: vec![l.base.clone(), l.middle.clone(), l.top_changed_again()],
             reused: 2,
+            store_reuses: 0,
         },
     ];
 
     let first_ref = oci_layout(&dir.path().join("first"), &first);
     let cold = convert(&first_ref, &["--store", store_arg, "--no-journal"], &[]);
     assert_eq!(cold["layers_reused"], 0);
+    assert_eq!(cold["store_reused_bytes"], 0);
     assert_eq!(saved_layers(&store).len(), 3, "every layer of the first image is saved");
 
     for case in &cases {
@@ -257,6 +265,12 @@ fn incremental_conversions_write_the_bytes_of_cold_ones() {
             &[],
         );
         assert_eq!(warm["layers_reused"], case.reused, "{}: {warm}", case.name);
+        let store_reused = warm["store_reused_bytes"].as_u64().unwrap();
+        assert!(
+            store_reused >= case.store_reuses,
+            "{}: {store_reused} bytes taken from the store",
+            case.name
+        );
         assert_eq!(warm["cache_hit"], false);
         let cold =
             convert(&reference, &["--no-store", "--no-journal", "-o", cold_out.to_str().unwrap()], &[]);
@@ -306,7 +320,7 @@ fn saved_layers_go_with_their_images_and_stay_within_their_bound() {
     // Removing b's images as well leaves none.
     let ids: Vec<String> = fs::read_dir(store.join("images"))
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().split('.').next().unwrap().to_string())
+        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".json.zst").map(str::to_string))
         .collect();
     for id in ids {
         run_ok(diskc().args(["rm", "--store", store_arg, &id]));

@@ -187,6 +187,7 @@ pub fn print_result(
             "id": m.id,
             "cache_hit": converted.cache_hit,
             "layers_reused": converted.layers_reused,
+            "store_reused_bytes": converted.store_reused_bytes,
             "daemon_layers": converted.daemon_layers,
             "outdir": converted.outdir,
             "rootfs": m.rootfs,

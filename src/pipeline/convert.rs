@@ -23,7 +23,7 @@ use crate::manifest::{
     BootPart, ImageConfig, ImageDescription, RootfsInfo, SourceInfo, FORMAT_VERSION, ROOTFS_FILE,
 };
 use crate::source;
-use crate::store::{ImageId, ImageRecord, Store, StoreError, Stored};
+use crate::store::{chain_ids, ImageId, ImageRecord, Store, StoreError, Stored};
 use crate::tree::FsTree;
 
 /// The result of a conversion.
@@ -36,6 +36,9 @@ pub struct Converted {
     /// How many of the image's lowest layers were restored from the store's saved layers
     /// instead of being read (an incremental conversion).
     pub layers_reused: usize,
+    /// Bytes of the rootfs the store took from an image it held (made with the same lower
+    /// layers) without reading them.
+    pub store_reused_bytes: u64,
     /// For an image in the Docker daemon: how its layers were read, and why.
     pub daemon_layers: Option<source::DaemonLayers>,
     pub timings: Timings,
@@ -90,6 +93,7 @@ fn run(
                 outdir: output.outdir.clone(),
                 cache_hit: true,
                 layers_reused: 0,
+                store_reused_bytes: 0,
                 daemon_layers: None,
                 timings,
             });
@@ -171,7 +175,7 @@ fn run(
         platform: config.platform.clone(),
     };
     let uuid = format_uuid(&summary.uuid);
-    let (id, digest) = match &store {
+    let (id, digest, store_reused_bytes) = match &store {
         Some(store) => {
             let record = ImageRecord {
                 uuid: uuid.clone(),
@@ -181,16 +185,20 @@ fn run(
                 config: config.config.clone(),
                 build: output.build_inputs.clone(),
             };
-            let stored = keep(store, &staging.path, record)?;
+            // The image the restored layers were saved with shares their bytes with this one.
+            let base = reused
+                .checked_sub(1)
+                .and_then(|top| store.newest_layer_user(&chain_ids(&config.diff_ids)[top]));
+            let stored = keep(store, &staging.path, record, base.as_ref())?;
             store.cache_put(&cache_key, &stored.id)?;
             if let Some(to_save) = to_save {
                 to_save.save(store, &stored.id);
             }
             name_image(store, &stored.id, &output.names)?;
             timings.store = lap(started, &timings);
-            (Some(stored.id.to_string()), stored.rootfs_digest)
+            (Some(stored.id.to_string()), stored.rootfs_digest, stored.reused)
         }
-        None => (None, hashed.expect("without a store, the rootfs was hashed above")),
+        None => (None, hashed.expect("without a store, the rootfs was hashed above"), 0),
     };
     let manifest = ImageDescription {
         diskc_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -211,6 +219,7 @@ fn run(
         outdir: output.outdir.clone(),
         cache_hit: false,
         layers_reused: reused,
+        store_reused_bytes,
         daemon_layers,
         timings,
     })
@@ -234,8 +243,14 @@ fn boot_part<C: crate::tree::Content>(
     Ok(Some(boot::prepare(dir, &kernel, config)?))
 }
 
-/// Puts the staged rootfs and boot files (as `record.boot` names them) in the store.
-fn keep(store: &Store, staged: &Path, record: ImageRecord) -> Result<Stored, StoreError> {
+/// Puts the staged rootfs and boot files (as `record.boot` names them) in the store, taking
+/// what it can from image `base`.
+fn keep(
+    store: &Store,
+    staged: &Path,
+    record: ImageRecord,
+    base: Option<&ImageId>,
+) -> Result<Stored, StoreError> {
     let rootfs = staged.join(ROOTFS_FILE);
     let boot_files: Vec<(&str, PathBuf)> = match &record.boot {
         Some(b) => {
@@ -244,7 +259,7 @@ fn keep(store: &Store, staged: &Path, record: ImageRecord) -> Result<Stored, Sto
         None => Vec::new(),
     };
     let boot_files: Vec<(&str, &Path)> = boot_files.iter().map(|(n, p)| (*n, p.as_path())).collect();
-    store.put_image_with_progress(&rootfs, &boot_files, record, &|_| {})
+    store.put_image_like(&rootfs, &boot_files, record, base, &|_| {})
 }
 
 fn name_image(store: &Store, id: &ImageId, names: &[String]) -> Result<(), StoreError> {

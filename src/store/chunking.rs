@@ -10,6 +10,7 @@
 //! - `fixed:SIZE` cuts at multiples of SIZE from the start of the file. It needs no pass to
 //!   find boundaries, but shares only what sits at the same offset in both images.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::io;
@@ -19,6 +20,8 @@ use std::str::FromStr;
 
 use fastcdc::v2020::StreamCDC;
 
+use super::blocks::BLOCK;
+use super::ChunkRef;
 use crate::fileio::RangeReader;
 
 /// How a store cuts files into chunks.
@@ -145,6 +148,89 @@ pub fn read_chunks<E: From<io::Error>>(
                 for piece in cuts {
                     let piece = piece.map_err(io::Error::from)?;
                     sink(RawChunk { offset: extent.start + piece.offset, data: piece.data })?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a put may take from a base image whose rootfs resembles the file being put: which
+/// MiBs hold the same bytes in both (see `blocks`), the base's chunks by offset, and the
+/// base's data extents (where its chunker restarted).
+pub struct Reuse<'a> {
+    pub same: &'a [bool],
+    pub chunks: &'a BTreeMap<u64, ChunkRef>,
+    pub extents: &'a [Range<u64>],
+}
+
+impl Reuse<'_> {
+    /// The base's chunk at `at`, if it is the chunk this file's chunker makes from `at` (a
+    /// cut, in `extent`): a chunk starts afresh at each cut, so the same bytes give the same
+    /// next cut, as long as the chunker sees the same window — both extents reach at least
+    /// the largest chunk past `at`, or both end at the same place.
+    fn chunk_at(&self, at: u64, extent: &Range<u64>, max: u64) -> Option<ChunkRef> {
+        let chunk = self.chunks.get(&at)?;
+        let end = chunk.offset + chunk.size;
+        let base_extent = self.extents.get(self.extents.partition_point(|e| e.end <= at))?;
+        let same_bytes = (at / BLOCK..end.div_ceil(BLOCK)).all(|i| self.same.get(i as usize) == Some(&true));
+        let same_window =
+            (extent.end - at >= max && base_extent.end - at >= max) || extent.end == base_extent.end;
+        (end <= extent.end && base_extent.start <= at && same_bytes && same_window).then(|| chunk.clone())
+    }
+}
+
+/// A piece of a file as a put takes it: read and cut here, or a base's chunk taken whole.
+pub enum Piece {
+    Read(RawChunk),
+    Known(ChunkRef),
+}
+
+impl Piece {
+    /// The bytes of the file it stands for.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Piece::Read(chunk) => chunk.data.len() as u64,
+            Piece::Known(chunk) => chunk.size,
+        }
+    }
+}
+
+/// [`read_chunks`] for content-defined chunking, taking the base's chunks where `reuse` says
+/// they are this file's: those bytes are not read. The chunks are exactly those
+/// [`read_chunks`] makes.
+pub fn read_chunks_reusing<E: From<io::Error>>(
+    file: &File,
+    extents: &[Range<u64>],
+    avg: u64,
+    reuse: &Reuse<'_>,
+    mut sink: impl FnMut(Piece) -> Result<(), E>,
+) -> Result<(), E> {
+    let (min, max) = (avg / 4, avg * 4);
+    for extent in extents {
+        let mut at = extent.start;
+        while at < extent.end {
+            while let Some(chunk) = reuse.chunk_at(at, extent, max) {
+                at = chunk.offset + chunk.size;
+                sink(Piece::Known(chunk))?;
+            }
+            if at == extent.end {
+                break;
+            }
+            // Cut from here until a cut lands where the base's chunks can be taken again.
+            let from = at;
+            let cuts = StreamCDC::new(
+                RangeReader::new(file, from..extent.end),
+                min as usize,
+                avg as usize,
+                max as usize,
+            );
+            for piece in cuts {
+                let piece = piece.map_err(io::Error::from)?;
+                at = from + piece.offset + piece.length as u64;
+                sink(Piece::Read(RawChunk { offset: from + piece.offset, data: piece.data }))?;
+                if reuse.chunk_at(at, extent, max).is_some() {
+                    break;
                 }
             }
         }

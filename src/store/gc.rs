@@ -110,7 +110,7 @@ impl Store {
                 report.stale_entries_removed += 1;
             }
         }
-        report.stale_entries_removed += self.sweep_profiles(&ids)?;
+        report.stale_entries_removed += self.sweep_side_files(&ids)?;
         self.sweep_layers(&ids, &mut report)?;
         Ok(report)
     }

@@ -141,6 +141,23 @@ impl Store {
         self.add_layer_user(chain, image).map(drop)
     }
 
+    /// The stored image made most recently with the layer saved under `chain`: the likeliest
+    /// to share the most with a new image on the same layers (see [`Store::put_image_like`]).
+    pub fn newest_layer_user(&self, chain: &Digest) -> Option<ImageId> {
+        let users = self.layer_dir(chain).join("users");
+        let mut found: Vec<(SystemTime, ImageId)> = fileio::read_dir_quietly(&users)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|name| {
+                let id = name.to_str()?.parse::<ImageId>().ok()?;
+                let made = fs::metadata(users.join(&name)).and_then(|m| m.modified()).ok()?;
+                self.manifest_path(&id).exists().then_some((made, id))
+            })
+            .collect();
+        found.sort();
+        found.pop().map(|(_, id)| id)
+    }
+
     fn add_layer_user(&self, chain: &Digest, image: &ImageId) -> Result<PathBuf, StoreError> {
         let dir = self.layer_dir(chain);
         let users = dir.join("users");

@@ -15,6 +15,8 @@
 //! chunks/ab/abcd…      format 2 (read, swept by gc, moved into packs by migrate): one chunk
 //! images/<id>.json.zst zstd frame of the canonical manifest; its sha256 is <id>
 //! images/<id>.boot     the image's boot profile: chunks its first boot read (see `profile`)
+//! images/<id>.blocks   its rootfs's data extents and per-MiB BLAKE3 chaining values, so a put
+//!                      of a similar rootfs reads only what differs (see `blocks`); local only
 //! names/<name>         an image id (name percent-encoded)
 //! cache/<sha256(key)>  an image id
 //! remote-index/<name>.idx      a remote pack's index and footer, as fetched (see `transfer`)
@@ -39,13 +41,15 @@
 //! - here: the [`Store`] type, opening, the paths under the root, [`StoreError`];
 //! - `lock`: the flock; `atomic`: temp files, durable renames, sweeping dead writers' files;
 //! - `pack`: the pack file format; `packs`: the chunk → pack index and the pack writer;
-//! - `put`: files into chunks and a manifest; `export`: manifests and chunks read back
+//! - `put`: files into chunks and a manifest (`blocks`: what a later put can take from
+//!   it); `export`: manifests and chunks read back
 //!   and checked, files written out;
 //! - `names`: ids, names, resolve, tag, ls, rm; `cache`: the conversion cache;
 //! - `gc` and `verify`: the two sweeps over the whole store; `migrate`: format 2 to packs;
 //! - [`chunking`]: where chunk boundaries fall; `image`: the stored image's types.
 
 mod atomic;
+mod blocks;
 mod cache;
 pub mod chunking;
 mod export;

@@ -40,6 +40,10 @@ pub struct Removed {
     pub deleted: bool,
 }
 
+/// What the store keeps beside an image's manifest (`images/<id>.<suffix>`), removed with it:
+/// its boot profile (`profile`) and its rootfs's block map (`blocks`).
+const SIDE_FILES: [&str; 2] = ["boot", "blocks"];
+
 impl Store {
     /// The image an unambiguous id prefix (optionally `sha256:`-prefixed) or a name refers to.
     /// A name wins over an id prefix that happens to spell it.
@@ -196,9 +200,29 @@ impl Store {
             }
         }
         remove_if_present(&self.manifest_path(&id))?;
-        self.remove_profile(&id)?;
+        for suffix in SIDE_FILES {
+            remove_if_present(&self.root.join("images").join(format!("{id}.{suffix}")))?;
+        }
         let images = self.root.join("images");
         fileio::sync_path(&images).map_err(StoreError::io(&images))
+    }
+
+    /// Files beside manifests whose image is gone (removed by a diskc that did not know
+    /// them, or killed between two removals); returns how many were removed.
+    pub(super) fn sweep_side_files(&self, ids: &BTreeSet<ImageId>) -> Result<u64, StoreError> {
+        let dir = self.root.join("images");
+        let mut removed = 0;
+        for entry in fs::read_dir(&dir).map_err(StoreError::io(&dir))? {
+            let entry = entry.map_err(StoreError::io(&dir))?;
+            let name = entry.file_name();
+            let Some((hex, suffix)) = name.to_str().and_then(|n| n.split_once('.')) else { continue };
+            let Ok(id) = hex.parse::<ImageId>() else { continue };
+            if SIDE_FILES.contains(&suffix) && !ids.contains(&id) {
+                remove_if_present(&entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// One summary per image, oldest first.

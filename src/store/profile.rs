@@ -14,7 +14,6 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 
-use super::atomic::remove_if_present;
 use super::{ImageId, Remote, Store, StoreError};
 use crate::digest::Digest;
 
@@ -101,34 +100,6 @@ impl Store {
         let before = self.fetched_bytes();
         self.fetch_missing(&chunks)?;
         Ok((chunks.len(), self.fetched_bytes() - before))
-    }
-
-    /// Removes image `id`'s local profile (with its image).
-    pub(super) fn remove_profile(&self, id: &ImageId) -> Result<(), StoreError> {
-        remove_if_present(&self.root.join("images").join(format!("{id}.boot")))
-    }
-
-    /// Profiles whose image is gone (removed by a diskc that knew no profiles, or killed
-    /// between the two removals); returns how many were removed.
-    pub(super) fn sweep_profiles(
-        &self,
-        ids: &std::collections::BTreeSet<ImageId>,
-    ) -> Result<u64, StoreError> {
-        let dir = self.root.join("images");
-        let mut removed = 0;
-        for entry in fs::read_dir(&dir).map_err(StoreError::io(&dir))? {
-            let entry = entry.map_err(StoreError::io(&dir))?;
-            let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".boot")).and_then(|h| h.parse().ok())
-            else {
-                continue;
-            };
-            if !ids.contains(&id) {
-                remove_if_present(&entry.path())?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
     }
 
     /// Copies image `id`'s profile to `remote` (push), if there is one and it has none.

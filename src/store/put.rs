@@ -1,8 +1,10 @@
 //! Putting an image into the store: files cut into chunks on a reading thread, the rootfs
-//! hashed whole on another (when the caller has not), each batch hashed and its new chunks
-//! compressed on every core (one zstd compressor per thread), the frames appended to packs
-//! on a thread of their own (one fsync per pack, while the next batch is compressed), then
-//! the manifest, once everything it references is durable.
+//! hashed MiB by MiB on another (its digest and its block map, see `blocks`), each batch
+//! hashed and its new chunks compressed on every core (one zstd compressor per thread), the
+//! frames appended to packs on a thread of their own (one fsync per pack, while the next
+//! batch is compressed), then the manifest, once everything it references is durable. Given
+//! a base image, the rootfs's MiBs are hashed first, and the base's chunks in the MiBs the two
+//! share are taken without being read.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -14,13 +16,16 @@ use std::sync::mpsc::sync_channel;
 use rayon::prelude::*;
 
 use super::atomic::sweep_dead_temp_files;
-use super::chunking::{self, RawChunk};
+use super::blocks::{self, root_digest, BlockHasher, BlockMap};
+use super::chunking::{self, Chunking, Piece, RawChunk, Reuse};
 use super::packs::PackWriter;
 use super::{
     ChunkRef, ImageId, ImageRecord, Store, StoreError, StoredFile, StoredImage, StoredRootfs, STORE_FORMAT,
 };
 use crate::digest::{Digest, FileDigest};
 use crate::fileio::{self, is_zero};
+use blake3::hazmat::ChainingValue;
+use std::os::unix::fs::FileExt;
 
 /// zstd level for chunks: level 1 stores ext4 data about 3 % larger than level 3 at about
 /// two thirds of its CPU time (measured on a 262 MiB Debian rootfs: 73 vs 71 MiB of packs,
@@ -32,6 +37,9 @@ const MANIFEST_ZSTD_LEVEL: i32 = 9;
 /// without a queue between reader, whole-file hasher and pool, so about three raw batches
 /// and two of frames are in flight: under 100 MiB.
 const BATCH_BYTES: usize = 16 << 20;
+/// Pieces per batch at most: a run of a base's chunks, taken without reading, is handed on
+/// in batches too, for progress.
+const BATCH_PIECES: usize = 4096;
 
 thread_local! {
     /// One compressor per pool thread, reused for every chunk: making a zstd context per
@@ -68,10 +76,26 @@ impl Store {
         record: ImageRecord,
         progress: &(dyn Fn(PutProgress) + Sync),
     ) -> Result<Stored, StoreError> {
+        self.put_image_like(rootfs, boot_files, record, None, progress)
+    }
+
+    /// [`Store::put_image_with_progress`] for a rootfs that resembles image `base`'s (the
+    /// same lower layers, say): where a MiB holds the same bytes as the base's, the base's
+    /// chunks there are taken without being cut, hashed or compressed again. The image stored
+    /// is the same as without a base; a base that is gone, or has no block map, only costs
+    /// that saving.
+    pub fn put_image_like(
+        &self,
+        rootfs: &Path,
+        boot_files: &[(&str, &Path)],
+        record: ImageRecord,
+        base: Option<&ImageId>,
+        progress: &(dyn Fn(PutProgress) + Sync),
+    ) -> Result<Stored, StoreError> {
         let _lock = self.shared_lock()?;
         sweep_dead_temp_files(&self.tmp_dir());
         // With the lock held, no gc runs until this put ends: what the index says is present
-        // now stays present.
+        // now stays present, the base's chunks included.
         self.refresh_packs()?;
         let mut inputs = Vec::new();
         for (name, path) in
@@ -86,19 +110,38 @@ impl Store {
         let mut done = 0;
         let mut rootfs_file = None;
         let mut rootfs_digest = record.rootfs_digest;
+        let mut rootfs_values = Vec::new();
+        let mut reused = 0;
         let mut files = BTreeMap::new();
         let mut writer = PackWriter::new(self);
         for input in &inputs {
-            let hash_whole = input.name.is_none() && rootfs_digest.is_none();
-            let (stored, digest) = self.store_file(input, hash_whole, &mut writer, &mut |bytes| {
+            let mut report = |bytes| {
                 done += bytes;
                 progress(PutProgress { done, total });
-            })?;
-            rootfs_digest = rootfs_digest.or(digest);
+            };
+            let like = match input.name {
+                None => self.like_base(input, base)?,
+                Some(_) => None,
+            };
+            let reuse = like.as_ref().map(Like::reuse);
+            // The rootfs's MiBs are hashed as it is read, unless comparing them with the
+            // base's hashed them already.
+            let hash_blocks = input.name.is_none() && like.is_none();
+            let stored = self.store_file(input, reuse.as_ref(), hash_blocks, &mut writer, &mut report)?;
             match input.name {
-                None => rootfs_file = Some(stored),
+                None => {
+                    let (digest, values) = match (stored.hashed, like) {
+                        (Some(hashed), _) => hashed,
+                        (None, Some(like)) => (root_digest(&like.values, input.size), like.values),
+                        (None, None) => unreachable!("the rootfs is hashed one way or the other"),
+                    };
+                    rootfs_digest = rootfs_digest.or(Some(digest));
+                    rootfs_values = values;
+                    reused = stored.reused;
+                    rootfs_file = Some(stored.file);
+                }
                 Some(name) => {
-                    files.insert(name.to_string(), stored);
+                    files.insert(name.to_string(), stored.file);
                 }
             }
         }
@@ -130,38 +173,68 @@ impl Store {
                 zstd::bulk::compress(&bytes, MANIFEST_ZSTD_LEVEL).map_err(StoreError::io(&path))?;
             self.write_atomic_durable(&path, &compressed)?;
         }
+        if !rootfs_values.is_empty() {
+            let rootfs = &inputs[0];
+            let map = BlockMap { size: rootfs.size, extents: rootfs.extents.clone(), values: rootfs_values };
+            self.save_block_map(&id, &map);
+        }
         // Into a remote store: what landed here goes there, manifest last.
         if self.upstream.is_some() {
             self.publish(&id, fs::read(&path).map_err(StoreError::io(&path))?)?;
         }
-        Ok(Stored { id, rootfs_digest: rootfs_digest.expect("the rootfs is hashed unless given") })
+        Ok(Stored { id, rootfs_digest: rootfs_digest.expect("the rootfs is hashed unless given"), reused })
     }
 
-    /// Cuts `file` into chunks, stores the ones not yet present and returns the chunk list,
-    /// with the whole file's BLAKE3 if `hash_whole`. The stages run at once: one thread reads
-    /// and cuts, one hashes the whole file, the pool hashes and compresses a batch, and one
-    /// thread appends the previous batch to the pack, so a pack's fsync stalls nothing.
+    /// What the put of `input` can take from `base`: its chunks and block map, and the
+    /// chaining values of `input`'s MiBs (computed here, on every core, to find which MiBs
+    /// the two share). None where the base cannot help.
+    fn like_base(&self, input: &Input, base: Option<&ImageId>) -> Result<Option<Like>, StoreError> {
+        let Some(base) = base else { return Ok(None) };
+        let Chunking::Cdc(avg) = self.chunking else { return Ok(None) };
+        if self.upstream.is_some() || input.size <= blocks::BLOCK {
+            return Ok(None);
+        }
+        let Ok(image) = self.image(base) else { return Ok(None) };
+        let Some(map) = self.block_map(base, image.rootfs.file.size) else { return Ok(None) };
+        if image.rootfs.file.chunking != self.chunking.to_string() {
+            return Ok(None);
+        }
+        let values = blocks::file_values(&input.file, input.size).map_err(StoreError::io(input.path))?;
+        let same = values.iter().enumerate().map(|(i, v)| map.values.get(i) == Some(v)).collect();
+        let chunks = image.rootfs.file.chunks.into_iter().map(|c| (c.offset, c)).collect();
+        Ok(Some(Like { avg, same, chunks, extents: map.extents, values }))
+    }
+
+    /// Cuts `file` into chunks (taking `reuse`'s where it can), stores the ones not yet
+    /// present and returns the chunk list, with the file's BLAKE3 and the chaining values of
+    /// its MiBs if `hash_blocks`. The stages run at once: one thread reads and cuts, one
+    /// hashes the file, the pool hashes and compresses a batch, and one thread appends the
+    /// previous batch to the pack, so a pack's fsync stalls nothing.
     fn store_file(
         &self,
         input: &Input,
-        hash_whole: bool,
+        reuse: Option<&Reuse<'_>>,
+        hash_blocks: bool,
         writer: &mut PackWriter,
         progress: &mut dyn FnMut(u64),
-    ) -> Result<(StoredFile, Option<FileDigest>), StoreError> {
+    ) -> Result<FileStored, StoreError> {
         let Input { path, file, size, extents, .. } = input;
         let chunking = self.chunking;
         // Hand-offs, not queues: each stage holds the batch it works on, and no more.
-        let (send_read, receive_read) = sync_channel::<Vec<RawChunk>>(0);
-        let (send, receive) = sync_channel::<Vec<RawChunk>>(0);
+        let (send_read, receive_read) = sync_channel::<Vec<Piece>>(0);
+        let (send, receive) = sync_channel::<Vec<Piece>>(0);
         let (send_prepared, receive_prepared) = sync_channel::<Vec<Prepared>>(1);
         std::thread::scope(|scope| {
             let reader = scope.spawn(move || {
                 let mut batch = Vec::new();
-                let mut bytes = 0;
-                let sent = chunking::read_chunks(file, *size, extents, chunking, |chunk: RawChunk| {
-                    bytes += chunk.data.len();
-                    batch.push(chunk);
-                    if bytes >= BATCH_BYTES {
+                let (mut bytes, mut known) = (0, 0);
+                let mut take = |piece: Piece| {
+                    match &piece {
+                        Piece::Read(chunk) => bytes += chunk.data.len(),
+                        Piece::Known(chunk) => known += chunk.size,
+                    }
+                    batch.push(piece);
+                    if bytes >= BATCH_BYTES || batch.len() >= BATCH_PIECES {
                         bytes = 0;
                         // The receiver is gone only when storing failed; that error wins.
                         send_read
@@ -169,24 +242,34 @@ impl Store {
                             .map_err(|_| io::Error::other("put stopped"))?;
                     }
                     Ok::<(), io::Error>(())
-                });
-                sent.and_then(|()| send_read.send(batch).map_err(|_| io::Error::other("put stopped")))
+                };
+                let cut = match (reuse, chunking) {
+                    (Some(reuse), Chunking::Cdc(avg)) => {
+                        chunking::read_chunks_reusing(file, extents, avg, reuse, &mut take)
+                    }
+                    _ => chunking::read_chunks(file, *size, extents, chunking, |c| take(Piece::Read(c))),
+                };
+                cut?;
+                send_read.send(batch).map_err(|_| io::Error::other("put stopped"))?;
+                Ok(known)
             });
-            // The whole-file hash is sequential: a stage of its own, so that cutting (on the
-            // reader) and hashing the whole (here) each take one core.
-            let whole_hasher = scope.spawn(move || {
-                let mut whole = hash_whole.then(WholeFile::default);
+            // The file's hash is sequential: a stage of its own, so that cutting (on the
+            // reader) and hashing (here) each take one core.
+            let block_hasher = scope.spawn(move || {
+                let mut hasher = hash_blocks.then(BlockHasher::default);
                 for batch in receive_read {
-                    if let Some(whole) = &mut whole {
-                        for chunk in &batch {
-                            whole.update(chunk.offset, &chunk.data);
+                    if let Some(hasher) = &mut hasher {
+                        for piece in &batch {
+                            if let Piece::Read(chunk) = piece {
+                                hasher.update(chunk.offset, &chunk.data);
+                            }
                         }
                     }
                     if send.send(batch).is_err() {
                         return None; // storing failed: that error wins
                     }
                 }
-                whole.map(|w| w.finish(*size))
+                hasher.map(|h| h.finish(*size))
             });
             let appender = scope.spawn(move || {
                 let mut chunks = Vec::new();
@@ -202,10 +285,15 @@ impl Store {
             });
             let prepared = (|| {
                 for batch in receive {
-                    let bytes: u64 = batch.iter().map(|c| c.data.len() as u64).sum();
+                    let bytes: u64 = batch.iter().map(Piece::bytes).sum();
                     let results: Vec<Prepared> = batch
                         .into_par_iter()
-                        .map(|chunk| self.prepare_chunk(chunk))
+                        .map(|piece| match piece {
+                            Piece::Read(chunk) => self.prepare_chunk(chunk),
+                            Piece::Known(chunk) => {
+                                self.prepare_known(file, chunk).map_err(StoreError::io(path))
+                            }
+                        })
                         .collect::<Result<_, _>>()?;
                     if send_prepared.send(results).is_err() {
                         break; // the appender failed: its error is the one to report
@@ -217,13 +305,28 @@ impl Store {
             drop(send_prepared);
             // Dropping the receivers stops the other stages early when one fails.
             let appended = appender.join().expect("the pack appender does not panic");
-            let whole = whole_hasher.join().expect("the whole-file hasher does not panic");
+            let hashed = block_hasher.join().expect("the block hasher does not panic");
             let read = reader.join().expect("the chunk reader does not panic");
             prepared?;
             let chunks = appended?;
-            read.map_err(StoreError::io(path))?;
-            Ok((StoredFile { size: *size, chunking: chunking.to_string(), chunks }, whole))
+            let reused = read.map_err(StoreError::io(path))?;
+            Ok(FileStored {
+                file: StoredFile { size: *size, chunking: chunking.to_string(), chunks },
+                hashed,
+                reused,
+            })
         })
+    }
+
+    /// A base's chunk taken as it is, if the store still has it; read from the file and
+    /// stored again if not (a base damaged since it was stored).
+    fn prepare_known(&self, file: &File, chunk: ChunkRef) -> io::Result<Prepared> {
+        if self.has_chunk(&chunk.digest) {
+            return Ok((Some(chunk), None));
+        }
+        let mut data = vec![0; chunk.size as usize];
+        file.read_exact_at(&mut data, chunk.offset)?;
+        self.prepare_chunk(RawChunk { offset: chunk.offset, data }).map_err(io::Error::other)
     }
 
     /// Hashes one chunk and, unless it is all zeros (recorded by its absence) or already
@@ -251,43 +354,41 @@ impl Store {
     }
 }
 
-/// What a put returns: the image's id and its rootfs digest (given or computed).
+/// What a put returns: the image's id, its rootfs digest (given or computed), and how many
+/// bytes of the rootfs were taken from the base image without being read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stored {
     pub id: ImageId,
     pub rootfs_digest: FileDigest,
+    pub reused: u64,
 }
 
 /// A chunk as listed in the manifest (none if all zeros) and its frame, if it is new here.
 type Prepared = (Option<ChunkRef>, Option<Vec<u8>>);
 
-/// The BLAKE3 of a file hashed chunk by chunk in file order; holes hash as the zeros they
-/// read as (the same digest as `pipeline::digest_file`).
-#[derive(Default)]
-struct WholeFile {
-    hasher: blake3::Hasher,
-    at: u64,
+/// A file stored: its chunks, its hash and its MiBs' chaining values (if asked for), and the
+/// bytes taken from a base without being read.
+struct FileStored {
+    file: StoredFile,
+    hashed: Option<(FileDigest, Vec<ChainingValue>)>,
+    reused: u64,
 }
 
-impl WholeFile {
-    fn update(&mut self, offset: u64, data: &[u8]) {
-        self.zeros_to(offset);
-        self.hasher.update(data);
-        self.at = offset + data.len() as u64;
-    }
+/// A base image, as a put of a rootfs like its own sees it (see [`Store::put_image_like`]).
+struct Like {
+    avg: u64,
+    /// Per MiB of the new rootfs: whether the base holds the same bytes there.
+    same: Vec<bool>,
+    chunks: BTreeMap<u64, ChunkRef>,
+    extents: Vec<std::ops::Range<u64>>,
+    /// The new rootfs's chaining values.
+    values: Vec<ChainingValue>,
+}
 
-    fn zeros_to(&mut self, end: u64) {
-        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-        while self.at < end {
-            let n = (end - self.at).min(ZEROS.len() as u64);
-            self.hasher.update(&ZEROS[..n as usize]);
-            self.at += n;
-        }
-    }
-
-    fn finish(mut self, size: u64) -> FileDigest {
-        self.zeros_to(size);
-        FileDigest::Blake3(self.hasher.finalize().into())
+impl Like {
+    fn reuse(&self) -> Reuse<'_> {
+        debug_assert_eq!(Chunking::Cdc(self.avg).max_chunk(), self.avg * 4);
+        Reuse { same: &self.same, chunks: &self.chunks, extents: &self.extents }
     }
 }
 
