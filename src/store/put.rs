@@ -173,7 +173,8 @@ impl Store {
                 zstd::bulk::compress(&bytes, MANIFEST_ZSTD_LEVEL).map_err(StoreError::io(&path))?;
             self.write_atomic_durable(&path, &compressed)?;
         }
-        if !rootfs_values.is_empty() {
+        // A block map serves later puts into this store; a remote store's puts start cold.
+        if !rootfs_values.is_empty() && self.upstream.is_none() {
             let rootfs = &inputs[0];
             let map = BlockMap { size: rootfs.size, extents: rootfs.extents.clone(), values: rootfs_values };
             self.save_block_map(&id, &map);
