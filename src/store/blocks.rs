@@ -98,8 +98,8 @@ impl Store {
         map
     }
 
-    /// Keeps image `id`'s block map. A cache: written atomically but not made durable, and a
-    /// failure to write it is only a warning.
+    /// Keeps image `id`'s block map. A cache: written atomically (a crash leaves the whole
+    /// map or none), and a failure to write it is only a warning.
     pub(super) fn save_block_map(&self, id: &ImageId, map: &BlockMap) {
         if let Err(e) = self.write_atomic(&self.block_map_path(id), &map.encode()) {
             tracing::warn!("cannot keep the block map of image {}: {e}", id.short());

@@ -168,12 +168,16 @@ impl Reuse<'_> {
     /// The base's chunk at `at`, if it is the chunk this file's chunker makes from `at` (a
     /// cut, in `extent`): a chunk starts afresh at each cut, so the same bytes give the same
     /// next cut, as long as the chunker sees the same window — both extents reach at least
-    /// the largest chunk past `at`, or both end at the same place.
+    /// the largest chunk past `at`, or both end at the same place. The bytes that decide a
+    /// cut include the first one past it (FastCDC hashes a byte, then cuts before it), so
+    /// the MiB holding that byte must be the same too.
     fn chunk_at(&self, at: u64, extent: &Range<u64>, max: u64) -> Option<ChunkRef> {
-        let chunk = self.chunks.get(&at)?;
+        let chunk = self.chunks.get(&at).filter(|c| c.size > 0)?;
         let end = chunk.offset + chunk.size;
         let base_extent = self.extents.get(self.extents.partition_point(|e| e.end <= at))?;
-        let same_bytes = (at / BLOCK..end.div_ceil(BLOCK)).all(|i| self.same.get(i as usize) == Some(&true));
+        let decided_by = at..(end + 1).min(extent.end);
+        let same_bytes = (decided_by.start / BLOCK..decided_by.end.div_ceil(BLOCK))
+            .all(|i| self.same.get(i as usize) == Some(&true));
         let same_window =
             (extent.end - at >= max && base_extent.end - at >= max) || extent.end == base_extent.end;
         (end <= extent.end && base_extent.start <= at && same_bytes && same_window).then(|| chunk.clone())
@@ -241,6 +245,31 @@ pub fn read_chunks_reusing<E: From<io::Error>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::Digest;
+
+    /// A base's chunk ending on a MiB boundary inside an extent was cut there partly because
+    /// of the byte after it, in the next MiB: where that MiB differs, the chunk is not taken.
+    #[test]
+    fn a_base_chunk_is_taken_only_if_the_byte_past_it_is_the_same() {
+        const MIB: u64 = BLOCK;
+        let chunk = ChunkRef { offset: MIB - 4096, size: 4096, digest: Digest::of(b"x") };
+        let chunks = BTreeMap::from([(chunk.offset, chunk.clone())]);
+        let extents = [0..3 * MIB];
+        let reuse = |same: &'static [bool]| Reuse { same, chunks: &chunks, extents: &extents };
+        let (at, max) = (chunk.offset, 256 << 10);
+        assert_eq!(reuse(&[true, true, true]).chunk_at(at, &(0..3 * MIB), max), Some(chunk.clone()));
+        assert_eq!(reuse(&[true, false, true]).chunk_at(at, &(0..3 * MIB), max), None, "the next MiB differs");
+        assert_eq!(reuse(&[false, true, true]).chunk_at(at, &(0..3 * MIB), max), None, "its own MiB differs");
+        // Where both extents end with the chunk, no byte past it took part.
+        let extents = [0..MIB];
+        let ends = Reuse { same: &[true, false], chunks: &chunks, extents: &extents };
+        assert_eq!(ends.chunk_at(at, &(0..MIB), max), Some(chunk.clone()));
+        // A chunk of no bytes (a damaged manifest) is never taken: it would not move the cut.
+        let empty = ChunkRef { size: 0, ..chunk };
+        let chunks = BTreeMap::from([(empty.offset, empty)]);
+        let damaged = Reuse { same: &[true, true, true], chunks: &chunks, extents: &extents };
+        assert_eq!(damaged.chunk_at(at, &(0..MIB), max), None);
+    }
 
     #[test]
     fn chunking_parses_and_prints_round_trip() {
