@@ -250,6 +250,7 @@ mod tests {
     /// A base's chunk ending on a MiB boundary inside an extent was cut there partly because
     /// of the byte after it, in the next MiB: where that MiB differs, the chunk is not taken.
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // a base of one extent: a list of one range
     fn a_base_chunk_is_taken_only_if_the_byte_past_it_is_the_same() {
         const MIB: u64 = BLOCK;
         let chunk = ChunkRef { offset: MIB - 4096, size: 4096, digest: Digest::of(b"x") };
@@ -258,7 +259,11 @@ mod tests {
         let reuse = |same: &'static [bool]| Reuse { same, chunks: &chunks, extents: &extents };
         let (at, max) = (chunk.offset, 256 << 10);
         assert_eq!(reuse(&[true, true, true]).chunk_at(at, &(0..3 * MIB), max), Some(chunk.clone()));
-        assert_eq!(reuse(&[true, false, true]).chunk_at(at, &(0..3 * MIB), max), None, "the next MiB differs");
+        assert_eq!(
+            reuse(&[true, false, true]).chunk_at(at, &(0..3 * MIB), max),
+            None,
+            "the next MiB differs"
+        );
         assert_eq!(reuse(&[false, true, true]).chunk_at(at, &(0..3 * MIB), max), None, "its own MiB differs");
         // Where both extents end with the chunk, no byte past it took part.
         let extents = [0..MIB];
