@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 
 use diskc::digest::Digest;
 use diskc::fileio::data_extents;
-use diskc::store::chunking::{read_chunks, Chunking};
+use diskc::store::chunking::{read_chunks, Chunking, Piece};
 use diskc::store::{ImageRecord, Store};
 
 const LEN: usize = 64 << 20;
@@ -43,8 +43,8 @@ fn parts(c: &mut Criterion) {
         group.bench_function(format!("read chunks {chunking}"), |b| {
             b.iter(|| {
                 let mut count = 0;
-                read_chunks(&file, LEN as u64, &extents, chunking, |chunk| {
-                    count += chunk.data.len();
+                read_chunks(&file, LEN as u64, &extents, chunking, None, |piece: Piece| {
+                    count += piece.bytes();
                     Ok::<(), std::io::Error>(())
                 })
                 .unwrap();

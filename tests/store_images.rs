@@ -178,7 +178,7 @@ fn the_put_hashes_the_rootfs_whole_as_it_reads_it_unless_given_the_digest() {
     let stored = store.put_image_with_progress(&image, &[], ImageRecord::default(), &|_| {}).unwrap();
     assert_eq!(stored.rootfs_digest, expect);
     assert_eq!(store.image(&stored.id).unwrap().rootfs.digest, Some(expect), "the manifest records it");
-    // A digest the caller computed is the one recorded (and the file is not hashed again).
+    // A digest the caller computed is the one recorded.
     let given = diskc::digest::FileDigest::Blake3([9; 32]);
     let record = ImageRecord { rootfs_digest: Some(given), ..Default::default() };
     let other = store.put_image_with_progress(&image, &[], record, &|_| {}).unwrap();

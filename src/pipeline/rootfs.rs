@@ -152,35 +152,13 @@ pub(super) fn write_rootfs<C: Content>(
     Ok(summary)
 }
 
-/// The rootfs digest: BLAKE3 of the file, hashed on every core. Holes hash as the zeros
-/// they read as, without reading them. The data is mapped a window at a time, so it is
-/// hashed straight from the page cache but never all counted towards this process's memory.
+/// The rootfs digest: BLAKE3 of the file, hashed on every core, holes as the zeros they
+/// read as, without reading them (the store's hasher, `store::file_digest`).
 pub fn digest_file(path: &Path) -> Result<FileDigest, PipelineError> {
-    const WINDOW: u64 = 64 << 20;
     let hash = || -> io::Result<FileDigest> {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
-        let mut hasher = blake3::Hasher::new();
-        let zeros = vec![0u8; WINDOW as usize];
-        let mut pos = 0;
-        let extents = data_extents(&file, len)?;
-        for data in extents.iter().map(Some).chain([None]) {
-            let (hole_end, data_end) = data.map_or((len, len), |d| (d.start, d.end));
-            while pos < hole_end {
-                let n = (hole_end - pos).min(WINDOW);
-                hasher.update_rayon(&zeros[..n as usize]);
-                pos += n;
-            }
-            while pos < data_end {
-                let n = (data_end - pos).min(WINDOW);
-                // SAFETY: the file is diskc's own staged output, which nothing writes while it
-                // is hashed.
-                let window = unsafe { memmap2::MmapOptions::new().offset(pos).len(n as usize).map(&file)? };
-                hasher.update_rayon(&window);
-                pos += n;
-            }
-        }
-        Ok(FileDigest::Blake3(hasher.finalize().into()))
+        crate::store::file_digest(&file, len, &data_extents(&file, len)?)
     };
     hash().map_err(|source| PipelineError::Io { what: "reading", path: path.to_path_buf(), source })
 }

@@ -126,21 +126,48 @@ pub fn block_value(index: u64, bytes: &[u8]) -> ChainingValue {
     hasher.finalize_non_root()
 }
 
-/// The chaining values of every MiB of `file` (holes read as the zeros they are), computed
-/// on every core.
-pub fn file_values(file: &File, size: u64) -> io::Result<Vec<ChainingValue>> {
+/// The chaining values of every MiB of `file`, whose data lies at `extents` (holes hash as
+/// the zeros they are, without being read), computed on every core.
+pub fn file_values(file: &File, size: u64, extents: &[Range<u64>]) -> io::Result<Vec<ChainingValue>> {
     (0..block_count(size))
         .into_par_iter()
         .map_init(
             || vec![0u8; BLOCK as usize],
-            |buf, index| {
-                let start = index * BLOCK;
-                let len = (size - start).min(BLOCK) as usize;
-                file.read_exact_at(&mut buf[..len], start)?;
-                Ok(block_value(index, &buf[..len]))
-            },
+            |buf, index| Ok(block_value(index, read_block(file, size, extents, index, buf)?)),
         )
         .collect()
+}
+
+/// The BLAKE3 of `file` (data at `extents`, holes as zeros), hashed on every core: the same
+/// digest as a put records.
+pub fn file_digest(file: &File, size: u64, extents: &[Range<u64>]) -> io::Result<FileDigest> {
+    if size <= BLOCK {
+        let mut buf = vec![0u8; size as usize];
+        let bytes = read_block(file, size, extents, 0, &mut buf)?;
+        return Ok(FileDigest::Blake3(blake3::hash(bytes).into()));
+    }
+    Ok(root_digest(&file_values(file, size, extents)?, size))
+}
+
+/// MiB `index` of the file into `buf`: zeros, and the data `extents` hold there read in.
+fn read_block<'b>(
+    file: &File,
+    size: u64,
+    extents: &[Range<u64>],
+    index: u64,
+    buf: &'b mut [u8],
+) -> io::Result<&'b [u8]> {
+    let block = index * BLOCK..((index + 1) * BLOCK).min(size);
+    let buf = &mut buf[..(block.end - block.start) as usize];
+    buf.fill(0);
+    for e in &extents[extents.partition_point(|e| e.end <= block.start)..] {
+        if e.start >= block.end {
+            break;
+        }
+        let (from, to) = (e.start.max(block.start), e.end.min(block.end));
+        file.read_exact_at(&mut buf[(from - block.start) as usize..(to - block.start) as usize], from)?;
+    }
+    Ok(buf)
 }
 
 /// The BLAKE3 hash of a file of `size` bytes (more than a MiB) from the chaining values of
@@ -168,8 +195,7 @@ fn subtree(values: &[ChainingValue], start: u64, end: u64) -> ChainingValue {
 }
 
 /// Hashes a file fed in file order, pieces of data with holes between them: the chaining
-/// value of each MiB, and the whole file's hash at the end (the same as
-/// `pipeline::digest_file`).
+/// value of each MiB, and the whole file's hash at the end (the same as [`file_digest`]).
 pub struct BlockHasher {
     /// The MiB being hashed: the one `at` lies in, or the one that ends at `at`.
     hasher: blake3::Hasher,

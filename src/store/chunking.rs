@@ -120,14 +120,17 @@ pub struct RawChunk {
     pub data: Vec<u8>,
 }
 
-/// Reads `file`'s data (at `extents`, from [`crate::fileio::data_extents`]) as chunks, in file order,
-/// handing each to `sink`. Holes are never read; chunks made only of hole are not produced.
+/// Reads `file`'s data (at `extents`, from [`crate::fileio::data_extents`]) as chunks, in
+/// file order, handing each to `sink`. Holes are never read; chunks made only of hole are not
+/// produced. With content-defined chunking, `reuse` gives a base image's chunks, taken
+/// unread where they are the chunks this file's chunker makes.
 pub fn read_chunks<E: From<io::Error>>(
     file: &File,
     size: u64,
     extents: &[Range<u64>],
     chunking: Chunking,
-    mut sink: impl FnMut(RawChunk) -> Result<(), E>,
+    reuse: Option<&Reuse<'_>>,
+    mut sink: impl FnMut(Piece) -> Result<(), E>,
 ) -> Result<(), E> {
     match chunking {
         Chunking::Fixed(chunk) => {
@@ -138,21 +141,12 @@ pub fn read_chunks<E: From<io::Error>>(
                     let to = (read.end - planned.range.start) as usize;
                     file.read_exact_at(&mut data[from..to], read.start)?;
                 }
-                sink(RawChunk { offset: planned.range.start, data })?;
+                sink(Piece::Read(RawChunk { offset: planned.range.start, data }))?;
             }
+            Ok(())
         }
-        Chunking::Cdc(avg) => {
-            for extent in extents {
-                let reader = RangeReader::new(file, extent.clone());
-                let cuts = StreamCDC::new(reader, (avg / 4) as usize, avg as usize, (avg * 4) as usize);
-                for piece in cuts {
-                    let piece = piece.map_err(io::Error::from)?;
-                    sink(RawChunk { offset: extent.start + piece.offset, data: piece.data })?;
-                }
-            }
-        }
+        Chunking::Cdc(avg) => read_cdc(file, extents, avg, reuse, sink),
     }
-    Ok(())
 }
 
 /// What a put may take from a base image whose rootfs resembles the file being put: which
@@ -200,21 +194,21 @@ impl Piece {
     }
 }
 
-/// [`read_chunks`] for content-defined chunking, taking the base's chunks where `reuse` says
-/// they are this file's: those bytes are not read. The chunks are exactly those
-/// [`read_chunks`] makes.
-pub fn read_chunks_reusing<E: From<io::Error>>(
+/// Content-defined chunks, each extent cut afresh from its start; where a cut lands on a
+/// chunk `reuse` says is this file's, that chunk is taken and the cutting resumes after it.
+fn read_cdc<E: From<io::Error>>(
     file: &File,
     extents: &[Range<u64>],
     avg: u64,
-    reuse: &Reuse<'_>,
+    reuse: Option<&Reuse<'_>>,
     mut sink: impl FnMut(Piece) -> Result<(), E>,
 ) -> Result<(), E> {
     let (min, max) = (avg / 4, avg * 4);
+    let known = |at, extent: &Range<u64>| reuse.and_then(|r| r.chunk_at(at, extent, max));
     for extent in extents {
         let mut at = extent.start;
         while at < extent.end {
-            while let Some(chunk) = reuse.chunk_at(at, extent, max) {
+            while let Some(chunk) = known(at, extent) {
                 at = chunk.offset + chunk.size;
                 sink(Piece::Known(chunk))?;
             }
@@ -223,17 +217,12 @@ pub fn read_chunks_reusing<E: From<io::Error>>(
             }
             // Cut from here until a cut lands where the base's chunks can be taken again.
             let from = at;
-            let cuts = StreamCDC::new(
-                RangeReader::new(file, from..extent.end),
-                min as usize,
-                avg as usize,
-                max as usize,
-            );
-            for piece in cuts {
+            let reader = RangeReader::new(file, from..extent.end);
+            for piece in StreamCDC::new(reader, min as usize, avg as usize, max as usize) {
                 let piece = piece.map_err(io::Error::from)?;
                 at = from + piece.offset + piece.length as u64;
                 sink(Piece::Read(RawChunk { offset: from + piece.offset, data: piece.data }))?;
-                if reuse.chunk_at(at, extent, max).is_some() {
+                if known(at, extent).is_some() {
                     break;
                 }
             }

@@ -77,6 +77,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::digest::Digest;
 use crate::error::{Classify, ErrorKind};
+pub use blocks::file_digest;
 pub use chunking::Chunking;
 pub use gc::GcReport;
 pub use image::{ChunkRef, ImageId, ImageRecord, StoredFile, StoredImage, StoredRootfs, STORE_FORMAT};

@@ -66,9 +66,9 @@ impl Store {
         Ok(self.put_image_with_progress(rootfs, boot_files, record, &|_| {})?.id)
     }
 
-    /// [`Store::put_image`], reporting progress after each batch of chunks. Without a
-    /// `record.rootfs_digest`, the put hashes the rootfs as it reads it (one pass over the
-    /// data instead of two) and returns the digest with the id.
+    /// [`Store::put_image`], reporting progress after each batch of chunks. The put hashes
+    /// the rootfs as it reads it (one pass over the data), for its block map and, unless
+    /// `record.rootfs_digest` gives it, its digest, returned with the id.
     pub fn put_image_with_progress(
         &self,
         rootfs: &Path,
@@ -191,8 +191,8 @@ impl Store {
     /// the two share). None where the base cannot help.
     fn like_base(&self, input: &Input, base: Option<&ImageId>) -> Result<Option<Like>, StoreError> {
         let Some(base) = base else { return Ok(None) };
-        let Chunking::Cdc(avg) = self.chunking else { return Ok(None) };
-        if self.upstream.is_some() || input.size <= blocks::BLOCK {
+        let cdc = matches!(self.chunking, Chunking::Cdc(_));
+        if !cdc || self.upstream.is_some() || input.size <= blocks::BLOCK {
             return Ok(None);
         }
         let Ok(image) = self.image(base) else { return Ok(None) };
@@ -200,10 +200,11 @@ impl Store {
         if image.rootfs.file.chunking != self.chunking.to_string() {
             return Ok(None);
         }
-        let values = blocks::file_values(&input.file, input.size).map_err(StoreError::io(input.path))?;
+        let values = blocks::file_values(&input.file, input.size, &input.extents)
+            .map_err(StoreError::io(input.path))?;
         let same = values.iter().enumerate().map(|(i, v)| map.values.get(i) == Some(v)).collect();
         let chunks = image.rootfs.file.chunks.into_iter().map(|c| (c.offset, c)).collect();
-        Ok(Some(Like { avg, same, chunks, extents: map.extents, values }))
+        Ok(Some(Like { same, chunks, extents: map.extents, values }))
     }
 
     /// Cuts `file` into chunks (taking `reuse`'s where it can), stores the ones not yet
@@ -244,13 +245,7 @@ impl Store {
                     }
                     Ok::<(), io::Error>(())
                 };
-                let cut = match (reuse, chunking) {
-                    (Some(reuse), Chunking::Cdc(avg)) => {
-                        chunking::read_chunks_reusing(file, extents, avg, reuse, &mut take)
-                    }
-                    _ => chunking::read_chunks(file, *size, extents, chunking, |c| take(Piece::Read(c))),
-                };
-                cut?;
+                chunking::read_chunks(file, *size, extents, chunking, reuse, &mut take)?;
                 send_read.send(batch).map_err(|_| io::Error::other("put stopped"))?;
                 Ok(known)
             });
@@ -377,7 +372,6 @@ struct FileStored {
 
 /// A base image, as a put of a rootfs like its own sees it (see [`Store::put_image_like`]).
 struct Like {
-    avg: u64,
     /// Per MiB of the new rootfs: whether the base holds the same bytes there.
     same: Vec<bool>,
     chunks: BTreeMap<u64, ChunkRef>,
@@ -388,7 +382,6 @@ struct Like {
 
 impl Like {
     fn reuse(&self) -> Reuse<'_> {
-        debug_assert_eq!(Chunking::Cdc(self.avg).max_chunk(), self.avg * 4);
         Reuse { same: &self.same, chunks: &self.chunks, extents: &self.extents }
     }
 }
