@@ -145,7 +145,7 @@ impl Store {
     /// to share the most with a new image on the same layers (see [`Store::put_image_like`]).
     pub fn newest_layer_user(&self, chain: &Digest) -> Option<ImageId> {
         let users = self.layer_dir(chain).join("users");
-        let mut found: Vec<(SystemTime, ImageId)> = fileio::read_dir_quietly(&users)
+        fileio::read_dir_quietly(&users)
             .unwrap_or_default()
             .into_iter()
             .filter_map(|name| {
@@ -153,9 +153,8 @@ impl Store {
                 let made = fs::metadata(users.join(&name)).and_then(|m| m.modified()).ok()?;
                 self.manifest_path(&id).exists().then_some((made, id))
             })
-            .collect();
-        found.sort();
-        found.pop().map(|(_, id)| id)
+            .max()
+            .map(|(_, id)| id)
     }
 
     fn add_layer_user(&self, chain: &Digest, image: &ImageId) -> Result<PathBuf, StoreError> {
