@@ -18,16 +18,30 @@ seed=${DISKC_FUZZ_SEED:-1}
 # One build of every target first, so that each target's SECONDS are spent fuzzing.
 cargo +nightly fuzz build
 failed=()
+logs=target/fuzz-logs
+mkdir -p "$logs"
 for target in $(cargo +nightly fuzz list); do
     corpus=target/fuzz-corpus/$target
     mkdir -p "$corpus"
-    echo "fuzz: $target for ${seconds}s, seed $seed"
+    echo "fuzz: $target for ${seconds}s, seed $seed (log: $logs/$target.log)"
     if ! cargo +nightly fuzz run "$target" "$corpus" "fixtures/fuzz/$target" -- \
-        -max_total_time="$seconds" -seed="$seed" -max_len=65536 -rss_limit_mb=1024 -timeout=10; then
+        -max_total_time="$seconds" -seed="$seed" -max_len=65536 -rss_limit_mb=1024 -timeout=10 \
+        >"$logs/$target.log" 2>&1; then
         failed+=("$target")
     fi
+    grep -E '^(Done|#[0-9]+ *DONE)' "$logs/$target.log" | tail -n 1 || true
 done
 if [ ${#failed[@]} -gt 0 ]; then
+    # Each failed target's report, from the first line of libFuzzer's or the panic's report on
+    # (the panic, the limit it hit, the input as base64), after every target's summary, so
+    # the end of this script's output is what a reader needs.
+    for target in "${failed[@]}"; do
+        echo "fuzz: $target failed; its report:"
+        awk '/panicked at|==[0-9]+==|ERROR: libFuzzer|out-of-memory|ALARM|SUMMARY|Test unit written|Base64/ { on = 1 }
+             on' "$logs/$target.log" | awk '!/^ *#[0-9]+ 0x/ || /diskc/' | cut -c1-3000 | tail -n 60
+        [ -n "$(awk '/panicked at|ERROR: libFuzzer|out-of-memory|ALARM/' "$logs/$target.log")" ] ||
+            tail -n 20 "$logs/$target.log"
+    done
     echo "fuzz: failed: ${failed[*]} (their inputs are in fuzz/artifacts/)" >&2
     exit 1
 fi

@@ -105,8 +105,12 @@ else
     status=1
     # What CI keeps is this script's output: the fuzzer's report (the failing target, the
     # panic or limit it hit, the input as base64) must be in it, not only in the log.
-    echo "test: the fuzz phase failed; the end of its log:"
-    tail -n 60 "$TARGET/fuzz-output.log"
+    echo "test: the fuzz phase failed; its report:"
+    if grep -q '^fuzz: .* failed; its report:' "$TARGET/fuzz-output.log"; then
+      sed -n '/^fuzz: .* failed; its report:/,$p' "$TARGET/fuzz-output.log" | tail -n 200
+    else
+      tail -n 60 "$TARGET/fuzz-output.log"
+    fi
   fi
 fi
 

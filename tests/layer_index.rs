@@ -199,6 +199,38 @@ fn an_encrypted_layer_is_unsupported() {
     assert!(matches!(e, LayerError::Unsupported { .. }), "{e}");
 }
 
+/// A zstd frame header declaring a window of 2^`log` bytes, then one empty last block.
+fn zstd_frame_with_window(log: u8) -> Vec<u8> {
+    let mut frame = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, (log - 10) << 3];
+    frame.extend([0x01, 0x00, 0x00]);
+    frame
+}
+
+#[test]
+fn a_zstd_window_over_128_mib_is_refused_before_it_is_allocated() {
+    let dir = common::tempdir();
+    // A few bytes asking for 256 MiB to 2 GiB of window: refused, naming the blob and the limit.
+    for log in [28, 30, 31] {
+        let blob = zstd_frame_with_window(log);
+        let exp = LayerExpect { digest: Some(Digest::of(&blob)), ..Default::default() };
+        let e = index_layer(&blob[..], &exp, 0, common::spool(dir.path(), 0)).err().unwrap();
+        assert!(matches!(e, LayerError::ZstdWindow { .. }), "window 2^{log}: {e}");
+        let text = e.to_string();
+        assert!(text.contains(&Digest::of(&blob).to_string()) && text.contains("128 MiB"), "{text}");
+        assert_eq!(e.error_kind(), ErrorKind::BadInput);
+    }
+    // A long window within the limit, as `zstd --long=27` writes, reads as any layer.
+    let tar = sample_tar();
+    let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    encoder.long_distance_matching(true).unwrap();
+    encoder.window_log(27).unwrap();
+    encoder.write_all(&tar).unwrap();
+    let blob = encoder.finish().unwrap();
+    assert_eq!(blob[5], (27 - 10) << 3, "the frame declares its 128 MiB window");
+    let layer = index_layer(&blob[..], &expect(&blob, &tar), 0, common::spool(dir.path(), 0)).unwrap();
+    assert_eq!(read_all(&layer, "etc/hello"), b"hello\n");
+}
+
 /// Fails like a broken connection after some bytes.
 struct Broken<'a>(&'a [u8]);
 

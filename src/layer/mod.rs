@@ -101,6 +101,12 @@ pub enum LayerError {
     DiffIdMismatch { blob: String, expected: Digest, actual: Digest },
     #[error("layer {blob}: corrupt or truncated data: {source}")]
     Corrupt { blob: String, source: io::Error },
+    #[error(
+        "layer {blob}: a zstd frame needs a window larger than {} MiB, the most diskc decodes \
+         (zstd --long=28 or more); recompress it with a smaller window",
+        (1u64 << ZSTD_WINDOW_LOG_MAX) >> 20
+    )]
+    ZstdWindow { blob: String },
     #[error("layer {blob}: tar entry {entry:?}: {problem}")]
     BadEntry { blob: String, entry: String, problem: String },
     #[error("layer {blob}: unsupported media type {media_type}")]
@@ -209,6 +215,12 @@ struct Decoded {
     compression: Compression,
 }
 
+/// The largest zstd window decoded (128 MiB), as zstd's own default: the decoder allocates
+/// the window a frame declares, and a frame of a few bytes may declare 2 GiB.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+/// What zstd says of a frame whose window is over the limit.
+const ZSTD_WINDOW_ERROR: &str = "Frame requires too much memory";
+
 /// Detects the compression, then parses the tar through it, then reads the blob to its end
 /// so that its digest covers every byte.
 fn decode<R: Read>(
@@ -244,9 +256,13 @@ fn decode<R: Read>(
         }
         Compression::Zstd => {
             let mut decoder = zstd::stream::read::Decoder::with_buffer(&mut input).map_err(corrupt)?;
-            // Producers may use long windows; the default limit (8 MiB) would refuse them.
-            decoder.window_log_max(31).map_err(corrupt)?;
-            relay(decoder, |tar| parse_tar(tar, true, writer, name))?
+            decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(corrupt)?;
+            relay(decoder, |tar| parse_tar(tar, true, writer, name)).map_err(|e| match e {
+                LayerError::Corrupt { blob, source } if source.to_string().contains(ZSTD_WINDOW_ERROR) => {
+                    LayerError::ZstdWindow { blob }
+                }
+                e => e,
+            })?
         }
         Compression::None => parse_tar(&mut input, false, writer, name)?,
     };
