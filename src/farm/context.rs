@@ -61,15 +61,29 @@ pub async fn upload(farm: &Farm, packed: &PackedContext) -> Result<bool, FarmErr
     if farm.contexts.info(&packed.digest).await.is_ok() {
         return Ok(false);
     }
-    let mut file = tokio::fs::File::open(packed.file.path())
-        .await
-        .map_err(|e| FarmError::Context(format!("{}: {e}", packed.file.path().display())))?;
-    farm.contexts
-        .put(packed.digest.as_str(), &mut file)
-        .await
-        .map_err(|e| farm.error("storing the build context", e))?;
-    Ok(true)
+    // A put is idempotent (the name is the content's digest), and under many submitters at
+    // once the server has been seen to refuse a chunk for a moment: try again before failing.
+    let mut attempt = 1;
+    loop {
+        let mut file = tokio::fs::File::open(packed.file.path())
+            .await
+            .map_err(|e| FarmError::Context(format!("{}: {e}", packed.file.path().display())))?;
+        match farm.contexts.put(packed.digest.as_str(), &mut file).await {
+            Ok(_) => return Ok(true),
+            Err(e) if attempt < UPLOAD_ATTEMPTS => {
+                tracing::warn!(
+                    "storing build context {} (attempt {attempt}): {e}; trying again",
+                    packed.digest
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(250 * attempt as u64)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(farm.error("storing the build context", e)),
+        }
+    }
 }
+
+const UPLOAD_ATTEMPTS: u32 = 3;
 
 /// Fetches the context named `digest` into the file `out`.
 pub async fn download(farm: &Farm, digest: &str, out: &Path) -> Result<(), FarmError> {
