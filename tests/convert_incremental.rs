@@ -3,8 +3,10 @@
 //! images are OCI layouts this test writes, so each case changes exactly one thing: the top
 //! layer, a middle layer, a top layer that deletes files of the layers below (plain and
 //! opaque whiteouts), and the other way round, a top layer that no longer deletes what the
-//! stored image's top layer did. The saved layers go with the images that use them (gc) and
-//! stay within their bound.
+//! stored image's top layer did. Each case is converted twice: with an output directory
+//! (restored layers copied into the new image file) and into a store alone (restored layers
+//! left where the store keeps them, read there by the put): the same image either way. The
+//! saved layers go with the images that use them (gc) and stay within their bound.
 
 mod common;
 
@@ -254,6 +256,13 @@ fn incremental_conversions_write_the_bytes_of_cold_ones() {
     assert_eq!(cold["layers_reused"], 0);
     assert_eq!(cold["store_reused_bytes"], 0);
     assert_eq!(saved_layers(&store).len(), 3, "every layer of the first image is saved");
+    // The twin store, for conversions without an output directory.
+    let twin = dir.path().join("twin");
+    let twin_arg = twin.to_str().unwrap();
+    convert(&first_ref, &["--store", twin_arg, "--no-journal"], &[]);
+    for layer in saved_layers(&twin) {
+        assert!(layer.join("values").exists(), "{}: the MiBs' values are saved", layer.display());
+    }
 
     for case in &cases {
         let reference = oci_layout(&dir.path().join(case.name), &case.layers);
@@ -286,6 +295,18 @@ fn incremental_conversions_write_the_bytes_of_cold_ones() {
         let fresh = dir.path().join(format!("{}-store", case.name));
         let again = convert(&reference, &["--store", fresh.to_str().unwrap(), "--no-journal"], &[]);
         assert_eq!(again["id"], warm["id"], "{}", case.name);
+
+        // Into a store alone: the restored layers are read where the store keeps them.
+        let laid = convert(&reference, &["--store", twin_arg, "--no-journal"], &[]);
+        assert_eq!(laid["layers_reused"], case.reused, "{}: {laid}", case.name);
+        assert_eq!(laid["id"], warm["id"], "{}: the image a copy gives", case.name);
+        assert_eq!(laid["rootfs"]["digest"], cold["rootfs"]["digest"], "{}", case.name);
+        let laid_reused = laid["store_reused_bytes"].as_u64().unwrap();
+        assert!(laid_reused >= case.store_reuses, "{}: {laid_reused} bytes taken from the store", case.name);
+        let exported = dir.path().join(format!("{}-laid.ext4", case.name));
+        run_ok(diskc().args(["export", "--store", twin_arg, laid["id"].as_str().unwrap(), "-o"]).arg(&exported));
+        assert!(fs::read(&exported).unwrap() == b, "{}: the exported rootfs is the cold one", case.name);
+        common::assert_fsck_clean(&exported);
     }
 }
 

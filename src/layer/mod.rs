@@ -30,8 +30,7 @@ pub use entry::MAX_FILE_SIZE;
 use entry::{parse_tar, ParsedTar};
 pub use meter::{LayerMeter, LayerReading};
 pub use saved::{save_index, SavedIndex};
-use spool::Spool;
-pub use spool::{SpoolFile, SpoolRef, SpoolWriter};
+pub use spool::{Placement, Spool, SpoolFile, SpoolRef, SpoolWriter};
 
 /// What the manifest and config say a blob should be. A `None` digest is computed, not checked.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -83,6 +82,12 @@ impl LayerIndex {
     /// spool is settled.
     pub fn save_data(&self, out: &std::fs::File) -> io::Result<()> {
         self.spool.save_data(out)
+    }
+
+    /// The layer's spool: where its data lies in the image once settled
+    /// ([`Spool::placement`]).
+    pub fn spool(&self) -> &Arc<Spool> {
+        &self.spool
     }
 }
 

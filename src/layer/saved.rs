@@ -11,6 +11,7 @@
 
 use std::fs::File;
 use std::io;
+use std::sync::Arc;
 
 use super::spool::SpoolRun;
 use super::{Compression, LayerIndex, SpoolWriter};
@@ -142,11 +143,22 @@ impl SavedIndex {
         self.diff_id
     }
 
-    /// The layer, its data restored from `data` into `writer`'s slot. `digest` is the blob's
+    /// The layer, its data restored from `data` into `writer`'s slot, or left in `data` and
+    /// referred to if `by_reference` (see [`SpoolWriter::refer`]). `digest` is the blob's
     /// digest as this image's manifest lists it (the same layer may come compressed another
     /// way). Only I/O can fail now.
-    pub fn restore(self, data: &File, mut writer: SpoolWriter, digest: Digest) -> io::Result<LayerIndex> {
-        writer.restore(data, self.spooled)?;
+    pub fn restore(
+        self,
+        data: Arc<File>,
+        by_reference: bool,
+        mut writer: SpoolWriter,
+        digest: Digest,
+    ) -> io::Result<LayerIndex> {
+        if by_reference {
+            writer.refer(data, self.spooled)?;
+        } else {
+            writer.restore(&data, self.spooled)?;
+        }
         let entries = self
             .entries
             .into_iter()
@@ -280,6 +292,7 @@ mod tests {
     use super::*;
     use crate::layer::{index_layer, LayerExpect, SpoolFile};
     use crate::tree::Content;
+    use std::os::unix::fs::FileExt;
 
     fn layer_tar() -> Vec<u8> {
         let mut b = ::tar::Builder::new(Vec::new());
@@ -317,20 +330,37 @@ mod tests {
         let data = tempfile::tempfile_in(dir.path()).unwrap();
         layer.spool.save_data(&data).unwrap();
 
-        let second = SpoolFile::temp_in(dir.path()).unwrap();
-        let saved = SavedIndex::read(&index, &data).unwrap();
-        assert_eq!(saved.diff_id(), layer.diff_id);
-        let back = saved.restore(&data, second.slot(2).unwrap(), layer.digest).unwrap();
-        assert_eq!(save_index(&back), index);
-        assert_eq!(back.entries.len(), layer.entries.len());
-        for (a, b) in layer.entries.iter().zip(&back.entries) {
-            assert_eq!((&a.path, &a.meta), (&b.path, &b.meta));
-            if let (EntryKind::File(fa), EntryKind::File(fb)) = (&a.kind, &b.kind) {
-                assert_eq!(fa.data_blocks, fb.data_blocks);
-                let (mut x, mut y) = (vec![0u8; fa.size as usize], vec![1u8; fb.size as usize]);
-                fa.content.read_at(0, &mut x).unwrap();
-                fb.content.read_at(0, &mut y).unwrap();
-                assert_eq!(x, y);
+        // Copied into the spool, or left in the saved data and referred to: the same layer.
+        for by_reference in [false, true] {
+            let second = SpoolFile::temp_in(dir.path()).unwrap();
+            let saved = SavedIndex::read(&index, &data).unwrap();
+            assert_eq!(saved.diff_id(), layer.diff_id);
+            let backing = Arc::new(data.try_clone().unwrap());
+            let back = saved.restore(backing, by_reference, second.slot(2).unwrap(), layer.digest).unwrap();
+            assert_eq!(save_index(&back), index);
+            assert_eq!(back.entries.len(), layer.entries.len());
+            for (a, b) in layer.entries.iter().zip(&back.entries) {
+                assert_eq!((&a.path, &a.meta), (&b.path, &b.meta));
+                if let (EntryKind::File(fa), EntryKind::File(fb)) = (&a.kind, &b.kind) {
+                    assert_eq!(fa.data_blocks, fb.data_blocks);
+                    let (mut x, mut y) = (vec![0u8; fa.size as usize], vec![1u8; fb.size as usize]);
+                    fa.content.read_at(0, &mut x).unwrap();
+                    fb.content.read_at(0, &mut y).unwrap();
+                    assert_eq!(x, y, "{by_reference}");
+                    if let Some((path, offset)) = fb.content.source_file() {
+                        let mut z = vec![2u8; fb.size as usize];
+                        File::open(path).unwrap().read_exact_at(&mut z, offset).unwrap();
+                        assert_eq!(x, z, "{by_reference}: the source file holds the bytes");
+                    }
+                }
+            }
+            let image_file = second.settle(std::iter::empty()).unwrap();
+            let placement = back.spool.placement().unwrap();
+            assert_eq!(placement.backing.is_some(), by_reference);
+            if by_reference {
+                let size = image_file.metadata().unwrap().len();
+                let data_in_image = crate::fileio::data_extents(&image_file, size).unwrap();
+                assert!(data_in_image.is_empty(), "a referred layer writes nothing: {data_in_image:?}");
             }
         }
 

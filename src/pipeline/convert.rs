@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio::runtime::Handle;
 
 use super::cache_key::cache_key;
-use super::incremental::{restore_saved, ToSave};
+use super::incremental::{restore_saved, Restored, ToSave};
 use super::rootfs::{digest_file, ext4_options, format_uuid, fs_time, write_rootfs};
 use super::staging::{check_outdir, write_manifest, Staging};
 use super::{ConvertPlan, HostKernel, PipelineError, Progress, Timings};
@@ -23,7 +23,7 @@ use crate::manifest::{
     BootPart, ImageConfig, ImageDescription, RootfsInfo, SourceInfo, FORMAT_VERSION, ROOTFS_FILE,
 };
 use crate::source;
-use crate::store::{chain_ids, ImageId, ImageRecord, Store, StoreError, Stored};
+use crate::store::{chain_ids, ImageId, ImageRecord, LaidLayer, Store, StoreError, Stored};
 use crate::tree::FsTree;
 
 /// The result of a conversion.
@@ -115,12 +115,16 @@ fn run(
         .open(&rootfs_path)
         .map_err(|source| PipelineError::Io { what: "creating", path: rootfs_path.clone(), source })?;
     let spool = layer::SpoolFile::new(file).with_meter(meter);
-    let mut layers = match &store {
+    // Into a store alone, restored layers stay where the store keeps them: the image file
+    // never holds their bytes (see `incremental`).
+    let by_reference = output.outdir.is_none();
+    let restored = match &store {
         Some(store) if opened.reads_layers_apart() => {
-            restore_saved(store, opened.resolved(), &config.diff_ids, &spool)?
+            restore_saved(store, opened.resolved(), &config.diff_ids, &spool, by_reference)?
         }
-        _ => Vec::new(),
+        _ => Restored::default(),
     };
+    let (mut layers, restored_values) = restored.into_parts();
     let reused = layers.len();
     if let Some(how) = &daemon_layers {
         progress(Progress::DaemonLayers(how.clone()));
@@ -143,6 +147,7 @@ fn run(
     timings.flatten = lap(started, &timings);
     // The tree holds what it needs of the layers (their spools among it); their entries, as
     // many as the tree's nodes, need not stay for the ext4 writer.
+    let spools: Vec<_> = layers.iter().map(|l| l.spool().clone()).collect();
     drop(layers);
 
     let file = spool.settle(tree.files().map(|f| &f.content)).map_err(|source| PipelineError::Io {
@@ -189,10 +194,11 @@ fn run(
             let base = reused
                 .checked_sub(1)
                 .and_then(|top| store.newest_layer_user(&chain_ids(&config.diff_ids)[top]));
-            let stored = keep(store, &staging.path, record, base.as_ref())?;
+            let laid = Restored::laid(&spools[..reused], restored_values);
+            let stored = keep(store, &staging.path, record, base.as_ref(), laid)?;
             store.cache_put(&cache_key, &stored.id)?;
             if let Some(to_save) = to_save {
-                to_save.save(store, &stored.id);
+                to_save.save(store, &stored.id, summary.size_bytes, &spools[reused..]);
             }
             name_image(store, &stored.id, &output.names)?;
             timings.store = lap(started, &timings);
@@ -250,6 +256,7 @@ fn keep(
     staged: &Path,
     record: ImageRecord,
     base: Option<&ImageId>,
+    laid: Vec<LaidLayer>,
 ) -> Result<Stored, StoreError> {
     let rootfs = staged.join(ROOTFS_FILE);
     let boot_files: Vec<(&str, PathBuf)> = match &record.boot {
@@ -259,7 +266,7 @@ fn keep(
         None => Vec::new(),
     };
     let boot_files: Vec<(&str, &Path)> = boot_files.iter().map(|(n, p)| (*n, p.as_path())).collect();
-    store.put_image_like(&rootfs, &boot_files, record, base, &|_| {})
+    store.put_image_like(&rootfs, &boot_files, record, base, laid, &|_| {})
 }
 
 fn name_image(store: &Store, id: &ImageId, names: &[String]) -> Result<(), StoreError> {

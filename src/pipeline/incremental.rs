@@ -3,24 +3,62 @@
 //! the layers above them are read, and saved in turn once the image is stored. A restored
 //! layer is its entries and its spooled bytes exactly as they were, so the image comes out
 //! byte for byte as a cold conversion makes it.
+//!
+//! Into a store alone (no output directory), a restored layer's data is not even copied: it
+//! stays in the store's saved file, the image file is written around it, and the put reads
+//! it there (`store::RootfsView`), taking the chunks of the image it was saved with wherever
+//! the saved chaining values of its MiBs say they are the same.
+
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use super::PipelineError;
 use crate::digest::Digest;
-use crate::layer::{save_index, LayerIndex, SavedIndex, SpoolFile};
+use crate::layer::{save_index, LayerIndex, SavedIndex, Spool, SpoolFile};
 use crate::source::ResolvedImage;
-use crate::store::{chain_ids, ImageId, LayerData, SavedLayer, Store, StoreError};
+use crate::store::{chain_ids, ImageId, LaidLayer, LayerData, LayerValues, SavedLayer, Store, StoreError};
+
+/// The image's lowest layers as restored: their indexes, bottom first, and the chaining
+/// values saved with each.
+#[derive(Default)]
+pub(super) struct Restored {
+    pub layers: Vec<LayerIndex>,
+    values: Vec<Option<LayerValues>>,
+}
+
+impl Restored {
+    /// The layers restored by reference, as laid into the settled image: their spools must
+    /// be settled (see [`SpoolFile::settle`]).
+    pub(super) fn laid(spools: &[Arc<Spool>], values: Vec<Option<LayerValues>>) -> Vec<LaidLayer> {
+        spools
+            .iter()
+            .zip(values)
+            .filter_map(|(spool, values)| {
+                let place = spool.placement()?;
+                let data = place.backing.clone()?;
+                let values = values.filter(|v| v.at == place.at).map(|v| v.values).unwrap_or_default();
+                Some(LaidLayer { at: place.at, len: place.len, data, dead: place.dead.clone(), values })
+            })
+            .collect()
+    }
+
+    pub(super) fn into_parts(self) -> (Vec<LayerIndex>, Vec<Option<LayerValues>>) {
+        (self.layers, self.values)
+    }
+}
 
 /// Restores the longest run of the image's lowest layers that the store has saved, each into
-/// the spool slot of its number; returns them, bottom first. A saved layer that does not
-/// read back whole ends the run: it is read from the source like the layers above.
+/// the spool slot of its number (or, `by_reference`, left where the store keeps it; see the
+/// module's comment). A saved layer that does not read back whole ends the run: it is read
+/// from the source like the layers above.
 pub(super) fn restore_saved(
     store: &Store,
     resolved: &ResolvedImage,
     diff_ids: &[Digest],
     spool: &SpoolFile,
-) -> Result<Vec<LayerIndex>, PipelineError> {
+    by_reference: bool,
+) -> Result<Restored, PipelineError> {
     let mut found: Vec<(SavedIndex, SavedLayer)> = Vec::new();
     // As many layers as both the manifest and the config list (a source checks they agree).
     let layers = diff_ids.len().min(resolved.layers.len());
@@ -40,16 +78,18 @@ pub(super) fn restore_saved(
         .enumerate()
         .map(|(i, &diff_id)| spool.slot(i as u32).map_err(|source| spool_error(diff_id, source)))
         .collect::<Result<Vec<_>, _>>()?;
-    found
+    let values = found.iter_mut().map(|(_, saved)| saved.values.take()).collect();
+    let layers = found
         .into_par_iter()
         .zip(slots)
         .enumerate()
         .map(|(i, ((index, saved), writer))| {
             index
-                .restore(&saved.data, writer, resolved.layers[i].digest)
+                .restore(Arc::new(saved.data), by_reference, writer, resolved.layers[i].digest)
                 .map_err(|source| spool_error(diff_ids[i], source))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(Restored { layers, values })
 }
 
 fn spool_error(diff_id: Digest, source: std::io::Error) -> PipelineError {
@@ -94,20 +134,31 @@ impl ToSave {
         Ok(ToSave { restored: chains[..first].to_vec(), layers })
     }
 
-    /// Saves the layers as used by the stored image `id`. They are a cache: the image is
-    /// stored whatever happens here, so a failure is a warning, not the conversion's error.
-    pub(super) fn save(self, store: &Store, id: &ImageId) {
-        if let Err(e) = self.try_save(store, id) {
+    /// Saves the layers as used by the stored image `id` (whose rootfs is `size` bytes),
+    /// each with the chaining values of its MiBs where it lies (its settled `spools`, in the
+    /// layers' order). They are a cache: the image is stored whatever happens here, so a
+    /// failure is a warning, not the conversion's error.
+    pub(super) fn save(self, store: &Store, id: &ImageId, size: u64, spools: &[Arc<Spool>]) {
+        if let Err(e) = self.try_save(store, id, size, spools) {
             tracing::warn!("the layers of image {id} are not saved for later conversions: {e}");
         }
     }
 
-    fn try_save(self, store: &Store, id: &ImageId) -> Result<(), StoreError> {
+    fn try_save(
+        self,
+        store: &Store,
+        id: &ImageId,
+        size: u64,
+        spools: &[Arc<Spool>],
+    ) -> Result<(), StoreError> {
         for chain in &self.restored {
             store.use_layer(chain, id)?;
         }
-        for (chain, index, data) in self.layers {
+        for ((chain, index, data), spool) in self.layers.into_iter().zip(spools) {
             store.save_layer(&chain, &index, data, id)?;
+            if let Some(place) = spool.placement() {
+                store.save_layer_values(&chain, id, size, place.at..place.at + place.len, &place.dead)?;
+            }
         }
         Ok(())
     }

@@ -12,15 +12,15 @@
 //!
 //! A block map is a cache, local only: a missing or damaged one costs a full put.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode};
 use rayon::prelude::*;
 
+use super::view::ReadAt;
 use super::{ImageId, Store};
 use crate::digest::FileDigest;
 
@@ -128,30 +128,38 @@ pub fn block_value(index: u64, bytes: &[u8]) -> ChainingValue {
 
 /// The chaining values of every MiB of `file`, whose data lies at `extents` (holes hash as
 /// the zeros they are, without being read), computed on every core.
-pub fn file_values(file: &File, size: u64, extents: &[Range<u64>]) -> io::Result<Vec<ChainingValue>> {
+pub fn file_values(
+    file: &dyn ReadAt,
+    size: u64,
+    extents: &[Range<u64>],
+    known: &(dyn Fn(u64) -> Option<ChainingValue> + Sync),
+) -> io::Result<Vec<ChainingValue>> {
     (0..block_count(size))
         .into_par_iter()
         .map_init(
             || vec![0u8; BLOCK as usize],
-            |buf, index| Ok(block_value(index, read_block(file, size, extents, index, buf)?)),
+            |buf, index| match known(index) {
+                Some(value) => Ok(value),
+                None => Ok(block_value(index, read_block(file, size, extents, index, buf)?)),
+            },
         )
         .collect()
 }
 
 /// The BLAKE3 of `file` (data at `extents`, holes as zeros), hashed on every core: the same
 /// digest as a put records.
-pub fn file_digest(file: &File, size: u64, extents: &[Range<u64>]) -> io::Result<FileDigest> {
+pub fn file_digest(file: &dyn ReadAt, size: u64, extents: &[Range<u64>]) -> io::Result<FileDigest> {
     if size <= BLOCK {
         let mut buf = vec![0u8; size as usize];
         let bytes = read_block(file, size, extents, 0, &mut buf)?;
         return Ok(FileDigest::Blake3(blake3::hash(bytes).into()));
     }
-    Ok(root_digest(&file_values(file, size, extents)?, size))
+    Ok(root_digest(&file_values(file, size, extents, &|_| None)?, size))
 }
 
 /// MiB `index` of the file into `buf`: zeros, and the data `extents` hold there read in.
 fn read_block<'b>(
-    file: &File,
+    file: &dyn ReadAt,
     size: u64,
     extents: &[Range<u64>],
     index: u64,
@@ -165,7 +173,7 @@ fn read_block<'b>(
             break;
         }
         let (from, to) = (e.start.max(block.start), e.end.min(block.end));
-        file.read_exact_at(&mut buf[(from - block.start) as usize..(to - block.start) as usize], from)?;
+        file.read_bytes_at(&mut buf[(from - block.start) as usize..(to - block.start) as usize], from)?;
     }
     Ok(buf)
 }

@@ -12,17 +12,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::File;
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::str::FromStr;
 
 use fastcdc::v2020::StreamCDC;
 
 use super::blocks::BLOCK;
+use super::view::ReadAt;
 use super::ChunkRef;
-use crate::fileio::RangeReader;
 
 /// How a store cuts files into chunks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,7 +123,7 @@ pub struct RawChunk {
 /// produced. With content-defined chunking, `reuse` gives a base image's chunks, taken
 /// unread where they are the chunks this file's chunker makes.
 pub fn read_chunks<E: From<io::Error>>(
-    file: &File,
+    file: &dyn ReadAt,
     size: u64,
     extents: &[Range<u64>],
     chunking: Chunking,
@@ -139,7 +137,7 @@ pub fn read_chunks<E: From<io::Error>>(
                 for read in &planned.reads {
                     let from = (read.start - planned.range.start) as usize;
                     let to = (read.end - planned.range.start) as usize;
-                    file.read_exact_at(&mut data[from..to], read.start)?;
+                    file.read_bytes_at(&mut data[from..to], read.start)?;
                 }
                 sink(Piece::Read(RawChunk { offset: planned.range.start, data }))?;
             }
@@ -197,7 +195,7 @@ impl Piece {
 /// Content-defined chunks, each extent cut afresh from its start; where a cut lands on a
 /// chunk `reuse` says is this file's, that chunk is taken and the cutting resumes after it.
 fn read_cdc<E: From<io::Error>>(
-    file: &File,
+    file: &dyn ReadAt,
     extents: &[Range<u64>],
     avg: u64,
     reuse: Option<&Reuse<'_>>,
@@ -217,7 +215,7 @@ fn read_cdc<E: From<io::Error>>(
             }
             // Cut from here until a cut lands where the base's chunks can be taken again.
             let from = at;
-            let reader = RangeReader::new(file, from..extent.end);
+            let reader = RangeReader { file, pos: from, end: extent.end };
             for piece in StreamCDC::new(reader, min as usize, avg as usize, max as usize) {
                 let piece = piece.map_err(io::Error::from)?;
                 at = from + piece.offset + piece.length as u64;
@@ -229,6 +227,22 @@ fn read_cdc<E: From<io::Error>>(
         }
     }
     Ok(())
+}
+
+/// Reads one byte range of a file, in positioned reads.
+struct RangeReader<'a> {
+    file: &'a dyn ReadAt,
+    pos: u64,
+    end: u64,
+}
+
+impl io::Read for RangeReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (self.end - self.pos).min(buf.len() as u64) as usize;
+        self.file.read_bytes_at(&mut buf[..n], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]

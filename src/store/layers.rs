@@ -12,6 +12,8 @@
 //! layers/<chain id hex>/index          its saved index (`layer::save_index`), written last:
 //!                                      a directory without it is unfinished
 //! layers/<chain id hex>/users/<id>     an empty file per stored image made with it
+//! layers/<chain id hex>/values         the chaining values of its MiBs where it lay in the
+//!                                      image that saved it (see `view`), optional
 //! ```
 //!
 //! Saved layers are a cache: local only, never pushed, bounded (the least recently used go
@@ -26,10 +28,13 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::atomic::{remove_if_present, temp_prefix};
+use super::blocks::BLOCK;
 use super::gc::GcReport;
 use super::{ImageId, Store, StoreError};
 use crate::digest::{Digest, Hasher};
 use crate::fileio;
+use blake3::hazmat::ChainingValue;
+use std::ops::Range;
 
 /// How many bytes of saved layers (their data as stored, sparse) the store keeps by default.
 pub const DEFAULT_LIMIT: u64 = 16 << 30;
@@ -54,10 +59,57 @@ pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
     out
 }
 
-/// A layer as saved: its index bytes and its data, open.
+/// A layer as saved: its index bytes and its data, open, and its MiBs' values if saved.
 pub struct SavedLayer {
     pub index: Vec<u8>,
     pub data: File,
+    pub values: Option<LayerValues>,
+}
+
+/// The BLAKE3 chaining values of a layer's MiBs as they lay in an image from offset `at`
+/// with nothing dead (see `view`); unknown where the image that saved them dropped data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerValues {
+    pub at: u64,
+    pub values: Vec<Option<ChainingValue>>,
+}
+
+const VALUES_MAGIC: &[u8; 16] = b"diskc-lvalues-1\n";
+
+impl LayerValues {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + 33 * self.values.len());
+        out.extend_from_slice(VALUES_MAGIC);
+        out.extend_from_slice(&self.at.to_le_bytes());
+        out.extend_from_slice(&(self.values.len() as u64).to_le_bytes());
+        for v in &self.values {
+            out.push(u8::from(v.is_some()));
+            out.extend_from_slice(&v.unwrap_or_default());
+        }
+        let check = blake3::hash(&out);
+        out.extend_from_slice(check.as_bytes());
+        out
+    }
+
+    /// None for anything but what [`LayerValues::encode`] wrote.
+    fn decode(bytes: &[u8]) -> Option<LayerValues> {
+        let (body, check) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
+        if blake3::hash(body).as_bytes() != check {
+            return None;
+        }
+        let rest = body.strip_prefix(VALUES_MAGIC.as_slice())?;
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        let (at, count) = (word(rest.get(..8)?), word(rest.get(8..16)?));
+        let entries = rest.get(16..)?;
+        if entries.len() as u64 != count.checked_mul(33)? {
+            return None;
+        }
+        let values = entries
+            .chunks_exact(33)
+            .map(|e| (e[0] == 1).then(|| e[1..].try_into().expect("32 bytes")))
+            .collect();
+        Some(LayerValues { at, values })
+    }
 }
 
 /// A layer's data being written, in the store's `tmp/` until [`Store::save_layer`].
@@ -96,7 +148,41 @@ impl Store {
         if let Ok(f) = File::options().write(true).open(&index_path) {
             let _ = f.set_modified(SystemTime::now());
         }
-        Ok(Some(SavedLayer { index, data }))
+        let values = fs::read(dir.join("values")).ok().and_then(|b| LayerValues::decode(&b));
+        Ok(Some(SavedLayer { index, data, values }))
+    }
+
+    /// Keeps with the layer saved under `chain` the chaining values of its MiBs as they lie
+    /// in stored image `image` (its rootfs `size` bytes long), at `place` (on a MiB), less
+    /// the `dead` ranges (from the layer's start): a MiB holding any of those is unknown.
+    /// Nothing is kept for a layer that has values already, or without the image's block map.
+    pub fn save_layer_values(
+        &self,
+        chain: &Digest,
+        image: &ImageId,
+        size: u64,
+        place: Range<u64>,
+        dead: &[Range<u64>],
+    ) -> Result<(), StoreError> {
+        let dir = self.layer_dir(chain);
+        let path = dir.join("values");
+        if path.exists() || place.start % BLOCK != 0 {
+            return Ok(());
+        }
+        let Some(map) = self.block_map(image, size) else { return Ok(()) };
+        let values = (place.start / BLOCK..place.end.div_ceil(BLOCK))
+            .map(|mib| {
+                let within = mib * BLOCK - place.start..(mib + 1) * BLOCK - place.start;
+                let clean = mib * BLOCK + BLOCK <= place.end
+                    && !dead.iter().any(|d| d.start < within.end && within.start < d.end);
+                clean.then(|| map.values.get(mib as usize).copied()).flatten()
+            })
+            .collect();
+        let _lock = self.shared_lock()?;
+        if dir.join("index").exists() {
+            self.write_atomic_durable(&path, &LayerValues { at: place.start, values }.encode())?;
+        }
+        Ok(())
     }
 
     /// A temp file in the store for a layer's data, to fill and hand to [`Store::save_layer`].
@@ -258,5 +344,19 @@ mod tests {
         assert_eq!(ids[0], a);
         assert_eq!(ids[1], Digest::of(format!("{a} {b}").as_bytes()));
         assert_eq!(chain_ids(&[]), Vec::<Digest>::new());
+    }
+
+    #[test]
+    fn layer_values_round_trip_and_damage_is_refused() {
+        let values = LayerValues { at: 3 << 20, values: vec![Some([7; 32]), None, Some([9; 32])] };
+        let bytes = values.encode();
+        assert_eq!(LayerValues::decode(&bytes), Some(values));
+        for at in [0, 20, bytes.len() / 2, bytes.len() - 1] {
+            let mut broken = bytes.clone();
+            broken[at] ^= 1;
+            assert_eq!(LayerValues::decode(&broken), None, "byte {at} flipped");
+        }
+        assert_eq!(LayerValues::decode(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(LayerValues::decode(&[]), None);
     }
 }

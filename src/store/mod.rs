@@ -68,6 +68,7 @@ mod remote_gc;
 mod transfer;
 mod upstream;
 mod verify;
+mod view;
 
 use std::fs;
 use std::io;
@@ -81,7 +82,7 @@ pub use blocks::file_digest;
 pub use chunking::Chunking;
 pub use gc::GcReport;
 pub use image::{ChunkRef, ImageId, ImageRecord, StoredFile, StoredImage, StoredRootfs, STORE_FORMAT};
-pub use layers::{chain_ids, LayerData, SavedLayer};
+pub use layers::{chain_ids, LayerData, LayerValues, SavedLayer};
 pub use migrate::MigrateReport;
 use names::encode_name;
 pub use names::{ImageSummary, Removed};
@@ -91,6 +92,7 @@ pub use remote_gc::DEFAULT_GRACE;
 pub use transfer::{Transfer, TransferProgress};
 pub use upstream::StoreLocation;
 pub use verify::{DamagedImage, VerifyReport};
+pub use view::{LaidLayer, ReadAt, RootfsView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -18,7 +18,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::meter::LayerMeter;
 use crate::fileio::{self, copy_extents, copy_range, data_extents_in, punch_hole};
@@ -63,6 +63,29 @@ pub struct Spool {
     /// The layer's number in its image (0 = bottom). Set after indexing when the layer's
     /// place was not known while it streamed (a `docker save` stream lists it at the end).
     layer: AtomicU32,
+    /// A restored layer's bytes left in the file they were saved in (see
+    /// [`SpoolWriter::refer`]): read there, and never written into the image file.
+    backing: OnceLock<Backing>,
+    /// Set by `settle`: the layer's place in the image.
+    placement: OnceLock<Placement>,
+}
+
+/// The file a referred layer's bytes stay in, from its start.
+struct Backing {
+    file: Arc<File>,
+    fd_path: PathBuf,
+}
+
+/// Where [`SpoolFile::settle`] put a layer's data in the image: `len` bytes (a whole number
+/// of MiB) from `at`, less the `dead` ranges (from the layer's start), which the image does
+/// not keep and which read as zeros. `backing` holds the bytes of a referred layer, whose
+/// data is not in the image file (see [`SpoolWriter::refer`]).
+#[derive(Clone, Debug)]
+pub struct Placement {
+    pub at: u64,
+    pub len: u64,
+    pub dead: Vec<Range<u64>>,
+    pub backing: Option<Arc<File>>,
 }
 
 impl fmt::Debug for Spool {
@@ -81,6 +104,20 @@ impl Spool {
 
     fn at(&self) -> u64 {
         self.at.load(Ordering::Acquire)
+    }
+
+    /// Where the byte `offset` bytes into the layer's data is: the backing file, or the image
+    /// file from where the layer lies now.
+    fn data_at(&self, offset: u64) -> (&File, u64) {
+        match self.backing.get() {
+            Some(backing) => (&backing.file, offset),
+            None => (&self.file, self.at() + offset),
+        }
+    }
+
+    /// Where the layer's data lies in the image, once settled.
+    pub fn placement(&self) -> Option<&Placement> {
+        self.placement.get()
     }
 
     /// Bytes spooled.
@@ -145,6 +182,8 @@ impl SpoolFile {
             at: AtomicU64::new(base),
             settled: AtomicBool::new(false),
             layer: AtomicU32::new(slot),
+            backing: OnceLock::new(),
+            placement: OnceLock::new(),
         });
         self.spools.lock().unwrap_or_else(|e| e.into_inner()).push(spool.clone());
         Ok(SpoolWriter { spool, len: 0 })
@@ -168,27 +207,41 @@ impl SpoolFile {
         let mut regions = Vec::new();
         for spool in &spools {
             let live = merge(std::mem::take(&mut used[spool.slot as usize]));
-            let at = spool.at();
+            let spooled = spool.len.load(Ordering::Relaxed);
+            let mut dead = Vec::new();
             let mut pos = 0;
-            for r in live.iter().chain(std::iter::once(&(spool.len.load(Ordering::Relaxed)..u64::MAX))) {
+            for r in live.iter().chain(std::iter::once(&(spooled..u64::MAX))) {
                 if r.start > pos {
-                    punch_hole(file, at + pos..at + r.start)?;
+                    dead.push(pos..r.start.min(spooled));
                 }
                 pos = r.end;
             }
+            // A referred layer's bytes are not in this file: nothing to drop or move.
+            if spool.backing.get().is_none() {
+                let at = spool.at();
+                for d in &dead {
+                    punch_hole(file, at + d.start..at + d.end)?;
+                }
+            }
             let len = live.last().map_or(0, |r| r.end.next_multiple_of(MIB));
-            regions.push(Region { spool: spool.clone(), from: at, len, to: 0 });
+            regions.push((Region { spool: spool.clone(), from: spool.at(), len, to: 0 }, dead));
         }
         // Bottom layer first; a blob used by two layers was spooled once, for the lower.
-        regions.sort_by_key(|r| (r.spool.layer.load(Ordering::Relaxed), r.spool.slot));
+        regions.sort_by_key(|(r, _)| (r.spool.layer.load(Ordering::Relaxed), r.spool.slot));
         let mut to = DATA_START_BYTES;
-        for r in &mut regions {
+        for (r, _) in &mut regions {
             r.to = to;
             to += r.len;
         }
-        regions.retain(|r| r.len > 0);
-        move_regions(file, &regions, to, self.slot_bytes)?;
-        for r in &regions {
+        let moving: Vec<Region> = regions
+            .iter()
+            .filter(|(r, _)| r.len > 0 && r.spool.backing.get().is_none())
+            .map(|(r, _)| Region { spool: r.spool.clone(), ..*r })
+            .collect();
+        move_regions(file, &moving, to, self.slot_bytes)?;
+        for (r, dead) in regions {
+            let backing = r.spool.backing.get().map(|b| b.file.clone());
+            let _ = r.spool.placement.set(Placement { at: r.to, len: r.len, dead, backing });
             r.spool.at.store(r.to, Ordering::Release);
             r.spool.settled.store(true, Ordering::Release);
         }
@@ -297,7 +350,6 @@ impl Content for SpoolRef {
         if end > self.size {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        let base = self.spool.at();
         let mut pos = offset;
         let mut out = buf;
         while !out.is_empty() {
@@ -307,7 +359,7 @@ impl Content for SpoolRef {
             let (len, source) = match self.runs.get(i) {
                 Some(run) if run.blocks.start <= block => {
                     let run_end = (run.blocks.end * BLOCK_SIZE).min(self.size);
-                    let at = base + run.spool_offset + (pos - run.blocks.start * BLOCK_SIZE);
+                    let at = run.spool_offset + (pos - run.blocks.start * BLOCK_SIZE);
                     ((run_end - pos).min(out.len() as u64) as usize, Some(at))
                 }
                 Some(run) => ((run.blocks.start * BLOCK_SIZE - pos).min(out.len() as u64) as usize, None),
@@ -315,7 +367,10 @@ impl Content for SpoolRef {
             };
             let (head, rest) = out.split_at_mut(len);
             match source {
-                Some(at) => self.spool.file.read_exact_at(head, at)?,
+                Some(at) => {
+                    let (file, at) = self.spool.data_at(at);
+                    file.read_exact_at(head, at)?
+                }
                 None => head.fill(0),
             }
             pos += len as u64;
@@ -333,7 +388,10 @@ impl Content for SpoolRef {
     fn source_file(&self) -> Option<(&Path, u64)> {
         match &*self.runs {
             [run] if run.blocks.start == 0 && run.blocks.end == self.size.div_ceil(BLOCK_SIZE) => {
-                Some((&self.spool.fd_path, self.spool.at() + run.spool_offset))
+                match self.spool.backing.get() {
+                    Some(backing) => Some((&backing.fd_path, run.spool_offset)),
+                    None => Some((&self.spool.fd_path, self.spool.at() + run.spool_offset)),
+                }
             }
             _ => None,
         }
@@ -373,6 +431,23 @@ impl SpoolWriter {
         }
         let base = self.spool.base;
         copy_extents(data, &data_extents_in(data, 0..len)?, &self.spool.file, base as i64)?;
+        self.len = len;
+        self.spool.len.store(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Like [`SpoolWriter::restore`], but leaves the bytes in `data` instead of copying them:
+    /// the layer's files are read there, and the image file gets none of them. Whoever makes
+    /// the image of the settled spool reads the layer's data from its
+    /// [`Placement::backing`]; a store reads it there without a copy.
+    pub(crate) fn refer(&mut self, data: Arc<File>, len: u64) -> io::Result<()> {
+        if len > self.spool.slot_bytes {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "the saved layer is larger than a slot"));
+        }
+        let fd_path = PathBuf::from(format!("/proc/self/fd/{}", data.as_raw_fd()));
+        if self.spool.backing.set(Backing { file: data, fd_path }).is_err() {
+            return Err(io::Error::other("the layer's slot is filled already"));
+        }
         self.len = len;
         self.spool.len.store(len, Ordering::Relaxed);
         Ok(())
