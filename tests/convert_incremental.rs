@@ -4,8 +4,9 @@
 //! layer, a middle layer, a top layer that deletes files of the layers below (plain and
 //! opaque whiteouts), and the other way round, a top layer that no longer deletes what the
 //! stored image's top layer did. Each case is converted twice: with an output directory
-//! (restored layers copied into the new image file) and into a store alone (restored layers
-//! left where the store keeps them, read there by the put): the same image either way. The
+//! (restored layers laid into its image file after the put) and into a store alone (their
+//! bytes never in the image file, read where the store keeps them): the same image either
+//! way, exported or written. The
 //! saved layers go with the images that use them (gc) and stay within their bound.
 
 mod common;
@@ -304,7 +305,9 @@ fn incremental_conversions_write_the_bytes_of_cold_ones() {
         let laid_reused = laid["store_reused_bytes"].as_u64().unwrap();
         assert!(laid_reused >= case.store_reuses, "{}: {laid_reused} bytes taken from the store", case.name);
         let exported = dir.path().join(format!("{}-laid.ext4", case.name));
-        run_ok(diskc().args(["export", "--store", twin_arg, laid["id"].as_str().unwrap(), "-o"]).arg(&exported));
+        run_ok(
+            diskc().args(["export", "--store", twin_arg, laid["id"].as_str().unwrap(), "-o"]).arg(&exported),
+        );
         assert!(fs::read(&exported).unwrap() == b, "{}: the exported rootfs is the cold one", case.name);
         common::assert_fsck_clean(&exported);
     }

@@ -143,22 +143,11 @@ impl SavedIndex {
         self.diff_id
     }
 
-    /// The layer, its data restored from `data` into `writer`'s slot, or left in `data` and
-    /// referred to if `by_reference` (see [`SpoolWriter::refer`]). `digest` is the blob's
-    /// digest as this image's manifest lists it (the same layer may come compressed another
-    /// way). Only I/O can fail now.
-    pub fn restore(
-        self,
-        data: Arc<File>,
-        by_reference: bool,
-        mut writer: SpoolWriter,
-        digest: Digest,
-    ) -> io::Result<LayerIndex> {
-        if by_reference {
-            writer.refer(data, self.spooled)?;
-        } else {
-            writer.restore(&data, self.spooled)?;
-        }
+    /// The layer, its data left in `data` and referred to (see [`SpoolWriter::refer`]).
+    /// `digest` is the blob's digest as this image's manifest lists it (the same layer may
+    /// come compressed another way). Only I/O can fail now.
+    pub fn restore(self, data: Arc<File>, mut writer: SpoolWriter, digest: Digest) -> io::Result<LayerIndex> {
+        writer.refer(data, self.spooled)?;
         let entries = self
             .entries
             .into_iter()
@@ -330,13 +319,13 @@ mod tests {
         let data = tempfile::tempfile_in(dir.path()).unwrap();
         layer.spool.save_data(&data).unwrap();
 
-        // Copied into the spool, or left in the saved data and referred to: the same layer.
-        for by_reference in [false, true] {
+        // Left in the saved data and referred to: the same layer.
+        {
             let second = SpoolFile::temp_in(dir.path()).unwrap();
             let saved = SavedIndex::read(&index, &data).unwrap();
             assert_eq!(saved.diff_id(), layer.diff_id);
             let backing = Arc::new(data.try_clone().unwrap());
-            let back = saved.restore(backing, by_reference, second.slot(2).unwrap(), layer.digest).unwrap();
+            let back = saved.restore(backing, second.slot(2).unwrap(), layer.digest).unwrap();
             assert_eq!(save_index(&back), index);
             assert_eq!(back.entries.len(), layer.entries.len());
             for (a, b) in layer.entries.iter().zip(&back.entries) {
@@ -346,22 +335,20 @@ mod tests {
                     let (mut x, mut y) = (vec![0u8; fa.size as usize], vec![1u8; fb.size as usize]);
                     fa.content.read_at(0, &mut x).unwrap();
                     fb.content.read_at(0, &mut y).unwrap();
-                    assert_eq!(x, y, "{by_reference}");
+                    assert_eq!(x, y);
                     if let Some((path, offset)) = fb.content.source_file() {
                         let mut z = vec![2u8; fb.size as usize];
                         File::open(path).unwrap().read_exact_at(&mut z, offset).unwrap();
-                        assert_eq!(x, z, "{by_reference}: the source file holds the bytes");
+                        assert_eq!(x, z, "the source file holds the bytes");
                     }
                 }
             }
             let image_file = second.settle(std::iter::empty()).unwrap();
             let placement = back.spool.placement().unwrap();
-            assert_eq!(placement.backing.is_some(), by_reference);
-            if by_reference {
-                let size = image_file.metadata().unwrap().len();
-                let data_in_image = crate::fileio::data_extents(&image_file, size).unwrap();
-                assert!(data_in_image.is_empty(), "a referred layer writes nothing: {data_in_image:?}");
-            }
+            assert!(placement.backing.is_some());
+            let size = image_file.metadata().unwrap().len();
+            let data_in_image = crate::fileio::data_extents(&image_file, size).unwrap();
+            assert!(data_in_image.is_empty(), "a referred layer writes nothing: {data_in_image:?}");
         }
 
         // Damage anywhere is refused, never half believed.

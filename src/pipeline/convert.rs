@@ -115,12 +115,11 @@ fn run(
         .open(&rootfs_path)
         .map_err(|source| PipelineError::Io { what: "creating", path: rootfs_path.clone(), source })?;
     let spool = layer::SpoolFile::new(file).with_meter(meter);
-    // Into a store alone, restored layers stay where the store keeps them: the image file
-    // never holds their bytes (see `incremental`).
-    let by_reference = output.outdir.is_none();
+    // Restored layers stay where the store keeps them: the image file gets their bytes only
+    // if it is an output, and then only after the put (see `incremental`).
     let restored = match &store {
         Some(store) if opened.reads_layers_apart() => {
-            restore_saved(store, opened.resolved(), &config.diff_ids, &spool, by_reference)?
+            restore_saved(store, opened.resolved(), &config.diff_ids, &spool)?
         }
         _ => Restored::default(),
     };
@@ -195,7 +194,10 @@ fn run(
                 .checked_sub(1)
                 .and_then(|top| store.newest_layer_user(&chain_ids(&config.diff_ids)[top]));
             let laid = Restored::laid(&spools[..reused], restored_values);
-            let stored = keep(store, &staging.path, record, base.as_ref(), laid)?;
+            let stored = keep(store, &staging.path, record, base.as_ref(), laid.clone())?;
+            if output.outdir.is_some() {
+                lay_in(&rootfs_path, &laid)?;
+            }
             store.cache_put(&cache_key, &stored.id)?;
             if let Some(to_save) = to_save {
                 to_save.save(store, &stored.id, summary.size_bytes, &spools[reused..]);
@@ -267,6 +269,17 @@ fn keep(
     };
     let boot_files: Vec<(&str, &Path)> = boot_files.iter().map(|(n, p)| (*n, p.as_path())).collect();
     store.put_image_like(&rootfs, &boot_files, record, base, laid, &|_| {})
+}
+
+/// Copies the layers `laid` by reference into the image file at `path`, which then holds
+/// every byte of the image.
+fn lay_in(path: &Path, laid: &[LaidLayer]) -> Result<(), PipelineError> {
+    let io_error = |source| PipelineError::Io { what: "writing", path: path.to_path_buf(), source };
+    let file = fs::OpenOptions::new().write(true).open(path).map_err(io_error)?;
+    for layer in laid {
+        layer.copy_into(&file).map_err(io_error)?;
+    }
+    Ok(())
 }
 
 fn name_image(store: &Store, id: &ImageId, names: &[String]) -> Result<(), StoreError> {

@@ -4,10 +4,10 @@
 //! layer is its entries and its spooled bytes exactly as they were, so the image comes out
 //! byte for byte as a cold conversion makes it.
 //!
-//! Into a store alone (no output directory), a restored layer's data is not even copied: it
-//! stays in the store's saved file, the image file is written around it, and the put reads
-//! it there (`store::RootfsView`), taking the chunks of the image it was saved with wherever
-//! the saved chaining values of its MiBs say they are the same.
+//! A restored layer's data is not even copied: it stays in the store's saved file, the image
+//! file is written around it, and the put reads it there (`store::RootfsView`), taking the
+//! chunks of the image it was saved with wherever the saved chaining values of its MiBs say
+//! they are the same. Only an output directory's image file gets the bytes, after the put.
 
 use std::sync::Arc;
 
@@ -49,15 +49,13 @@ impl Restored {
 }
 
 /// Restores the longest run of the image's lowest layers that the store has saved, each into
-/// the spool slot of its number (or, `by_reference`, left where the store keeps it; see the
-/// module's comment). A saved layer that does not read back whole ends the run: it is read
-/// from the source like the layers above.
+/// the spool slot of its number, by reference (see the module's comment). A saved layer that
+/// does not read back whole ends the run: it is read from the source like the layers above.
 pub(super) fn restore_saved(
     store: &Store,
     resolved: &ResolvedImage,
     diff_ids: &[Digest],
     spool: &SpoolFile,
-    by_reference: bool,
 ) -> Result<Restored, PipelineError> {
     let mut found: Vec<(SavedIndex, SavedLayer)> = Vec::new();
     // As many layers as both the manifest and the config list (a source checks they agree).
@@ -85,7 +83,7 @@ pub(super) fn restore_saved(
         .enumerate()
         .map(|(i, ((index, saved), writer))| {
             index
-                .restore(Arc::new(saved.data), by_reference, writer, resolved.layers[i].digest)
+                .restore(Arc::new(saved.data), writer, resolved.layers[i].digest)
                 .map_err(|source| spool_error(diff_ids[i], source))
         })
         .collect::<Result<_, _>>()?;

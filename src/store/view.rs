@@ -65,6 +65,12 @@ impl LaidLayer {
         Ok(out)
     }
 
+    /// Copies the layer's kept data into `file` at its place, as the image file of a copy.
+    pub fn copy_into(&self, file: &File) -> io::Result<()> {
+        let extents: Vec<_> = self.extents()?.iter().map(|e| e.start - self.at..e.end - self.at).collect();
+        copy_extents(&self.data, &extents, file, self.at as i64)
+    }
+
     /// The dead ranges that meet `range` (from the layer's start), clipped to it.
     fn dead_in(&self, range: Range<u64>) -> impl Iterator<Item = Range<u64>> + '_ {
         let first = self.dead.partition_point(|d| d.end <= range.start);
@@ -112,10 +118,7 @@ impl RootfsView {
                 kept.push(layer);
             } else {
                 tracing::warn!("image data where a restored layer lies: copying the layer in");
-                let extents = layer.extents()?;
-                let from_zero: Vec<_> =
-                    extents.iter().map(|e| e.start - layer.at..e.end - layer.at).collect();
-                copy_extents(&layer.data, &from_zero, &file, layer.at as i64)?;
+                layer.copy_into(&file)?;
             }
         }
         Ok(RootfsView { file, laid: kept })

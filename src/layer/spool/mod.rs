@@ -423,23 +423,11 @@ impl SpoolWriter {
         &self.spool
     }
 
-    /// Fills the slot with a layer's bytes saved by [`Spool::save_data`] (`data`, `len`
-    /// bytes long), data only. The layer's files are then made with [`SpoolWriter::file_at`].
-    pub(crate) fn restore(&mut self, data: &File, len: u64) -> io::Result<()> {
-        if len > self.spool.slot_bytes {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "the saved layer is larger than a slot"));
-        }
-        let base = self.spool.base;
-        copy_extents(data, &data_extents_in(data, 0..len)?, &self.spool.file, base as i64)?;
-        self.len = len;
-        self.spool.len.store(len, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Like [`SpoolWriter::restore`], but leaves the bytes in `data` instead of copying them:
-    /// the layer's files are read there, and the image file gets none of them. Whoever makes
-    /// the image of the settled spool reads the layer's data from its
-    /// [`Placement::backing`]; a store reads it there without a copy.
+    /// Fills the slot with a layer's bytes saved by [`Spool::save_data`] (`data`, `len` bytes
+    /// long) by reference: they stay in `data`, the layer's files (made with
+    /// [`SpoolWriter::file_at`]) are read there, and the image file gets none of them; whoever
+    /// needs the image whole lays them in from [`Placement::backing`] (a store reads them
+    /// there without a copy).
     pub(crate) fn refer(&mut self, data: Arc<File>, len: u64) -> io::Result<()> {
         if len > self.spool.slot_bytes {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "the saved layer is larger than a slot"));
