@@ -107,7 +107,7 @@ impl Store {
             let size = file.metadata().map_err(StoreError::io(path))?.len();
             let (data, extents) = match laid.take() {
                 Some(laid) => {
-                    let view = RootfsView::new(file, laid).map_err(StoreError::io(path))?;
+                    let view = RootfsView::new(file, laid);
                     let extents = view.extents(size).map_err(StoreError::io(path))?;
                     (Data::View(view), extents)
                 }
