@@ -143,7 +143,7 @@ impl SavedIndex {
         self.diff_id
     }
 
-    /// The layer, its data left in `data` and referred to (see [`SpoolWriter::refer`]).
+    /// The layer, its data left in `data` and referred to (see `SpoolWriter::refer`).
     /// `digest` is the blob's digest as this image's manifest lists it (the same layer may
     /// come compressed another way). Only I/O can fail now.
     pub fn restore(self, data: Arc<File>, mut writer: SpoolWriter, digest: Digest) -> io::Result<LayerIndex> {

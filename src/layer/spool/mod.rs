@@ -79,7 +79,7 @@ struct Backing {
 /// Where [`SpoolFile::settle`] put a layer's data in the image: `len` bytes (a whole number
 /// of MiB) from `at`, less the `dead` ranges (from the layer's start), which the image does
 /// not keep and which read as zeros. `backing` holds the bytes of a referred layer, whose
-/// data is not in the image file (see [`SpoolWriter::refer`]).
+/// data is not in the image file (see `SpoolWriter::refer`).
 #[derive(Clone, Debug)]
 pub struct Placement {
     pub at: u64,
