@@ -137,6 +137,19 @@ fn copy_through_buffer<W: WriteAt + ?Sized>(
     Ok(())
 }
 
+/// `ranges` sorted, and merged where they touch or overlap.
+pub fn merge_ranges(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
+    ranges.sort_unstable_by_key(|r| r.start);
+    let mut merged: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        match merged.last_mut() {
+            Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+            _ => merged.push(range),
+        }
+    }
+    merged
+}
+
 /// The byte ranges of `file` (of `size` bytes) that hold data, found with
 /// `SEEK_DATA`/`SEEK_HOLE`. A file system without them reports the whole file as data,
 /// which is still correct, only slower.

@@ -125,7 +125,7 @@ fn variants() -> Vec<(&'static str, Layout, bool)> {
 }
 
 fn put_like(store: &Store, path: &Path, base: Option<&ImageId>) -> Stored {
-    store.put_image_like(path, &[], ImageRecord::default(), base, Vec::new(), &|_| {}).unwrap()
+    store.put_image_like(path, &[], ImageRecord::default(), base, &[], &|_| {}).unwrap()
 }
 
 #[test]

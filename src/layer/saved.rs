@@ -344,8 +344,7 @@ mod tests {
                 }
             }
             let image_file = second.settle(std::iter::empty()).unwrap();
-            let placement = back.spool.placement().unwrap();
-            assert!(placement.backing.is_some());
+            assert!(back.spool.placement().is_some() && back.spool.referred().is_some());
             let size = image_file.metadata().unwrap().len();
             let data_in_image = crate::fileio::data_extents(&image_file, size).unwrap();
             assert!(data_in_image.is_empty(), "a referred layer writes nothing: {data_in_image:?}");

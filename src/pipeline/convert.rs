@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio::runtime::Handle;
 
 use super::cache_key::cache_key;
-use super::incremental::{restore_saved, Restored, ToSave};
+use super::incremental::{laid_layers, restore_saved, Restored, ToSave};
 use super::rootfs::{digest_file, ext4_options, format_uuid, fs_time, write_rootfs};
 use super::staging::{check_outdir, write_manifest, Staging};
 use super::{ConvertPlan, HostKernel, PipelineError, Progress, Timings};
@@ -117,13 +117,12 @@ fn run(
     let spool = layer::SpoolFile::new(file).with_meter(meter);
     // Restored layers stay where the store keeps them: the image file gets their bytes only
     // if it is an output, and then only after the put (see `incremental`).
-    let restored = match &store {
+    let Restored { mut layers, values: restored_values } = match &store {
         Some(store) if opened.reads_layers_apart() => {
             restore_saved(store, opened.resolved(), &config.diff_ids, &spool)?
         }
         _ => Restored::default(),
     };
-    let (mut layers, restored_values) = restored.into_parts();
     let reused = layers.len();
     if let Some(how) = &daemon_layers {
         progress(Progress::DaemonLayers(how.clone()));
@@ -193,14 +192,14 @@ fn run(
             let base = reused
                 .checked_sub(1)
                 .and_then(|top| store.newest_layer_user(&chain_ids(&config.diff_ids)[top]));
-            let laid = Restored::laid(&spools[..reused], restored_values);
-            let stored = keep(store, &staging.path, record, base.as_ref(), laid.clone())?;
+            let laid = laid_layers(&spools[..reused], restored_values);
+            let stored = keep(store, &staging.path, record, base.as_ref(), &laid)?;
             if output.outdir.is_some() {
                 lay_in(&rootfs_path, &laid)?;
             }
             store.cache_put(&cache_key, &stored.id)?;
             if let Some(to_save) = to_save {
-                to_save.save(store, &stored.id, summary.size_bytes, &spools[reused..]);
+                to_save.save(store, &stored, &spools[reused..]);
             }
             name_image(store, &stored.id, &output.names)?;
             timings.store = lap(started, &timings);
@@ -258,7 +257,7 @@ fn keep(
     staged: &Path,
     record: ImageRecord,
     base: Option<&ImageId>,
-    laid: Vec<LaidLayer>,
+    laid: &[LaidLayer],
 ) -> Result<Stored, StoreError> {
     let rootfs = staged.join(ROOTFS_FILE);
     let boot_files: Vec<(&str, PathBuf)> = match &record.boot {

@@ -17,35 +17,29 @@ use super::PipelineError;
 use crate::digest::Digest;
 use crate::layer::{save_index, LayerIndex, SavedIndex, Spool, SpoolFile};
 use crate::source::ResolvedImage;
-use crate::store::{chain_ids, ImageId, LaidLayer, LayerData, LayerValues, SavedLayer, Store, StoreError};
+use crate::store::{chain_ids, LaidLayer, LayerData, LayerValues, SavedLayer, Store, StoreError, Stored};
 
 /// The image's lowest layers as restored: their indexes, bottom first, and the chaining
 /// values saved with each.
 #[derive(Default)]
 pub(super) struct Restored {
     pub layers: Vec<LayerIndex>,
-    values: Vec<Option<LayerValues>>,
+    pub values: Vec<Option<LayerValues>>,
 }
 
-impl Restored {
-    /// The layers restored by reference, as laid into the settled image: their spools must
-    /// be settled (see [`SpoolFile::settle`]).
-    pub(super) fn laid(spools: &[Arc<Spool>], values: Vec<Option<LayerValues>>) -> Vec<LaidLayer> {
-        spools
-            .iter()
-            .zip(values)
-            .filter_map(|(spool, values)| {
-                let place = spool.placement()?;
-                let data = place.backing.clone()?;
-                let values = values.filter(|v| v.at == place.at).map(|v| v.values).unwrap_or_default();
-                Some(LaidLayer { at: place.at, len: place.len, data, dead: place.dead.clone(), values })
-            })
-            .collect()
-    }
-
-    pub(super) fn into_parts(self) -> (Vec<LayerIndex>, Vec<Option<LayerValues>>) {
-        (self.layers, self.values)
-    }
+/// The restored layers of settled `spools`, as laid into the image, with their saved
+/// `values` where they lie where they lay when saved.
+pub(super) fn laid_layers(spools: &[Arc<Spool>], values: Vec<Option<LayerValues>>) -> Vec<LaidLayer> {
+    spools
+        .iter()
+        .zip(values)
+        .filter_map(|(spool, values)| {
+            let place = spool.placement()?;
+            let data = spool.referred()?.clone();
+            let values = values.filter(|v| v.at == place.at).map(|v| v.values).unwrap_or_default();
+            Some(LaidLayer { at: place.at, len: place.len, data, dead: place.dead.clone(), values })
+        })
+        .collect()
 }
 
 /// Restores the longest run of the image's lowest layers that the store has saved, each into
@@ -132,32 +126,28 @@ impl ToSave {
         Ok(ToSave { restored: chains[..first].to_vec(), layers })
     }
 
-    /// Saves the layers as used by the stored image `id` (whose rootfs is `size` bytes),
-    /// each with the chaining values of its MiBs where it lies (its settled `spools`, in the
-    /// layers' order). They are a cache: the image is stored whatever happens here, so a
-    /// failure is a warning, not the conversion's error.
-    pub(super) fn save(self, store: &Store, id: &ImageId, size: u64, spools: &[Arc<Spool>]) {
-        if let Err(e) = self.try_save(store, id, size, spools) {
+    /// Saves the layers as used by the `stored` image, each with the chaining values of its
+    /// MiBs where it lies (its settled `spools`, in the layers' order). They are a cache: the
+    /// image is stored whatever happens here, so a failure is a warning, not the conversion's
+    /// error.
+    pub(super) fn save(self, store: &Store, stored: &Stored, spools: &[Arc<Spool>]) {
+        if let Err(e) = self.try_save(store, stored, spools) {
+            let id = &stored.id;
             tracing::warn!("the layers of image {id} are not saved for later conversions: {e}");
         }
     }
 
-    fn try_save(
-        self,
-        store: &Store,
-        id: &ImageId,
-        size: u64,
-        spools: &[Arc<Spool>],
-    ) -> Result<(), StoreError> {
+    fn try_save(self, store: &Store, stored: &Stored, spools: &[Arc<Spool>]) -> Result<(), StoreError> {
         for chain in &self.restored {
-            store.use_layer(chain, id)?;
+            store.use_layer(chain, &stored.id)?;
         }
         for ((chain, index, data), spool) in self.layers.into_iter().zip(spools) {
-            store.save_layer(&chain, &index, data, id)?;
+            store.save_layer(&chain, &index, data, &stored.id)?;
             // A cache of a cache: without them, a later put reads what they would spare it.
             if let Some(place) = spool.placement() {
                 let span = place.at..place.at + place.len;
-                if let Err(e) = store.save_layer_values(&chain, id, size, span, &place.dead) {
+                let values = &stored.rootfs_values;
+                if let Err(e) = store.save_layer_values(&chain, values, span, &place.dead) {
                     tracing::warn!("the values of saved layer {chain} are not kept: {e}");
                 }
             }

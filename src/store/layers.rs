@@ -23,9 +23,12 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+use blake3::hazmat::ChainingValue;
 
 use super::atomic::{remove_if_present, temp_prefix};
 use super::blocks::BLOCK;
@@ -33,8 +36,6 @@ use super::gc::GcReport;
 use super::{ImageId, Store, StoreError};
 use crate::digest::{Digest, Hasher};
 use crate::fileio;
-use blake3::hazmat::ChainingValue;
-use std::ops::Range;
 
 /// How many bytes of saved layers (their data as stored, sparse) the store keeps by default.
 pub const DEFAULT_LIMIT: u64 = 16 << 30;
@@ -153,14 +154,13 @@ impl Store {
     }
 
     /// Keeps with the layer saved under `chain` the chaining values of its MiBs as they lie
-    /// in stored image `image` (its rootfs `size` bytes long), at `place` (on a MiB), less
-    /// the `dead` ranges (from the layer's start): a MiB holding any of those is unknown.
-    /// Nothing is kept for a layer that has values already, or without the image's block map.
+    /// in an image whose rootfs's MiBs have `image_values` (`Stored::rootfs_values`), at
+    /// `place` (on a MiB), less the `dead` ranges (from the layer's start): a MiB holding any
+    /// of those is unknown. Nothing is kept for a layer that has values already.
     pub fn save_layer_values(
         &self,
         chain: &Digest,
-        image: &ImageId,
-        size: u64,
+        image_values: &[ChainingValue],
         place: Range<u64>,
         dead: &[Range<u64>],
     ) -> Result<(), StoreError> {
@@ -169,13 +169,12 @@ impl Store {
         if path.exists() || place.start % BLOCK != 0 {
             return Ok(());
         }
-        let Some(map) = self.block_map(image, size) else { return Ok(()) };
         let values = (place.start / BLOCK..place.end.div_ceil(BLOCK))
             .map(|mib| {
                 let within = mib * BLOCK - place.start..(mib + 1) * BLOCK - place.start;
                 let clean = mib * BLOCK + BLOCK <= place.end
                     && !dead.iter().any(|d| d.start < within.end && within.start < d.end);
-                clean.then(|| map.values.get(mib as usize).copied()).flatten()
+                clean.then(|| image_values.get(mib as usize).copied()).flatten()
             })
             .collect();
         let _lock = self.shared_lock()?;

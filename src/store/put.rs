@@ -13,6 +13,7 @@ use std::io;
 use std::path::Path;
 use std::sync::mpsc::sync_channel;
 
+use blake3::hazmat::ChainingValue;
 use rayon::prelude::*;
 
 use super::atomic::sweep_dead_temp_files;
@@ -24,8 +25,7 @@ use super::{
     StoredImage, StoredRootfs, STORE_FORMAT,
 };
 use crate::digest::{Digest, FileDigest};
-use crate::fileio::{self, is_zero};
-use blake3::hazmat::ChainingValue;
+use crate::fileio::is_zero;
 
 /// zstd level for chunks: level 1 stores ext4 data about 3 % larger than level 3 at about
 /// two thirds of its CPU time (measured on a 262 MiB Debian rootfs: 73 vs 71 MiB of packs,
@@ -76,7 +76,7 @@ impl Store {
         record: ImageRecord,
         progress: &(dyn Fn(PutProgress) + Sync),
     ) -> Result<Stored, StoreError> {
-        self.put_image_like(rootfs, boot_files, record, None, Vec::new(), progress)
+        self.put_image_like(rootfs, boot_files, record, None, &[], progress)
     }
 
     /// [`Store::put_image_with_progress`] for a rootfs that resembles image `base`'s (the
@@ -90,7 +90,7 @@ impl Store {
         boot_files: &[(&str, &Path)],
         record: ImageRecord,
         base: Option<&ImageId>,
-        laid: Vec<LaidLayer>,
+        laid: &[LaidLayer],
         progress: &(dyn Fn(PutProgress) + Sync),
     ) -> Result<Stored, StoreError> {
         let _lock = self.shared_lock()?;
@@ -99,23 +99,14 @@ impl Store {
         // now stays present, the base's chunks included.
         self.refresh_packs()?;
         let mut inputs = Vec::new();
-        let mut laid = Some(laid).filter(|l| !l.is_empty());
         for (name, path) in
             std::iter::once((None, rootfs)).chain(boot_files.iter().map(|(n, p)| (Some(*n), *p)))
         {
             let file = File::open(path).map_err(StoreError::io(path))?;
             let size = file.metadata().map_err(StoreError::io(path))?.len();
-            let (data, extents) = match laid.take() {
-                Some(laid) => {
-                    let view = RootfsView::new(file, laid);
-                    let extents = view.extents(size).map_err(StoreError::io(path))?;
-                    (Data::View(view), extents)
-                }
-                None => {
-                    let extents = fileio::data_extents(&file, size).map_err(StoreError::io(path))?;
-                    (Data::File(file), extents)
-                }
-            };
+            // The laid layers are the rootfs's.
+            let data = RootfsView::new(file, if name.is_none() { laid } else { &[] });
+            let extents = data.extents(size).map_err(StoreError::io(path))?;
             inputs.push(Input { name, path, data, size, extents });
         }
         let total = inputs.iter().flat_map(|i| &i.extents).map(|r| r.end - r.start).sum();
@@ -188,14 +179,16 @@ impl Store {
         // A block map serves later puts into this store; a remote store's puts start cold.
         if !rootfs_values.is_empty() && self.upstream.is_none() {
             let rootfs = &inputs[0];
-            let map = BlockMap { size: rootfs.size, extents: rootfs.extents.clone(), values: rootfs_values };
+            let values = rootfs_values.clone();
+            let map = BlockMap { size: rootfs.size, extents: rootfs.extents.clone(), values };
             self.save_block_map(&id, &map);
         }
         // Into a remote store: what landed here goes there, manifest last.
         if self.upstream.is_some() {
             self.publish(&id, fs::read(&path).map_err(StoreError::io(&path))?)?;
         }
-        Ok(Stored { id, rootfs_digest: rootfs_digest.expect("the rootfs is hashed unless given"), reused })
+        let rootfs_digest = rootfs_digest.expect("the rootfs is hashed unless given");
+        Ok(Stored { id, rootfs_digest, rootfs_values, reused })
     }
 
     /// What the put of `input` can take from `base`: its chunks and block map, and the
@@ -213,7 +206,7 @@ impl Store {
             return Ok(None);
         }
         let known = |index| input.data.known_value(index);
-        let values = blocks::file_values(input.data.reader(), input.size, &input.extents, &known)
+        let values = blocks::file_values(&input.data, input.size, &input.extents, &known)
             .map_err(StoreError::io(input.path))?;
         let same = values.iter().enumerate().map(|(i, v)| map.values.get(i) == Some(v)).collect();
         let chunks = image.rootfs.file.chunks.into_iter().map(|c| (c.offset, c)).collect();
@@ -233,8 +226,7 @@ impl Store {
         writer: &mut PackWriter,
         progress: &mut dyn FnMut(u64),
     ) -> Result<FileStored, StoreError> {
-        let Input { path, size, extents, .. } = input;
-        let file = input.data.reader();
+        let Input { path, data: file, size, extents, .. } = input;
         let chunking = self.chunking;
         // Hand-offs, not queues: each stage holds the batch it works on, and no more.
         let (send_read, receive_read) = sync_channel::<Vec<Piece>>(0);
@@ -364,12 +356,14 @@ impl Store {
     }
 }
 
-/// What a put returns: the image's id, its rootfs digest (given or computed), and how many
-/// bytes of the rootfs were taken from the base image without being read.
+/// What a put returns: the image's id, its rootfs digest (given or computed), the chaining
+/// values of the rootfs's MiBs (see `blocks`), and how many bytes of the rootfs were taken
+/// from the base image without being read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stored {
     pub id: ImageId,
     pub rootfs_digest: FileDigest,
+    pub rootfs_values: Vec<ChainingValue>,
     pub reused: u64,
 }
 
@@ -404,30 +398,7 @@ impl Like {
 struct Input<'a> {
     name: Option<&'a str>,
     path: &'a Path,
-    data: Data,
+    data: RootfsView<'a>,
     size: u64,
     extents: Vec<std::ops::Range<u64>>,
-}
-
-/// Where a file's bytes are read: the file, or a rootfs with layers laid in by reference.
-enum Data {
-    File(File),
-    View(RootfsView),
-}
-
-impl Data {
-    fn reader(&self) -> &dyn ReadAt {
-        match self {
-            Data::File(file) => file,
-            Data::View(view) => view,
-        }
-    }
-
-    /// The chaining value of MiB `index`, where known without reading it.
-    fn known_value(&self, index: u64) -> Option<ChainingValue> {
-        match self {
-            Data::File(_) => None,
-            Data::View(view) => view.known_value(index),
-        }
-    }
 }

@@ -8,6 +8,7 @@
 //! same data extents, as the file a copy would have made — so the put stores the very image a
 //! copy gives. Where the store knows the chaining values of a laid layer's MiBs (saved with the
 //! layer by the conversion that read it), the put needs neither to read nor to hash them.
+//! Every file a put reads goes through a view; the boot files' have no layers laid in.
 
 use std::fs::File;
 use std::io;
@@ -18,9 +19,9 @@ use std::sync::Arc;
 use blake3::hazmat::ChainingValue;
 
 use super::blocks::BLOCK;
-use crate::fileio::{copy_extents, data_extents, data_extents_in};
+use crate::fileio::{copy_extents, data_extents, data_extents_in, merge_ranges};
 
-/// What a put reads a file's bytes through: the file itself, or a [`RootfsView`].
+/// Where bytes are read from at an offset: a file, or a [`RootfsView`] of one.
 pub trait ReadAt: Sync {
     /// Fills `buf` with the bytes from `offset`.
     fn read_bytes_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
@@ -83,54 +84,59 @@ impl LaidLayer {
     /// The bytes at `offset` (from the layer's start) into `buf`: dead ones and those past
     /// the data read as zeros.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let range = offset..offset + buf.len() as u64;
-        let size = self.data.metadata()?.len();
+        let end = offset + buf.len() as u64;
         buf.fill(0);
-        let mut pos = range.start;
-        let dead: Vec<_> = self.dead_in(range.clone()).chain(std::iter::once(range.end..range.end)).collect();
-        for d in dead {
-            let live = pos..d.start.min(size.max(pos));
-            if live.start < live.end {
-                let into = (live.start - range.start) as usize..(live.end - range.start) as usize;
-                self.data.read_exact_at(&mut buf[into], live.start)?;
+        let mut pos = offset;
+        for dead in self.dead_in(offset..end).chain(std::iter::once(end..end)) {
+            if dead.start > pos {
+                let live = (pos - offset) as usize..(dead.start - offset) as usize;
+                read_up_to_end(&self.data, &mut buf[live], pos)?;
             }
-            pos = pos.max(d.end);
+            pos = pos.max(dead.end);
         }
         Ok(())
     }
 }
 
-/// An image file with layers laid into it by reference (see the module's comment).
-pub struct RootfsView {
-    file: File,
-    laid: Vec<LaidLayer>,
+/// Reads `file` at `offset` into `buf` as far as the file goes; the rest of `buf` is left
+/// as it is.
+fn read_up_to_end(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
-impl RootfsView {
+/// An image file with layers laid into it by reference (see the module's comment).
+pub struct RootfsView<'a> {
+    file: File,
+    laid: &'a [LaidLayer],
+}
+
+impl<'a> RootfsView<'a> {
     /// The view of `file` with `laid`. The image file holds nothing where a layer is laid:
     /// the ext4 writer lays metadata out from the end of the placed data on (`layout`), so a
     /// layer's bytes read from its saved data even where a filesystem without SEEK_DATA
     /// reports the whole file as data.
-    pub fn new(file: File, mut laid: Vec<LaidLayer>) -> RootfsView {
-        laid.sort_by_key(|l| l.at);
+    /// `laid` lie in the order of the image, as its layers do.
+    pub fn new(file: File, laid: &'a [LaidLayer]) -> RootfsView<'a> {
+        debug_assert!(laid.windows(2).all(|w| w[0].at + w[0].len <= w[1].at), "laid layers in order");
         RootfsView { file, laid }
     }
 
     /// The data extents of the image as a copy would have made it, sorted and merged.
     pub fn extents(&self, size: u64) -> io::Result<Vec<Range<u64>>> {
         let mut all = data_extents(&self.file, size)?;
-        for layer in &self.laid {
+        for layer in self.laid {
             all.extend(layer.extents()?);
         }
-        all.sort_unstable_by_key(|e| e.start);
-        let mut out: Vec<Range<u64>> = Vec::with_capacity(all.len());
-        for e in all {
-            match out.last_mut() {
-                Some(last) if e.start <= last.end => last.end = last.end.max(e.end),
-                _ => out.push(e),
-            }
-        }
-        Ok(out)
+        Ok(merge_ranges(all))
     }
 
     /// The chaining value of MiB `index` of the image, where a laid layer's saved values
@@ -146,7 +152,7 @@ impl RootfsView {
     }
 }
 
-impl ReadAt for RootfsView {
+impl ReadAt for RootfsView<'_> {
     fn read_bytes_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let end = offset + buf.len() as u64;
         let mut pos = offset;
@@ -199,7 +205,8 @@ mod tests {
             punch_hole(&copied, at + d.start..at + d.end).unwrap();
         }
         let layer = LaidLayer { at, len, data: Arc::new(data), dead, values: Vec::new() };
-        let view = RootfsView::new(make(), vec![layer]);
+        let laid = [layer];
+        let view = RootfsView::new(make(), &laid);
         let size = copied.metadata().unwrap().len();
         assert_eq!(view.extents(size).unwrap(), data_extents(&copied, size).unwrap());
         for (offset, n) in [(0, size as usize), (at - 10, 20), (at + 4000, 5000), (at + len - 3, 10)] {

@@ -12,6 +12,7 @@ use super::super::Ext4Error;
 use super::geometry::{self, Geometry, ALIGN_BLOCKS, ALIGN_FILES_FROM_BYTES, BLOCK_SIZE, DATA_START};
 use super::shape::{InodeShape, Need, TreeShape, XattrNeed};
 use super::{push_extents, InodePlan, Mapping, Plan, Role, XattrPlace, JOURNAL_INO};
+use crate::fileio::merge_ranges;
 use crate::tree::{Content, FsTree, NodeId, NodeKind};
 
 /// Lays out `shape` in an image of `blocks_count` blocks, with a journal or not.
@@ -272,19 +273,6 @@ fn place_inode(
 
 fn extent_blocks(extents: &[Extent]) -> u64 {
     extents.iter().map(|e| u64::from(e.len)).sum()
-}
-
-/// `ranges` sorted and merged where they touch or overlap.
-fn merge_ranges(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
-    ranges.sort_by_key(|r| r.start);
-    let mut merged: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
-    for range in ranges {
-        match merged.last_mut() {
-            Some(last) if last.end >= range.start => last.end = last.end.max(range.end),
-            _ => merged.push(range),
-        }
-    }
-    merged
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::meter::LayerMeter;
-use crate::fileio::{self, copy_extents, copy_range, data_extents_in, punch_hole};
+use crate::fileio::{self, copy_extents, copy_range, data_extents_in, merge_ranges, punch_hole};
 use crate::layout::{ALIGN_BYTES, ALIGN_FILES_FROM, BLOCK_SIZE, DATA_START_BYTES};
 use crate::tree::Content;
 
@@ -78,14 +78,12 @@ struct Backing {
 
 /// Where [`SpoolFile::settle`] put a layer's data in the image: `len` bytes (a whole number
 /// of MiB) from `at`, less the `dead` ranges (from the layer's start), which the image does
-/// not keep and which read as zeros. `backing` holds the bytes of a referred layer, whose
-/// data is not in the image file (see `SpoolWriter::refer`).
+/// not keep and which read as zeros.
 #[derive(Clone, Debug)]
 pub struct Placement {
     pub at: u64,
     pub len: u64,
     pub dead: Vec<Range<u64>>,
-    pub backing: Option<Arc<File>>,
 }
 
 impl fmt::Debug for Spool {
@@ -118,6 +116,12 @@ impl Spool {
     /// Where the layer's data lies in the image, once settled.
     pub fn placement(&self) -> Option<&Placement> {
         self.placement.get()
+    }
+
+    /// The file a referred layer's bytes stay in (see `SpoolWriter::refer`): the image file
+    /// does not hold them.
+    pub fn referred(&self) -> Option<&Arc<File>> {
+        self.backing.get().map(|b| &b.file)
     }
 
     /// Bytes spooled.
@@ -206,7 +210,7 @@ impl SpoolFile {
         let file = &*self.file;
         let mut regions = Vec::new();
         for spool in &spools {
-            let live = merge(std::mem::take(&mut used[spool.slot as usize]));
+            let live = merge_ranges(std::mem::take(&mut used[spool.slot as usize]));
             let spooled = spool.len.load(Ordering::Relaxed);
             let mut dead = Vec::new();
             let mut pos = 0;
@@ -240,27 +244,13 @@ impl SpoolFile {
             .collect();
         move_regions(file, &moving, to, self.slot_bytes)?;
         for (r, dead) in regions {
-            let backing = r.spool.backing.get().map(|b| b.file.clone());
-            let _ = r.spool.placement.set(Placement { at: r.to, len: r.len, dead, backing });
+            let _ = r.spool.placement.set(Placement { at: r.to, len: r.len, dead });
             r.spool.at.store(r.to, Ordering::Release);
             r.spool.settled.store(true, Ordering::Release);
         }
         // The tree's references keep the spool's descriptor open: write through another.
         self.file.try_clone()
     }
-}
-
-/// Merges overlapping and touching ranges (sorted on the way).
-fn merge(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
-    ranges.sort_unstable_by_key(|r| r.start);
-    let mut out: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
-    for r in ranges {
-        match out.last_mut() {
-            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-            _ => out.push(r),
-        }
-    }
-    out
 }
 
 /// A layer's data on its way from its slot to its place in the image.
@@ -426,8 +416,8 @@ impl SpoolWriter {
     /// Fills the slot with a layer's bytes saved by [`Spool::save_data`] (`data`, `len` bytes
     /// long) by reference: they stay in `data`, the layer's files (made with
     /// [`SpoolWriter::file_at`]) are read there, and the image file gets none of them; whoever
-    /// needs the image whole lays them in from [`Placement::backing`] (a store reads them
-    /// there without a copy).
+    /// needs the image whole lays them in from [`Spool::referred`] (a store reads them there
+    /// without a copy).
     pub(crate) fn refer(&mut self, data: Arc<File>, len: u64) -> io::Result<()> {
         if len > self.spool.slot_bytes {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "the saved layer is larger than a slot"));
